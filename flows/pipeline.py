@@ -1,0 +1,149 @@
+"""The pipeline as one Prefect flow: prompts -> generate -> judge -> binarize -> dDPO.
+
+Every task here is a thin wrapper around a stage function; the logic lives in the stages. The
+stages write their records to the run directory as they finish and skip shards already there, so
+Prefect's own result caching is off (NO_CACHE): the run directory is the source of truth, and a
+rerun, a second judge or a crashed run resumes from it. Without PREFECT_API_URL the flow runs in
+Prefect's ephemeral mode, so a user starts no server.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+from pydantic import BaseModel, Field
+from rich.console import Console
+from rich.table import Table
+
+from flows.recipe import Recipe
+from generation.ensemble import generate
+from generation.prompt_sets import load_prompts
+from generation.records import Completion, Judgement, Prompt
+from generation.store import RunStore
+from judges.binarize import binarize, split_pairs
+from judges.dataset import write_preference_dataset
+from judges.ultrafeedback import judge
+from training.dpo import train_dpo
+
+console = Console(stderr=True)
+
+
+class StageReport(BaseModel):
+    stage: str
+    count_in: int
+    count_out: int
+    seconds: float
+    notes: dict[str, Any] = Field(default_factory=dict)
+    path: str = ""
+
+
+def _timed(stage: str):
+    console.rule(f"[bold]{stage}")
+    return time.perf_counter()
+
+
+@task(name="load-prompts", cache_policy=NO_CACHE, persist_result=False)
+def prompts_task(recipe: Recipe) -> tuple[list[Prompt], StageReport]:
+    t = _timed("prompts")
+    prompts = load_prompts(recipe.prompts.source, recipe.prompts.limit, recipe.prompts.split)
+    return prompts, StageReport(stage="prompts", count_in=len(prompts), count_out=len(prompts),
+                                seconds=time.perf_counter() - t, notes={"source": recipe.prompts.source})
+
+
+@task(name="generate", cache_policy=NO_CACHE, persist_result=False)
+def generate_task(prompts: list[Prompt], recipe: Recipe, out: str) -> tuple[list[Completion], StageReport]:
+    t = _timed("generate")
+    store = RunStore(out)
+    completions = generate(prompts, recipe.generators, store, recipe.engine, recipe.shard_size, recipe.seed,
+                           on_model=lambda name, msg: console.print(f"  {name}: {msg}"))
+    ok = [c for c in completions if c.ok]
+    per_model = {g.name: sum(1 for c in ok if c.model == g.name) for g in recipe.generators}
+    tokens = sum(c.output_tokens for c in ok)
+    return completions, StageReport(
+        stage="generate", count_in=len(prompts) * len(recipe.generators), count_out=len(ok),
+        seconds=time.perf_counter() - t, path=str(Path(out) / "completions"),
+        notes={"failed": len(completions) - len(ok), "per_model": per_model, "output_tokens": tokens})
+
+
+@task(name="judge", cache_policy=NO_CACHE, persist_result=False)
+def judge_task(prompts: list[Prompt], completions: list[Completion], recipe: Recipe,
+               out: str) -> tuple[list[Judgement], StageReport]:
+    t = _timed(f"judge ({recipe.judge.name})")
+    judgements = judge(prompts, completions, recipe.judge, RunStore(out), recipe.engine,
+                       recipe.shard_size, recipe.seed)
+    status = {s: sum(1 for j in judgements if j.status == s) for s in ("parsed", "unparsed", "failed")}
+    return judgements, StageReport(stage="judge", count_in=len(completions), count_out=status["parsed"],
+                                   seconds=time.perf_counter() - t, notes=status,
+                                   path=str(Path(out) / "judgements" / recipe.judge.name))
+
+
+@task(name="binarize", cache_policy=NO_CACHE, persist_result=False)
+def binarize_task(prompts: list[Prompt], completions: list[Completion], judgements: list[Judgement],
+                  recipe: Recipe, out: str) -> StageReport:
+    t = _timed("binarize")
+    pairs, report = binarize(prompts, completions, judgements, recipe.binarize)
+    train, test = split_pairs(pairs, recipe.binarize.test_fraction, recipe.binarize.seed)
+    path = Path(out) / "dataset"
+    write_preference_dataset(train, test, path)
+    RunStore(out).write_json("binarize_report.json", report.model_dump())
+    return StageReport(stage="binarize", count_in=len(prompts), count_out=len(pairs),
+                       seconds=time.perf_counter() - t, path=str(path),
+                       notes={"train_prefs": len(train), "test_prefs": len(test), "skipped": report.skipped,
+                              "unusable_judgements": report.unusable_judgements})
+
+
+@task(name="train-dpo", cache_policy=NO_CACHE, persist_result=False)
+def dpo_task(recipe: Recipe, out: str, train_pairs: int) -> StageReport:
+    t = _timed("train dDPO")
+    path = Path(out) / "dpo"
+    metrics = train_dpo(Path(out) / "dataset", recipe.train.dpo, path)
+    return StageReport(stage="train-dpo", count_in=train_pairs, count_out=int(metrics.get("steps", 0)),
+                       seconds=time.perf_counter() - t, path=str(path),
+                       notes={k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)})
+
+
+@flow(name="rlaif-pipeline", log_prints=True)
+def pipeline_flow(recipe: Recipe, out: str) -> list[StageReport]:
+    """Run every stage of a recipe into `out`; returns one report per stage."""
+    reports = []
+    prompts, r = prompts_task(recipe)
+    reports.append(r)
+    completions, r = generate_task(prompts, recipe, out)
+    reports.append(r)
+    judgements, r = judge_task(prompts, completions, recipe, out)
+    reports.append(r)
+    r = binarize_task(prompts, completions, judgements, recipe, out)
+    reports.append(r)
+    if recipe.train.dpo is not None:
+        if r.notes["train_prefs"] == 0:
+            console.print("[yellow]no training pairs: dDPO skipped (see binarize_report.json)")
+        else:
+            reports.append(dpo_task(recipe, out, r.notes["train_prefs"]))
+    return reports
+
+
+def run(recipe: Recipe, out: str | Path) -> list[StageReport]:
+    """Run the flow, then write and print the summary."""
+    out = str(Path(out).resolve())
+    Path(out).mkdir(parents=True, exist_ok=True)
+    (Path(out) / "recipe.json").write_text(recipe.model_dump_json(indent=2))
+    reports = pipeline_flow(recipe, out)
+    (Path(out) / "summary.json").write_text(json.dumps([r.model_dump() for r in reports], indent=2))
+    print_summary(reports, out)
+    return reports
+
+
+def print_summary(reports: list[StageReport], out: str) -> None:
+    table = Table(title=f"rlaif run: {out}")
+    for col in ("stage", "in", "out", "seconds", "notes", "written to"):
+        table.add_column(col)
+    for r in reports:
+        notes = ", ".join(f"{k}={v}" for k, v in r.notes.items())
+        table.add_row(r.stage, str(r.count_in), str(r.count_out), f"{r.seconds:.1f}", notes,
+                      str(Path(r.path).relative_to(out)) if r.path.startswith(out) else r.path)
+    Console().print(table)

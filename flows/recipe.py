@@ -1,0 +1,90 @@
+"""Recipes: one YAML file that says everything a run does, validated by pydantic.
+
+Each block is the settings model of the stage it drives, so a recipe can hold nothing a stage
+does not understand: an unknown or mistyped field is an error that names the file and the field.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from generation.engines import EngineSettings
+from generation.ensemble import GeneratorSpec
+from judges.binarize import BinarizeSpec
+from judges.ultrafeedback import JudgeSpec
+from training.dpo import DPOSpec
+
+
+class PromptSource(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    source: str = "mt_bench"  # a bundled set, a .jsonl file, a saved dataset dir, or hf:<id>
+    split: str = "train"
+    limit: int | None = Field(None, ge=1)
+
+
+class TrainSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    dpo: DPOSpec | None = None
+
+
+class Recipe(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    seed: int = 0
+    shard_size: int = Field(256, ge=1)  # records per shard: the unit of skipping and resuming
+    prompts: PromptSource = Field(default_factory=PromptSource)
+    generators: list[GeneratorSpec] = Field(min_length=1)
+    judge: JudgeSpec
+    binarize: BinarizeSpec = Field(default_factory=BinarizeSpec)
+    train: TrainSpec = Field(default_factory=TrainSpec)
+    engine: EngineSettings = Field(default_factory=EngineSettings)
+
+
+class RecipeError(ValueError):
+    pass
+
+
+def _set_dotted(data: dict, dotted: str, value: Any) -> None:
+    node = data
+    keys = dotted.split(".")
+    for k in keys[:-1]:
+        if isinstance(node, list):
+            node = node[int(k)]
+        else:
+            node = node.setdefault(k, {})
+    if isinstance(node, list):
+        node[int(keys[-1])] = value
+    else:
+        node[keys[-1]] = value
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Read and validate a recipe; `overrides` are `dotted.key=yaml-value` strings."""
+    path = Path(path)
+    if not path.exists():
+        raise RecipeError(f"{path}: recipe not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise RecipeError(f"{path}: not valid YAML: {e}") from None
+    for item in overrides or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise RecipeError(f"override {item!r} must look like key.path=value")
+        _set_dotted(data, key, yaml.safe_load(value))
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as e:
+        lines = []
+        for err in e.errors():
+            field = ".".join(str(x) for x in err["loc"])
+            msg = "unknown field" if err["type"] == "extra_forbidden" else err["msg"]
+            lines.append(f"{path}: field '{field}': {msg}")
+        raise RecipeError("\n".join(lines)) from None

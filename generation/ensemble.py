@@ -1,0 +1,142 @@
+"""The generation stage: every prompt answered by every model of an ensemble, shard by shard.
+
+Each ensemble member has its own prompt format (the model's chat template, or URIAL's in-context
+alignment prompt for a base model), an optional system prompt, and its own sampling. Models run
+one after another and each engine is released before the next loads. A shard whose content hash
+is already in the run store is read back instead of generated; a model none of whose shards are
+missing is never loaded.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from generation.engines import EngineSettings, VLLMEngine
+from generation.models import resolve_model
+from generation.records import Completion, Prompt, content_hash
+from generation.store import RunStore
+from generation.templates import load_template
+
+log = logging.getLogger(__name__)
+STAGE = "completions"
+URIAL_STOP = ["```", "# Query"]
+
+
+class Sampling(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    temperature: float = Field(0.7, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_tokens: int = Field(256, ge=1)
+    seed: int = 0
+
+
+class GeneratorSpec(BaseModel):
+    """One ensemble member, as written in a recipe's `generators:` list."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str  # how records and the dataset name this member
+    model: str  # a bundled model name, a local model directory, or a hub id
+    format: Literal["chat", "urial"] = "chat"  # urial: in-context prompt for base models
+    system_prompt: str | None = None
+    urial_version: str = "v1"
+    sampling: Sampling = Field(default_factory=Sampling)
+
+    def settings_hash(self) -> str:
+        template = load_template("urial", self.urial_version).hash if self.format == "urial" else None
+        return content_hash(self.model, self.format, self.system_prompt, template, self.sampling)
+
+
+def render_prompt(spec: GeneratorSpec, tokenizer, prompt: Prompt) -> list[int]:
+    """Token ids for one prompt in the member's own format."""
+    messages = [m.model_dump() for m in prompt.messages]
+    if spec.format == "chat":
+        if spec.system_prompt and messages[0]["role"] != "system":
+            messages = [{"role": "system", "content": spec.system_prompt}] + messages
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return list(tokenizer(text, add_special_tokens=False).input_ids)  # the template adds its own
+    # URIAL: a preamble and three worked examples, then the conversation as Query/Answer blocks.
+    text = load_template("urial", spec.urial_version).text
+    if spec.system_prompt:
+        text = text.replace("# Query:", spec.system_prompt.strip() + "\n\n# Query:", 1)
+    for m in prompt.messages:
+        if m.role == "user":
+            text += f"# Query:\n```\n{m.content}\n```\n\n"
+        elif m.role == "assistant":
+            text += f"# Answer:\n```\n{m.content}\n```\n\n"
+    text += "# Answer:\n```\n"
+    return list(tokenizer(text).input_ids)
+
+
+def _request_seed(seed: int, prompt: Prompt) -> int:
+    # Per prompt, not per batch: the same prompt gets the same draw whatever shard it lands in.
+    return int(content_hash(seed, prompt.prompt_id, prompt.hash), 16) % (2**31)
+
+
+def generate_shard(engine: VLLMEngine, spec: GeneratorSpec, prompts: list[Prompt],
+                   progress: bool = True) -> list[Completion]:
+    """Answer one shard of prompts with one loaded model. Too-long prompts become error records."""
+    from vllm import SamplingParams
+
+    settings = spec.settings_hash()
+    records: dict[int, Completion] = {}
+    batch_ids, batch_params, batch_index = [], [], []
+    for i, p in enumerate(prompts):
+        ids = render_prompt(spec, engine.tokenizer, p)
+        base = dict(completion_id=content_hash(p.prompt_id, p.hash, settings), prompt_id=p.prompt_id,
+                    prompt_hash=p.hash, model=spec.name, settings_hash=settings, prompt_tokens=len(ids))
+        room = engine.max_model_len - len(ids)
+        if room < 1:
+            log.warning("prompt %s: %d tokens do not fit %s's context of %d; skipped for this model",
+                        p.prompt_id, len(ids), spec.name, engine.max_model_len)
+            records[i] = Completion(**base, error=f"prompt of {len(ids)} tokens exceeds the context of {engine.max_model_len}")
+            continue
+        s = spec.sampling
+        batch_params.append(SamplingParams(
+            temperature=s.temperature, top_p=s.top_p, max_tokens=min(s.max_tokens, room),
+            seed=_request_seed(s.seed, p), stop=URIAL_STOP if spec.format == "urial" else None,
+        ))
+        batch_ids.append(ids)
+        batch_index.append((i, base))
+    if batch_ids:
+        outputs = engine.generate(batch_ids, batch_params, progress=progress)
+        for (i, base), out in zip(batch_index, outputs):
+            o = out.outputs[0]
+            records[i] = Completion(**base, text=o.text.strip(), finish_reason=o.finish_reason,
+                                    output_tokens=len(o.token_ids))
+    return [records[i] for i in range(len(prompts))]
+
+
+def shards(prompts: list[Prompt], size: int) -> list[list[Prompt]]:
+    return [prompts[i : i + size] for i in range(0, len(prompts), size)]
+
+
+def shard_key(spec: GeneratorSpec, shard: list[Prompt]) -> str:
+    return content_hash(spec.settings_hash(), [(p.prompt_id, p.hash) for p in shard])
+
+
+def generate(prompts: list[Prompt], generators: list[GeneratorSpec], store: RunStore,
+             engine: EngineSettings | None = None, shard_size: int = 256, seed: int = 0,
+             on_model: Callable[[str, str], None] | None = None) -> list[Completion]:
+    """Every prompt answered by every generator; finished shards are read, not recomputed."""
+    completions: list[Completion] = []
+    for spec in generators:
+        todo = [(shard_key(spec, s), s) for s in shards(prompts, shard_size)]
+        missing = [(k, s) for k, s in todo if not store.has(STAGE, k)]
+        if on_model:
+            on_model(spec.name, f"{len(todo) - len(missing)} of {len(todo)} shards already done")
+        if missing:
+            started = time.perf_counter()
+            with VLLMEngine(resolve_model(spec.model), engine, seed=seed) as eng:
+                for key, shard in missing:
+                    store.write(STAGE, key, generate_shard(eng, spec, shard))
+            log.info("%s: %d shards in %.1f s", spec.name, len(missing), time.perf_counter() - started)
+        for key, _ in todo:
+            completions.extend(store.read(STAGE, key, Completion))
+    return completions

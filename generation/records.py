@@ -1,0 +1,130 @@
+"""Typed records that flow between stages, each carrying a content hash of what determines it.
+
+A record's hash covers its inputs and every setting that shaped it (model, prompt format, sampling,
+judge template version). Stages key their output shards on these hashes, so a stage whose inputs
+and settings are unchanged finds its shard on disk and skips the work.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+def content_hash(*parts: Any) -> str:
+    """A short, stable hash of JSON-able parts (pydantic models are dumped first)."""
+
+    def plain(x: Any) -> Any:
+        if isinstance(x, BaseModel):
+            return x.model_dump(mode="json")
+        if isinstance(x, (list, tuple)):
+            return [plain(i) for i in x]
+        if isinstance(x, dict):
+            return {str(k): plain(v) for k, v in x.items()}
+        return x
+
+    blob = json.dumps(plain(list(parts)), sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+class Record(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Message(Record):
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class Prompt(Record):
+    """A conversation that ends with the user's turn; completions answer it."""
+
+    prompt_id: str
+    messages: list[Message]
+    source: str = ""
+
+    @property
+    def hash(self) -> str:
+        return content_hash(self.messages)
+
+    @property
+    def text(self) -> str:
+        """The last user turn: what a judge shows as the instruction."""
+        return self.messages[-1].content
+
+
+class Completion(Record):
+    """One model's answer to one prompt, or the error that stopped it (never dropped)."""
+
+    completion_id: str  # hash of prompt hash + generator settings hash
+    prompt_id: str
+    prompt_hash: str
+    model: str  # the ensemble member's name in the recipe
+    settings_hash: str  # model, prompt format, template version, sampling
+    text: str | None = None
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    output_tokens: int = 0
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.text is not None
+
+
+class AspectRating(Record):
+    """One aspect's rating: the sampled value, its rationale, and the judge's probabilities."""
+
+    rating: int | None = None  # None when the output could not be parsed
+    rationale: str | None = None
+    probs: dict[str, float] | None = None  # P(rating = k) from the rating token's log-probs
+    expected: float | None = None  # sum_k k * P(k): the soft score small judges need
+    raw: str = ""  # the judge's text as generated, kept for audit
+
+
+class Judgement(Record):
+    """A judge's verdict on one completion, with everything needed to say who made it and how."""
+
+    judgement_id: str  # hash of completion id + judge settings hash
+    completion_id: str
+    prompt_id: str
+    model: str  # the generator that wrote the completion
+    judge: str  # the judge's name in the recipe
+    judge_model: str
+    template: str
+    template_version: str
+    template_hash: str
+    settings_hash: str
+    sampling: dict[str, Any]
+    aspects: dict[str, AspectRating]
+    status: Literal["parsed", "unparsed", "failed"]
+    error: str | None = None
+
+    def score(self, source: Literal["expected", "sampled"]) -> float | None:
+        """Mean over aspects (as Argilla's Notus did); None unless every aspect is usable."""
+        if self.status != "parsed":
+            return None
+        values = [a.expected if source == "expected" else a.rating for a in self.aspects.values()]
+        if not values or any(v is None for v in values):
+            return None
+        return sum(values) / len(values)
+
+
+class PreferencePair(Record):
+    """A binarized preference in TRL's conversational form with an explicit prompt."""
+
+    prompt_id: str
+    prompt: list[Message]
+    chosen: list[Message] = Field(min_length=1, max_length=1)
+    rejected: list[Message] = Field(min_length=1, max_length=1)
+    score_chosen: float
+    score_rejected: float
+    chosen_model: str
+    rejected_model: str
+    chosen_completion_id: str
+    rejected_completion_id: str
+    judge: str
+    pair_hash: str

@@ -1,0 +1,38 @@
+"""Versioned templates from `prompts/templates/<name>.<version>.<ext>`.
+
+A template's name, version and content hash travel into every record it shaped, so editing a
+template (or bumping its version) makes the records it produced stale and the stage reruns.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from importlib.resources import files
+
+import jinja2
+
+
+@dataclass(frozen=True)
+class Template:
+    name: str
+    version: str
+    text: str
+
+    @property
+    def hash(self) -> str:
+        return hashlib.sha256(self.text.encode()).hexdigest()[:16]
+
+    def render(self, **values: object) -> str:
+        env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+        return env.from_string(self.text).render(**values)
+
+
+def load_template(name: str, version: str) -> Template:
+    folder = files("prompts").joinpath("templates")
+    for ext in ("jinja", "txt"):
+        path = folder.joinpath(f"{name}.{version}.{ext}")
+        if path.is_file():
+            return Template(name, version, path.read_text())
+    available = sorted(p.name for p in folder.iterdir() if p.name.startswith(name + "."))
+    raise FileNotFoundError(f"no template {name!r} version {version!r} in prompts/templates (have: {available})")

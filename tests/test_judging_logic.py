@@ -1,0 +1,88 @@
+"""Parsing and binarization on records (the engine-backed tests are in test_engine.py)."""
+
+import math
+
+import pytest
+
+from generation.records import AspectRating, Completion, Judgement, Message, Prompt
+from judges.binarize import BinarizeSpec, binarize, split_pairs
+from judges.parsing import expected_value, parse_rating, rating_distribution
+
+
+def lp(p):
+    return math.log(p)
+
+
+def test_expected_score_from_the_rating_tokens_logprobs():
+    tokens = [('{"', [('{"', 0.0)]), ("rating", [("rating", 0.0)]), ('":', [('":', 0.0)]),
+              ("1", [("1", lp(0.4)), ("4", lp(0.2)), (" 4", lp(0.1)), ("x", lp(0.2)), ("5", lp(0.1))]),
+              (',"', [(',"', 0.0)])]
+    probs = rating_distribution(tokens)
+    # non-rating candidates are dropped and the rest renormalized; " 4" and "4" are the same rating
+    assert probs == pytest.approx({"1": 0.5, "2": 0.0, "3": 0.0, "4": 0.375, "5": 0.125})
+    assert expected_value(probs) == pytest.approx(0.5 + 4 * 0.375 + 5 * 0.125)
+    r = parse_rating('{"rating":1,"rationale":"Too short."}', tokens)
+    assert (r.rating, r.rationale) == (1, "Too short.") and r.expected == pytest.approx(2.625)
+
+
+def test_digits_elsewhere_are_not_mistaken_for_the_rating():
+    tokens = [("1", [("1", 0.0)]), (' {"rating": ', [(' {"rating": ', 0.0)]), ("3", [("3", lp(0.5)), ("2", lp(0.5))])]
+    assert rating_distribution(tokens) == pytest.approx({"1": 0, "2": 0.5, "3": 0.5, "4": 0, "5": 0})
+
+
+@pytest.mark.parametrize("text, rating", [
+    ('{"rating": 4, "rationale": "ok"}', 4),
+    ('{"rating":2,"rationale":"cut off mid-sen', 2),  # truncated JSON: the rating is still there
+    ("Rating: 5\nRationale: fine", 5),  # endpoints without structured output
+    ("I think this answer is quite good overall.", None),  # prose: unparsed, never made up
+    ('{"rating": 9, "rationale": "out of range"}', None),
+    ("", None),
+])
+def test_parse_rating_never_invents_a_score(text, rating):
+    r = parse_rating(text)
+    assert r.rating == rating and r.raw == text
+    if rating is None:
+        assert r.expected is None and r.probs is None
+
+
+def make(prompt_id, model, score, status="parsed"):
+    c = Completion(completion_id=f"{prompt_id}-{model}", prompt_id=prompt_id, prompt_hash="h", model=model,
+                   settings_hash="s", text=f"answer by {model}")
+    aspects = {"helpfulness": AspectRating(rating=None if score is None else 1, expected=score)}
+    j = Judgement(judgement_id=f"j-{c.completion_id}", completion_id=c.completion_id, prompt_id=prompt_id,
+                  model=model, judge="j", judge_model="m", template="t", template_version="v1", template_hash="x",
+                  settings_hash="s", sampling={}, aspects=aspects, status=status)
+    return c, j
+
+
+def test_binarize_counts_every_prompt_left_out():
+    prompts = [Prompt(prompt_id=i, messages=[Message(role="user", content=f"q {i}")]) for i in "abcde"]
+    rows = [
+        make("a", "m1", 4.0), make("a", "m2", 2.0), make("a", "m3", 3.0),  # a pair: 4.0 vs 2.0 or 3.0
+        make("b", "m1", 3.0), make("b", "m2", 3.0),  # all tie
+        make("c", "m1", 5.0), make("c", "m2", None, status="unparsed"),  # one usable left
+        make("d", "m1", 2.0),  # a single completion
+        make("e", "m1", 1.0), make("e", "m2", 1.5),
+    ]
+    completions, judgements = [c for c, _ in rows], [j for _, j in rows]
+    pairs, report = binarize(prompts, completions, judgements, BinarizeSpec())
+    assert [p.prompt_id for p in pairs] == ["a", "e"]
+    assert report.skipped == {"all completions tie": 1, "fewer than 2 scored completions": 2}
+    assert report.unusable_judgements == {"unparsed": 1}
+    a = pairs[0]
+    assert a.score_chosen == 4.0 and a.chosen_model == "m1" and a.score_rejected in (2.0, 3.0)
+    assert a.prompt == prompts[0].messages and a.chosen[0].role == "assistant"
+    again, _ = binarize(prompts, completions, judgements, BinarizeSpec())
+    assert again == pairs  # the random rejected is seeded per prompt
+    drawn = {binarize(prompts, completions, judgements, BinarizeSpec(seed=s))[0][0].rejected_model for s in range(20)}
+    assert drawn == {"m2", "m3"}  # rejected is a random other, not always the worst
+
+
+def test_split_keeps_prompts_on_one_side():
+    prompts = [Prompt(prompt_id=f"p{i}", messages=[Message(role="user", content="q")]) for i in range(10)]
+    rows = [make(p.prompt_id, m, s) for p in prompts for m, s in (("m1", 2.0), ("m2", 1.0))]
+    pairs, _ = binarize(prompts, [c for c, _ in rows], [j for _, j in rows], BinarizeSpec())
+    train, test = split_pairs(pairs, 0.2, seed=0)
+    assert len(test) == 2 and len(train) == 8
+    assert not {p.prompt_id for p in train} & {p.prompt_id for p in test}
+    assert split_pairs(pairs, 0.2, seed=0) == (train, test)
