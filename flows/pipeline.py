@@ -102,9 +102,9 @@ def dpo_task(recipe: Recipe, out: str, train_pairs: int) -> StageReport:
     t = _timed("train dDPO")
     path = Path(out) / "dpo"
     metrics = train_dpo(Path(out) / "dataset", recipe.train.dpo, path)
+    notes = {k: round(float(metrics[k]), 4) for k in ("train_loss", "train_samples_per_second") if k in metrics}
     return StageReport(stage="train-dpo", count_in=train_pairs, count_out=int(metrics.get("steps", 0)),
-                       seconds=time.perf_counter() - t, path=str(path),
-                       notes={k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)})
+                       seconds=time.perf_counter() - t, path=str(path), notes=notes)
 
 
 @flow(name="rlaif-pipeline", log_prints=True)
@@ -138,12 +138,18 @@ def run(recipe: Recipe, out: str | Path) -> list[StageReport]:
     return reports
 
 
+def _fmt(value: Any) -> str:
+    if isinstance(value, dict):
+        return " ".join(f"{k}={v}" for k, v in value.items()) or "none"
+    return str(value)
+
+
 def print_summary(reports: list[StageReport], out: str) -> None:
     table = Table(title=f"rlaif run: {out}")
     for col in ("stage", "in", "out", "seconds", "notes", "written to"):
         table.add_column(col)
     for r in reports:
-        notes = ", ".join(f"{k}={v}" for k, v in r.notes.items())
+        notes = "\n".join(f"{k}: {_fmt(v)}" for k, v in r.notes.items())
         table.add_row(r.stage, str(r.count_in), str(r.count_out), f"{r.seconds:.1f}", notes,
                       str(Path(r.path).relative_to(out)) if r.path.startswith(out) else r.path)
-    Console().print(table)
+    Console(width=max(Console().width, 110)).print(table)

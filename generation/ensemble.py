@@ -64,7 +64,8 @@ def render_prompt(spec: GeneratorSpec, tokenizer, prompt: Prompt) -> list[int]:
     # URIAL: a preamble and three worked examples, then the conversation as Query/Answer blocks.
     text = load_template("urial", spec.urial_version).text
     if spec.system_prompt:
-        text = text.replace("# Query:", spec.system_prompt.strip() + "\n\n# Query:", 1)
+        # before the first example block (the preamble itself mentions "# Query:" in a sentence)
+        text = text.replace("\n# Query:\n", "\n" + spec.system_prompt.strip() + "\n\n# Query:\n", 1)
     for m in prompt.messages:
         if m.role == "user":
             text += f"# Query:\n```\n{m.content}\n```\n\n"

@@ -43,10 +43,11 @@ def test_a_prompt_longer_than_the_context_is_reported_not_fatal(engine, prompts)
 
 
 def test_urial_format_renders_a_raw_prompt(engine, prompts):
-    spec = SPEC.model_copy(update={"format": "urial"})
+    spec = SPEC.model_copy(update={"format": "urial", "system_prompt": "Be concise."})
     text = engine.tokenizer.decode(ensemble.render_prompt(spec, engine.tokenizer, prompts[0]))
     assert text.rstrip().endswith("# Answer:\n```") and "<|im_start|>" not in text
-    assert text.count("# Query:") == 4  # three in-context examples and the prompt
+    assert text.count("# Query:\n```") == 4  # three in-context examples and the prompt
+    assert text.index("Be concise.") < text.index("# Query:\n```")  # the system prompt leads the examples
 
 
 def test_finished_shards_are_read_back_without_loading_a_model(engine, prompts, tmp_path, monkeypatch):
