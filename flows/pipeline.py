@@ -60,14 +60,18 @@ def generate_task(prompts: list[Prompt], recipe: Recipe, out: str) -> tuple[list
     t = _timed("generate")
     store = RunStore(out)
     completions = generate(prompts, recipe.generators, store, recipe.engine, recipe.shard_size, recipe.seed,
-                           on_model=lambda name, msg: console.print(f"  {name}: {msg}"))
+                           on_model=lambda name, msg: console.print(f"  {name}: {msg}"),
+                           models_per_prompt=recipe.models_per_prompt)
     ok = [c for c in completions if c.ok]
+    failed = [c for c in completions if not c.ok]
+    for c in failed[:10]:
+        console.print(f"  [yellow]failed[/] {c.model} / {c.prompt_id}: {c.error}")
     per_model = {g.name: sum(1 for c in ok if c.model == g.name) for g in recipe.generators}
-    tokens = sum(c.output_tokens for c in ok)
+    notes = {"failed": len(failed), "retried next run": sum(c.retryable for c in failed),
+             "per_model": per_model, "output_tokens": sum(c.output_tokens for c in ok)}
     return completions, StageReport(
-        stage="generate", count_in=len(prompts) * len(recipe.generators), count_out=len(ok),
-        seconds=time.perf_counter() - t, path=str(Path(out) / "completions"),
-        notes={"failed": len(completions) - len(ok), "per_model": per_model, "output_tokens": tokens})
+        stage="generate", count_in=len(completions), count_out=len(ok),
+        seconds=time.perf_counter() - t, path=str(Path(out) / "completions"), notes=notes)
 
 
 @task(name="judge", cache_policy=NO_CACHE, persist_result=False)
@@ -127,12 +131,20 @@ def pipeline_flow(recipe: Recipe, out: str) -> list[StageReport]:
     return reports
 
 
-def run(recipe: Recipe, out: str | Path) -> list[StageReport]:
+@flow(name="rlaif-generate", log_prints=True)
+def generate_flow(recipe: Recipe, out: str) -> list[StageReport]:
+    """The generation stage alone (`rlaif generate`)."""
+    prompts, r = prompts_task(recipe)
+    _, g = generate_task(prompts, recipe, out)
+    return [r, g]
+
+
+def run(recipe: Recipe, out: str | Path, only_generate: bool = False) -> list[StageReport]:
     """Run the flow, then write and print the summary."""
     out = str(Path(out).resolve())
     Path(out).mkdir(parents=True, exist_ok=True)
     (Path(out) / "recipe.json").write_text(recipe.model_dump_json(indent=2))
-    reports = pipeline_flow(recipe, out)
+    reports = (generate_flow if only_generate else pipeline_flow)(recipe, out)
     (Path(out) / "summary.json").write_text(json.dumps([r.model_dump() for r in reports], indent=2))
     print_summary(reports, out)
     return reports

@@ -41,6 +41,7 @@ class Recipe(BaseModel):
     shard_size: int = Field(256, ge=1)  # records per shard: the unit of skipping and resuming
     prompts: PromptSource = Field(default_factory=PromptSource)
     generators: list[GeneratorSpec] = Field(min_length=1)
+    models_per_prompt: int | None = Field(None, ge=1)  # K members drawn per prompt; None: every member
     judge: JudgeSpec
     binarize: BinarizeSpec = Field(default_factory=BinarizeSpec)
     train: TrainSpec = Field(default_factory=TrainSpec)

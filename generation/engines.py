@@ -38,7 +38,8 @@ def on_cpu() -> bool:
     return current_platform.is_cpu()
 
 
-def _cpu_environment(settings: EngineSettings) -> None:
+def cpu_environment(settings: EngineSettings) -> None:
+    """Set vLLM's CPU variables for this machine unless the user already did."""
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(settings.cpu_kv_cache_gb))
     cores = sorted(os.sched_getaffinity(0))
     bind = settings.cpu_threads_bind or (f"{cores[0]}-{cores[-1]}" if cores == list(range(cores[0], cores[-1] + 1)) else ",".join(map(str, cores)))
@@ -53,7 +54,7 @@ class VLLMEngine:
         settings = settings or EngineSettings()
         cpu = on_cpu()
         if cpu:
-            _cpu_environment(settings)
+            cpu_environment(settings)
         from vllm import LLM
 
         kwargs: dict[str, Any] = dict(

@@ -69,6 +69,7 @@ class Completion(Record):
     prompt_tokens: int = 0
     output_tokens: int = 0
     error: str | None = None
+    retryable: bool = False  # a transient failure (HTTP 5xx/429, timeout): the next run tries again
 
     @property
     def ok(self) -> bool:

@@ -27,3 +27,17 @@ def test_store_writes_whole_shards_only(tmp_path):
     assert not list((tmp_path / "prompts").glob("*.tmp"))
     store.write("prompts", "k2", recs[:1])
     assert len(store.read_all("prompts", Prompt)) == 4
+
+
+def test_k_of_pool_draws_are_seeded_per_prompt():
+    from generation.ensemble import assign_models
+
+    pool = [GeneratorSpec(name=n, model="m") for n in "abcd"]
+    prompts = [Prompt(prompt_id=str(i), messages=[Message(role="user", content="x")]) for i in range(40)]
+    drawn = assign_models(prompts, pool, 2, seed=7)
+    assert sum(len(v) for v in drawn.values()) == 80 and all(drawn.values())  # 2 per prompt, all used
+    per_prompt = {p.prompt_id: sorted(n for n, ps in drawn.items() if p in ps) for p in prompts}
+    assert all(len(v) == 2 for v in per_prompt.values())
+    assert assign_models(prompts, pool, 2, seed=7) == drawn
+    assert assign_models(prompts, pool, 2, seed=8) != drawn
+    assert assign_models(prompts, pool, None, seed=7) == {n: prompts for n in "abcd"}

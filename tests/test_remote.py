@@ -1,0 +1,154 @@
+"""Generation through OpenAI-compatible endpoints: real HTTP servers on 127.0.0.1."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from conftest import ROOT
+from generation.ensemble import STAGE, GeneratorSpec, Sampling, generate, generate_remote_shard
+from generation.prompt_sets import load_prompts
+from generation.records import Completion
+from generation.remote import Endpoint
+from generation.store import RunStore
+
+
+class FlakyOpenAI(BaseHTTPRequestHandler):
+    """Answers chat completions with the next status in `statuses` (the last one repeats)."""
+
+    statuses: list[int] = [200]
+    seen: list[dict] = []
+
+    def do_POST(self):  # noqa: N802
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        type(self).seen.append(body)
+        status = self.statuses.pop(0) if len(self.statuses) > 1 else self.statuses[0]
+        if status != 200:
+            payload = {"error": {"message": "upstream overloaded", "type": "server_error"}}
+        else:
+            payload = {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
+                       "choices": [{"index": 0, "finish_reason": "stop",
+                                    "message": {"role": "assistant", "content": "  pong  "}}],
+                       "usage": {"prompt_tokens": 7, "completion_tokens": 1, "total_tokens": 8}}
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def flaky():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), FlakyOpenAI)
+    FlakyOpenAI.seen = []
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield FlakyOpenAI, f"http://127.0.0.1:{server.server_address[1]}/v1"
+    server.shutdown()
+
+
+def spec(url, retries):
+    return GeneratorSpec(name="remote", model="served", endpoint=Endpoint(base_url=url, max_retries=retries, max_concurrency=2),
+                         sampling=Sampling(max_tokens=8))
+
+
+def test_a_500_is_retried_with_backoff(flaky):
+    handler, url = flaky
+    handler.statuses = [500, 200]
+    prompts = load_prompts("mt_bench", limit=1)
+    (c,) = generate_remote_shard(spec(url, retries=2), prompts)
+    assert c.ok and c.text == "pong" and c.output_tokens == 1
+    assert len(handler.seen) == 2  # one failure, one retry
+    assert handler.seen[0]["messages"][-1]["content"] == prompts[0].text
+
+
+def test_a_row_that_keeps_failing_is_kept_and_retried_next_run(flaky, tmp_path, monkeypatch):
+    handler, url = flaky
+    monkeypatch.setenv("TEST_API_KEY", "sk-secret-value")
+    prompts = load_prompts("mt_bench", limit=3)
+    s = spec(url, retries=1).model_copy(update={"endpoint": Endpoint(base_url=url, max_retries=1, api_key_env="TEST_API_KEY")})
+    store = RunStore(tmp_path)
+    handler.statuses = [200, 500]  # the first request succeeds, every later one fails
+    first = generate(prompts, [s], store)
+    failed = [c for c in first if not c.ok]
+    assert len(first) == 3 and len(failed) == 2
+    assert all(c.retryable and c.error.startswith("HTTP 500") and c.text is None for c in failed)
+    assert "sk-secret-value" not in "".join(p.read_text() for p in (tmp_path / STAGE).glob("*"))
+
+    handler.statuses, handler.seen = [200], []
+    second = generate(prompts, [s], store)
+    assert len(handler.seen) == 2  # only the failed rows went out again
+    assert all(c.ok for c in second) and [c.prompt_id for c in second] == [p.prompt_id for p in prompts]
+    assert store.read_all(STAGE, Completion) == second
+
+
+def test_missing_api_key_variable_is_a_clear_error(flaky, monkeypatch):
+    _, url = flaky
+    monkeypatch.delenv("NO_SUCH_KEY", raising=False)
+    with pytest.raises(RuntimeError, match="NO_SUCH_KEY"):
+        Endpoint(base_url=url, api_key_env="NO_SUCH_KEY").api_key()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def vllm_server(smollm2_dir):
+    """`rlaif serve-model` on 127.0.0.1: waits for /v1/models, then stops the process."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "serve-model", "smollm2-135m-instruct",
+                             "--port", str(port)], cwd=ROOT, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"})
+    url = f"http://127.0.0.1:{port}/v1"
+    deadline = time.time() + 300
+    while True:
+        try:
+            with urllib.request.urlopen(url + "/models", timeout=5) as r:
+                if "smollm2-135m-instruct" in r.read().decode():
+                    break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.time() > deadline:
+            stop(proc, signal.SIGKILL)
+            pytest.fail(f"vLLM server did not come up (exit code {proc.poll()})")
+        time.sleep(2)
+    yield url
+    stop(proc, signal.SIGTERM)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        stop(proc, signal.SIGKILL)
+
+
+def stop(proc, sig):
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+@pytest.mark.engine
+def test_generates_through_vllms_real_server(vllm_server):
+    prompts = load_prompts("mt_bench", limit=2)
+    s = GeneratorSpec(name="served", model="smollm2-135m-instruct", endpoint=Endpoint(base_url=vllm_server),
+                      sampling=Sampling(temperature=0.0, max_tokens=16))
+    out = generate_remote_shard(s, prompts)
+    assert all(c.ok and c.text and 0 < c.output_tokens <= 16 and c.prompt_tokens > 10 for c in out)
+    urial = generate_remote_shard(s.model_copy(update={"format": "urial"}), prompts[:1])
+    assert urial[0].ok and urial[0].prompt_tokens > 200  # the in-context prompt went through /v1/completions

@@ -1,0 +1,51 @@
+"""A generation killed with SIGKILL mid-run recomputes none of its finished shards."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from conftest import ROOT
+
+pytestmark = pytest.mark.engine
+
+
+def test_kill_9_then_rerun_generates_only_what_was_missing(tmp_path, smollm2_dir):
+    recipe = {
+        "name": "resume", "shard_size": 2, "prompts": {"source": "mt_bench", "limit": 8},
+        "generators": [{"name": "smol", "model": "smollm2-135m-instruct",
+                        "sampling": {"temperature": 0.7, "max_tokens": 96}}],
+        "judge": {"name": "j", "model": "smollm2-135m-instruct"},
+        "engine": {"max_model_len": 1024, "cpu_kv_cache_gb": 1},
+    }
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    out = tmp_path / "run"
+    shards = out / "completions"
+    cmd = [sys.executable, "-m", "flows.cli", "generate", str(path), "--out", str(out)]
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}
+
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not list(shards.glob("shard-*.jsonl")):
+        assert proc.poll() is None, "generation ended before writing a shard"
+        assert time.time() < deadline, "no shard written in time"
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGKILL)  # the CLI, the engine core and its workers
+    proc.wait()
+    before = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in shards.glob("shard-*.jsonl")}
+    assert 1 <= len(before) < 4, before
+
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"smol: {len(before)} of 4 shards already done" in done.stderr
+    after = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in shards.glob("shard-*.jsonl")}
+    assert len(after) == 4
+    assert all(after[name] == stamp for name, stamp in before.items())  # finished shards untouched
+    rows = [line for p in shards.glob("shard-*.jsonl") for line in p.read_text().splitlines()]
+    assert len(rows) == 8
