@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from generation.engines import EngineSettings
 from generation.ensemble import GeneratorSpec
@@ -46,6 +46,14 @@ class Recipe(BaseModel):
     binarize: BinarizeSpec = Field(default_factory=BinarizeSpec)
     train: TrainSpec = Field(default_factory=TrainSpec)
     engine: EngineSettings = Field(default_factory=EngineSettings)
+
+    @field_validator("generators")
+    @classmethod
+    def _unique_names(cls, generators: list[GeneratorSpec]) -> list[GeneratorSpec]:
+        names = [g.name for g in generators]
+        if len(set(names)) != len(names):
+            raise ValueError(f"generator names must be unique, got {names}")
+        return generators
 
 
 class RecipeError(ValueError):

@@ -109,7 +109,9 @@ def judge(prompts: list[Prompt], completions: list[Completion], spec: JudgeSpec,
     by_id = {p.prompt_id: p for p in prompts}
     stage = f"{STAGE}/{spec.name}"  # two judges' results sit side by side in the run
     settings = spec.settings_hash()
-    todo = [(content_hash(settings, [c.completion_id for c in completions[i : i + shard_size]]),
+    # keyed on each completion's text and error too: a row that failed and was regenerated since is
+    # judged again, not left with its stale "failed" verdict
+    todo = [(content_hash(settings, [(c.completion_id, c.text, c.error) for c in completions[i : i + shard_size]]),
              completions[i : i + shard_size]) for i in range(0, len(completions), shard_size)]
     missing = [(k, s) for k, s in todo if not store.has(stage, k)]
     if missing:

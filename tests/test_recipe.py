@@ -33,6 +33,11 @@ def test_unknown_and_wrong_fields_are_named(tmp_path):
     assert "field 'judge.sampling.max_tokens'" in msg
 
 
+def test_generator_names_must_be_unique():
+    with pytest.raises(RecipeError, match="field 'generators': Value error, generator names must be unique"):
+        load_recipe(QUICKSTART, ["generators.1.name=smollm2-135m"])
+
+
 def test_cli_reports_a_bad_prompt_file_before_loading_models(tmp_path):
     prompts = tmp_path / "p.jsonl"
     prompts.write_text('{"prompt": "fine"}\n{"prompt": ""}\n')
