@@ -77,13 +77,14 @@ def generate_task(prompts: list[Prompt], recipe: Recipe, out: str) -> tuple[list
 @task(name="judge", cache_policy=NO_CACHE, persist_result=False)
 def judge_task(prompts: list[Prompt], completions: list[Completion], recipe: Recipe,
                out: str) -> tuple[list[Judgement], StageReport]:
-    t = _timed(f"judge ({recipe.judge.name})")
-    judgements = judge(prompts, completions, recipe.judge, RunStore(out), recipe.engine,
+    spec = recipe.judge_spec()
+    t = _timed(f"judge ({spec.name})")
+    judgements = judge(prompts, completions, spec, RunStore(out), recipe.engine,
                        recipe.shard_size, recipe.seed)
     status = {s: sum(1 for j in judgements if j.status == s) for s in ("parsed", "unparsed", "failed")}
     return judgements, StageReport(stage="judge", count_in=len(completions), count_out=status["parsed"],
                                    seconds=time.perf_counter() - t, notes=status,
-                                   path=str(Path(out) / "judgements" / recipe.judge.name))
+                                   path=str(Path(out) / "judgements" / spec.name))
 
 
 @task(name="binarize", cache_policy=NO_CACHE, persist_result=False)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from generation.engines import EngineSettings
 from generation.ensemble import GeneratorSpec
@@ -42,10 +42,35 @@ class Recipe(BaseModel):
     prompts: PromptSource = Field(default_factory=PromptSource)
     generators: list[GeneratorSpec] = Field(min_length=1)
     models_per_prompt: int | None = Field(None, ge=1)  # K members drawn per prompt; None: every member
-    judge: JudgeSpec
+    judges: list[JudgeSpec] = Field(min_length=1)  # side by side in the run; binarize.judge picks one
     binarize: BinarizeSpec = Field(default_factory=BinarizeSpec)
     train: TrainSpec = Field(default_factory=TrainSpec)
     engine: EngineSettings = Field(default_factory=EngineSettings)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_judge(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "judge" in data and "judges" not in data:
+            data = {**data, "judges": [data["judge"]]}  # a single `judge:` block is a list of one
+            del data["judge"]
+        return data
+
+    @model_validator(mode="after")
+    def _judge_names(self) -> "Recipe":
+        names = [j.name for j in self.judges]
+        if len(set(names)) != len(names):
+            raise ValueError(f"judge names must be unique, got {names}")
+        if self.binarize.judge is not None and self.binarize.judge not in names:
+            raise ValueError(f"binarize.judge {self.binarize.judge!r} is not one of the judges {names}")
+        return self
+
+    def judge_spec(self, name: str | None = None) -> JudgeSpec:
+        """The judge named `name`, else the one binarization uses (binarize.judge, or the first)."""
+        name = name or self.binarize.judge or self.judges[0].name
+        for j in self.judges:
+            if j.name == name:
+                return j
+        raise RecipeError(f"no judge named {name!r} in this recipe (judges: {[j.name for j in self.judges]})")
 
     @field_validator("generators")
     @classmethod

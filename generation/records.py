@@ -86,32 +86,98 @@ class AspectRating(Record):
     raw: str = ""  # the judge's text as generated, kept for audit
 
 
+ScoreSource = Literal["auto", "expected", "sampled"]
+
+
 class Judgement(Record):
-    """A judge's verdict on one completion, with everything needed to say who made it and how."""
+    """A judge's verdict on one completion, with everything needed to say who made it and how.
+
+    `aspects` holds one `AspectRating` per rated aspect: the four UltraFeedback aspects, or a single
+    `overall` (critique, MT-Bench single answer), or `reward` (a reward model's scalar, in `expected`).
+    """
 
     judgement_id: str  # hash of completion id + judge settings hash
     completion_id: str
     prompt_id: str
     model: str  # the generator that wrote the completion
     judge: str  # the judge's name in the recipe
+    kind: str = "ultrafeedback"  # ultrafeedback | critique | mt_bench_single | reward_model
     judge_model: str
     template: str
     template_version: str
     template_hash: str
     settings_hash: str
     sampling: dict[str, Any]
+    scale: tuple[float, float] = (1, 5)
     aspects: dict[str, AspectRating]
     status: Literal["parsed", "unparsed", "failed"]
     error: str | None = None
+    retries: int = 0  # re-asks it took before the output parsed (or gave up)
 
-    def score(self, source: Literal["expected", "sampled"]) -> float | None:
-        """Mean over aspects (as Argilla's Notus did); None unless every aspect is usable."""
+    def score(self, source: ScoreSource = "auto", aspect: str | None = None) -> float | None:
+        """The mean over aspects (as Argilla's Notus did), or one `aspect`; None if any is unusable.
+
+        expected: from the judge's rating-token probabilities; sampled: the written rating; auto:
+        expected where the engine returned probabilities, else sampled. A reward model's scalar is
+        its score under every source.
+        """
         if self.status != "parsed":
             return None
-        values = [a.expected if source == "expected" else a.rating for a in self.aspects.values()]
+        chosen = [self.aspects.get(aspect)] if aspect else list(self.aspects.values())
+        values = []
+        for a in chosen:
+            if a is None:
+                return None
+            if self.kind == "reward_model" or source == "expected":
+                values.append(a.expected)
+            elif source == "sampled":
+                values.append(a.rating)
+            else:
+                values.append(a.expected if a.expected is not None else a.rating)
         if not values or any(v is None for v in values):
             return None
         return sum(values) / len(values)
+
+
+class PairVerdict(Record):
+    """One order of a pairwise comparison: which of the two shown completions the judge preferred."""
+
+    first: str  # completion id shown first (as "A")
+    second: str
+    winner: Literal["first", "second", "tie"] | None = None  # None: unparsed
+    p_first: float | None = None  # P(first is better) from the verdict token's probabilities
+    rationale: str | None = None
+    raw: str = ""
+
+
+class PairJudgement(Record):
+    """A pairwise judge's verdict on two completions of one prompt, judged in both orders.
+
+    `winner` is "tie" when the two orders disagree, so position bias cancels (as in the RLAIF paper);
+    `p_a` is P(a is better) averaged over both orders.
+    """
+
+    judgement_id: str
+    prompt_id: str
+    completion_a: str
+    completion_b: str
+    model_a: str
+    model_b: str
+    judge: str
+    kind: str = "pairwise"  # pairwise | mt_bench_pairwise
+    judge_model: str
+    template: str
+    template_version: str
+    template_hash: str
+    settings_hash: str
+    sampling: dict[str, Any]
+    orders: list[PairVerdict]  # [(a, b), (b, a)]
+    winner: Literal["a", "b", "tie"] | None = None
+    p_a: float | None = None
+    order_changed_verdict: bool = False  # the two orders disagree
+    status: Literal["parsed", "unparsed", "failed"]
+    error: str | None = None
+    retries: int = 0
 
 
 class PreferencePair(Record):

@@ -14,13 +14,14 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from generation.records import Completion, Judgement, Message, PreferencePair, Prompt, content_hash
+from generation.records import ScoreSource, Completion, Judgement, Message, PreferencePair, Prompt, content_hash
 
 
 class BinarizeSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    score: Literal["expected", "sampled"] = "expected"  # expected: from the judge's probabilities
+    judge: str | None = None  # which of the recipe's judges; None: the first
+    score: ScoreSource = "auto"  # expected: from the judge's probabilities; auto: those where given
     test_fraction: float = Field(0.2, ge=0, lt=1)
     seed: int = 0
 

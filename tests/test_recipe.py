@@ -12,7 +12,7 @@ QUICKSTART = ROOT / "recipes" / "quickstart.yaml"
 def test_quickstart_recipe_validates():
     r = load_recipe(QUICKSTART)
     assert [g.format for g in r.generators] == ["chat", "urial"]
-    assert r.judge.kind == "ultrafeedback" and r.binarize.score == "expected"
+    assert r.judges[0].kind == "ultrafeedback" and r.binarize.score == "auto"
     assert r.train.dpo.beta == 0.1
 
 
@@ -29,8 +29,8 @@ def test_unknown_and_wrong_fields_are_named(tmp_path):
         load_recipe(bad)
     msg = str(e.value)
     assert str(bad) in msg
-    assert "field 'judge.sampling.temprature': unknown field" in msg
-    assert "field 'judge.sampling.max_tokens'" in msg
+    assert "field 'judges.0.sampling.temprature': unknown field" in msg
+    assert "field 'judges.0.sampling.max_tokens'" in msg
 
 
 def test_generator_names_must_be_unique():
