@@ -39,6 +39,15 @@ def _seed(seed: int, key: tuple[str, str], attempt: int) -> int:
     return int(content_hash(seed, key, attempt), 16) % (2**31)
 
 
+def chat_text(tokenizer, messages: list[dict]) -> str:
+    """The model's chat template; a base model without one gets a plain transcript ending in the
+    assistant's turn (its output is held to the format by guided decoding all the same)."""
+    if tokenizer.chat_template:
+        return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    turns = [f"{m['role'].capitalize()}: {m['content']}" for m in messages]
+    return (tokenizer.bos_token or "") + "\n\n".join(turns) + "\n\nAssistant:"
+
+
 def _offline(llm: VLLMEngine, spec: JudgeSpec, fmt: OutputFormat, requests: list[JudgeRequest],
              temperature: float, seed: int, attempt: int) -> list[tuple[str | None, list | None, str | None, bool]]:
     from vllm import SamplingParams
@@ -51,7 +60,7 @@ def _offline(llm: VLLMEngine, spec: JudgeSpec, fmt: OutputFormat, requests: list
     results: list = [None] * len(requests)
     ids, params, where = [], [], []
     for i, r in enumerate(requests):
-        text = tok.apply_chat_template(r.messages, add_generation_prompt=True, tokenize=False)
+        text = chat_text(tok, r.messages)
         tokens = list(tok(text, add_special_tokens=False).input_ids)
         room = llm.max_model_len - len(tokens)
         if room < 8:

@@ -152,3 +152,26 @@ def test_generates_through_vllms_real_server(vllm_server):
     assert all(c.ok and c.text and 0 < c.output_tokens <= 16 and c.prompt_tokens > 10 for c in out)
     urial = generate_remote_shard(s.model_copy(update={"format": "urial"}), prompts[:1])
     assert urial[0].ok and urial[0].prompt_tokens > 200  # the in-context prompt went through /v1/completions
+
+
+@pytest.mark.engine
+@pytest.mark.parametrize("kind", ["ultrafeedback", "mt_bench_single", "pairwise"])
+def test_judges_through_vllms_real_server(vllm_server, kind, tmp_path):
+    """response_format (JSON schema) or vLLM's regex constraint, and log-probs, over HTTP."""
+    from judges.spec import JudgeSpec
+    from judges.stage import run_judge
+
+    prompts = load_prompts("mt_bench", limit=1)
+    answers = ["Dear reader, Hawaii was lovely: beaches, volcanoes and kind people.", "no"]
+    completions = [Completion(completion_id=f"c{i}", prompt_id=prompts[0].prompt_id, prompt_hash=prompts[0].hash,
+                              model=f"m{i}", settings_hash="s", text=t) for i, t in enumerate(answers)]
+    spec = JudgeSpec(name=kind, kind=kind, model="smollm2-135m-instruct", aspects=["helpfulness"],
+                     endpoint=Endpoint(base_url=vllm_server))
+    records = run_judge(prompts, completions, spec, RunStore(tmp_path))
+    assert records and all(r.status == "parsed" for r in records), [r.error for r in records]
+    for r in records:
+        if kind == "pairwise":
+            assert 0 <= r.p_a <= 1 and all(v.winner for v in r.orders)
+        else:
+            (a,) = r.aspects.values()
+            assert sum(a.probs.values()) == pytest.approx(1.0) and a.expected is not None
