@@ -155,7 +155,7 @@ def test_generates_through_vllms_real_server(vllm_server):
 
 
 @pytest.mark.engine
-@pytest.mark.parametrize("kind", ["ultrafeedback", "mt_bench_single", "pairwise"])
+@pytest.mark.parametrize("kind", ["ultrafeedback", "critique", "mt_bench_single", "pairwise", "mt_bench_pairwise"])
 def test_judges_through_vllms_real_server(vllm_server, kind, tmp_path):
     """response_format (JSON schema) or vLLM's regex constraint, and log-probs, over HTTP."""
     from judges.spec import JudgeSpec
