@@ -3,7 +3,8 @@ and the judge stage's throughput against plain vLLM generating the same tokens.
 
     python bench/judging.py [--prompts 16] [--judges smollm2-135m-instruct gemma3-270m] [--kinds ...]
 
-For each judge model the engine is loaded once (load time is not counted). Completions to judge
+For each judge model the engine is loaded once (load time is not counted), with prefix caching
+off so that no run reuses another's prefill. Completions to judge
 come from SmolLM2 (two per prompt, 64 tokens). For each kind it prints:
   judgements/s   records written per second by `judges.stage.run_judge` (retries included)
   parsed         share of records parsed (goal: 99.5% or more with structured output)
@@ -68,7 +69,7 @@ def main() -> None:
     ap.add_argument("--kinds", nargs="+", default=KINDS)
     args = ap.parse_args()
 
-    from generation.engines import VLLMEngine
+    from generation.engines import EngineSettings, VLLMEngine
     from generation.ensemble import GeneratorSpec, Sampling, generate
     from generation.models import resolve_model
     from generation.prompt_sets import load_prompts
@@ -83,11 +84,14 @@ def main() -> None:
     completions = generate(prompts, gens, RunStore(tmp / "gen"))
     rows = []
     for judge_model in args.judges:
-        with VLLMEngine(resolve_model(judge_model), compact_json=True) as eng:
+        # no prefix caching: the stage and the plain runs send the same prompts, and whichever ran
+        # second would skip their prefill
+        settings = EngineSettings(extra={"enable_prefix_caching": False})
+        with VLLMEngine(resolve_model(judge_model), settings, compact_json=True) as eng:
             for kind in args.kinds:
                 spec = JudgeSpec(name=kind, kind=kind, model=judge_model)
                 reqs = requests_for(spec, prompts, completions)
-                plain(eng, spec, reqs[:4], constrained=True)  # compile this kind's grammar once, as the stage did before
+                plain(eng, spec, reqs[:4], constrained=True)  # compile this kind's grammar once for both
                 t = time.perf_counter()
                 records = run_judge(prompts, completions, spec, RunStore(tmp / judge_model / kind), llm=eng)
                 stage_s = time.perf_counter() - t

@@ -20,6 +20,7 @@ name + version + content hash, sampling, constraints), so changing any of them r
 from __future__ import annotations
 
 import json
+from functools import lru_cache
 from importlib.resources import files
 from typing import Literal
 
@@ -109,10 +110,15 @@ class JudgeSpec(BaseModel):
                             self.max_length if self.kind == "reward_model" else None)
 
 
+@lru_cache(maxsize=1)
+def _mt_bench_prompts() -> dict[str, dict]:
+    path = files("prompts").joinpath("judges", MT_BENCH_FILE)
+    return {json.loads(line)["name"]: json.loads(line) for line in path.read_text().splitlines() if line.strip()}
+
+
 def mt_bench_prompt(name: str) -> dict:
     """One prompt of FastChat's MT-Bench judge prompt file (prompts/judges), by its name."""
-    path = files("prompts").joinpath("judges", MT_BENCH_FILE)
-    prompts = {json.loads(line)["name"]: json.loads(line) for line in path.read_text().splitlines() if line.strip()}
+    prompts = _mt_bench_prompts()
     if name not in prompts:
         raise ValueError(f"no MT-Bench judge prompt {name!r} in prompts/judges/{MT_BENCH_FILE} (have: {sorted(prompts)})")
     return prompts[name]
