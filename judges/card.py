@@ -14,10 +14,8 @@ from pathlib import Path
 
 from generation.records import Completion, PreferencePair, Prompt
 from judges.binarize import BinarizeSpec, select_judgements
+from judges.dataset import SPLITS, configs_yaml
 from judges.scores import completion_scores
-
-SPLITS = ("train_prefs", "test_prefs", "train_sft", "test_sft")
-
 
 # ----------------------------------------------------------------------------- plots
 
@@ -98,12 +96,7 @@ def _size(n: int) -> str:
 
 
 def _metadata(m: dict) -> str:
-    lines = ["---", "configs:"]
-    for config in ("prefs", "sft"):
-        lines += [f"- config_name: {config}"] + (["  default: true"] if config == "prefs" else [])
-        lines += ["  data_files:"]
-        for split in (s for s in SPLITS if s.endswith(config)):
-            lines += [f"  - split: {split}", f"    path: {config}/{split}-*"]
+    lines = ["---", *configs_yaml(m["inputs_hash"])]
     lines += ["license: other", "language:", "- en", "task_categories:", "- text-generation",
               "tags:", "- dpo", "- rlaif", "- preference", "- synthetic", "- trl",
               "size_categories:", f"- {_size(m['counts']['pairs'])}",

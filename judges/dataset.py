@@ -17,8 +17,8 @@ Versions: every publish writes a new folder and leaves the older ones as they ar
     runs/<name>/versions/0003/
         README.md                 the dataset card, with Hugging Face metadata (configs -> Parquet)
         dataset_dict.json, <split>/   `DatasetDict.save_to_disk`: datasets.load_from_disk(dir)
-        prefs/{train,test}_prefs-00000-of-00001.parquet   the Hub's layout, as two configs:
-        sft/{train,test}_sft-00000-of-00001.parquet       datasets.load_dataset(dir[, "sft"])
+        prefs/{train,test}_prefs-<inputs hash>.parquet   Parquet, as two configs (the card's
+        sft/{train,test}_sft-<inputs hash>.parquet       metadata): datasets.load_dataset(dir[, "sft"])
         plots/*.png               score distribution per model, margins, how often each model won
         manifest.json             inputs' hashes, recipe, specs, counts, every dropped id and why
     runs/<name>/dataset -> versions/0003   (a relative symlink to the latest)
@@ -100,24 +100,42 @@ def build_dataset(train: list[PreferencePair], test: list[PreferencePair]):
     })
 
 
-def parquet_path(split: str) -> str:
-    """Where a split's Parquet file lives in a version folder (and in the Hub repo)."""
-    return f"{CONFIGS[split]}/{split}-00000-of-00001.parquet"
+def parquet_path(split: str, tag: str) -> str:
+    """Where a split's Parquet file lives in a version folder (and in the Hub repo).
+
+    `tag` (the version's inputs hash) is in the name because `datasets.load_dataset(<folder>)`
+    caches a folder with a README `configs:` block by that block alone: two versions with the same
+    file names would read each other's cache.
+    """
+    return f"{CONFIGS[split]}/{split}-{tag}.parquet"
 
 
-def write_dataset(dd, out: str | Path) -> None:
+def configs_yaml(tag: str) -> list[str]:
+    """The README metadata lines that map each config's splits to their Parquet files."""
+    lines = ["configs:"]
+    for config in ("prefs", "sft"):
+        lines += [f"- config_name: {config}"] + (["  default: true"] if config == "prefs" else [])
+        lines += ["  data_files:"]
+        for split in (s for s in SPLITS if CONFIGS[s] == config):
+            lines += [f"  - split: {split}", f"    path: {parquet_path(split, tag)}"]
+    return lines
+
+
+def write_dataset(dd, out: str | Path, tag: str) -> None:
     """save_to_disk into `out`, and each split as Parquet under `out/prefs` or `out/sft`."""
     out = Path(out)
     dd.save_to_disk(str(out), num_shards={k: 1 for k in dd})  # an empty split still writes its file
     for name, split in dd.items():
-        (out / parquet_path(name)).parent.mkdir(exist_ok=True)
-        split.to_parquet(str(out / parquet_path(name)))
+        (out / parquet_path(name, tag)).parent.mkdir(exist_ok=True)
+        split.to_parquet(str(out / parquet_path(name, tag)))
 
 
 def write_preference_dataset(train: list[PreferencePair], test: list[PreferencePair], out: str | Path):
-    """The dataset alone, with no card or manifest (tests and ad-hoc use); returns the DatasetDict."""
+    """The dataset alone, with a metadata-only README (no card, plots or manifest); returns it."""
     dd = build_dataset(train, test)
-    write_dataset(dd, out)
+    tag = content_hash([p.pair_hash for p in train], [p.pair_hash for p in test])
+    write_dataset(dd, out, tag)
+    (Path(out) / "README.md").write_text("\n".join(["---", *configs_yaml(tag), "---", ""]))
     return dd
 
 
@@ -193,7 +211,7 @@ def publish_version(run_dir: str | Path, recipe_info: dict, prompts: list[Prompt
     (run_dir / "versions").mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".incoming-", dir=run_dir / "versions"))
     try:
-        write_dataset(dd, tmp)
+        write_dataset(dd, tmp, inputs_hash)
         manifest = _manifest(recipe_info, inputs, inputs_hash, spec, hygiene, hy, report, prompts,
                              completions, judgements, dd)
         manifest = _redact(manifest, _secrets())
