@@ -53,7 +53,7 @@ def write_plots(out: Path, prompts: list[Prompt], completions: list[Completion],
     values = [s for v in per_model.values() for s in v]
     if values:
         lo, hi = min(values), max(values)
-        bins = [lo + (hi - lo) * i / 20 for i in range(21)] if hi > lo else 10
+        bins = [lo + (hi - lo) * i / 20 for i in range(21)] if hi - lo > 1e-6 else 1
         for model, scores in sorted(per_model.items()):
             ax.hist(scores, bins=bins, histtype="step", linewidth=1.5, label=f"{model} (n={len(scores)})")
         ax.legend(fontsize=8)
@@ -65,7 +65,7 @@ def write_plots(out: Path, prompts: list[Prompt], completions: list[Completion],
     plt, fig, ax = _figure()
     margins = [p.score_chosen - p.score_rejected for p in pairs]
     if margins:
-        ax.hist(margins, bins=20, color="tab:blue")
+        ax.hist(margins, bins=20 if max(margins) - min(margins) > 1e-6 else 1, color="tab:blue")
     ax.set(title="Chosen minus rejected score", xlabel="margin", ylabel="pairs")
     _save(plt, fig, ax, out / "margins.png", not margins)
     made["Chosen minus rejected margin"] = "plots/margins.png"

@@ -197,3 +197,34 @@ def test_trl_trainers_run_on_the_dataset_as_written(published, tiny_model_dir, t
     assert sft.train().global_step == 1
     labels = sft.train_dataset[0]["labels"]  # prompt-completion: the loss is on the answer only
     assert labels[0] == -100 and any(t != -100 for t in labels)
+
+
+def test_rlaif_binarize_publishes_from_the_run_dir(tmp_path, capsys):
+    from flows.cli import main
+    from generation.store import RunStore
+
+    prompts, completions, judgements = corpus()
+    (tmp_path / "prompts.jsonl").write_text("".join(
+        json.dumps({"prompt_id": p.prompt_id, "messages": [m.model_dump() for m in p.messages]}) + "\n"
+        for p in prompts))
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"""name: unit
+prompts: {{source: {tmp_path / 'prompts.jsonl'}}}
+hygiene: {{near_dup_threshold: null}}
+generators: [{{name: alpha, model: org/alpha}}, {{name: beta, model: org/beta}}, {{name: gamma, model: org/gamma}}]
+judges: [{{name: uf, model: judge-135m}}]
+binarize: {{test_fraction: 0.25}}
+""")
+    run = tmp_path / "run"
+    assert main(["binarize", str(recipe), "--out", str(run)]) == 2
+    assert "no judgements for judge 'uf'" in capsys.readouterr().err
+    store = RunStore(run)
+    store.write("completions", "all", completions)
+    store.write("judgements/uf", "all", judgements)
+    assert main(["binarize", str(recipe), "--out", str(run)]) == 0
+    assert "13 pairs from 13 of 16 prompts" in capsys.readouterr().out
+    assert main(["binarize", str(recipe), "--out", str(run), "--set", "binarize.strategy=best_vs_worst"]) == 0
+    assert [v.name for v in list_versions(run)] == ["0001", "0002"]
+    assert json.loads((run / "dataset" / "manifest.json").read_text())["binarize"]["strategy"] == "best_vs_worst"
+    assert main(["binarize", str(recipe), "--out", str(run), "--set", "hygiene.ngram=0"]) == 2
+    assert "field 'hygiene.ngram'" in capsys.readouterr().err
