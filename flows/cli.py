@@ -6,6 +6,8 @@
     rlaif agreement RUN --judges A B [--human FILE]          how far two judges (and humans) agree
     rlaif serve-model MODEL [--port 8000]                      vLLM's OpenAI-compatible server on 127.0.0.1
     rlaif prepare-models [NAME ...]                            convert bundled GGUF models once
+    rlaif binarize RECIPE [--out DIR] [--set ...] [--force] [--push-to-hub REPO]
+                                                               a new dataset version from a run's judgements
 """
 
 from __future__ import annotations
@@ -119,6 +121,63 @@ def cmd_prepare_models(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- rlaif binarize (helper 6: datasets) -----------------------------------------------------------
+
+def cmd_binarize(args: argparse.Namespace) -> int:
+    """Publish a new dataset version from the completions and judgements already in the run dir."""
+    import json
+    from pathlib import Path
+
+    from flows.recipe import RecipeError, load_recipe
+    from generation.ensemble import stored_completions
+    from generation.prompt_sets import load_prompts
+    from generation.store import RunStore
+    from judges.dataset import HubError, publish_version
+    from judges.stage import stored_judgements
+
+    overrides = args.set + ([f"binarize.push_to_hub={args.push_to_hub}"] if args.push_to_hub else [])
+    recipe = load_recipe(args.recipe, overrides)
+    out = Path(args.out or os.path.join("runs", recipe.name))
+    judge = recipe.judge_spec()
+    prompts = load_prompts(recipe.prompts.source, recipe.prompts.limit, recipe.prompts.split)
+    store = RunStore(out)
+    try:
+        judgements = stored_judgements(store, judge.name)  # as its last run left them
+    except FileNotFoundError as e:
+        raise RecipeError(f"{e}; run `rlaif run` or `rlaif judge` first") from None
+    completions, missing = stored_completions(prompts, recipe.generators, store, recipe.shard_size, recipe.seed,
+                                              recipe.models_per_prompt)
+    if missing:
+        raise RecipeError(f"{out}: no completions yet from {missing} for these prompts; run `rlaif generate` first")
+    try:
+        version = publish_version(out, recipe.model_dump(mode="json"), prompts, completions, judgements,
+                                  recipe.binarize, recipe.hygiene, force=args.force)
+    except HubError as e:
+        print(f"error: {e} (the version is written and kept)", file=sys.stderr)
+        return 1
+    c = json.loads((version / "manifest.json").read_text())["counts"]
+    print(f"{version}: {c['pairs']} pairs from {c['prompts_paired']} of {c['prompts']} prompts; splits "
+          f"{c['splits']}; hygiene removed {c['hygiene_removed'] or 'none'}; skipped "
+          f"{c['prompts_skipped'] or 'none'}; unusable judgements {c['unusable_judgements'] or 'none'}")
+    print(f"{out / 'dataset'} -> {version.name}; card: {version / 'README.md'}")
+    return 0
+
+
+def add_binarize_parser(sub) -> None:
+    b = sub.add_parser("binarize", help="publish a new dataset version from a run's judgements",
+                       description="Binarize the completions and judgements already in the run directory "
+                                   "into a new dataset version (runs/<name>/versions/NNNN, with card, plots "
+                                   "and manifest); runs/<name>/dataset points at it. Inputs identical to "
+                                   "the latest version's give that version back unless --force.")
+    b.add_argument("recipe")
+    b.add_argument("--out", help="run directory (default: runs/<recipe name>)")
+    b.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe field")
+    b.add_argument("--force", action="store_true", help="write a new version even if nothing changed")
+    b.add_argument("--push-to-hub", metavar="REPO", help="also push the version to this Hub dataset repo "
+                                                          "(token from HF_TOKEN)")
+    b.set_defaults(func=cmd_binarize)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rlaif", description="RLAIF / distilled-DPO preference data pipeline.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -172,6 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Convert bundled GGUF models into $RLAIF_HOME/models (once).")
     m.add_argument("names", nargs="*", help="bundled model names (default: all)")
     m.set_defaults(func=cmd_prepare_models)
+
+    add_binarize_parser(sub)
     return p
 
 

@@ -25,8 +25,7 @@ from generation.ensemble import generate
 from generation.prompt_sets import load_prompts
 from generation.records import Completion, Judgement, Prompt
 from generation.store import RunStore
-from judges.binarize import binarize, split_pairs
-from judges.dataset import write_preference_dataset
+from judges.dataset import publish_version
 from judges.stage import judge_counts, run_judge
 from training.dpo import train_dpo
 
@@ -90,15 +89,16 @@ def judge_task(prompts: list[Prompt], completions: list[Completion], recipe: Rec
 def binarize_task(prompts: list[Prompt], completions: list[Completion], judgements: list[Judgement],
                   recipe: Recipe, out: str) -> StageReport:
     t = _timed("binarize")
-    pairs, report = binarize(prompts, completions, judgements, recipe.binarize)
-    train, test = split_pairs(pairs, recipe.binarize.test_fraction, recipe.binarize.seed)
-    path = Path(out) / "dataset"
-    write_preference_dataset(train, test, path)
-    RunStore(out).write_json("binarize_report.json", report.model_dump())
-    return StageReport(stage="binarize", count_in=len(prompts), count_out=len(pairs),
-                       seconds=time.perf_counter() - t, path=str(path),
-                       notes={"train_prefs": len(train), "test_prefs": len(test), "skipped": report.skipped,
-                              "unusable_judgements": report.unusable_judgements})
+    version = publish_version(out, recipe.model_dump(mode="json"), prompts, completions, judgements,
+                              recipe.binarize, recipe.hygiene)
+    m = json.loads((version / "manifest.json").read_text())
+    c = m["counts"]
+    RunStore(out).write_json("binarize_report.json", {"version": str(version), **c, "dropped": m["dropped"]})
+    return StageReport(stage="binarize", count_in=len(prompts), count_out=c["pairs"],
+                       seconds=time.perf_counter() - t, path=str(Path(out) / "dataset"),
+                       notes={"version": version.name, "train_prefs": c["splits"]["train_prefs"],
+                              "test_prefs": c["splits"]["test_prefs"], "hygiene_removed": c["hygiene_removed"],
+                              "skipped": c["prompts_skipped"], "unusable_judgements": c["unusable_judgements"]})
 
 
 @task(name="train-dpo", cache_policy=NO_CACHE, persist_result=False)

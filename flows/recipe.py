@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from generation.engines import EngineSettings
 from generation.ensemble import GeneratorSpec
+from generation.hygiene import HygieneSpec
 from judges.binarize import BinarizeSpec
 from judges.spec import JudgeSpec
 from training.dpo import DPOSpec
@@ -40,6 +41,7 @@ class Recipe(BaseModel):
     seed: int = 0
     shard_size: int = Field(256, ge=1)  # records per shard: the unit of skipping and resuming
     prompts: PromptSource = Field(default_factory=PromptSource)
+    hygiene: HygieneSpec = Field(default_factory=HygieneSpec)  # dedup and eval decontamination
     generators: list[GeneratorSpec] = Field(min_length=1)
     models_per_prompt: int | None = Field(None, ge=1)  # K members drawn per prompt; None: every member
     judges: list[JudgeSpec] = Field(min_length=1)  # side by side in the run; binarize.judge picks one

@@ -197,3 +197,6 @@ class PreferencePair(Record):
     rejected_completion_id: str
     judge: str
     pair_hash: str
+    judge_model: str = ""  # provenance: who judged, with which template version
+    judge_kind: str = ""
+    template_version: str = ""

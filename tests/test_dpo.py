@@ -23,7 +23,7 @@ def pair(i: int) -> PreferencePair:
 def test_dataset_is_trl_conversational_with_explicit_prompt(tmp_path):
     write_preference_dataset([pair(i) for i in range(3)], [pair(9)], tmp_path / "ds")
     ds = load_from_disk(str(tmp_path / "ds"))
-    assert set(ds) == {"train_prefs", "test_prefs"} and ds["train_prefs"].num_rows == 3
+    assert set(ds) == {"train_prefs", "test_prefs", "train_sft", "test_sft"} and ds["train_prefs"].num_rows == 3
     row = ds["test_prefs"][0]
     assert row["prompt"] == [{"role": "user", "content": "What is 9 plus 9?"}]
     assert row["chosen"] == [{"role": "assistant", "content": "9 plus 9 is 18."}]

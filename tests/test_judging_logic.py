@@ -99,7 +99,7 @@ def test_binarize_counts_every_prompt_left_out():
     completions, judgements = [c for c, _ in rows], [j for _, j in rows]
     pairs, report = binarize(prompts, completions, judgements, BinarizeSpec())
     assert [p.prompt_id for p in pairs] == ["a", "e"]
-    assert report.skipped == {"all completions tie": 1, "fewer than 2 scored completions": 2}
+    assert report.skipped == {"all completions tie": 1, "fewer than 2 scored completions": 1, "one completion": 1}
     assert report.unusable_judgements == {"unparsed": 1}
     a = pairs[0]
     assert a.score_chosen == 4.0 and a.chosen_model == "m1" and a.score_rejected in (2.0, 3.0)
