@@ -13,15 +13,20 @@ are `<run>/dpo` (dDPO) and the model it started from (`<run>/dpo/start_model.txt
   with the model's chat template (the quantity DPO's loss is built from).
 - implicit reward of the dDPO model (`dpo_implicit_reward`), with the dSFT model as reference:
   r(x, y) = beta * (log pi_dDPO(y|x) - log pi_dSFT(y|x)), beta the recipe's `train.dpo.beta`.
-  `accuracy` = share of pairs with r(x, chosen) > r(x, rejected); `margin` = mean of
-  r(x, chosen) - r(x, rejected); `chosen` / `rejected` = mean rewards. These are TRL's
+  `accuracy` = share of pairs with r(x, chosen) > r(x, rejected), a tie counting half; `margin` =
+  mean of r(x, chosen) - r(x, rejected); `chosen` / `rejected` = mean rewards. These are TRL's
   rewards/* metrics computed on held-out pairs.
-- the dSFT model's implicit reward against itself is zero on every pair, so it cannot be compared on
-  that reward. Both models are compared instead on their own preference (`preference`, one entry per
-  model): `accuracy` = share of pairs with log pi(chosen|x) - log pi(rejected|x) > 0 and `margin` =
-  the mean of that log-ratio. dDPO improved on dSFT when its preference accuracy is higher
-  (`gain.preference_accuracy` > 0). Note the implicit-reward margin is beta times the difference of the
-  two models' mean log-ratios, and its accuracy the share of pairs whose log-ratio dDPO increased.
+- the dSFT model's own implicit reward (`dsft_implicit_reward`): it is its own reference, so its
+  reward is 0 on every answer, every pair is a tie: accuracy 0.5 (chance) and margin 0, exactly what
+  TRL logs at step 0 of dDPO. dDPO beats its dSFT start on reward accuracy when its implicit-reward
+  accuracy is above 0.5: it moved more held-out pairs towards the chosen answer than away from it.
+  Equivalently: accuracy = share of pairs whose log-ratio log pi(chosen) - log pi(rejected) dDPO
+  increased over dSFT, and margin = beta x the change of the mean log-ratio.
+- each model's own preference (`preference`, `preference_per_token`): `accuracy` = share of pairs
+  with log pi(chosen|x) > log pi(rejected|x) (per token: each divided by the answer's token count,
+  which removes the sum's bias towards short answers), `margin` = mean of that difference; `gain*` =
+  dDPO minus dSFT. This asks more than the reward: that dDPO now ranks the pair the judge's way
+  outright, not only that it moved towards it.
 - win rate (`win_rate`): both models answer the test prompts (greedy, `max_tokens`), and the run's
   judge compares each pair of answers in both orders (`judges.stage.compare_pairs`); win rate =
   (wins + ties / 2) / judged pairs for dDPO; pairs the judge could not parse are counted apart.
@@ -42,8 +47,12 @@ log = logging.getLogger(__name__)
 CURVES = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies")
 
 
-def answer_logps(model_dir: str, rows: list[dict]) -> tuple[list[float], list[float]]:
-    """log pi(chosen|x) and log pi(rejected|x) for each preference row, summed over answer tokens."""
+Scores = tuple[list[float], list[float], list[int], list[int]]  # logp chosen, rejected; their token counts
+
+
+def answer_logps(model_dir: str, rows: list[dict]) -> Scores:
+    """log pi(chosen|x) and log pi(rejected|x) for each preference row, summed over answer tokens,
+    and the answers' token counts."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -52,7 +61,7 @@ def answer_logps(model_dir: str, rows: list[dict]) -> tuple[list[float], list[fl
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16 if gpu else torch.float32)
     model.to("cuda" if gpu else "cpu").eval()
 
-    def logp(prompt: list[dict], answer: list[dict]) -> float:
+    def logp(prompt: list[dict], answer: list[dict]) -> tuple[float, int]:
         head = tok.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
         full = tok.apply_chat_template(prompt + answer, tokenize=False)
         n_head = len(tok(head, add_special_tokens=False).input_ids)
@@ -60,35 +69,40 @@ def answer_logps(model_dir: str, rows: list[dict]) -> tuple[list[float], list[fl
         with torch.no_grad():
             logits = model(ids).logits[0, :-1].float()
         token_logps = torch.log_softmax(logits, -1).gather(1, ids[0, 1:, None])[:, 0]
-        return float(token_logps[n_head - 1:].sum())  # the answer's tokens only
+        answer = token_logps[n_head - 1:]  # the answer's tokens only
+        return float(answer.sum()), int(answer.numel())
 
     chosen = [logp(r["prompt"], r["chosen"]) for r in rows]
     rejected = [logp(r["prompt"], r["rejected"]) for r in rows]
     del model
-    return chosen, rejected
+    return [c[0] for c in chosen], [r[0] for r in rejected], [c[1] for c in chosen], [r[1] for r in rejected]
 
 
 def _mean(xs: list[float]) -> float:
     return sum(xs) / len(xs) if xs else float("nan")
 
 
-def preference_metrics(dpo: tuple[list[float], list[float]], sft: tuple[list[float], list[float]],
-                       beta: float) -> dict[str, Any]:
+def preference_metrics(dpo: Scores, sft: Scores, beta: float) -> dict[str, Any]:
     """The metrics of the module docstring from the two models' answer log-probs."""
     def pref(c: list[float], r: list[float]) -> dict[str, float]:
-        ratio = [a - b for a, b in zip(c, r)]
-        return {"accuracy": _mean([float(x > 0) for x in ratio]), "margin": _mean(ratio)}
+        diff = [a - b for a, b in zip(c, r)]
+        return {"accuracy": _mean([1.0 if d > 0 else 0.5 if d == 0 else 0.0 for d in diff]), "margin": _mean(diff)}
+
+    def per_token(s: Scores) -> dict[str, float]:
+        return pref([a / max(n, 1) for a, n in zip(s[0], s[2])], [b / max(n, 1) for b, n in zip(s[1], s[3])])
 
     r_c = [beta * (a - b) for a, b in zip(dpo[0], sft[0])]
     r_r = [beta * (a - b) for a, b in zip(dpo[1], sft[1])]
-    prefs = {"dsft": pref(*sft), "ddpo": pref(*dpo)}
+    prefs = {"dsft": pref(sft[0], sft[1]), "ddpo": pref(dpo[0], dpo[1])}
+    per_tok = {"dsft": per_token(sft), "ddpo": per_token(dpo)}
     return {
         "pairs": len(r_c), "beta": beta,
-        "dpo_implicit_reward": {"accuracy": _mean([float(a > b) for a, b in zip(r_c, r_r)]),
-                                "margin": _mean([a - b for a, b in zip(r_c, r_r)]),
-                                "chosen": _mean(r_c), "rejected": _mean(r_r)},
+        "dpo_implicit_reward": {**pref(r_c, r_r), "chosen": _mean(r_c), "rejected": _mean(r_r)},
+        "dsft_implicit_reward": {"accuracy": 0.5, "margin": 0.0, "chosen": 0.0, "rejected": 0.0},
         "preference": prefs,
+        "preference_per_token": per_tok,
         "gain": {k: prefs["ddpo"][k] - prefs["dsft"][k] for k in ("accuracy", "margin")},
+        "gain_per_token": {k: per_tok["ddpo"][k] - per_tok["dsft"][k] for k in ("accuracy", "margin")},
     }
 
 
