@@ -2,6 +2,8 @@
 
     rlaif run RECIPE [--out DIR] [--set key.path=value ...]   the whole pipeline as a Prefect flow
     rlaif generate RECIPE [--out DIR] [--set ...]              the generation stage alone
+    rlaif judge RECIPE --judge NAME [--out DIR]              judge a run's completions with another judge
+    rlaif agreement RUN --judges A B [--human FILE]          how far two judges (and humans) agree
     rlaif serve-model MODEL [--port 8000]                      vLLM's OpenAI-compatible server on 127.0.0.1
     rlaif prepare-models [NAME ...]                            convert bundled GGUF models once
     rlaif train sft|dpo RECIPE [--out DIR] [--set ...]         one training stage of a recipe
@@ -11,6 +13,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -28,6 +31,62 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     recipe = load_recipe(args.recipe, args.set)
     run(recipe, args.out or os.path.join("runs", recipe.name), only_generate=args.command == "generate")
+    return 0
+
+
+def cmd_judge(args: argparse.Namespace) -> int:
+    """Judge the completions already in a run with one of the recipe's judges; nothing is generated."""
+    from flows.recipe import load_recipe
+    from generation.ensemble import stored_completions
+    from generation.prompt_sets import load_prompts
+    from generation.store import RunStore
+    from judges.stage import run_judge
+
+    recipe = load_recipe(args.recipe, args.set)
+    spec = recipe.judge_spec(args.judge)
+    out = args.out or os.path.join("runs", recipe.name)
+    store = RunStore(out)
+    prompts = load_prompts(recipe.prompts.source, recipe.prompts.limit, recipe.prompts.split)
+    completions, missing = stored_completions(prompts, recipe.generators, store, recipe.shard_size, recipe.seed,
+                                              recipe.models_per_prompt)
+    if missing:
+        print(f"error: {out} has no completions yet from {missing} for these prompts; "
+              f"run `rlaif generate {args.recipe}` first", file=sys.stderr)
+        return 2
+    records = run_judge(prompts, completions, spec, store, recipe.engine, recipe.shard_size, recipe.seed)
+    report = json.loads((store.root / "judgements" / spec.name / "report.json").read_text())
+    print(f"{spec.name} ({spec.kind}): {len(records)} judgements: parsed {report['parsed']}, "
+          f"retried {report['retried']}, unparsed {report['unparsed']}, failed {report['failed']} "
+          f"-> {store.root / 'judgements' / spec.name}")
+    return 0
+
+
+def cmd_agreement(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from generation.store import RunStore
+    from judges.agreement import agreement, load_human_labels
+    from judges.stage import stored_judgements
+
+    store = RunStore(args.run)
+    a, b = args.judges
+    try:
+        records = [stored_judgements(store, a), stored_judgements(store, b)]
+        human = load_human_labels(args.human) if args.human else None
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    report = agreement(records[0], records[1], (a, b), args.score, human)
+    path = store.write_json(f"agreement/{a}__{b}.json", report.model_dump())
+    table = Table(title=f"agreement: {a} vs {b}")
+    table.add_column("measure")
+    table.add_column("value")
+    for k, v in report.model_dump().items():
+        if k != "judges":
+            table.add_row(k, f"{v:.3f}" if isinstance(v, float) else str(v))
+    Console().print(table)
+    print(f"written to {path}")
     return 0
 
 
@@ -146,6 +205,26 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--out", help="run directory (default: runs/<recipe name>)")
     g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe field")
     g.set_defaults(func=cmd_run)
+
+    j = sub.add_parser("judge", help="judge a run's completions with one of the recipe's judges",
+                       description="Judge the completions already in a run with the judge NAME of the "
+                                   "recipe, without generating; its results sit beside other judges' "
+                                   "in judgements/NAME.")
+    j.add_argument("recipe")
+    j.add_argument("--judge", required=True, metavar="NAME", help="a judge's name in the recipe's judges:")
+    j.add_argument("--out", help="run directory (default: runs/<recipe name>)")
+    j.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe field")
+    j.set_defaults(func=cmd_judge)
+
+    a = sub.add_parser("agreement", help="how far two judges of a run agree (and with human labels)",
+                       description="Spearman / Kendall correlation of scores, chosen agreement, Cohen's "
+                                   "kappa on the binarized preference, order-swap rate of pairwise "
+                                   "judges; written to RUN/agreement/A__B.json.")
+    a.add_argument("run", help="run directory, e.g. runs/quickstart")
+    a.add_argument("--judges", nargs=2, required=True, metavar=("A", "B"))
+    a.add_argument("--human", help="JSONL of human labels: prompt_id, completion_a, completion_b, winner (a|b|tie)")
+    a.add_argument("--score", default="auto", choices=["auto", "expected", "sampled"])
+    a.set_defaults(func=cmd_agreement)
 
     s = sub.add_parser("serve-model", help="start vLLM's OpenAI-compatible server for a model",
                        description="Start vLLM's OpenAI-compatible server on 127.0.0.1 for a bundled "

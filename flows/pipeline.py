@@ -27,7 +27,7 @@ from generation.records import Completion, Judgement, Prompt
 from generation.store import RunStore
 from judges.binarize import binarize, split_pairs
 from judges.dataset import write_preference_dataset
-from judges.ultrafeedback import judge
+from judges.stage import judge_counts, run_judge
 from training.dpo import train_dpo
 from training.sft import train_sft
 
@@ -77,14 +77,13 @@ def generate_task(prompts: list[Prompt], recipe: Recipe, out: str) -> tuple[list
 
 @task(name="judge", cache_policy=NO_CACHE, persist_result=False)
 def judge_task(prompts: list[Prompt], completions: list[Completion], recipe: Recipe,
-               out: str) -> tuple[list[Judgement], StageReport]:
-    spec = recipe.judge_spec()
-    t = _timed(f"judge ({spec.name})")
-    judgements = judge(prompts, completions, spec, RunStore(out), recipe.engine,
-                       recipe.shard_size, recipe.seed)
-    status = {s: sum(1 for j in judgements if j.status == s) for s in ("parsed", "unparsed", "failed")}
-    return judgements, StageReport(stage="judge", count_in=len(completions), count_out=status["parsed"],
-                                   seconds=time.perf_counter() - t, notes=status,
+               out: str, judge_name: str | None = None) -> tuple[list[Judgement], StageReport]:
+    spec = recipe.judge_spec(judge_name)
+    t = _timed(f"judge ({spec.name}, {spec.kind})")
+    judgements = run_judge(prompts, completions, spec, RunStore(out), recipe.engine, recipe.shard_size, recipe.seed)
+    counts = judge_counts(judgements)
+    return judgements, StageReport(stage=f"judge {spec.name}", count_in=len(completions), count_out=counts["parsed"],
+                                   seconds=time.perf_counter() - t, notes=counts,
                                    path=str(Path(out) / "judgements" / spec.name))
 
 

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from generation.engines import EngineSettings
 from generation.ensemble import GeneratorSpec
 from judges.binarize import BinarizeSpec
-from judges.ultrafeedback import JudgeSpec
+from judges.spec import JudgeSpec
 from training.dpo import DPOSpec
 from training.sft import SFTSpec
 

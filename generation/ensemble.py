@@ -205,3 +205,20 @@ def generate(prompts: list[Prompt], generators: list[GeneratorSpec], store: RunS
         for key, _ in todo:
             completions.extend(store.read(STAGE, key, Completion))
     return completions
+
+
+def stored_completions(prompts: list[Prompt], generators: list[GeneratorSpec], store: RunStore,
+                       shard_size: int = 256, seed: int = 0, models_per_prompt: int | None = None
+                       ) -> tuple[list[Completion], list[str]]:
+    """The completions a run already holds for these prompts and members, without loading a model;
+    and the members with shards still missing (so a caller can say what to generate first)."""
+    completions, missing = [], []
+    assigned = assign_models(prompts, generators, models_per_prompt, seed)
+    for spec in generators:
+        for shard in shards(assigned[spec.name], shard_size):
+            key = shard_key(spec, shard)
+            if store.has(STAGE, key):
+                completions.extend(store.read(STAGE, key, Completion))
+            elif spec.name not in missing:
+                missing.append(spec.name)
+    return completions, missing

@@ -79,7 +79,7 @@ class Completion(Record):
 class AspectRating(Record):
     """One aspect's rating: the sampled value, its rationale, and the judge's probabilities."""
 
-    rating: int | None = None  # None when the output could not be parsed
+    rating: float | None = None  # the written rating; None when the output could not be parsed
     rationale: str | None = None
     probs: dict[str, float] | None = None  # P(rating = k) from the rating token's log-probs
     expected: float | None = None  # sum_k k * P(k): the soft score small judges need
@@ -108,11 +108,12 @@ class Judgement(Record):
     template_hash: str
     settings_hash: str
     sampling: dict[str, Any]
-    scale: tuple[float, float] = (1, 5)
+    scale: tuple[float, float] | None = (1, 5)  # None: unbounded (a reward model)
     aspects: dict[str, AspectRating]
     status: Literal["parsed", "unparsed", "failed"]
     error: str | None = None
     retries: int = 0  # re-asks it took before the output parsed (or gave up)
+    retryable: bool = False  # the judge's endpoint failed transiently: judged again on the next run
 
     def score(self, source: ScoreSource = "auto", aspect: str | None = None) -> float | None:
         """The mean over aspects (as Argilla's Notus did), or one `aspect`; None if any is unusable.
@@ -178,6 +179,7 @@ class PairJudgement(Record):
     status: Literal["parsed", "unparsed", "failed"]
     error: str | None = None
     retries: int = 0
+    retryable: bool = False
 
 
 class PreferencePair(Record):

@@ -46,6 +46,16 @@ class RemoteResult(BaseModel):
     output_tokens: int = 0
     error: str | None = None
     retryable: bool = False
+    # per generated token: (text, [(candidate text, logprob), ...]), when the request asked for them
+    logprobs: list[tuple[str, list[tuple[str, float]]]] | None = None
+
+
+def _chat_logprobs(choice) -> list[tuple[str, list[tuple[str, float]]]] | None:
+    content = getattr(choice.logprobs, "content", None) if choice.logprobs else None
+    if not content:
+        return None
+    return [(t.token, [(c.token, c.logprob) for c in (t.top_logprobs or [])] or [(t.token, t.logprob)])
+            for t in content]
 
 
 def _describe(e: Exception) -> tuple[str, bool]:
@@ -72,11 +82,12 @@ async def _run_all(endpoint: Endpoint, model: str, requests: list[dict], progres
                 if "messages" in req:
                     r = await client.chat.completions.create(model=model, **req)
                     choice, text = r.choices[0], r.choices[0].message.content
+                    logprobs = _chat_logprobs(choice)
                 else:
                     r = await client.completions.create(model=model, **req)
-                    choice, text = r.choices[0], r.choices[0].text
+                    choice, text, logprobs = r.choices[0], r.choices[0].text, None
                 usage = r.usage
-                result = RemoteResult(text=text, finish_reason=choice.finish_reason,
+                result = RemoteResult(text=text, finish_reason=choice.finish_reason, logprobs=logprobs,
                                       prompt_tokens=usage.prompt_tokens if usage else 0,
                                       output_tokens=usage.completion_tokens if usage else 0)
             except Exception as e:  # kept as a failed row, never dropped

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 

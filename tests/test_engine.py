@@ -8,7 +8,6 @@ from generation.ensemble import GeneratorSpec, Sampling, generate, generate_shar
 from generation.prompt_sets import load_prompts
 from generation.records import Message, Prompt
 from generation.store import RunStore
-from judges.ultrafeedback import JudgeSpec, judge_shard
 
 pytestmark = pytest.mark.engine
 SETTINGS = EngineSettings(max_model_len=1024)
@@ -60,20 +59,3 @@ def test_finished_shards_are_read_back_without_loading_a_model(engine, prompts, 
 
     monkeypatch.setattr(ensemble, "VLLMEngine", no_engine)
     assert generate(prompts, [SPEC], store, SETTINGS) == store.read(ensemble.STAGE, key, ensemble.Completion)
-
-
-def test_judge_rates_every_aspect_with_probabilities(engine, prompts):
-    completions = generate_shard(engine, SPEC, prompts[:2], progress=False)
-    spec = JudgeSpec(name="uf", model="smollm2-135m-instruct")
-    judgements = judge_shard(engine, spec, {p.prompt_id: p for p in prompts}, completions, progress=False)
-    assert len(judgements) == 2
-    for j in judgements:
-        assert j.status == "parsed", j
-        assert set(j.aspects) == {"helpfulness", "honesty", "instruction_following", "truthfulness"}
-        assert j.template == "ultrafeedback_rating" and j.template_version == "v1" and j.judge_model == spec.model
-        for a in j.aspects.values():
-            assert sum(a.probs.values()) == pytest.approx(1.0)
-            assert 1.0 <= a.expected <= 5.0
-            # greedy decoding writes the most probable rating: the probabilities are the right token's
-            assert a.rating == int(max(a.probs, key=a.probs.get))
-        assert j.score("expected") is not None and j.score("sampled") is not None

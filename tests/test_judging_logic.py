@@ -6,7 +6,11 @@ import pytest
 
 from generation.records import AspectRating, Completion, Judgement, Message, Prompt
 from judges.binarize import BinarizeSpec, binarize, split_pairs
-from judges.parsing import expected_value, parse_rating, rating_distribution
+from judges.parsing import CRITIQUE, RATING, bracket_format, expected_value, parse_output, token_distribution
+
+
+def rating_distribution(tokens):
+    return token_distribution(tokens, RATING.key, RATING.values)
 
 
 def lp(p):
@@ -21,8 +25,8 @@ def test_expected_score_from_the_rating_tokens_logprobs():
     # non-rating candidates are dropped and the rest renormalized; " 4" and "4" are the same rating
     assert probs == pytest.approx({"1": 0.5, "2": 0.0, "3": 0.0, "4": 0.375, "5": 0.125})
     assert expected_value(probs) == pytest.approx(0.5 + 4 * 0.375 + 5 * 0.125)
-    r = parse_rating('{"rating":1,"rationale":"Too short."}', tokens)
-    assert (r.rating, r.rationale) == (1, "Too short.") and r.expected == pytest.approx(2.625)
+    r = parse_output(RATING, '{"rating":1,"rationale":"Too short."}', tokens)
+    assert (r.value, r.text) == ("1", "Too short.") and expected_value(r.probs) == pytest.approx(2.625)
 
 
 def test_digits_elsewhere_are_not_mistaken_for_the_rating():
@@ -31,18 +35,46 @@ def test_digits_elsewhere_are_not_mistaken_for_the_rating():
 
 
 @pytest.mark.parametrize("text, rating", [
-    ('{"rating": 4, "rationale": "ok"}', 4),
-    ('{"rating":2,"rationale":"cut off mid-sen', 2),  # truncated JSON: the rating is still there
-    ("Rating: 5\nRationale: fine", 5),  # endpoints without structured output
+    ('{"rating": 4, "rationale": "ok"}', "4"),
+    ('{"rating":2,"rationale":"cut off mid-sen', "2"),  # truncated JSON: the rating is still there
+    ("Rating: 5\nRationale: fine", "5"),  # endpoints without structured output
+    ('{"rating": 10, "rationale": "out of range"}', None),
     ("I think this answer is quite good overall.", None),  # prose: unparsed, never made up
     ('{"rating": 9, "rationale": "out of range"}', None),
     ("", None),
 ])
 def test_parse_rating_never_invents_a_score(text, rating):
-    r = parse_rating(text)
-    assert r.rating == rating and r.raw == text
+    r = parse_output(RATING, text)
+    assert r.value == rating and r.raw == text
     if rating is None:
-        assert r.expected is None and r.probs is None
+        assert r.probs is None
+
+
+def test_ten_written_as_two_tokens_takes_its_share_of_the_first_digit():
+    # "[[" then "1" (P .6; "9" P .4), then "0" with P .5 after it: P(10) = .3, P(1) = .3, P(9) = .4
+    fmt = bracket_format(tuple(str(i) for i in range(1, 11)), 100)
+    tokens = [("Fine. [[", [("Fine. [[", 0.0)]), ("1", [("1", lp(0.6)), ("9", lp(0.4))]),
+              ("0", [("0", lp(0.5)), ("]]", lp(0.5))]), ("]]", [("]]", 0.0)])]
+    r = parse_output(fmt, "Fine. [[10]]", tokens)
+    assert r.value == "10" and r.text == "Fine."
+    assert r.probs["10"] == pytest.approx(0.3) and r.probs["1"] == pytest.approx(0.3) and r.probs["9"] == pytest.approx(0.4)
+    assert expected_value(r.probs) == pytest.approx(3.0 + 0.3 + 3.6)
+
+
+@pytest.mark.parametrize("text, value", [
+    ("The answer is thorough. Rating: [[8]]", "8"),
+    ("Rating: [[11]]", None),  # out of range
+    ("Rating: [[", None),  # cut off
+    ("I would give it an eight.", None),
+])
+def test_mt_bench_brackets(text, value):
+    assert parse_output(bracket_format(tuple(str(i) for i in range(1, 11)), 100), text).value == value
+
+
+def test_critique_json_and_its_fallback():
+    assert parse_output(CRITIQUE, '{"critique":"Too vague.","score":10}').value == "10"
+    assert parse_output(CRITIQUE, '{"critique":"Too vague.","score":7').value == "7"  # truncated
+    assert parse_output(CRITIQUE, '{"critique":"x","score":0}').value is None
 
 
 def make(prompt_id, model, score, status="parsed"):

@@ -1,7 +1,7 @@
 from generation.ensemble import GeneratorSpec, Sampling, shard_key
 from generation.records import Message, Prompt
 from generation.store import RunStore
-from judges.ultrafeedback import JudgeSpec
+from judges.spec import JudgeSpec
 
 
 def test_hashes_follow_what_determines_a_record():

@@ -1,0 +1,243 @@
+"""Judge kinds on a real vLLM engine (SmolLM2-135M as the judge), a reward model, garbage output from
+a real HTTP server, agreement, and `rlaif judge` / `rlaif agreement` on a run directory."""
+
+import json
+import math
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from flows.cli import main as cli
+from generation import ensemble
+from generation.ensemble import GeneratorSpec, Sampling, generate_shard, shard_key
+from generation.engines import VLLMEngine
+from generation.prompt_sets import load_prompts
+from generation.records import Judgement, PairJudgement
+from generation.remote import Endpoint
+from generation.store import RunStore
+from judges.agreement import agreement
+from judges.spec import JudgeSpec
+from judges.stage import judge_counts, run_judge, stored_judgements
+
+GENERATORS = [GeneratorSpec(name=n, model="smollm2-135m-instruct", sampling=Sampling(temperature=1.0, max_tokens=40, seed=s))
+              for n, s in (("a", 1), ("b", 2))]
+
+
+@pytest.fixture(scope="module")
+def engine(smollm2_dir):
+    with VLLMEngine(smollm2_dir, compact_json=True) as e:
+        yield e
+
+
+@pytest.fixture(scope="module")
+def prompts():
+    return load_prompts("mt_bench", limit=3)
+
+
+@pytest.fixture(scope="module")
+def run(engine, prompts, tmp_path_factory):
+    """A run directory holding two completions per prompt, as `rlaif generate` writes them."""
+    store = RunStore(tmp_path_factory.mktemp("run"))
+    completions = []
+    for g in GENERATORS:
+        shard = generate_shard(engine, g, prompts, progress=False)
+        store.write(ensemble.STAGE, shard_key(g, prompts), shard)
+        completions += shard
+    return store, completions
+
+
+@pytest.mark.parametrize("kind, aspects, scale", [
+    ("ultrafeedback", {"helpfulness", "honesty", "instruction_following", "truthfulness"}, (1, 5)),
+    ("critique", {"overall"}, (1, 10)),
+    ("mt_bench_single", {"overall"}, (1, 10)),
+])
+def test_pointwise_kinds_rate_with_probabilities(kind, aspects, scale, engine, prompts, run):
+    store, completions = run
+    spec = JudgeSpec(name=kind, kind=kind, model="smollm2-135m-instruct")
+    judgements = run_judge(prompts, completions, spec, store, llm=engine)
+    assert len(judgements) == len(completions) == 6
+    assert all(j.status == "parsed" for j in judgements), [j.error for j in judgements]
+    t = spec.judge_template()
+    for j in judgements:
+        assert set(j.aspects) == aspects and j.kind == kind and tuple(j.scale) == scale
+        assert (j.template, j.template_version, j.template_hash, j.judge_model) == (t.name, t.version, t.hash, spec.model)
+        assert j.sampling == spec.sampling.model_dump()
+        for a in j.aspects.values():
+            assert scale[0] <= a.rating <= scale[1] and a.raw
+            assert sum(a.probs.values()) == pytest.approx(1.0)
+            assert scale[0] <= a.expected <= scale[1]
+            if a.rating != 10 and j.retries == 0:  # greedy writes the most probable verdict
+                assert a.probs[str(int(a.rating))] == max(a.probs.values())
+    report = json.loads((store.root / "judgements" / kind / "report.json").read_text())
+    assert report["parsed"] == 6 and report["settings_hash"] == spec.settings_hash()
+    # a second run reads the shard back: the same records, no engine needed
+    assert run_judge(prompts, completions, spec, store, llm=None) == judgements
+
+
+@pytest.mark.parametrize("kind", ["pairwise", "mt_bench_pairwise"])
+def test_pairwise_kinds_judge_both_orders(kind, engine, prompts, run):
+    store, completions = run
+    spec = JudgeSpec(name=kind, kind=kind, model="smollm2-135m-instruct")
+    records = run_judge(prompts, completions, spec, store, llm=engine)
+    assert len(records) == 3 and all(isinstance(r, PairJudgement) for r in records)  # one pair per prompt
+    assert judge_counts(records)["parsed"] == 3, [r.error for r in records]
+    for r in records:
+        ab, ba = r.orders
+        assert (ab.first, ab.second) == (r.completion_a, r.completion_b) == (ba.second, ba.first)
+        from_a = [{"first": "a", "second": "b", "tie": "tie"}[ab.winner], {"first": "b", "second": "a", "tie": "tie"}[ba.winner]]
+        assert r.order_changed_verdict == (from_a[0] != from_a[1])
+        assert r.winner == (from_a[0] if not r.order_changed_verdict else "tie")
+        assert 0.0 <= r.p_a <= 1.0
+        assert r.p_a == pytest.approx((ab.p_first + 1 - ba.p_first) / 2)
+
+
+def test_reward_model_scores_each_completion(tmp_path, tiny_model_dir, prompts, run):
+    import torch
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+    torch.manual_seed(0)
+    config = AutoConfig.from_pretrained(tiny_model_dir, num_labels=1)
+    AutoModelForSequenceClassification.from_config(config).save_pretrained(tmp_path / "rm")
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(tmp_path / "rm")
+    _, completions = run
+    spec = JudgeSpec(name="rm", kind="reward_model", model=str(tmp_path / "rm"))
+    records = run_judge(prompts, completions, spec, RunStore(tmp_path / "run"))
+    assert [r.status for r in records] == ["parsed"] * 6 and all(r.scale is None for r in records)
+    rewards = [r.score() for r in records]
+    assert all(math.isfinite(x) for x in rewards) and len(set(rewards)) == 6
+    assert [r.score("sampled") for r in records] == rewards  # a scalar has one score
+
+
+# ---- garbage from a real HTTP server ------------------------------------------------------------
+
+class GarbageJudge(BaseHTTPRequestHandler):
+    """An OpenAI-compatible server whose judge writes whatever `replies` holds, in turn."""
+
+    replies: list[str] = []
+    seen: list[dict] = []
+
+    def do_POST(self):  # noqa: N802
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        cls = type(self)
+        cls.seen.append(body)
+        text = cls.replies[(len(cls.seen) - 1) % len(cls.replies)]
+        tokens = [{"token": ch, "logprob": 0.0, "top_logprobs": [{"token": ch, "logprob": 0.0}]} for ch in text]
+        payload = {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
+                   "choices": [{"index": 0, "finish_reason": "stop", "logprobs": {"content": tokens},
+                                "message": {"role": "assistant", "content": text}}],
+                   "usage": {"prompt_tokens": 5, "completion_tokens": len(text), "total_tokens": 5 + len(text)}}
+        data = json.dumps(payload).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def garbage():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), GarbageJudge)
+    GarbageJudge.seen = []
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield GarbageJudge, f"http://127.0.0.1:{server.server_address[1]}/v1"
+    server.shutdown()
+
+
+@pytest.mark.parametrize("reply", [
+    "This response is pretty good, I would rate it highly.",  # prose
+    '{"rating": 4, "rationale": "cut o',  # truncated JSON: tolerant parser keeps the 4
+    '{"rating": 9, "rationale": "out of range"}',
+    '{"rating": "five"}',
+])
+def test_garbage_output_ends_unparsed_with_its_raw_text(garbage, reply, prompts, run, tmp_path):
+    handler, url = garbage
+    handler.replies = [reply]
+    _, completions = run
+    spec = JudgeSpec(name="g", kind="ultrafeedback", model="served", aspects=["helpfulness"], retries=2,
+                     endpoint=Endpoint(base_url=url, max_concurrency=4))
+    records = run_judge(prompts, completions[:2], spec, RunStore(tmp_path))
+    assert len(records) == 2
+    body = handler.seen[0]
+    assert body["response_format"]["json_schema"]["schema"]["properties"]["rating"]["enum"] == [1, 2, 3, 4, 5]
+    assert body["logprobs"] is True and body["top_logprobs"] == 20
+    if reply.startswith('{"rating": 4'):
+        assert all(r.status == "parsed" and r.aspects["helpfulness"].rating == 4 for r in records)
+        assert len(handler.seen) == 2  # nothing to re-ask
+    else:
+        assert len(handler.seen) == 2 * 3  # asked, then re-asked twice each
+        for r in records:
+            a = r.aspects["helpfulness"]
+            assert r.status == "unparsed" and r.retries == 2 and a.rating is None and a.expected is None
+            assert a.raw == reply and r.score() is None
+        assert handler.seen[2]["temperature"] == spec.retry_temperature  # a re-ask samples anew
+
+
+def test_a_retry_that_parses_is_counted(garbage, prompts, run, tmp_path):
+    handler, url = garbage
+    handler.replies = ["no idea", '{"rating":3,"rationale":"fine"}']  # every first ask fails, the re-ask parses
+    _, completions = run
+    spec = JudgeSpec(name="g", model="served", aspects=["honesty"], endpoint=Endpoint(base_url=url, max_concurrency=1))
+    records = run_judge(prompts, completions[:1], spec, RunStore(tmp_path))
+    assert records[0].status == "parsed" and records[0].retries == 1
+    assert records[0].aspects["honesty"].probs["3"] == 1.0  # the endpoint's log-probs give the distribution
+    assert judge_counts(records) == {"total": 1, "parsed": 1, "retried": 1, "unparsed": 0, "failed": 0}
+
+
+# ---- agreement and the CLI ---------------------------------------------------------------------
+
+def test_agreement_of_two_judges_and_with_humans(tmp_path, run, prompts):
+    _, completions = run
+
+    def judged(name, scores):
+        return [Judgement(judgement_id=f"{name}{i}", completion_id=c.completion_id, prompt_id=c.prompt_id, model=c.model,
+                          judge=name, judge_model="m", template="t", template_version="v1", template_hash="h",
+                          settings_hash="s", sampling={}, status="parsed",
+                          aspects={"overall": {"rating": s, "expected": s}}) for i, (c, s) in enumerate(zip(completions, scores))]
+
+    # completions are [a's three, b's three]: prompt i has completions i and i + 3
+    a = judged("a", [1, 5, 3, 4, 2, 6])  # prefers: the second, the first, the second
+    b = judged("b", [2, 6, 3, 5, 1, 7])  # the same preferences, two ranks swapped overall
+    r = agreement(a, b, ("a", "b"))
+    assert r.completions_scored_by_both == 6 and r.spearman == pytest.approx(1 - 6 * 2 / (6 * 35))
+    ids = [c.completion_id for c in completions]
+    assert r.prompts_compared == 3 and r.chosen_agreement == pytest.approx(1.0)
+    assert r.cohen_kappa == pytest.approx(1.0) and r.order_changed_verdict == {}
+    c = judged("c", [4, 2, 6, 1, 5, 3])  # prefers the other completion of every prompt
+    rc = agreement(a, c, ("a", "c"))
+    assert rc.chosen_agreement == 0.0 and rc.cohen_kappa < 0
+    from judges.agreement import HumanLabel
+
+    human = [HumanLabel(prompt_id=completions[i].prompt_id, completion_a=ids[i], completion_b=ids[i + 3], winner=w)
+             for i, w in enumerate("bab")]
+    rh = agreement(a, c, ("a", "c"), human=human)
+    assert rh.human_agreement == {"a": 1.0, "c": 0.0} and rh.human_pairs == {"a": 3, "c": 3}
+
+
+def test_rlaif_judge_adds_a_judge_to_a_run_and_agreement_compares(run, prompts, tmp_path, capsys):
+    store, completions = run
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(json.dumps({
+        "name": "t", "prompts": {"source": "mt_bench", "limit": 3},
+        "generators": [g.model_dump(mode="json") for g in GENERATORS],
+        "judges": [{"name": "ultrafeedback", "model": "smollm2-135m-instruct"},
+                   {"name": "crit", "kind": "critique", "model": "smollm2-135m-instruct",
+                    "sampling": {"temperature": 0, "max_tokens": 120}}],
+    }))
+    before = sorted((store.root / "completions").iterdir())
+    texts = [p.read_text() for p in before]
+    assert cli(["judge", str(recipe), "--judge", "crit", "--out", str(store.root)]) == 0
+    assert [p.read_text() for p in sorted((store.root / "completions").iterdir())] == texts  # nothing generated
+    crit = stored_judgements(store, "crit")
+    assert len(crit) == 6 and all(j.kind == "critique" for j in crit)
+    assert "crit (critique): 6 judgements" in capsys.readouterr().out
+    # ultrafeedback judged this run in an earlier test of this module: the two sit side by side
+    assert cli(["agreement", str(store.root), "--judges", "ultrafeedback", "crit"]) == 0
+    report = json.loads((store.root / "agreement" / "ultrafeedback__crit.json").read_text())
+    assert report["completions_scored_by_both"] == 6 and report["prompts_compared"] + report["prompts_with_tied_best"] == 3
+    assert cli(["judge", str(recipe), "--judge", "nope", "--out", str(store.root)]) == 2
+    assert cli(["agreement", str(store.root), "--judges", "ultrafeedback", "nope"]) == 2
+    assert "no judgements by 'nope'" in capsys.readouterr().err
