@@ -183,7 +183,7 @@ def add_training_commands(sub: argparse._SubParsersAction) -> None:
                                    "rate on the test prompts, training-curve plots; writes <run>/eval.")
     e.add_argument("run", help="run directory, e.g. runs/quickstart")
     e.add_argument("--no-win-rate", action="store_true", help="skip generating and judging answers")
-    e.add_argument("--max-tokens", type=int, default=256, help="answer length for the win rate")
+    e.add_argument("--max-tokens", type=int, help="answer length for the win rate (default: the run's generators')")
     e.set_defaults(func=cmd_evaluate)
 
 

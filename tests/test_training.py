@@ -137,14 +137,15 @@ def test_quickstart_recipe_trains_sft_then_dpo():
     assert recipe.train.dpo.model is None  # dDPO starts from the quickstart's own dSFT model
 
 
-def test_evaluate_writes_metrics_and_plots(sft_then_dpo):
-    from flows.recipe import Recipe
+@pytest.mark.engine
+def test_evaluate_writes_metrics_win_rate_and_plots(sft_then_dpo):
+    """Real vLLM engines: both tiny models answer the test prompts, the quickstart's judge compares."""
     from training.evaluate import evaluate_run
 
     run, _, _ = sft_then_dpo
-    recipe = load_recipe(ROOT / "recipes" / "quickstart.yaml")
-    (run / "recipe.json").write_text(Recipe.model_validate(recipe.model_dump()).model_dump_json())
-    metrics = evaluate_run(run, win_rate=False)
+    recipe = load_recipe(ROOT / "recipes" / "quickstart.yaml", ["judges.0.sampling.max_tokens=48"])
+    (run / "recipe.json").write_text(recipe.model_dump_json())
+    metrics = evaluate_run(run, max_tokens=12)
     assert metrics["pairs"] == 3 and metrics["beta"] == recipe.train.dpo.beta
     reward = metrics["dpo_implicit_reward"]
     assert 0 <= reward["accuracy"] <= 1 and math.isfinite(reward["margin"])
@@ -156,4 +157,10 @@ def test_evaluate_writes_metrics_and_plots(sft_then_dpo):
     assert {"dpo_loss.png", "dpo_rewards_chosen.png", "dpo_rewards_rejected.png", "dpo_rewards_margins.png",
             "dpo_rewards_accuracies.png", "sft_loss.png"} <= plots
     assert all(Path(p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in metrics["plots"])
+    assert metrics["dsft_implicit_reward"]["accuracy"] == 0.5  # its own reference: every pair a tie
+    win = metrics["win_rate"]
+    assert win["judge"] == "uf-smollm2" and win["prompts"] == 3 and win["pairs"] == 3
+    assert win["judged"] + win["unjudged"] == 3 and win["ddpo_wins"] + win["dsft_wins"] + win["ties"] == win["judged"]
+    assert win["judged"] == 0 or 0 <= win["ddpo_win_rate"] <= 1
+    assert list((run / "eval" / "completions").glob("shard-*.jsonl"))
     assert json.loads((run / "eval" / "metrics.json").read_text())["pairs"] == 3

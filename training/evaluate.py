@@ -27,9 +27,11 @@ are `<run>/dpo` (dDPO) and the model it started from (`<run>/dpo/start_model.txt
   which removes the sum's bias towards short answers), `margin` = mean of that difference; `gain*` =
   dDPO minus dSFT. This asks more than the reward: that dDPO now ranks the pair the judge's way
   outright, not only that it moved towards it.
-- win rate (`win_rate`): both models answer the test prompts (greedy, `max_tokens`), and the run's
-  judge compares each pair of answers in both orders (`judges.stage.compare_pairs`); win rate =
-  (wins + ties / 2) / judged pairs for dDPO; pairs the judge could not parse are counted apart.
+- win rate (`win_rate`): both models answer the test prompts (greedy, `max_tokens`: by default the
+  run's generators' longest), and the run's judge (`binarize.judge`, else the first) compares each
+  pair of answers with `judges.stage.compare_pairs`: a pairwise judge in both orders (a verdict the
+  order flips is a tie), a pointwise judge by scoring both answers. dDPO's win rate = (wins +
+  ties / 2) / judged pairs; pairs the judge could not parse are counted apart (`unjudged`).
 
 Plots: the dDPO training curves (loss, rewards/chosen, rewards/rejected, rewards/margins,
 rewards/accuracies) and the dSFT loss, from the trainers' `trainer_state.json` log history.
@@ -40,6 +42,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -136,7 +139,7 @@ def plot_curves(run: Path, out: Path) -> list[str]:
     return written
 
 
-def evaluate_run(run_dir: str | Path, win_rate: bool = True, max_tokens: int = 256,
+def evaluate_run(run_dir: str | Path, win_rate: bool = True, max_tokens: int | None = None,
                  engine: Any = None) -> dict[str, Any]:
     """Compute, write and return the run's evaluation (see the module docstring)."""
     from flows.recipe import Recipe
@@ -155,11 +158,14 @@ def evaluate_run(run_dir: str | Path, win_rate: bool = True, max_tokens: int = 2
     rows = test.select_columns(["prompt_id", "prompt", "chosen", "rejected"]).to_list()
     beta = recipe.train.dpo.beta if recipe.train.dpo else 0.1
 
+    out = run / "eval"
+    if out.exists():  # the models may have been retrained in place: nothing old is reused
+        shutil.rmtree(out)
     metrics: dict[str, Any] = {"dpo_model": str(dpo_dir), "sft_model": sft_dir}
     metrics.update(preference_metrics(answer_logps(str(dpo_dir), rows), answer_logps(sft_dir, rows), beta))
-    if win_rate:
-        metrics["win_rate"] = judged_win_rate(run, recipe, rows, str(dpo_dir), sft_dir, max_tokens, engine)
-    out = run / "eval"
+    if win_rate:  # answers as long as the run's own generators wrote, unless told
+        tokens = max_tokens or max(g.sampling.max_tokens for g in recipe.generators)
+        metrics["win_rate"] = judged_win_rate(run, recipe, rows, str(dpo_dir), sft_dir, tokens, engine)
     metrics["plots"] = plot_curves(run, out / "plots")
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
@@ -168,4 +174,32 @@ def evaluate_run(run_dir: str | Path, win_rate: bool = True, max_tokens: int = 2
 
 def judged_win_rate(run: Path, recipe: Any, rows: list[dict], dpo_dir: str, sft_dir: str,
                     max_tokens: int, engine: Any) -> dict[str, Any]:
-    raise NotImplementedError("win rate: waiting for judges.stage.compare_pairs")
+    """Both models answer the test prompts; the run's judge compares each pair (dDPO = a, dSFT = b).
+
+    Answers and verdicts are kept under `<run>/eval/` (completions/, comparisons/<judge>/).
+    """
+    from generation.ensemble import GeneratorSpec, Sampling, generate
+    from generation.records import Message, Prompt
+    from generation.store import RunStore
+    from judges.stage import compare_pairs
+
+    store = RunStore(run / "eval")
+    prompts = list({r["prompt_id"]: Prompt(prompt_id=r["prompt_id"], source="test_prefs",
+                                           messages=[Message(**m) for m in r["prompt"]]) for r in rows}.values())
+    greedy = Sampling(temperature=0.0, max_tokens=max_tokens, seed=recipe.seed)
+    members = [GeneratorSpec(name="ddpo", model=dpo_dir, sampling=greedy),
+               GeneratorSpec(name="dsft", model=sft_dir, sampling=greedy)]
+    answers = generate(prompts, members, store, engine or recipe.engine, recipe.shard_size, recipe.seed)
+    by = {(c.model, c.prompt_id): c for c in answers if c.ok}
+    pairs = [(by["ddpo", p.prompt_id], by["dsft", p.prompt_id]) for p in prompts
+             if ("ddpo", p.prompt_id) in by and ("dsft", p.prompt_id) in by]
+    spec = recipe.judge_spec()
+    verdicts = compare_pairs(prompts, pairs, spec, store, engine or recipe.engine, recipe.seed)
+    parsed = [v for v in verdicts if v.status == "parsed"]
+    wins, losses = sum(v.winner == "a" for v in parsed), sum(v.winner == "b" for v in parsed)
+    ties = len(parsed) - wins - losses
+    return {"judge": spec.name, "judge_kind": spec.kind, "prompts": len(prompts), "pairs": len(pairs),
+            "judged": len(parsed), "unjudged": len(verdicts) - len(parsed),
+            "ddpo_wins": wins, "dsft_wins": losses, "ties": ties,
+            "order_changed_verdict": sum(v.order_changed_verdict for v in parsed),
+            "ddpo_win_rate": (wins + ties / 2) / len(parsed) if parsed else None}
