@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # before bench/, whose generation.py would shadow the package
 
 
 def make_dataset(out: Path, n: int = 64) -> Path:
