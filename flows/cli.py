@@ -8,6 +8,8 @@
     rlaif prepare-models [NAME ...]                            convert bundled GGUF models once
     rlaif binarize RECIPE [--out DIR] [--set ...] [--force] [--push-to-hub REPO]
                                                                a new dataset version from a run's judgements
+    rlaif train sft|dpo RECIPE [--out DIR] [--set ...]         one training stage of a recipe
+    rlaif evaluate RUN [--no-win-rate]                         dDPO against its dSFT start
 """
 
 from __future__ import annotations
@@ -177,6 +179,71 @@ def add_binarize_parser(sub) -> None:
                                                           "(token from HF_TOKEN)")
     b.set_defaults(func=cmd_binarize)
 
+# --- training and evaluation (training/) ---------------------------------------------------------
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """One training stage into <run>/sft or <run>/dpo, on the run's dataset."""
+    from pathlib import Path
+
+    from flows.recipe import RecipeError, load_recipe
+
+    recipe = load_recipe(args.recipe, args.set)
+    spec = getattr(recipe.train, args.stage)
+    if spec is None:
+        raise RecipeError(f"{args.recipe}: field 'train.{args.stage}': not set; nothing to train")
+    run = Path(args.out or os.path.join("runs", recipe.name))
+    if not (run / "recipe.json").exists():  # evaluate reads the recipe from the run
+        run.mkdir(parents=True, exist_ok=True)
+        (run / "recipe.json").write_text(recipe.model_dump_json(indent=2))
+    if args.stage == "sft":
+        from training.sft import train_sft as train
+    else:
+        from training.dpo import train_dpo as train
+    try:
+        metrics = train(run / "dataset", spec, run / args.stage)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: train.{args.stage}: {e}", file=sys.stderr)
+        return 2
+    print(f"d{args.stage.upper()}: {metrics['steps']} steps, train_loss {metrics.get('train_loss', float('nan')):.4f}, "
+          f"written to {run / args.stage}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from training.evaluate import evaluate_run
+
+    try:
+        metrics = evaluate_run(args.run, win_rate=not args.no_win_rate, max_tokens=args.max_tokens)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps({k: v for k, v in metrics.items() if k != "plots"}, indent=2))
+    print(f"written to {os.path.join(args.run, 'eval')}")
+    return 0
+
+
+def add_training_commands(sub: argparse._SubParsersAction) -> None:
+    t = sub.add_parser("train", help="run one training stage (dSFT or dDPO) of a recipe",
+                       description="Train one stage of a recipe on the run's dataset: sft writes "
+                                   "<run>/sft; dpo writes <run>/dpo, from <run>/sft unless train.dpo.model "
+                                   "is set. With train.<stage>.resume: true it continues from the last "
+                                   "checkpoint. Several GPUs: accelerate launch ... -m flows.cli train ...")
+    t.add_argument("stage", choices=["sft", "dpo"])
+    t.add_argument("recipe", help="recipe YAML, e.g. recipes/zephyr-7b-beta/sft.yaml")
+    t.add_argument("--out", help="run directory (default: runs/<recipe name>)")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe field")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("evaluate", help="compare the dDPO model with its dSFT start",
+                       description="Implicit-reward and preference accuracy on test_prefs, judged win "
+                                   "rate on the test prompts, training-curve plots; writes <run>/eval.")
+    e.add_argument("run", help="run directory, e.g. runs/quickstart")
+    e.add_argument("--no-win-rate", action="store_true", help="skip generating and judging answers")
+    e.add_argument("--max-tokens", type=int, help="answer length for the win rate (default: the run's generators')")
+    e.set_defaults(func=cmd_evaluate)
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rlaif", description="RLAIF / distilled-DPO preference data pipeline.")
@@ -233,6 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.set_defaults(func=cmd_prepare_models)
 
     add_binarize_parser(sub)
+    add_training_commands(sub)
     return p
 
 

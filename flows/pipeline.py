@@ -1,4 +1,4 @@
-"""The pipeline as one Prefect flow: prompts -> generate -> judge -> binarize -> dDPO.
+"""The pipeline as one Prefect flow: prompts -> generate -> judge -> binarize -> dSFT -> dDPO.
 
 Every task here is a thin wrapper around a stage function; the logic lives in the stages. The
 stages write their records to the run directory as they finish and skip shards already there, so
@@ -28,6 +28,7 @@ from generation.store import RunStore
 from judges.dataset import publish_version
 from judges.stage import judge_counts, run_judge
 from training.dpo import train_dpo
+from training.sft import train_sft
 
 console = Console(stderr=True)
 
@@ -101,6 +102,16 @@ def binarize_task(prompts: list[Prompt], completions: list[Completion], judgemen
                               "skipped": c["prompts_skipped"], "unusable_judgements": c["unusable_judgements"]})
 
 
+@task(name="train-sft", cache_policy=NO_CACHE, persist_result=False)
+def sft_task(recipe: Recipe, out: str, train_rows: int) -> StageReport:
+    t = _timed("train dSFT")
+    path = Path(out) / "sft"
+    metrics = train_sft(Path(out) / "dataset", recipe.train.sft, path)
+    notes = {k: round(float(metrics[k]), 4) for k in ("train_loss", "train_samples_per_second") if k in metrics}
+    return StageReport(stage="train-sft", count_in=train_rows, count_out=int(metrics.get("steps", 0)),
+                       seconds=time.perf_counter() - t, path=str(path), notes=notes)
+
+
 @task(name="train-dpo", cache_policy=NO_CACHE, persist_result=False)
 def dpo_task(recipe: Recipe, out: str, train_pairs: int) -> StageReport:
     t = _timed("train dDPO")
@@ -123,10 +134,12 @@ def pipeline_flow(recipe: Recipe, out: str) -> list[StageReport]:
     reports.append(r)
     r = binarize_task(prompts, completions, judgements, recipe, out)
     reports.append(r)
-    if recipe.train.dpo is not None:
-        if r.notes["train_prefs"] == 0:
-            console.print("[yellow]no training pairs: dDPO skipped (see binarize_report.json)")
-        else:
+    if r.notes["train_prefs"] == 0 and (recipe.train.sft or recipe.train.dpo):
+        console.print("[yellow]no training pairs: training skipped (see binarize_report.json)")
+    else:
+        if recipe.train.sft is not None:
+            reports.append(sft_task(recipe, out, r.notes["train_prefs"]))
+        if recipe.train.dpo is not None:
             reports.append(dpo_task(recipe, out, r.notes["train_prefs"]))
     return reports
 

@@ -18,6 +18,7 @@ from generation.hygiene import HygieneSpec
 from judges.binarize import BinarizeSpec
 from judges.spec import JudgeSpec
 from training.dpo import DPOSpec
+from training.sft import SFTSpec
 
 
 class PromptSource(BaseModel):
@@ -31,7 +32,8 @@ class PromptSource(BaseModel):
 class TrainSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    dpo: DPOSpec | None = None
+    sft: SFTSpec | None = None  # dSFT on train_sft, written to <run>/sft
+    dpo: DPOSpec | None = None  # dDPO on train_prefs, from <run>/sft unless dpo.model is set
 
 
 class Recipe(BaseModel):

@@ -1,15 +1,21 @@
-"""dDPO: TRL's DPOTrainer on a binarized preference dataset, on top of a dSFT checkpoint.
+"""dDPO: distilled DPO (TRL's DPOTrainer) on the binarized preferences, from the dSFT checkpoint.
 
-Usage (as a stage of a recipe; see `rlaif run`):
+Usage:
 
-    train_dpo(dataset_dir="runs/quickstart/dataset", spec=DPOSpec(model="smollm2-135m-instruct"),
-              out_dir="runs/quickstart/dpo")
+    rlaif train dpo recipes/quickstart.yaml            # writes runs/<name>/dpo
+    train_dpo(dataset_dir="runs/quickstart/dataset", spec=DPOSpec(), out_dir="runs/quickstart/dpo")
 
-Supports: any model `generation.models.resolve_model` can load (bundled, local dir, hub id), every
-`DPOConfig` field through `args:` in the recipe, CPU (use_cpu, float32) and GPU (bf16).
-Assumes: the dataset has `train_prefs` (and optionally `test_prefs`) in TRL's conversational form
-with an explicit prompt, as `judges.dataset` writes it; the model's tokenizer has a chat template.
-The reference model is the starting policy, loaded by TRL from the same path unless one is given.
+Supports: starting from the run's dSFT output (`model:` unset: `<run>/sft`, next to `out_dir`) or
+any model `generation.models.resolve_model` can load; every DPO loss TRL offers through `loss_type`
+(sigmoid, ipo, hinge, robust, ..., or a list combined with `args: {loss_weights: [...]}`); LoRA and
+QLoRA through peft (the reference is then the policy with adapters off, so no second copy);
+reference log-probs computed once before training (`precompute_ref_log_probs`), which frees the
+reference model's memory during training; gradient checkpointing; bf16 on GPU, float32 on CPU;
+checkpoints every `save_steps` and `resume: true`; every other `DPOConfig` field through `args:`;
+several GPUs through `accelerate launch` (see recipes/zephyr-7b-beta/).
+Assumes: `train_prefs` in TRL's conversational form with an explicit prompt (`prompt` = messages up
+to the last user turn, `chosen` / `rejected` = one assistant message each), as judges.dataset
+writes it. The reference model is the starting policy unless `ref_model` is given in memory.
 """
 
 from __future__ import annotations
@@ -18,83 +24,73 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from training.common import StageSpec
 
 log = logging.getLogger(__name__)
 
 
-class DPOSpec(BaseModel):
-    """The recipe's `train: dpo:` block. Defaults are the Zephyr paper's beta with a short CPU run."""
+class DPOSpec(StageSpec):
+    """The recipe's `train: dpo:` block."""
 
-    model_config = ConfigDict(extra="forbid")
+    model: str | None = None  # None: the same run's dSFT output, <run>/sft
+    beta: float = Field(0.1, gt=0)  # the Zephyr paper's beta (the handbook's later recipe uses 0.01)
+    learning_rate: float = Field(5e-7, gt=0)  # the alignment-handbook's Zephyr dDPO learning rate
+    loss_type: str | list[str] = "sigmoid"  # any of TRL's DPO losses, or several (weights in args)
+    precompute_ref_log_probs: bool = False
 
-    model: str  # the dSFT checkpoint to start from
-    beta: float = 0.1
-    learning_rate: float = 5e-7
-    num_train_epochs: float = 1.0
-    max_steps: int = -1  # > 0 overrides epochs
-    per_device_train_batch_size: int = 2
-    gradient_accumulation_steps: int = 1
-    max_length: int | None = 512
-    loss_type: str = "sigmoid"
-    warmup_steps: float = 0.1  # a float below 1 is a ratio of the total steps (transformers 5)
-    lr_scheduler_type: str = "cosine"
-    logging_steps: int = 1
-    seed: int = 42
-    args: dict[str, Any] = Field(default_factory=dict)  # any other DPOConfig field, passed as is
+
+def start_model(spec: DPOSpec, out_dir: Path) -> str:
+    """The model dDPO starts from: the recipe's, else the dSFT output of the same run."""
+    from generation.models import resolve_model
+
+    if spec.model is not None:
+        return resolve_model(spec.model)
+    sft = out_dir.parent / "sft"
+    if not (sft / "config.json").exists():
+        raise FileNotFoundError(f"train.dpo.model is unset, so dDPO starts from this run's dSFT model, but "
+                                f"{sft} has none: run `rlaif train sft` first or set train.dpo.model")
+    return str(sft)
 
 
 def train_dpo(dataset_dir: str | Path, spec: DPOSpec, out_dir: str | Path,
               model: Any = None, ref_model: Any = None) -> dict[str, Any]:
     """Train and save to `out_dir`; returns the final training metrics."""
-    import torch
-    from datasets import load_from_disk
-    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig, DPOTrainer
 
-    from generation.models import resolve_model
+    from training import common
 
     #######
     # Setup
     #######
-    cpu = not torch.cuda.is_available()
-    args = DPOConfig(
-        output_dir=str(out_dir), beta=spec.beta, learning_rate=spec.learning_rate,
-        num_train_epochs=spec.num_train_epochs, max_steps=spec.max_steps,
-        per_device_train_batch_size=spec.per_device_train_batch_size,
-        gradient_accumulation_steps=spec.gradient_accumulation_steps, max_length=spec.max_length,
-        loss_type=[spec.loss_type], warmup_steps=spec.warmup_steps,
-        lr_scheduler_type=spec.lr_scheduler_type, logging_steps=spec.logging_steps, seed=spec.seed,
-        use_cpu=cpu, bf16=not cpu, report_to=[], save_strategy="no",
-        **spec.args,
-    )
-
-    ###############
-    # Load datasets
-    ###############
-    data = load_from_disk(str(dataset_dir))
-    train = data["train_prefs"]
-    if len(train) == 0:
-        raise ValueError(f"{dataset_dir}: train_prefs is empty; nothing to train on")
+    out_dir = Path(out_dir)
+    losses = [spec.loss_type] if isinstance(spec.loss_type, str) else list(spec.loss_type)
+    args = DPOConfig(**common.config_kwargs(spec, DPOConfig, out_dir, {
+        "beta": spec.beta, "loss_type": losses, "precompute_ref_log_probs": spec.precompute_ref_log_probs}))
 
     #######
     # Model
     #######
-    path = resolve_model(spec.model)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    path = start_model(spec, out_dir)
+    tokenizer = common.load_tokenizer(path)
     if model is None:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32 if cpu else torch.bfloat16)
+        model = common.load_model(path, spec)
+
+    #########
+    # Dataset
+    #########
+    train = common.load_splits(dataset_dir)["train_prefs"].select_columns(["prompt", "chosen", "rejected"])
+    if len(train) == 0:
+        raise ValueError(f"{dataset_dir}: train_prefs is empty; nothing to train on")
 
     ##########
     # Training
     ##########
     trainer = DPOTrainer(model=model, ref_model=ref_model, args=args, train_dataset=train,
-                         processing_class=tokenizer)
-    result = trainer.train()
-    trainer.save_model(str(out_dir))
-    tokenizer.save_pretrained(str(out_dir))
-    trainer.state.save_to_json(str(Path(out_dir) / "trainer_state.json"))
-    log.info("dDPO checkpoint saved to %s", out_dir)
-    return {"steps": result.global_step, **result.metrics}
+                         processing_class=tokenizer, peft_config=common.peft_config(spec))
+    metrics = common.train_and_save(trainer, spec, out_dir, tokenizer)
+    if trainer.accelerator.is_main_process:
+        (out_dir / "start_model.txt").write_text(path + "\n")  # what evaluate compares against
+    log.info("dDPO model saved to %s (%d steps, from %s)", out_dir, metrics["steps"], path)
+    return metrics
