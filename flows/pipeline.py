@@ -1,10 +1,16 @@
-"""The pipeline as one Prefect flow: prompts -> generate -> judge -> binarize -> dDPO.
+"""The pipeline as Prefect flows: prompts -> generate -> judge -> binarize -> publish -> dDPO.
 
-Every task here is a thin wrapper around a stage function; the logic lives in the stages. The
-stages write their records to the run directory as they finish and skip shards already there, so
-Prefect's own result caching is off (NO_CACHE): the run directory is the source of truth, and a
-rerun, a second judge or a crashed run resumes from it. Without PREFECT_API_URL the flow runs in
-Prefect's ephemeral mode, so a user starts no server.
+Each task makes ONE call to a stage function; the logic lives in the stages. Tasks are cached by
+the content hashes of the records they read and the settings of their own stage (flows/caching.py),
+with results kept as JSON in `<run dir>/.prefect/results/`. So a rerun with nothing changed
+computes nothing, and a change to one judge setting reruns judging and what follows only. The
+stages also write their records to the run directory shard by shard and skip shards already
+there: the run directory is the source of truth, and a cache entry is only used while what it
+wrote is still there. Tasks that call a remote endpoint are retried with exponential backoff.
+
+Flows: `generate_flow`, `judge_flow`, `binarize_flow` (binarize and publish the dataset),
+`train_flow`, each running its stage after the (cached) ones before it, and `pipeline_flow`,
+all of them. Without PREFECT_API_URL they run in Prefect's ephemeral mode: no server to start.
 """
 
 from __future__ import annotations
@@ -16,21 +22,27 @@ from typing import Any
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
+from prefect.context import TaskRunContext
+from prefect.tasks import exponential_backoff
 from pydantic import BaseModel, Field
 from rich.console import Console
 from rich.table import Table
 
-from flows.recipe import Recipe
+from flows.caching import (CACHED, StageError, binarize_key, generate_key, judge_key, publish_key, result_storage,
+                           stage_errors, train_key)
+from flows.recipe import PromptSource, Recipe
 from generation.ensemble import generate
 from generation.prompt_sets import load_prompts
-from generation.records import Completion, Judgement, Prompt
+from generation.records import Completion, Judgement, PreferencePair, Prompt, content_hash
 from generation.store import RunStore
-from judges.binarize import binarize, split_pairs
+from judges.binarize import BinarizeReport, BinarizeSpec, binarize, split_pairs
 from judges.dataset import write_preference_dataset
-from judges.ultrafeedback import judge
-from training.dpo import train_dpo
+from judges.ultrafeedback import JudgeSpec, judge
+from training.dpo import DPOSpec, train_dpo
 
 console = Console(stderr=True)
+STAGES = ("generate", "judge", "binarize", "train")
+RETRY_MARKER = ".prefect/generate-has-retryable-rows"  # set: the next run regenerates, not the cache
 
 
 class StageReport(BaseModel):
@@ -38,106 +50,201 @@ class StageReport(BaseModel):
     count_in: int
     count_out: int
     seconds: float
+    cached: bool = False  # served from Prefect's cache: nothing recomputed
     notes: dict[str, Any] = Field(default_factory=dict)
     path: str = ""
 
 
-def _timed(stage: str):
-    console.rule(f"[bold]{stage}")
-    return time.perf_counter()
-
-
+# ----------------------------------------------------------------------------- tasks: one stage call each
 @task(name="load-prompts", cache_policy=NO_CACHE, persist_result=False)
-def prompts_task(recipe: Recipe) -> tuple[list[Prompt], StageReport]:
-    t = _timed("prompts")
-    prompts = load_prompts(recipe.prompts.source, recipe.prompts.limit, recipe.prompts.split)
-    return prompts, StageReport(stage="prompts", count_in=len(prompts), count_out=len(prompts),
-                                seconds=time.perf_counter() - t, notes={"source": recipe.prompts.source})
+def prompts_task(source: PromptSource) -> list[Prompt]:
+    return load_prompts(source.source, source.limit, source.split)  # always read: the source may grow
 
 
-@task(name="generate", cache_policy=NO_CACHE, persist_result=False)
-def generate_task(prompts: list[Prompt], recipe: Recipe, out: str) -> tuple[list[Completion], StageReport]:
-    t = _timed("generate")
-    store = RunStore(out)
-    completions = generate(prompts, recipe.generators, store, recipe.engine, recipe.shard_size, recipe.seed,
-                           on_model=lambda name, msg: console.print(f"  {name}: {msg}"),
-                           models_per_prompt=recipe.models_per_prompt)
+@task(name="generate", cache_key_fn=generate_key, **CACHED)
+def generate_task(prompts: list[Prompt], recipe: Recipe, out: str) -> list[Completion]:
+    with stage_errors("generate"):
+        completions = generate(prompts, recipe.generators, RunStore(out), recipe.engine, recipe.shard_size,
+                               recipe.seed, on_model=_say, models_per_prompt=recipe.models_per_prompt)
+    _retry_transient_rows("generate", completions)
+    return completions
+
+
+@task(name="judge", cache_key_fn=judge_key, **CACHED)
+def judge_task(prompts: list[Prompt], completions: list[Completion], spec: JudgeSpec, recipe: Recipe,
+               out: str) -> list[Judgement]:
+    with stage_errors("judge", spec.name):
+        return judge(prompts, completions, spec, RunStore(out), recipe.engine, recipe.shard_size, recipe.seed)
+
+
+@task(name="binarize", cache_key_fn=binarize_key, **CACHED)
+def binarize_task(prompts: list[Prompt], completions: list[Completion], judgements: list[Judgement],
+                  spec: BinarizeSpec) -> tuple[list[PreferencePair], BinarizeReport]:
+    with stage_errors("binarize", spec.judge):
+        return binarize(prompts, completions, judgements, spec)
+
+
+@task(name="publish", cache_key_fn=publish_key, **CACHED)
+def publish_task(pairs: list[PreferencePair], spec: BinarizeSpec, path: str) -> dict[str, int]:
+    train, test = split_pairs(pairs, spec.test_fraction, spec.seed)
+    with stage_errors("publish"):
+        write_preference_dataset(train, test, path)
+    return {"train_prefs": len(train), "test_prefs": len(test)}
+
+
+@task(name="train-dpo", cache_key_fn=train_key, **CACHED)
+def train_task(spec: DPOSpec, dataset: str, path: str, dataset_hash: str) -> dict[str, float]:
+    with stage_errors("train-dpo", spec.model):
+        return {k: float(v) for k, v in train_dpo(Path(dataset), spec, Path(path)).items()
+                if isinstance(v, (int, float))}
+
+
+def _say(name: str, msg: str) -> None:
+    console.print(f"  {name}: {msg}")
+
+
+def _retry_transient_rows(stage: str, records: list[Completion]) -> None:
+    """Rows that failed transiently (HTTP 429/5xx, timeouts) make the task fail while Prefect
+    retries are left, so it runs again after a backoff and the stage re-sends only those rows.
+    On the last try the rows are kept as failed records, and the next run sends them again."""
+    ctx = TaskRunContext.get()
+    bad = [c for c in records if c.retryable]
+    if bad and ctx and ctx.task_run.run_count <= ctx.task.retries:
+        raise StageError(stage, bad[0].model, bad[0].prompt_id, f"{len(bad)} rows failed transiently: {bad[0].error}")
+
+
+# ----------------------------------------------------------------------------- running a task
+def call(t, out: str, *args: Any, refresh: bool = False, remote: bool = False, recipe: Recipe | None = None):
+    """Run a task with its results in the run directory; returns (value, cached, seconds).
+
+    `refresh`: recompute and overwrite the cache entry (what it wrote is gone from the run dir).
+    `remote`: the stage calls an endpoint, so retry with exponential backoff from the recipe.
+    """
+    opts: dict[str, Any] = dict(result_storage=result_storage(out), refresh_cache=refresh)
+    if remote and recipe is not None:
+        f = recipe.flow
+        opts.update(retries=f.retries, retry_delay_seconds=exponential_backoff(backoff_factor=f.retry_delay_seconds),
+                    retry_jitter_factor=f.retry_jitter_factor)
+    start = time.perf_counter()
+    state = t.with_options(**opts)(*args, return_state=True)
+    value = state.result()  # a failed task raises its StageError here
+    return value, state.name == "Cached", time.perf_counter() - start
+
+
+def _has_endpoint(*specs: Any) -> bool:
+    return any(getattr(s, "endpoint", None) is not None for s in specs)
+
+
+def run_generate(prompts: list[Prompt], recipe: Recipe, out: str) -> tuple[list[Completion], StageReport]:
+    marker = Path(out) / RETRY_MARKER
+    refresh = marker.exists() or not (Path(out) / "completions").is_dir()
+    completions, cached, secs = call(generate_task, out, prompts, recipe, out, refresh=refresh,
+                                     remote=_has_endpoint(*recipe.generators), recipe=recipe)
     ok = [c for c in completions if c.ok]
     failed = [c for c in completions if not c.ok]
     for c in failed[:10]:
-        console.print(f"  [yellow]failed[/] {c.model} / {c.prompt_id}: {c.error}")
-    per_model = {g.name: sum(1 for c in ok if c.model == g.name) for g in recipe.generators}
+        console.print(f"  [yellow]failed[/] stage generate, model {c.model}, row {c.prompt_id}: {c.error}")
+    if any(c.retryable for c in failed):
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.touch()
+    elif marker.exists():
+        marker.unlink()
     notes = {"failed": len(failed), "retried next run": sum(c.retryable for c in failed),
-             "per_model": per_model, "output_tokens": sum(c.output_tokens for c in ok)}
-    return completions, StageReport(
-        stage="generate", count_in=len(completions), count_out=len(ok),
-        seconds=time.perf_counter() - t, path=str(Path(out) / "completions"), notes=notes)
+             "per_model": {g.name: sum(1 for c in ok if c.model == g.name) for g in recipe.generators},
+             "output_tokens": sum(c.output_tokens for c in ok)}
+    return completions, StageReport(stage="generate", count_in=len(completions), count_out=len(ok), seconds=secs,
+                                    cached=cached, notes=notes, path=str(Path(out) / "completions"))
 
 
-@task(name="judge", cache_policy=NO_CACHE, persist_result=False)
-def judge_task(prompts: list[Prompt], completions: list[Completion], recipe: Recipe,
-               out: str) -> tuple[list[Judgement], StageReport]:
-    spec = recipe.judge_spec()
-    t = _timed(f"judge ({spec.name})")
-    judgements = judge(prompts, completions, spec, RunStore(out), recipe.engine,
-                       recipe.shard_size, recipe.seed)
+def run_judge(prompts: list[Prompt], completions: list[Completion], spec: JudgeSpec, recipe: Recipe,
+              out: str) -> tuple[list[Judgement], StageReport]:
+    path = Path(out) / "judgements" / spec.name
+    judgements, cached, secs = call(judge_task, out, prompts, completions, spec, recipe, out,
+                                    refresh=not path.is_dir(), remote=_has_endpoint(spec), recipe=recipe)
     status = {s: sum(1 for j in judgements if j.status == s) for s in ("parsed", "unparsed", "failed")}
     return judgements, StageReport(stage="judge", count_in=len(completions), count_out=status["parsed"],
-                                   seconds=time.perf_counter() - t, notes=status,
-                                   path=str(Path(out) / "judgements" / spec.name))
+                                   seconds=secs, cached=cached, notes={"judge": spec.name, **status}, path=str(path))
 
 
-@task(name="binarize", cache_policy=NO_CACHE, persist_result=False)
-def binarize_task(prompts: list[Prompt], completions: list[Completion], judgements: list[Judgement],
-                  recipe: Recipe, out: str) -> StageReport:
-    t = _timed("binarize")
-    pairs, report = binarize(prompts, completions, judgements, recipe.binarize)
-    train, test = split_pairs(pairs, recipe.binarize.test_fraction, recipe.binarize.seed)
-    path = Path(out) / "dataset"
-    write_preference_dataset(train, test, path)
-    RunStore(out).write_json("binarize_report.json", report.model_dump())
-    return StageReport(stage="binarize", count_in=len(prompts), count_out=len(pairs),
-                       seconds=time.perf_counter() - t, path=str(path),
-                       notes={"train_prefs": len(train), "test_prefs": len(test), "skipped": report.skipped,
-                              "unusable_judgements": report.unusable_judgements})
+def run_binarize(prompts, completions, judgements, spec: BinarizeSpec, out: str, dataset: Path
+                 ) -> tuple[list[PreferencePair], StageReport]:
+    (pairs, report), cached, secs = call(binarize_task, out, prompts, completions, judgements, spec)
+    RunStore(dataset.parent).write_json("binarize_report.json", report.model_dump())  # beside the dataset
+    split, pub_cached, pub_secs = call(publish_task, out, pairs, spec, str(dataset), refresh=not dataset.exists())
+    return pairs, StageReport(stage="binarize", count_in=len(prompts), count_out=len(pairs), seconds=secs + pub_secs,
+                              cached=cached and pub_cached, path=str(dataset),
+                              notes={**split, "skipped": report.skipped, "unusable_judgements": report.unusable_judgements})
 
 
-@task(name="train-dpo", cache_policy=NO_CACHE, persist_result=False)
-def dpo_task(recipe: Recipe, out: str, train_pairs: int) -> StageReport:
-    t = _timed("train dDPO")
+def run_train(recipe: Recipe, out: str, pairs: list[PreferencePair], train_prefs: int) -> StageReport:
     path = Path(out) / "dpo"
-    metrics = train_dpo(Path(out) / "dataset", recipe.train.dpo, path)
-    notes = {k: round(float(metrics[k]), 4) for k in ("train_loss", "train_samples_per_second") if k in metrics}
-    return StageReport(stage="train-dpo", count_in=train_pairs, count_out=int(metrics.get("steps", 0)),
-                       seconds=time.perf_counter() - t, path=str(path), notes=notes)
+    metrics, cached, secs = call(train_task, out, recipe.train.dpo, str(Path(out) / "dataset"), str(path),
+                                 content_hash(pairs), refresh=not (path / "model.safetensors").exists())
+    notes = {k: round(metrics[k], 4) for k in ("train_loss", "train_samples_per_second") if k in metrics}
+    return StageReport(stage="train-dpo", count_in=train_prefs, count_out=int(metrics.get("steps", 0)),
+                       seconds=secs, cached=cached, path=str(path), notes=notes)
 
 
-@flow(name="rlaif-pipeline", log_prints=True)
-def pipeline_flow(recipe: Recipe, out: str) -> list[StageReport]:
-    """Run every stage of a recipe into `out`; returns one report per stage."""
-    reports = []
-    prompts, r = prompts_task(recipe)
+# ----------------------------------------------------------------------------- flows
+def run_stages(recipe: Recipe, out: str, until: str = "train", judge_name: str | None = None,
+               dataset: Path | None = None, keep: dict | None = None) -> list[StageReport]:
+    """The stages in order up to `until`; the ones before it come from the cache when unchanged.
+    `keep`, if given, receives the records (prompts, completions, judgements, pairs)."""
+    keep = {} if keep is None else keep
+    start = time.perf_counter()
+    prompts = prompts_task(recipe.prompts)
+    reports = [StageReport(stage="prompts", count_in=len(prompts), count_out=len(prompts),
+                           seconds=time.perf_counter() - start, notes={"source": recipe.prompts.source})]
+    completions, r = run_generate(prompts, recipe, out)
     reports.append(r)
-    completions, r = generate_task(prompts, recipe, out)
+    keep.update(prompts=prompts, completions=completions)
+    if until == "generate":
+        return reports
+    spec = recipe.judge_spec(judge_name)
+    judgements, r = run_judge(prompts, completions, spec, recipe, out)
     reports.append(r)
-    judgements, r = judge_task(prompts, completions, recipe, out)
+    keep.update(judgements=judgements)
+    if until == "judge":
+        return reports
+    bspec = recipe.binarize.model_copy(update={"judge": spec.name})
+    pairs, r = run_binarize(prompts, completions, judgements, bspec, out, dataset or Path(out) / "dataset")
     reports.append(r)
-    r = binarize_task(prompts, completions, judgements, recipe, out)
-    reports.append(r)
-    if recipe.train.dpo is not None:
-        if r.notes["train_prefs"] == 0:
-            console.print("[yellow]no training pairs: dDPO skipped (see binarize_report.json)")
-        else:
-            reports.append(dpo_task(recipe, out, r.notes["train_prefs"]))
+    keep.update(pairs=pairs)
+    if until == "binarize" or recipe.train.dpo is None:
+        return reports
+    if r.notes["train_prefs"] == 0:
+        console.print("[yellow]no training pairs: dDPO skipped (see binarize_report.json)")
+        return reports
+    reports.append(run_train(recipe, out, pairs, r.notes["train_prefs"]))
     return reports
 
 
 @flow(name="rlaif-generate", log_prints=True)
 def generate_flow(recipe: Recipe, out: str) -> list[StageReport]:
-    """The generation stage alone (`rlaif generate`)."""
-    prompts, r = prompts_task(recipe)
-    _, g = generate_task(prompts, recipe, out)
-    return [r, g]
+    """Generation alone (`rlaif generate`)."""
+    return run_stages(recipe, out, "generate")
+
+
+@flow(name="rlaif-judge", log_prints=True)
+def judge_flow(recipe: Recipe, out: str, judge_name: str | None = None) -> list[StageReport]:
+    """Judging with one of the recipe's judges, on the (cached) completions."""
+    return run_stages(recipe, out, "judge", judge_name)
+
+
+@flow(name="rlaif-binarize", log_prints=True)
+def binarize_flow(recipe: Recipe, out: str, judge_name: str | None = None, dataset: str | None = None
+                  ) -> list[StageReport]:
+    """Binarize one judge's verdicts and publish the preference dataset."""
+    return run_stages(recipe, out, "binarize", judge_name, Path(dataset) if dataset else None)
+
+
+@flow(name="rlaif-pipeline", log_prints=True)
+def pipeline_flow(recipe: Recipe, out: str) -> list[StageReport]:
+    """Every stage of a recipe into `out` (`rlaif run`); dDPO when the recipe has `train.dpo`."""
+    return run_stages(recipe, out, "train")
+
+
+train_flow = pipeline_flow  # training is the last stage: its flow is the whole pipeline
 
 
 def run(recipe: Recipe, out: str | Path, only_generate: bool = False) -> list[StageReport]:
@@ -146,9 +253,13 @@ def run(recipe: Recipe, out: str | Path, only_generate: bool = False) -> list[St
     Path(out).mkdir(parents=True, exist_ok=True)
     (Path(out) / "recipe.json").write_text(recipe.model_dump_json(indent=2))
     reports = (generate_flow if only_generate else pipeline_flow)(recipe, out)
-    (Path(out) / "summary.json").write_text(json.dumps([r.model_dump() for r in reports], indent=2))
-    print_summary(reports, out)
+    write_summary(reports, out)
     return reports
+
+
+def write_summary(reports: list[StageReport], out: str, name: str = "summary.json") -> None:
+    (Path(out) / name).write_text(json.dumps([r.model_dump() for r in reports], indent=2))
+    print_summary(reports, out)
 
 
 def _fmt(value: Any) -> str:
@@ -163,6 +274,7 @@ def print_summary(reports: list[StageReport], out: str) -> None:
         table.add_column(col)
     for r in reports:
         notes = "\n".join(f"{k}: {_fmt(v)}" for k, v in r.notes.items())
-        table.add_row(r.stage, str(r.count_in), str(r.count_out), f"{r.seconds:.1f}", notes,
+        secs = f"{r.seconds:.1f}" + (" (cached)" if r.cached else "")
+        table.add_row(r.stage, str(r.count_in), str(r.count_out), secs, notes,
                       str(Path(r.path).relative_to(out)) if r.path.startswith(out) else r.path)
     Console(width=max(Console().width, 110)).print(table)

@@ -1,0 +1,108 @@
+"""Judge swap: the run's completions judged by another judge, binarized, and compared.
+
+    rlaif run RECIPE --judge other.yaml
+
+`other.yaml` holds one judge: a `judge:` block, a `judges:` list of one, or the judge's fields at
+the top level. Nothing is generated again (the generate task is served from the cache, or its
+shards are read back), the other judge rates the same completions, its verdicts are binarized
+into `<run dir>/judge-swap/<judge name>/dataset`, and the agreement with the recipe's judge is
+printed and saved beside it. The recipe's own dataset is left as it is.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+from prefect import flow
+from pydantic import ValidationError
+from rich.table import Table
+
+from flows.pipeline import StageReport, console, run_judge, run_stages, write_summary
+from flows.recipe import Recipe, RecipeError
+from generation.records import Judgement
+from judges.scores import completion_scores
+from judges.ultrafeedback import JudgeSpec
+
+
+def load_judge(path: str | Path) -> JudgeSpec:
+    path = Path(path)
+    if not path.exists():
+        raise RecipeError(f"{path}: judge file not found")
+    data = yaml.safe_load(path.read_text()) or {}
+    if isinstance(data, dict) and "judge" in data:
+        data = data["judge"]
+    elif isinstance(data, dict) and "judges" in data:
+        if len(data["judges"]) != 1:
+            raise RecipeError(f"{path}: field 'judges': give exactly one judge to swap in")
+        data = data["judges"][0]
+    try:
+        return JudgeSpec.model_validate(data)
+    except ValidationError as e:
+        raise RecipeError("\n".join(f"{path}: field '{'.'.join(map(str, err['loc']))}': {err['msg']}"
+                                    for err in e.errors())) from None
+
+
+def with_judge(recipe: Recipe, spec: JudgeSpec, source: str = "") -> Recipe:
+    """The recipe with `spec` among its judges (a judge of the same name must be the same judge)."""
+    for j in recipe.judges:
+        if j.name == spec.name:
+            if j != spec:
+                raise RecipeError(f"{source}: judge name {spec.name!r} is already in the recipe with other "
+                                  "settings; give the new judge its own name")
+            return recipe
+    return Recipe.model_validate({**recipe.model_dump(), "judges": [*recipe.model_dump()["judges"], spec.model_dump()]})
+
+
+def agreement(a: list[Judgement], b: list[Judgement], source: str = "auto") -> dict:
+    """Placeholder until judges.agreement lands: Spearman over shared completions, and how often
+    both judges put the same completion first for a prompt."""
+    from scipy.stats import spearmanr
+
+    sa, sb = completion_scores(a, source), completion_scores(b, source)
+    common = sorted(set(sa) & set(sb))
+    rho = float(spearmanr([sa[c] for c in common], [sb[c] for c in common]).statistic) if len(common) > 2 else None
+    by_prompt: dict[str, list[str]] = {}
+    for j in a:
+        if j.completion_id in sb and j.completion_id in sa:
+            by_prompt.setdefault(j.prompt_id, []).append(j.completion_id)
+    compared = [ids for ids in by_prompt.values() if len(ids) > 1]
+    same = sum(max(ids, key=sa.__getitem__) == max(ids, key=sb.__getitem__) for ids in compared)
+    return {"completions": len(common), "spearman": rho, "prompts": len(compared),
+            "chosen_agreement": same / len(compared) if compared else None}
+
+
+@flow(name="rlaif-judge-swap", log_prints=True)
+def judge_swap_flow(recipe: Recipe, out: str, judge_name: str, previous: str) -> tuple[list[StageReport], dict]:
+    """Judge the stored completions with `judge_name`, binarize, and compare with `previous`."""
+    records: dict = {}
+    dataset = Path(out) / "judge-swap" / judge_name / "dataset"
+    reports = run_stages(recipe, out, "binarize", judge_name, dataset, keep=records)
+    old, r = run_judge(records["prompts"], records["completions"], recipe.judge_spec(previous), recipe, out)
+    reports.append(r.model_copy(update={"stage": "judge (previous)"}))
+    report = {"judge": judge_name, "previous": previous,
+              **agreement(old, records["judgements"], recipe.binarize.score)}
+    (dataset.parent / "agreement.json").write_text(json.dumps(report, indent=2) + "\n")
+    return reports, report
+
+
+def swap(recipe: Recipe, judge_file: str | Path, out: str | Path) -> tuple[list[StageReport], dict]:
+    spec = load_judge(judge_file)
+    previous = recipe.judge_spec().name
+    if spec.name == previous:
+        raise RecipeError(f"{judge_file}: judge {spec.name!r} is the recipe's own judge; nothing to swap")
+    recipe = with_judge(recipe, spec, str(judge_file))
+    out = str(Path(out).resolve())
+    Path(out).mkdir(parents=True, exist_ok=True)
+    reports, report = judge_swap_flow(recipe, out, spec.name, previous)
+    write_summary(reports, out, f"judge-swap/{spec.name}/summary.json")
+    table = Table(title=f"agreement: {spec.name} vs {previous}")
+    for col in ("completions", "spearman", "prompts", "chosen agreement"):
+        table.add_column(col)
+    fmt = lambda v: "n/a" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)  # noqa: E731
+    table.add_row(*(fmt(report[k]) for k in ("completions", "spearman", "prompts", "chosen_agreement")))
+    console.print(table)
+    print(f"agreement with {previous}: spearman={fmt(report['spearman'])} "
+          f"chosen_agreement={fmt(report['chosen_agreement'])} over {report['prompts']} prompts")
+    return reports, report
