@@ -219,26 +219,26 @@ def run_stages(recipe: Recipe, out: str, until: str = "train", judge_name: str |
     return reports
 
 
-@flow(name="rlaif-generate", log_prints=True)
+@flow(name="rlaif-generate", log_prints=False)
 def generate_flow(recipe: Recipe, out: str) -> list[StageReport]:
     """Generation alone (`rlaif generate`)."""
     return run_stages(recipe, out, "generate")
 
 
-@flow(name="rlaif-judge", log_prints=True)
+@flow(name="rlaif-judge", log_prints=False)
 def judge_flow(recipe: Recipe, out: str, judge_name: str | None = None) -> list[StageReport]:
     """Judging with one of the recipe's judges, on the (cached) completions."""
     return run_stages(recipe, out, "judge", judge_name)
 
 
-@flow(name="rlaif-binarize", log_prints=True)
+@flow(name="rlaif-binarize", log_prints=False)
 def binarize_flow(recipe: Recipe, out: str, judge_name: str | None = None, dataset: str | None = None
                   ) -> list[StageReport]:
     """Binarize one judge's verdicts and publish the preference dataset."""
     return run_stages(recipe, out, "binarize", judge_name, Path(dataset) if dataset else None)
 
 
-@flow(name="rlaif-pipeline", log_prints=True)
+@flow(name="rlaif-pipeline", log_prints=False)
 def pipeline_flow(recipe: Recipe, out: str) -> list[StageReport]:
     """Every stage of a recipe into `out` (`rlaif run`); dDPO when the recipe has `train.dpo`."""
     return run_stages(recipe, out, "train")

@@ -88,7 +88,7 @@ def _total(stage: str, reports: list[StageReport], **notes) -> StageReport:
                        notes={"batches": len(reports), "cached batches": sum(r.cached for r in reports), **notes})
 
 
-@flow(name="rlaif-refresh", log_prints=True)
+@flow(name="rlaif-refresh", log_prints=False)
 def refresh_flow(recipe_path: str, out: str | None = None, overrides: list[str] | None = None) -> dict:
     """Generate and judge the prompts not seen before, then write the next dataset version."""
     recipe: Recipe = load_recipe(recipe_path, overrides)

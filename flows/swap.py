@@ -73,7 +73,7 @@ def agreement(a: list[Judgement], b: list[Judgement], source: str = "auto") -> d
             "chosen_agreement": same / len(compared) if compared else None}
 
 
-@flow(name="rlaif-judge-swap", log_prints=True)
+@flow(name="rlaif-judge-swap", log_prints=False)
 def judge_swap_flow(recipe: Recipe, out: str, judge_name: str, previous: str) -> tuple[list[StageReport], dict]:
     """Judge the stored completions with `judge_name`, binarize, and compare with `previous`."""
     records: dict = {}
