@@ -55,18 +55,14 @@ def judge_key(ctx: Any, params: dict) -> str:
                 completion_keys(params["completions"]), params["recipe"].shard_size, params["recipe"].seed)
 
 
-def binarize_key(ctx: Any, params: dict) -> str:
-    judgements: list[Judgement] = params["judgements"]
-    return _key("binarize", params["spec"], prompt_keys(params["prompts"]),
-                completion_keys(params["completions"]), judgements)
-
-
 def publish_key(ctx: Any, params: dict) -> str:
-    return _key("publish", params["pairs"], params["spec"].test_fraction, params["spec"].seed, str(params["path"]))
+    judgements: list[Judgement] = params["judgements"]
+    return _key("publish", params["spec"], prompt_keys(params["prompts"]), completion_keys(params["completions"]),
+                judgements, str(params["out"]))
 
 
 def train_key(ctx: Any, params: dict) -> str:
-    return _key("train-dpo", params["spec"], params["dataset_hash"], str(params["path"]))
+    return _key("train-dpo", params["spec"], params["dataset_hash"], str(params["path"]))  # the version's inputs
 
 
 class StageError(RuntimeError):

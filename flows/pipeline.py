@@ -1,4 +1,4 @@
-"""The pipeline as Prefect flows: prompts -> generate -> judge -> binarize -> publish -> dDPO.
+"""The pipeline as Prefect flows: prompts -> generate -> judge -> binarize (a dataset version) -> dDPO.
 
 Each task makes ONE call to a stage function; the logic lives in the stages. Tasks are cached by
 the content hashes of the records they read and the settings of their own stage (flows/caching.py),
@@ -8,7 +8,7 @@ stages also write their records to the run directory shard by shard and skip sha
 there: the run directory is the source of truth, and a cache entry is only used while what it
 wrote is still there. Tasks that call a remote endpoint are retried with exponential backoff.
 
-Flows: `generate_flow`, `judge_flow`, `binarize_flow` (binarize and publish the dataset),
+Flows: `generate_flow`, `judge_flow`, `binarize_flow` (binarize and publish a dataset version),
 `train_flow`, each running its stage after the (cached) ones before it, and `pipeline_flow`,
 all of them. Without PREFECT_API_URL they run in Prefect's ephemeral mode: no server to start.
 """
@@ -28,15 +28,15 @@ from pydantic import BaseModel, Field
 from rich.console import Console
 from rich.table import Table
 
-from flows.caching import (CACHED, StageError, binarize_key, generate_key, judge_key, publish_key, result_storage,
-                           stage_errors, train_key)
+from flows.caching import (CACHED, StageError, generate_key, judge_key, publish_key, result_storage, stage_errors,
+                           train_key)
 from flows.recipe import PromptSource, Recipe
+from flows.versions import publish_version  # stand-in: judges.dataset.publish_version at merge
 from generation.ensemble import generate
 from generation.prompt_sets import load_prompts
-from generation.records import Completion, Judgement, PreferencePair, Prompt, content_hash
+from generation.records import Completion, Judgement, Prompt
 from generation.store import RunStore
-from judges.binarize import BinarizeReport, BinarizeSpec, binarize, split_pairs
-from judges.dataset import write_preference_dataset
+from judges.binarize import BinarizeSpec
 from judges.ultrafeedback import JudgeSpec, judge
 from training.dpo import DPOSpec, train_dpo
 
@@ -77,19 +77,11 @@ def judge_task(prompts: list[Prompt], completions: list[Completion], spec: Judge
         return judge(prompts, completions, spec, RunStore(out), recipe.engine, recipe.shard_size, recipe.seed)
 
 
-@task(name="binarize", cache_key_fn=binarize_key, **CACHED)
-def binarize_task(prompts: list[Prompt], completions: list[Completion], judgements: list[Judgement],
-                  spec: BinarizeSpec) -> tuple[list[PreferencePair], BinarizeReport]:
-    with stage_errors("binarize", spec.judge):
-        return binarize(prompts, completions, judgements, spec)
-
-
 @task(name="publish", cache_key_fn=publish_key, **CACHED)
-def publish_task(pairs: list[PreferencePair], spec: BinarizeSpec, path: str) -> dict[str, int]:
-    train, test = split_pairs(pairs, spec.test_fraction, spec.seed)
-    with stage_errors("publish"):
-        write_preference_dataset(train, test, path)
-    return {"train_prefs": len(train), "test_prefs": len(test)}
+def publish_task(prompts: list[Prompt], completions: list[Completion], judgements: list[Judgement],
+                 spec: BinarizeSpec, recipe_info: dict, out: str) -> str:
+    with stage_errors("binarize", spec.judge):
+        return str(publish_version(out, recipe_info, prompts, completions, judgements, spec))
 
 
 @task(name="train-dpo", cache_key_fn=train_key, **CACHED)
@@ -135,7 +127,7 @@ def _has_endpoint(*specs: Any) -> bool:
     return any(getattr(s, "endpoint", None) is not None for s in specs)
 
 
-def run_generate(prompts: list[Prompt], recipe: Recipe, out: str) -> tuple[list[Completion], StageReport]:
+def generate_step(prompts: list[Prompt], recipe: Recipe, out: str) -> tuple[list[Completion], StageReport]:
     marker = Path(out) / RETRY_MARKER
     refresh = marker.exists() or not (Path(out) / "completions").is_dir()
     completions, cached, secs = call(generate_task, out, prompts, recipe, out, refresh=refresh,
@@ -156,7 +148,7 @@ def run_generate(prompts: list[Prompt], recipe: Recipe, out: str) -> tuple[list[
                                     cached=cached, notes=notes, path=str(Path(out) / "completions"))
 
 
-def run_judge(prompts: list[Prompt], completions: list[Completion], spec: JudgeSpec, recipe: Recipe,
+def judge_step(prompts: list[Prompt], completions: list[Completion], spec: JudgeSpec, recipe: Recipe,
               out: str) -> tuple[list[Judgement], StageReport]:
     path = Path(out) / "judgements" / spec.name
     judgements, cached, secs = call(judge_task, out, prompts, completions, spec, recipe, out,
@@ -166,20 +158,23 @@ def run_judge(prompts: list[Prompt], completions: list[Completion], spec: JudgeS
                                    seconds=secs, cached=cached, notes={"judge": spec.name, **status}, path=str(path))
 
 
-def run_binarize(prompts, completions, judgements, spec: BinarizeSpec, out: str, dataset: Path
-                 ) -> tuple[list[PreferencePair], StageReport]:
-    (pairs, report), cached, secs = call(binarize_task, out, prompts, completions, judgements, spec)
-    RunStore(dataset.parent).write_json("binarize_report.json", report.model_dump())  # beside the dataset
-    split, pub_cached, pub_secs = call(publish_task, out, pairs, spec, str(dataset), refresh=not dataset.exists())
-    return pairs, StageReport(stage="binarize", count_in=len(prompts), count_out=len(pairs), seconds=secs + pub_secs,
-                              cached=cached and pub_cached, path=str(dataset),
-                              notes={**split, "skipped": report.skipped, "unusable_judgements": report.unusable_judgements})
+def binarize_step(prompts: list[Prompt], completions: list[Completion], judgements: list[Judgement],
+                  spec: BinarizeSpec, recipe: Recipe, out: str) -> StageReport:
+    """Binarize and publish a dataset version; `<out>/dataset` points at it."""
+    version, cached, secs = call(publish_task, out, prompts, completions, judgements, spec,
+                                 recipe.model_dump(mode="json"), out, refresh=not (Path(out) / "dataset").exists())
+    m = json.loads((Path(version) / "manifest.json").read_text())
+    c = m["counts"]
+    RunStore(out).write_json("binarize_report.json", {"version": version, **c})
+    return StageReport(stage="binarize", count_in=len(prompts), count_out=c["pairs"], seconds=secs, cached=cached,
+                       path=version, notes={"version": Path(version).name, **c["splits"], "skipped": c["prompts_skipped"],
+                                            "unusable_judgements": c["unusable_judgements"], "inputs": m["inputs_hash"]})
 
 
-def run_train(recipe: Recipe, out: str, pairs: list[PreferencePair], train_prefs: int) -> StageReport:
-    path = Path(out) / "dpo"
+def train_step(recipe: Recipe, out: str, dataset: StageReport) -> StageReport:
+    path, train_prefs = Path(out) / "dpo", dataset.notes["train_prefs"]
     metrics, cached, secs = call(train_task, out, recipe.train.dpo, str(Path(out) / "dataset"), str(path),
-                                 content_hash(pairs), refresh=not (path / "model.safetensors").exists())
+                                 dataset.notes["inputs"], refresh=not (path / "model.safetensors").exists())
     notes = {k: round(metrics[k], 4) for k in ("train_loss", "train_samples_per_second") if k in metrics}
     return StageReport(stage="train-dpo", count_in=train_prefs, count_out=int(metrics.get("steps", 0)),
                        seconds=secs, cached=cached, path=str(path), notes=notes)
@@ -187,35 +182,34 @@ def run_train(recipe: Recipe, out: str, pairs: list[PreferencePair], train_prefs
 
 # ----------------------------------------------------------------------------- flows
 def run_stages(recipe: Recipe, out: str, until: str = "train", judge_name: str | None = None,
-               dataset: Path | None = None, keep: dict | None = None) -> list[StageReport]:
+               keep: dict | None = None) -> list[StageReport]:
     """The stages in order up to `until`; the ones before it come from the cache when unchanged.
-    `keep`, if given, receives the records (prompts, completions, judgements, pairs)."""
+    `keep`, if given, receives the records (prompts, completions, judgements)."""
     keep = {} if keep is None else keep
     start = time.perf_counter()
     prompts = prompts_task(recipe.prompts)
     reports = [StageReport(stage="prompts", count_in=len(prompts), count_out=len(prompts),
                            seconds=time.perf_counter() - start, notes={"source": recipe.prompts.source})]
-    completions, r = run_generate(prompts, recipe, out)
+    completions, r = generate_step(prompts, recipe, out)
     reports.append(r)
     keep.update(prompts=prompts, completions=completions)
     if until == "generate":
         return reports
     spec = recipe.judge_spec(judge_name)
-    judgements, r = run_judge(prompts, completions, spec, recipe, out)
+    judgements, r = judge_step(prompts, completions, spec, recipe, out)
     reports.append(r)
     keep.update(judgements=judgements)
     if until == "judge":
         return reports
     bspec = recipe.binarize.model_copy(update={"judge": spec.name})
-    pairs, r = run_binarize(prompts, completions, judgements, bspec, out, dataset or Path(out) / "dataset")
+    r = binarize_step(prompts, completions, judgements, bspec, recipe, out)
     reports.append(r)
-    keep.update(pairs=pairs)
     if until == "binarize" or recipe.train.dpo is None:
         return reports
     if r.notes["train_prefs"] == 0:
         console.print("[yellow]no training pairs: dDPO skipped (see binarize_report.json)")
         return reports
-    reports.append(run_train(recipe, out, pairs, r.notes["train_prefs"]))
+    reports.append(train_step(recipe, out, r))
     return reports
 
 
@@ -232,10 +226,9 @@ def judge_flow(recipe: Recipe, out: str, judge_name: str | None = None) -> list[
 
 
 @flow(name="rlaif-binarize", log_prints=False)
-def binarize_flow(recipe: Recipe, out: str, judge_name: str | None = None, dataset: str | None = None
-                  ) -> list[StageReport]:
-    """Binarize one judge's verdicts and publish the preference dataset."""
-    return run_stages(recipe, out, "binarize", judge_name, Path(dataset) if dataset else None)
+def binarize_flow(recipe: Recipe, out: str, judge_name: str | None = None) -> list[StageReport]:
+    """Binarize one judge's verdicts and publish them as the next dataset version."""
+    return run_stages(recipe, out, "binarize", judge_name)
 
 
 @flow(name="rlaif-pipeline", log_prints=False)

@@ -5,8 +5,9 @@
 `other.yaml` holds one judge: a `judge:` block, a `judges:` list of one, or the judge's fields at
 the top level. Nothing is generated again (the generate task is served from the cache, or its
 shards are read back), the other judge rates the same completions, its verdicts are binarized
-into `<run dir>/judge-swap/<judge name>/dataset`, and the agreement with the recipe's judge is
-printed and saved beside it. The recipe's own dataset is left as it is.
+and published as the next dataset version (its manifest names the judge; earlier versions stay as
+they are), and the agreement with the recipe's judge is printed and saved in
+`<run dir>/judge-swap/<judge name>/agreement.json` beside the swap's summary.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from prefect import flow
 from pydantic import ValidationError
 from rich.table import Table
 
-from flows.pipeline import StageReport, console, run_judge, run_stages, write_summary
+from flows.pipeline import StageReport, console, judge_step, run_stages, write_summary
 from flows.recipe import Recipe, RecipeError
 from generation.records import Judgement
 from judges.scores import completion_scores
@@ -77,13 +78,14 @@ def agreement(a: list[Judgement], b: list[Judgement], source: str = "auto") -> d
 def judge_swap_flow(recipe: Recipe, out: str, judge_name: str, previous: str) -> tuple[list[StageReport], dict]:
     """Judge the stored completions with `judge_name`, binarize, and compare with `previous`."""
     records: dict = {}
-    dataset = Path(out) / "judge-swap" / judge_name / "dataset"
-    reports = run_stages(recipe, out, "binarize", judge_name, dataset, keep=records)
-    old, r = run_judge(records["prompts"], records["completions"], recipe.judge_spec(previous), recipe, out)
+    reports = run_stages(recipe, out, "binarize", judge_name, keep=records)
+    old, r = judge_step(records["prompts"], records["completions"], recipe.judge_spec(previous), recipe, out)
     reports.append(r.model_copy(update={"stage": "judge (previous)"}))
     report = {"judge": judge_name, "previous": previous,
               **agreement(old, records["judgements"], recipe.binarize.score)}
-    (dataset.parent / "agreement.json").write_text(json.dumps(report, indent=2) + "\n")
+    where = Path(out) / "judge-swap" / judge_name
+    where.mkdir(parents=True, exist_ok=True)
+    (where / "agreement.json").write_text(json.dumps(report, indent=2) + "\n")
     return reports, report
 
 

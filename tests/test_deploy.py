@@ -109,8 +109,8 @@ def test_deploy_serve_and_two_scheduled_refreshes(server, tmp_path, smollm2_dir)
         assert run1.state.is_completed(), (tmp_path / "serve.log").read_text()[-5000:]
         v1 = out / "versions" / "0001"
         m1 = json.loads((v1 / "manifest.json").read_text())
-        assert m1["new_prompts"] == 2 and m1["previous"] is None and (v1 / "README.md").exists()
-        assert (v1 / "dataset" / "dataset_dict.json").exists()
+        assert m1["counts"]["prompts"] == 2 and (v1 / "README.md").exists() and (v1 / "dataset_dict.json").exists()
+        assert (out / "dataset").resolve() == v1
         first = stamps(out, "versions/0001/**/*")
         shards = stamps(out, "completions/*")
         assert len(shards) == 2  # one shard per generator
@@ -122,8 +122,10 @@ def test_deploy_serve_and_two_scheduled_refreshes(server, tmp_path, smollm2_dir)
         stop(serve)
 
     m2 = json.loads((out / "versions" / "0002" / "manifest.json").read_text())
-    assert m2["new_prompts"] == 1 and m2["previous"] == "0001" and m2["prompts"] == 3
-    assert m2["binarize"]["pairs"] + sum(m2["binarize"]["skipped"].values()) == 3
+    assert m2["counts"]["prompts"] == 3 and (out / "dataset").resolve() == out / "versions" / "0002"
+    assert m2["counts"]["pairs"] + sum(m2["counts"]["prompts_skipped"].values()) == 3
+    refresh = {r["stage"]: r for r in json.loads((out / "refresh_summary.json").read_text())}
+    assert refresh["prompts"]["notes"]["new"] == 1 and refresh["generate"]["notes"]["cached batches"] == 1
     assert stamps(out, "versions/0001/**/*") == first  # the previous version untouched
     after = stamps(out, "completions/*")
     assert {k: after[k] for k in shards} == shards and len(after) == 4  # only the new prompt generated

@@ -62,15 +62,16 @@ def test_first_run_computes_every_stage(first_run):
     assert not any(r.cached for r in stages.values())
     assert stages["generate"].count_out == 4 and stages["binarize"].count_out >= 1
     assert list((out / ".prefect" / "results").iterdir())  # results live in the run directory
+    assert (out / "dataset").resolve() == out / "versions" / "0001"
 
 
 @pytest.mark.engine
 def test_rerun_with_unchanged_inputs_recomputes_nothing(first_run):
     recipe_path, out, _ = first_run
-    before = stamps(out, "**/shard-*.jsonl") | stamps(out, "dataset/**/*")
+    before = stamps(out, "**/shard-*.jsonl") | stamps(out, "versions/**/*")
     stages = by_stage(run(load_recipe(recipe_path), out))
     assert all(stages[s].cached for s in ("generate", "judge", "binarize"))
-    assert stamps(out, "**/shard-*.jsonl") | stamps(out, "dataset/**/*") == before
+    assert stamps(out, "**/shard-*.jsonl") | stamps(out, "versions/**/*") == before
 
 
 @pytest.mark.engine
@@ -100,8 +101,9 @@ def test_judge_swap_reuses_completions_and_prints_agreement(first_run, capsys):
     report = json.loads((out / "judge-swap" / "uf-help" / "agreement.json").read_text())
     assert report["previous"] == "uf" and report["completions"] == 4
     assert "agreement with uf: spearman=" in capsys.readouterr().out
-    ds = load_from_disk(str(out / "judge-swap" / "uf-help" / "dataset"))
-    assert {r["judge"] for r in ds["train_prefs"]} <= {"uf-help"}
+    version = (out / "dataset").resolve()  # the swap published the next version
+    assert json.loads((version / "manifest.json").read_text())["judge"]["name"] == "uf-help"
+    assert {r["judge"] for r in load_from_disk(str(version))["train_prefs"]} == {"uf-help"}
 
 
 # ----------------------------------------------------------------------------- a real endpoint that fails
