@@ -161,8 +161,10 @@ def judge_step(prompts: list[Prompt], completions: list[Completion], spec: Judge
 def binarize_step(prompts: list[Prompt], completions: list[Completion], judgements: list[Judgement],
                   spec: BinarizeSpec, recipe: Recipe, out: str) -> StageReport:
     """Binarize and publish a dataset version; `<out>/dataset` points at it."""
-    version, cached, secs = call(publish_task, out, prompts, completions, judgements, spec,
-                                 recipe.model_dump(mode="json"), out, refresh=not (Path(out) / "dataset").exists())
+    args = (publish_task, out, prompts, completions, judgements, spec, recipe.model_dump(mode="json"), out)
+    version, cached, secs = call(*args, refresh=not (Path(out) / "dataset").exists())
+    if Path(version) != (Path(out) / "dataset").resolve():  # a later publish (a judge swap) took the pointer
+        version, cached, secs = call(*args, refresh=True)
     m = json.loads((Path(version) / "manifest.json").read_text())
     c = m["counts"]
     RunStore(out).write_json("binarize_report.json", {"version": version, **c})

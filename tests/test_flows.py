@@ -105,6 +105,12 @@ def test_judge_swap_reuses_completions_and_prints_agreement(first_run, capsys):
     assert json.loads((version / "manifest.json").read_text())["judge"]["name"] == "uf-help"
     assert {r["judge"] for r in load_from_disk(str(version))["train_prefs"]} == {"uf-help"}
 
+    # the recipe's own judge again: nothing recomputed but the publish, which takes the pointer back
+    stages = by_stage(run(load_recipe(recipe_path), out))
+    assert stages["generate"].cached and stages["judge"].cached and not stages["binarize"].cached
+    version = (out / "dataset").resolve()
+    assert json.loads((version / "manifest.json").read_text())["judge"]["name"] == "uf"
+
 
 # ----------------------------------------------------------------------------- a real endpoint that fails
 class FailsOnMarkedPrompts(BaseHTTPRequestHandler):
