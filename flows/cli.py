@@ -1,6 +1,9 @@
 """The `rlaif` command line.
 
     rlaif run RECIPE [--out DIR] [--set key.path=value ...]   the whole pipeline as a Prefect flow
+    rlaif run RECIPE --judge OTHER.yaml                        judge swap: same completions, another judge
+    rlaif deploy RECIPE --cron "0 3 * * *" [--name N]         a scheduled refresh on the Prefect server
+    rlaif serve [NAME ...]                                     run the refresh deployments' scheduled runs
     rlaif generate RECIPE [--out DIR] [--set ...]              the generation stage alone
     rlaif judge RECIPE --judge NAME [--out DIR]              judge a run's completions with another judge
     rlaif agreement RUN --judges A B [--human FILE]          how far two judges (and humans) agree
@@ -32,7 +35,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     from flows.recipe import load_recipe
 
     recipe = load_recipe(args.recipe, args.set)
-    run(recipe, args.out or os.path.join("runs", recipe.name), only_generate=args.command == "generate")
+    out = args.out or os.path.join("runs", recipe.name)
+    if getattr(args, "judge", None):
+        from flows.swap import swap
+
+        swap(recipe, args.judge, out)
+        return 0
+    run(recipe, out, only_generate=args.command == "generate")
     return 0
 
 
@@ -255,6 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", help="run directory (default: runs/<recipe name>)")
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe field, e.g. --set prompts.limit=4 (repeatable)")
+    r.add_argument("--judge", metavar="JUDGE_YAML",
+                   help="judge swap: judge the run's completions with this judge, binarize, print the agreement")
     r.set_defaults(func=cmd_run)
 
     g = sub.add_parser("generate", help="run the generation stage of a recipe alone",
@@ -301,7 +312,44 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_binarize_parser(sub)
     add_training_commands(sub)
+    add_flow_commands(sub)
     return p
+
+
+# ----------------------------------------------------------------------------- scheduled refresh (issue 8)
+def cmd_deploy(args: argparse.Namespace) -> int:
+    from flows.deploy import deploy
+
+    dep_id = deploy(args.recipe, args.cron, args.name, args.out, args.set)
+    print(f"deployment {dep_id} ({args.cron}); start `rlaif serve` to run it")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from flows.deploy import serve
+
+    serve(args.names or None, limit=args.limit)
+    return 0
+
+
+def add_flow_commands(sub) -> None:
+    d = sub.add_parser("deploy", help="register a scheduled refresh of a recipe's dataset on the Prefect server",
+                       description="Create or update a deployment of the refresh flow on the server in "
+                                   "PREFECT_API_URL. Each run generates and judges only the prompts not "
+                                   "seen before and writes the next dataset version.")
+    d.add_argument("recipe")
+    d.add_argument("--cron", required=True, help='when to refresh, e.g. "0 3 * * *" (03:00 every day)')
+    d.add_argument("--name", help="deployment name (default: the recipe's name)")
+    d.add_argument("--out", help="run directory (default: runs/<recipe name>)")
+    d.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe field")
+    d.set_defaults(func=cmd_deploy)
+
+    s = sub.add_parser("serve", help="serve the refresh deployments: run their flow runs as they come due",
+                       description="Serve this project's refresh deployments from the server in "
+                                   "PREFECT_API_URL until interrupted (Prefect's Runner; no work pool).")
+    s.add_argument("names", nargs="*", help="deployment names (default: all refresh deployments)")
+    s.add_argument("--limit", type=int, default=1, help="flow runs at a time (default 1)")
+    s.set_defaults(func=cmd_serve)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -309,12 +357,13 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_engines()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    from flows.caching import StageError
     from flows.recipe import RecipeError
     from generation.prompt_sets import PromptSetError
 
     try:
         return args.func(args)
-    except (RecipeError, PromptSetError) as e:
+    except (RecipeError, PromptSetError, StageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -36,6 +36,16 @@ class TrainSpec(BaseModel):
     dpo: DPOSpec | None = None  # dDPO on train_prefs, from <run>/sft unless dpo.model is set
 
 
+class FlowSpec(BaseModel):
+    """How Prefect runs the stages: retries for tasks that call a remote endpoint."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    retries: int = Field(3, ge=0)  # only tasks whose generator or judge has an `endpoint:`
+    retry_delay_seconds: float = Field(10, ge=0)  # the first delay; doubles on each retry
+    retry_jitter_factor: float = Field(0.5, ge=0)  # each delay varies by up to this fraction
+
+
 class Recipe(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -50,6 +60,7 @@ class Recipe(BaseModel):
     binarize: BinarizeSpec = Field(default_factory=BinarizeSpec)
     train: TrainSpec = Field(default_factory=TrainSpec)
     engine: EngineSettings = Field(default_factory=EngineSettings)
+    flow: FlowSpec = Field(default_factory=FlowSpec)
 
     @model_validator(mode="before")
     @classmethod

@@ -1,0 +1,133 @@
+"""Scheduled refresh on a real Prefect server on 127.0.0.1: deploy, serve, trigger twice.
+
+`prefect server start` runs with its own home and SQLite database; `rlaif deploy` registers the
+deployment with a cron schedule; `rlaif serve` runs in a subprocess; flow runs are created through
+the server's API. The prompt file grows between the two runs: the second generates and judges only
+the new prompt, writes version 0002, and leaves version 0001 as it was.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import ROOT
+from test_flows import TINY, stamps, write_prompts
+
+pytestmark = pytest.mark.engine
+CRON = "0 3 * * *"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """A real Prefect server; yields the environment that points a client at it."""
+    tmp = tmp_path_factory.mktemp("prefect_server")
+    port = free_port()
+    env = {**os.environ, "PREFECT_HOME": str(tmp / "home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "PREFECT_UI_ENABLED": "false", "PREFECT_SERVER_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{tmp}/prefect.db",
+           "PYTHONPATH": str(ROOT), "PREFECT_RUNNER_POLL_FREQUENCY": "2", "PREFECT_LOGGING_LEVEL": "INFO"}
+    env.pop("PREFECT_API_URL", None)
+    log = (tmp / "server.log").open("w")
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "prefect"), "server", "start", "--host", "127.0.0.1",
+                             "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}/api"
+    try:
+        deadline = time.time() + 120
+        while True:
+            assert proc.poll() is None, (tmp / "server.log").read_text()[-3000:]
+            assert time.time() < deadline, "Prefect server did not come up"
+            try:
+                if urllib.request.urlopen(f"{url}/health", timeout=2).status == 200:
+                    break
+            except OSError:
+                time.sleep(0.5)
+        yield {**env, "PREFECT_API_URL": url}
+    finally:
+        stop(proc)
+
+
+def rlaif(env, *args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=120)
+
+
+def trigger(env, name: str):
+    """Create a flow run through the server's API and wait for it to finish."""
+    from prefect.deployments import run_deployment
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: env["PREFECT_API_URL"]}):
+        return run_deployment(name, timeout=600, poll_interval=2)
+
+
+def test_deploy_serve_and_two_scheduled_refreshes(server, tmp_path, smollm2_dir):
+    prompts = tmp_path / "prompts.jsonl"
+    write_prompts(prompts, ["Name a fruit that is red.", "What is 2 + 2?"])
+    recipe = tmp_path / "refresh.yaml"
+    recipe.write_text(yaml.safe_dump({**TINY, "name": "tiny-refresh", "prompts": {"source": str(prompts)}}))
+    out = tmp_path / "run"
+
+    done = rlaif(server, "deploy", str(recipe), "--cron", CRON, "--out", str(out))
+    assert done.returncode == 0, done.stderr[-3000:]
+    from prefect import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: server["PREFECT_API_URL"]}), get_client(sync_client=True) as client:
+        dep = client.read_deployment_by_name("rlaif-refresh/tiny-refresh")
+    assert [s.schedule.cron for s in dep.schedules] == [CRON]
+    assert dep.parameters["out"] == str(out) and dep.parameters["recipe_path"] == str(recipe)
+
+    log = (tmp_path / "serve.log").open("w")
+    serve = subprocess.Popen([sys.executable, "-m", "flows.cli", "serve"], cwd=ROOT, env=server, stdout=log,
+                             stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        run1 = trigger(server, "rlaif-refresh/tiny-refresh")
+        assert run1.state.is_completed(), (tmp_path / "serve.log").read_text()[-5000:]
+        v1 = out / "versions" / "0001"
+        m1 = json.loads((v1 / "manifest.json").read_text())
+        assert m1["counts"]["prompts"] == 2 and (v1 / "README.md").exists() and (v1 / "dataset_dict.json").exists()
+        assert (out / "dataset").resolve() == v1
+        first = stamps(out, "versions/0001/**/*")
+        shards = stamps(out, "completions/*")
+        assert len(shards) == 2  # one shard per generator
+
+        write_prompts(prompts, ["Name a fruit that is red.", "What is 2 + 2?", "Give a synonym for quick."])
+        run2 = trigger(server, "rlaif-refresh/tiny-refresh")
+        assert run2.state.is_completed(), (tmp_path / "serve.log").read_text()[-5000:]
+    finally:
+        stop(serve)
+
+    m2 = json.loads((out / "versions" / "0002" / "manifest.json").read_text())
+    assert m2["counts"]["prompts"] == 3 and (out / "dataset").resolve() == out / "versions" / "0002"
+    assert m2["counts"]["pairs"] + sum(m2["counts"]["prompts_skipped"].values()) == 3
+    refresh = {r["stage"]: r for r in json.loads((out / "refresh_summary.json").read_text())}
+    assert refresh["prompts"]["notes"]["new"] == 1 and refresh["generate"]["notes"]["cached batches"] == 1
+    assert stamps(out, "versions/0001/**/*") == first  # the previous version untouched
+    after = stamps(out, "completions/*")
+    assert {k: after[k] for k in shards} == shards and len(after) == 4  # only the new prompt generated
+    new_batch = [json.loads(line)["prompt_id"] for line in (out / "refresh" / "shard-0002.jsonl").read_text().splitlines()]
+    assert new_batch == ["p2"]
