@@ -181,8 +181,7 @@ def add_binarize_parser(sub) -> None:
                                    "and manifest); runs/<name>/dataset points at it. Inputs identical to "
                                    "the latest version's give that version back unless --force.")
     b.add_argument("recipe")
-    b.add_argument("--out", help="run directory (default: runs/<recipe name>)")
-    b.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe field")
+    out_and_overrides(b)
     b.add_argument("--force", action="store_true", help="write a new version even if nothing changed")
     b.add_argument("--push-to-hub", metavar="REPO", help="also push the version to this Hub dataset repo "
                                                           "(token from HF_TOKEN)")
@@ -241,8 +240,7 @@ def add_training_commands(sub: argparse._SubParsersAction) -> None:
                                    "checkpoint. Several GPUs: accelerate launch ... -m flows.cli train ...")
     t.add_argument("stage", choices=["sft", "dpo"])
     t.add_argument("recipe", help="recipe YAML, e.g. recipes/zephyr-7b-beta/sft.yaml")
-    t.add_argument("--out", help="run directory (default: runs/<recipe name>)")
-    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe field")
+    out_and_overrides(t)
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("evaluate", help="compare the dDPO model with its dSFT start",
@@ -254,6 +252,13 @@ def add_training_commands(sub: argparse._SubParsersAction) -> None:
     e.set_defaults(func=cmd_evaluate)
 
 
+def out_and_overrides(p: argparse.ArgumentParser) -> None:
+    """The options every recipe command takes: where the run lives, and field overrides."""
+    p.add_argument("--out", help="run directory (default: runs/<recipe name>)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe field, e.g. --set prompts.limit=4 (repeatable)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rlaif", description="RLAIF / distilled-DPO preference data pipeline.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -261,9 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run a recipe end to end (generate, judge, binarize, train)",
                        description="Run a recipe end to end as one Prefect flow.")
     r.add_argument("recipe", help="recipe YAML, e.g. recipes/quickstart.yaml")
-    r.add_argument("--out", help="run directory (default: runs/<recipe name>)")
-    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a recipe field, e.g. --set prompts.limit=4 (repeatable)")
+    out_and_overrides(r)
     r.add_argument("--judge", metavar="JUDGE_YAML",
                    help="judge swap: judge the run's completions with this judge, binarize, print the agreement")
     r.set_defaults(func=cmd_run)
@@ -271,8 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("generate", help="run the generation stage of a recipe alone",
                        description="Generate completions for a recipe's prompts; finished shards are kept.")
     g.add_argument("recipe")
-    g.add_argument("--out", help="run directory (default: runs/<recipe name>)")
-    g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe field")
+    out_and_overrides(g)
     g.set_defaults(func=cmd_run)
 
     j = sub.add_parser("judge", help="judge a run's completions with one of the recipe's judges",
@@ -281,8 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "in judgements/NAME.")
     j.add_argument("recipe")
     j.add_argument("--judge", required=True, metavar="NAME", help="a judge's name in the recipe's judges:")
-    j.add_argument("--out", help="run directory (default: runs/<recipe name>)")
-    j.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe field")
+    out_and_overrides(j)
     j.set_defaults(func=cmd_judge)
 
     a = sub.add_parser("agreement", help="how far two judges of a run agree (and with human labels)",
@@ -340,8 +341,7 @@ def add_flow_commands(sub) -> None:
     d.add_argument("recipe")
     d.add_argument("--cron", required=True, help='when to refresh, e.g. "0 3 * * *" (03:00 every day)')
     d.add_argument("--name", help="deployment name (default: the recipe's name)")
-    d.add_argument("--out", help="run directory (default: runs/<recipe name>)")
-    d.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe field")
+    out_and_overrides(d)
     d.set_defaults(func=cmd_deploy)
 
     s = sub.add_parser("serve", help="serve the refresh deployments: run their flow runs as they come due",

@@ -159,7 +159,7 @@ def judge_step(prompts: list[Prompt], completions: list[Completion], spec: Judge
                                     refresh=not path.is_dir(), remote=_has_endpoint(spec), recipe=recipe)
     counts = judge_counts(judgements)  # parsed / retried / unparsed / failed
     return judgements, StageReport(stage="judge", count_in=len(completions), count_out=counts["parsed"],
-                                   seconds=secs, cached=cached, notes={"judge": f"{spec.name} ({spec.kind})", **counts},
+                                   seconds=secs, cached=cached, notes={"judge": spec.name, "kind": spec.kind, **counts},
                                    path=str(path))
 
 

@@ -89,7 +89,19 @@ class AspectRating(Record):
 ScoreSource = Literal["auto", "expected", "sampled"]
 
 
-class Judgement(Record):
+class Judged(Record):
+    """Who judged, and how: every verdict record says it, so two judges' records never mix."""
+
+    judge: str  # the judge's name in the recipe
+    judge_model: str
+    template: str
+    template_version: str
+    template_hash: str
+    settings_hash: str  # everything that shapes a verdict (see judges.spec.JudgeSpec.settings_hash)
+    sampling: dict[str, Any]
+
+
+class Judgement(Judged):
     """A judge's verdict on one completion, with everything needed to say who made it and how.
 
     `aspects` holds one `AspectRating` per rated aspect: the four UltraFeedback aspects, or a single
@@ -100,14 +112,7 @@ class Judgement(Record):
     completion_id: str
     prompt_id: str
     model: str  # the generator that wrote the completion
-    judge: str  # the judge's name in the recipe
     kind: str = "ultrafeedback"  # ultrafeedback | critique | mt_bench_single | reward_model
-    judge_model: str
-    template: str
-    template_version: str
-    template_hash: str
-    settings_hash: str
-    sampling: dict[str, Any]
     scale: tuple[float, float] | None = (1, 5)  # None: unbounded (a reward model)
     aspects: dict[str, AspectRating]
     status: Literal["parsed", "unparsed", "failed"]
@@ -151,7 +156,7 @@ class PairVerdict(Record):
     raw: str = ""
 
 
-class PairJudgement(Record):
+class PairJudgement(Judged):
     """A pairwise judge's verdict on two completions of one prompt, judged in both orders.
 
     `winner` is "tie" when the two orders disagree, so position bias cancels (as in the RLAIF paper);
@@ -164,14 +169,7 @@ class PairJudgement(Record):
     completion_b: str
     model_a: str
     model_b: str
-    judge: str
     kind: str = "pairwise"  # pairwise | mt_bench_pairwise
-    judge_model: str
-    template: str
-    template_version: str
-    template_hash: str
-    settings_hash: str
-    sampling: dict[str, Any]
     orders: list[PairVerdict]  # [(a, b), (b, a)]
     winner: Literal["a", "b", "tie"] | None = None
     p_a: float | None = None

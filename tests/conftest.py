@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
+import threading
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -51,3 +55,45 @@ def tiny_model_dir(tmp_path_factory, smollm2_dir) -> str:
     model.save_pretrained(out)
     AutoTokenizer.from_pretrained(smollm2_dir).save_pretrained(out)
     return str(out)
+
+
+class FakeOpenAI(BaseHTTPRequestHandler):
+    """Base of the tests' OpenAI-compatible servers on 127.0.0.1 (real HTTP, answers the tests
+    choose): a subclass's `reply(body)` returns the status and JSON payload of each request."""
+
+    def reply(self, body: dict) -> tuple[int, dict]:
+        raise NotImplementedError
+
+    def do_POST(self):  # noqa: N802
+        status, payload = self.reply(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+def chat_completion(model: str, text: str, logprobs: dict | None = None, completion_tokens: int = 1) -> dict:
+    choice = {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}
+    if logprobs is not None:
+        choice["logprobs"] = logprobs
+    return {"id": "x", "object": "chat.completion", "created": 0, "model": model, "choices": [choice],
+            "usage": {"prompt_tokens": 5, "completion_tokens": completion_tokens, "total_tokens": 5 + completion_tokens}}
+
+
+SERVER_ERROR = {"error": {"message": "upstream overloaded", "type": "server_error"}}
+
+
+@contextmanager
+def serving(handler: type[FakeOpenAI]):
+    """Serve `handler` on a free port of 127.0.0.1; yields the base URL (…/v1)."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    finally:
+        server.shutdown()

@@ -5,8 +5,6 @@ and from the run directory (shard files not rewritten), never from timings.
 """
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -14,6 +12,7 @@ import yaml
 from datasets import load_from_disk
 from prefect import flow
 
+from conftest import SERVER_ERROR, FakeOpenAI, chat_completion, serving
 from flows.caching import StageError
 from flows.cli import main
 from flows.pipeline import RETRY_MARKER, run, run_stages
@@ -113,41 +112,25 @@ def test_judge_swap_reuses_completions_and_prints_agreement(first_run, capsys):
 
 
 # ----------------------------------------------------------------------------- a real endpoint that fails
-class FailsOnMarkedPrompts(BaseHTTPRequestHandler):
+class FailsOnMarkedPrompts(FakeOpenAI):
     """An OpenAI-compatible chat endpoint that answers HTTP 503 to prompts containing FAIL while broken."""
 
     broken = True
     seen: list[str] = []
 
-    def do_POST(self):  # noqa: N802
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+    def reply(self, body):
         text = body["messages"][-1]["content"]
         type(self).seen.append(text)
         if self.broken and "FAIL" in text:
-            status, payload = 503, {"error": {"message": "overloaded", "type": "server_error"}}
-        else:
-            status, payload = 200, {
-                "id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
-                "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "ok"}}],
-                "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6}}
-        data = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
+            return 503, SERVER_ERROR
+        return 200, chat_completion(body["model"], "ok")
 
 
 @pytest.fixture
 def endpoint():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), FailsOnMarkedPrompts)
     FailsOnMarkedPrompts.broken, FailsOnMarkedPrompts.seen = True, []
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-    server.shutdown()
+    with serving(FailsOnMarkedPrompts) as url:
+        yield url
 
 
 def remote_recipe(tmp_path, url, retries, **generator):

@@ -3,11 +3,10 @@ a real HTTP server, agreement, and `rlaif judge` / `rlaif agreement` on a run di
 
 import json
 import math
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from conftest import FakeOpenAI, chat_completion, serving
 from flows.cli import main as cli
 from generation import ensemble
 from generation.ensemble import GeneratorSpec, Sampling, generate_shard, shard_key
@@ -111,40 +110,25 @@ def test_reward_model_scores_each_completion(tmp_path, tiny_model_dir, prompts, 
 
 # ---- garbage from a real HTTP server ------------------------------------------------------------
 
-class GarbageJudge(BaseHTTPRequestHandler):
+class GarbageJudge(FakeOpenAI):
     """An OpenAI-compatible server whose judge writes whatever `replies` holds, in turn."""
 
     replies: list[str] = []
     seen: list[dict] = []
 
-    def do_POST(self):  # noqa: N802
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+    def reply(self, body):
         cls = type(self)
         cls.seen.append(body)
         text = cls.replies[(len(cls.seen) - 1) % len(cls.replies)]
         tokens = [{"token": ch, "logprob": 0.0, "top_logprobs": [{"token": ch, "logprob": 0.0}]} for ch in text]
-        payload = {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
-                   "choices": [{"index": 0, "finish_reason": "stop", "logprobs": {"content": tokens},
-                                "message": {"role": "assistant", "content": text}}],
-                   "usage": {"prompt_tokens": 5, "completion_tokens": len(text), "total_tokens": 5 + len(text)}}
-        data = json.dumps(payload).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
+        return 200, chat_completion(body["model"], text, {"content": tokens}, len(text))
 
 
 @pytest.fixture
 def garbage():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), GarbageJudge)
     GarbageJudge.seen = []
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield GarbageJudge, f"http://127.0.0.1:{server.server_address[1]}/v1"
-    server.shutdown()
+    with serving(GarbageJudge) as url:
+        yield GarbageJudge, url
 
 
 @pytest.mark.parametrize("reply", [

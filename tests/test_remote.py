@@ -1,19 +1,16 @@
 """Generation through OpenAI-compatible endpoints: real HTTP servers on 127.0.0.1."""
 
-import json
 import os
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, SERVER_ERROR, FakeOpenAI, chat_completion, serving
 from generation.ensemble import STAGE, GeneratorSpec, Sampling, generate, generate_remote_shard
 from generation.prompt_sets import load_prompts
 from generation.records import Completion
@@ -21,42 +18,23 @@ from generation.remote import Endpoint
 from generation.store import RunStore
 
 
-class FlakyOpenAI(BaseHTTPRequestHandler):
+class FlakyOpenAI(FakeOpenAI):
     """Answers chat completions with the next status in `statuses` (the last one repeats)."""
 
     statuses: list[int] = [200]
     seen: list[dict] = []
 
-    def do_POST(self):  # noqa: N802
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+    def reply(self, body):
         type(self).seen.append(body)
         status = self.statuses.pop(0) if len(self.statuses) > 1 else self.statuses[0]
-        if status != 200:
-            payload = {"error": {"message": "upstream overloaded", "type": "server_error"}}
-        else:
-            payload = {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
-                       "choices": [{"index": 0, "finish_reason": "stop",
-                                    "message": {"role": "assistant", "content": "  pong  "}}],
-                       "usage": {"prompt_tokens": 7, "completion_tokens": 1, "total_tokens": 8}}
-        data = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
+        return status, (chat_completion(body["model"], "  pong  ") if status == 200 else SERVER_ERROR)
 
 
 @pytest.fixture
 def flaky():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), FlakyOpenAI)
     FlakyOpenAI.seen = []
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield FlakyOpenAI, f"http://127.0.0.1:{server.server_address[1]}/v1"
-    server.shutdown()
+    with serving(FlakyOpenAI) as url:
+        yield FlakyOpenAI, url
 
 
 def spec(url, retries):
@@ -170,7 +148,7 @@ def test_judges_through_vllms_real_server(vllm_server, kind, tmp_path):
     records = run_judge(prompts, completions, spec, RunStore(tmp_path))
     assert records and all(r.status == "parsed" for r in records), [r.error for r in records]
     for r in records:
-        if kind == "pairwise":
+        if kind.endswith("pairwise"):
             assert 0 <= r.p_a <= 1 and all(v.winner for v in r.orders)
         else:
             (a,) = r.aspects.values()
