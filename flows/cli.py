@@ -18,7 +18,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -46,29 +45,31 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_judge(args: argparse.Namespace) -> int:
-    """Judge the completions already in a run with one of the recipe's judges; nothing is generated."""
+    """Judge the completions already in a run with one of the recipe's judges (the judge flow);
+    a run without them is an error, never a reason to generate."""
+    from pathlib import Path
+
+    from flows.pipeline import judge_flow, write_summary
     from flows.recipe import load_recipe
     from generation.ensemble import stored_completions
     from generation.prompt_sets import load_prompts
     from generation.store import RunStore
-    from judges.stage import run_judge
 
     recipe = load_recipe(args.recipe, args.set)
     spec = recipe.judge_spec(args.judge)
-    out = args.out or os.path.join("runs", recipe.name)
-    store = RunStore(out)
+    out = str(Path(args.out or os.path.join("runs", recipe.name)).resolve())
     prompts = load_prompts(recipe.prompts.source, recipe.prompts.limit, recipe.prompts.split)
-    completions, missing = stored_completions(prompts, recipe.generators, store, recipe.shard_size, recipe.seed,
-                                              recipe.models_per_prompt)
+    _, missing = stored_completions(prompts, recipe.generators, RunStore(out), recipe.shard_size, recipe.seed,
+                                    recipe.models_per_prompt)
     if missing:
         print(f"error: {out} has no completions yet from {missing} for these prompts; "
               f"run `rlaif generate {args.recipe}` first", file=sys.stderr)
         return 2
-    records = run_judge(prompts, completions, spec, store, recipe.engine, recipe.shard_size, recipe.seed)
-    report = json.loads((store.root / "judgements" / spec.name / "report.json").read_text())
-    print(f"{spec.name} ({spec.kind}): {len(records)} judgements: parsed {report['parsed']}, "
-          f"retried {report['retried']}, unparsed {report['unparsed']}, failed {report['failed']} "
-          f"-> {store.root / 'judgements' / spec.name}")
+    reports = judge_flow(recipe, out, spec.name)
+    write_summary(reports, out, f"judgements/{spec.name}/summary.json")
+    n = reports[-1].notes
+    print(f"{spec.name} ({spec.kind}): {n['total']} judgements: parsed {n['parsed']}, retried {n['retried']}, "
+          f"unparsed {n['unparsed']}, failed {n['failed']} -> {reports[-1].path}")
     return 0
 
 

@@ -9,8 +9,8 @@ there: the run directory is the source of truth, and a cache entry is only used 
 wrote is still there. Tasks that call a remote endpoint are retried with exponential backoff.
 
 Flows: `generate_flow`, `judge_flow`, `binarize_flow` (binarize and publish a dataset version),
-`train_flow`, each running its stage after the (cached) ones before it, and `pipeline_flow`,
-all of them. Without PREFECT_API_URL they run in Prefect's ephemeral mode: no server to start.
+each running its stage after the (cached) ones before it, and `pipeline_flow`, all of them
+through dSFT and dDPO (training is the last stage, so its flow is the pipeline). Without PREFECT_API_URL they run in Prefect's ephemeral mode: no server to start.
 """
 
 from __future__ import annotations
@@ -251,8 +251,6 @@ def pipeline_flow(recipe: Recipe, out: str) -> list[StageReport]:
     """Every stage of a recipe into `out` (`rlaif run`); dDPO when the recipe has `train.dpo`."""
     return run_stages(recipe, out, "train")
 
-
-train_flow = pipeline_flow  # training is the last stage: its flow is the whole pipeline
 
 
 def run(recipe: Recipe, out: str | Path, only_generate: bool = False) -> list[StageReport]:

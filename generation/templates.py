@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from functools import lru_cache
 from importlib.resources import files
 
 import jinja2
@@ -28,6 +29,7 @@ class Template:
         return env.from_string(self.text).render(**values)
 
 
+@lru_cache(maxsize=64)  # judges render one per request: read each file once per process
 def load_template(name: str, version: str) -> Template:
     folder = files("prompts").joinpath("templates")
     for ext in ("jinja", "txt"):

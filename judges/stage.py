@@ -186,22 +186,23 @@ def run_judge(prompts: list[Prompt], completions: list[Completion], spec: JudgeS
         content = lambda shard: [(c.completion_id, c.text, c.error) for c in shard]  # noqa: E731
     todo = [(content_hash(settings, content(units[i : i + shard_size])), units[i : i + shard_size])
             for i in range(0, len(units), shard_size)]
-    missing = [(k, s) for k, s in todo if not store.has(stage, k) or _stale(store.read(stage, k, record))]
+    done = {k: store.read(stage, k, record) for k, _ in todo if store.has(stage, k)}
+    missing = [(k, s) for k, s in todo if k not in done or _stale(done[k])]
     if missing:
         if spec.kind == "reward_model":
             from judges.reward_model import RewardScorer
 
             with RewardScorer(spec) as scorer:
                 for key, shard in missing:
-                    store.write(stage, key, scorer.judge(by_id, shard))
+                    done[key] = scorer.judge(by_id, shard)
+                    store.write(stage, key, done[key])
         else:
             with _engine(spec, engine, seed, llm) as eng:
                 for key, shard in missing:
-                    if spec.pairwise:
-                        store.write(stage, key, judge_pairs(spec, by_id, shard, eng, seed))
-                    else:
-                        store.write(stage, key, judge_completions(spec, by_id, shard, eng, seed))
-    records = [j for key, _ in todo for j in store.read(stage, key, record)]
+                    judge_shard = judge_pairs if spec.pairwise else judge_completions
+                    done[key] = judge_shard(spec, by_id, shard, eng, seed)
+                    store.write(stage, key, done[key])
+    records = [j for key, _ in todo for j in done[key]]
     counts = judge_counts(records)
     store.write_json(f"{stage}/report.json", {"judge": spec.name, "kind": spec.kind, "settings_hash": settings,
                                                "spec": spec.model_dump(mode="json", exclude={"endpoint"}),
