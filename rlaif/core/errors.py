@@ -1,0 +1,83 @@
+"""Errors a user can cause, and how a stage's failure names where it happened.
+
+Anything derived from `RlaifError` is shown as one line (never a traceback; that goes to the
+run's log) and ends the command with its `exit_code`. `StageError` says which stage, which model
+(generator or judge) and which row (prompt id) a stage was on when it failed.
+"""
+
+from __future__ import annotations
+
+import traceback
+
+from pydantic import BaseModel
+
+
+class RlaifError(Exception):
+    """A mistake in the input or the setup, or a stage that cannot go on: one line, exit code 2."""
+
+    exit_code = 2
+
+
+class ConfigError(RlaifError):
+    """A recipe, prompt file, model, endpoint or key that is wrong, found before compute is spent."""
+
+
+class StageError(RlaifError):
+    """A stage failed: which stage, which model (generator or judge) and which row (prompt id)."""
+
+    exit_code = 3
+
+    def __init__(self, stage: str, model: str | None, row: str | None, cause: BaseException | str):
+        self.stage, self.model, self.row = stage, model, row
+        self.cause = cause if isinstance(cause, str) else (
+            str(cause) if isinstance(cause, RlaifError) else f"{type(cause).__name__}: {cause}")
+        super().__init__(f"stage {stage!r}, model {model or '?'}, row {row or '?'}: {self.cause}")
+
+    def __reduce__(self):  # survives pickling between Prefect's processes
+        return (StageError, (self.stage, self.model, self.row, self.cause))
+
+
+def locate(exc: BaseException) -> tuple[str | None, str | None]:
+    """The (model, prompt id) a stage was working on when it raised, from its innermost frames.
+
+    The stages loop over typed records, so the frame that raised holds the record it was on: a
+    record with a `prompt_id` and the spec it ran (its `name`). Nothing to maintain in the stages.
+    """
+    model = row = None
+    for frame, _ in reversed(list(traceback.walk_tb(exc.__traceback__))):
+        for value in frame.f_locals.values():
+            if row is None and isinstance(value, BaseModel) and isinstance(getattr(value, "prompt_id", None), str):
+                row = value.prompt_id
+            if model is None and type(value).__name__ in ("GeneratorSpec", "JudgeSpec"):
+                model = getattr(value, "name", None)
+        if row and model:
+            break
+    return model, row
+
+
+class stage_errors:
+    """`with stage_errors("judge", spec.name):` turns any failure into a StageError with its row."""
+
+    def __init__(self, stage: str, model: str | None = None):
+        self.stage, self.model = stage, model
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, exc, tb):
+        if exc is None or isinstance(exc, (StageError, KeyboardInterrupt, SystemExit)):
+            return False
+        if isinstance(exc, ConfigError):
+            return False
+        model, row = locate(exc)
+        raise StageError(self.stage, model or self.model, row, exc).with_traceback(tb) from exc
+
+
+def validation_message(source: str, e, prefix: tuple = ()) -> str:
+    """A pydantic ValidationError as one line per field: `<source>: field 'a.b': <problem>`."""
+    lines = []
+    for err in e.errors():
+        field = ".".join(str(x) for x in (*prefix, *err["loc"]))
+        msg = "unknown field" if err["type"] == "extra_forbidden" else err["msg"]
+        lines.append(f"{source}: field '{field}': {msg}")
+    return "\n".join(lines)

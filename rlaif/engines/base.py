@@ -1,0 +1,99 @@
+"""The one interface every backend implements: requests in, texts + token log-probs + usage out.
+
+    class Engine(Protocol):
+        def generate(self, requests, progress=None) -> list[Result]: ...
+        def close(self) -> None: ...
+
+A `Request` is a chat (`messages`: the engine applies the model's chat template, or sends them to
+/chat/completions) or raw text (`prompt`: URIAL and base models, /completions), with its sampling,
+an optional output constraint (a JSON schema or a regex) and how many top log-probs to return per
+token. A `Result` is the text, the finish reason, token counts, the log-probs as `TokenLogprobs`,
+or the error that stopped it and whether it was transient (`retryable`: sent again next run).
+
+Generation and judging build requests and read results; they never ask which backend runs them.
+Backends: `vllm_offline.VLLMEngine` (vLLM in this process), `openai_endpoint.EndpointEngine` (any
+OpenAI-compatible server). `pool.EnginePool` loads each (model, settings) once per run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# per generated token: (its text, [(candidate text, logprob), ...] of the top candidates)
+TokenLogprobs = list[tuple[str, list[tuple[str, float]]]]
+Progress = Callable[[int], None]  # called with the number of requests just finished
+
+
+class Sampling(BaseModel):
+    """How a member or a judge samples (a recipe's `sampling:` block)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    temperature: float = Field(0.7, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_tokens: int = Field(256, ge=1)
+    seed: int = 0
+
+
+class EngineSettings(BaseModel):
+    """A local engine's settings (the recipe's `engine:` block, or a member's or judge's own);
+    None means 'pick for this machine'."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dtype: str | None = None  # float32 on CPU, auto on GPU
+    enforce_eager: bool | None = None  # True on CPU
+    gpu_memory_utilization: float | None = None  # 0.2 on CPU (the KV cache is sized by the env var)
+    max_model_len: int | None = None
+    cpu_kv_cache_gb: int = 4
+    cpu_threads_bind: str | None = None  # default: every core this process may use
+    extra: dict[str, Any] = Field(default_factory=dict)  # passed to vllm.LLM as is
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """What the output must look like: a JSON schema (by name) or a regex."""
+
+    name: str
+    json_schema: dict | None = None
+    regex: str | None = None
+
+
+@dataclass(frozen=True)
+class Request:
+    key: str  # unique within one generate call (a batch API's custom id)
+    sampling: Sampling
+    seed: int
+    messages: list[dict] | None = None
+    prompt: str | None = None
+    stop: tuple[str, ...] | None = None
+    constraint: Constraint | None = None
+    logprobs: int = 0  # top candidates per token; 0: none
+
+
+@dataclass
+class Result:
+    text: str | None = None
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    output_tokens: int = 0
+    tokens: TokenLogprobs | None = None
+    error: str | None = None
+    retryable: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.text is not None
+
+
+class Engine(Protocol):
+    label: str  # for progress and logs: the model and where it runs
+
+    def generate(self, requests: Sequence[Request], progress: Progress | None = None) -> list[Result]: ...
+
+    def close(self) -> None: ...

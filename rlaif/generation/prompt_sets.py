@@ -1,0 +1,174 @@
+"""Prompt sets: the bundled MT-Bench questions, any JSONL file, or a Hugging Face dataset.
+
+Every source becomes `Prompt` records, read one row at a time. Bad input fails with a
+`PromptSetError` that names the file, the line (or row) and the field, before any model is
+loaded: rows that are not JSON or not UTF-8, missing or empty fields, and duplicate ids (both
+lines named).
+
+JSONL rows take one of two shapes:
+    {"prompt_id": "q1", "prompt": "Write a haiku about rain."}
+    {"prompt_id": "q2", "messages": [{"role": "user", "content": "..."}]}
+`prompt_id` is optional (default: `<file stem>-<line>`); `messages` must end with a user turn.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from rlaif.core.errors import ConfigError
+from rlaif.core.records import Message, Prompt, content_hash
+from rlaif.core.store import Manifest, RunStore
+from rlaif.prompts import data_file
+
+PROMPTS = "prompts"  # the run dir's folder of prompt chunks
+
+BUNDLED_SETS = {
+    # FastChat's MT-Bench questions (80, two turns each; Apache-2.0). We use the first turn: the
+    # second refers to an answer of the model under test, which a preference pair does not have.
+    "mt_bench": "sets/mt_bench.jsonl",
+}
+
+
+class PromptSetError(ConfigError):
+    """A prompt source that cannot be read, with the place that is wrong."""
+
+    def __init__(self, source: str, row: int | None, field: str | None, problem: str):
+        where = source + (f", line {row}" if row is not None else "")
+        where += f", field '{field}'" if field else ""
+        super().__init__(f"{where}: {problem}")
+        self.source, self.row, self.field = source, row, field
+
+
+def iter_prompts(source: str, limit: int | None = None, split: str = "train") -> Iterator[Prompt]:
+    """Prompts from a bundled set name, a .jsonl path, a saved dataset dir, or `hf:<id>`, one at a
+    time, each checked; a duplicate id fails naming both lines. Memory: one id per prompt."""
+    if source in BUNDLED_SETS:
+        rows = _mt_bench_rows(source)
+    elif source.startswith("hf:") or Path(source).is_dir():
+        rows = _dataset_rows(source, split)
+    elif Path(source).suffix == ".jsonl":
+        rows = _jsonl_rows(Path(source))
+    else:
+        raise PromptSetError(source, None, None, f"unknown prompt source; use one of {sorted(BUNDLED_SETS)}, "
+                                                 "a .jsonl file, a saved dataset directory or hf:<dataset id>")
+    seen: dict[str, int] = {}
+    count = 0
+    for n, prompt in rows:
+        first = seen.setdefault(prompt.prompt_id, n)
+        if first != n:
+            raise PromptSetError(source, n, "prompt_id", f"duplicate id {prompt.prompt_id!r} (first on line {first})")
+        yield prompt
+        count += 1
+        if limit and count >= limit:
+            return
+
+
+def load_prompts(source: str, limit: int | None = None, split: str = "train") -> list[Prompt]:
+    """All prompts of a source (see `iter_prompts`)."""
+    return list(iter_prompts(source, limit, split))
+
+
+def mt_bench_questions() -> list[dict]:
+    """FastChat's MT-Bench questions as published: question_id, category, turns (and references)."""
+    return [json.loads(line) for line in data_file(BUNDLED_SETS["mt_bench"]).read_text().splitlines() if line.strip()]
+
+
+def _mt_bench_rows(source: str) -> Iterator[tuple[int, Prompt]]:
+    for n, row in enumerate(mt_bench_questions(), start=1):
+        yield n, Prompt(prompt_id=f"{source}-{row['question_id']}",
+                        messages=[Message(role="user", content=row["turns"][0])], source=f"{source}:{row['category']}")
+
+
+def _jsonl_rows(path: Path) -> Iterator[tuple[int, Prompt]]:
+    if not path.is_file():
+        raise PromptSetError(str(path), None, None, "is a directory, not a .jsonl file" if path.is_dir() else "file not found")
+    any_rows = False
+    with path.open("rb") as f:
+        for n, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise PromptSetError(str(path), n, None, f"not UTF-8 (byte {raw[e.start]:#04x} at column {e.start + 1}); "
+                                                         "save the file as UTF-8") from None
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise PromptSetError(str(path), n, None, f"not valid JSON ({e.msg} at column {e.colno})") from None
+            any_rows = True
+            yield n, _row_to_prompt(row, str(path), n, default_id=f"{path.stem}-{n}")
+    if not any_rows:
+        raise PromptSetError(str(path), None, None, "no prompts in file")
+
+
+def _dataset_rows(source: str, split: str) -> Iterator[tuple[int, Prompt]]:
+    import datasets
+
+    if source.startswith("hf:"):
+        ds = datasets.load_dataset(source[3:], split=split)
+    else:
+        ds = datasets.load_from_disk(source)
+        if isinstance(ds, datasets.DatasetDict):
+            if split not in ds:
+                raise PromptSetError(source, None, None, f"no split {split!r} (have: {sorted(ds)})")
+            ds = ds[split]
+    for i, row in enumerate(ds):
+        yield i, _row_to_prompt(row, source, i, default_id=f"row-{i}")
+
+
+def _row_to_prompt(row: Any, source: str, n: int, default_id: str) -> Prompt:
+    if not isinstance(row, dict):
+        raise PromptSetError(source, n, None, "each row must be a JSON object")
+    prompt_id = str(row.get("prompt_id") or row.get("id") or default_id)
+    if "messages" in row and row["messages"] is not None:
+        raw = row["messages"]
+        if not isinstance(raw, list) or not raw:
+            raise PromptSetError(source, n, "messages", "must be a non-empty list of {role, content}")
+        try:
+            messages = [Message.model_validate(m) for m in raw]
+        except ValidationError as e:
+            err = e.errors()[0]
+            raise PromptSetError(source, n, "messages", f"{'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+        # A trailing assistant turn is the reference answer, not part of the prompt.
+        while messages and messages[-1].role == "assistant":
+            messages.pop()
+        if not messages or messages[-1].role != "user":
+            raise PromptSetError(source, n, "messages", "must end with a user turn")
+        if not messages[-1].content.strip():
+            raise PromptSetError(source, n, "messages", "the last user turn is empty")
+    elif "prompt" in row:
+        text = row["prompt"]
+        if not isinstance(text, str):
+            raise PromptSetError(source, n, "prompt", f"must be a string, got {type(text).__name__}")
+        if not text.strip():
+            raise PromptSetError(source, n, "prompt", "is empty")
+        messages = [Message(role="user", content=text)]
+    else:
+        raise PromptSetError(source, n, "prompt", "missing: each row needs 'prompt' (a string) or 'messages'")
+    return Prompt(prompt_id=prompt_id, messages=messages, source=source)
+
+
+def write_prompt_chunks(prompts: Iterable[Prompt], store: RunStore, shard_size: int) -> Manifest:
+    """The prompts as chunks of `shard_size`, each a shard keyed by its prompts' ids and hashes:
+    the unit every later stage keys on. A chunk already on disk is not written again."""
+    shards, chunk = [], []
+
+    def flush() -> None:
+        key = content_hash([(p.prompt_id, p.hash) for p in chunk])
+        info = store.info(PROMPTS, key, Prompt) or store.write(PROMPTS, key, chunk, group=key)
+        shards.append(info.model_copy(update={"group": key}))
+        chunk.clear()
+
+    for p in prompts:
+        chunk.append(p)
+        if len(chunk) == shard_size:
+            flush()
+    if chunk:
+        flush()
+    return Manifest(stage=PROMPTS, shards=shards)

@@ -1,0 +1,163 @@
+"""How far two judges agree, and how far each agrees with human labels.
+
+    agreement(records_a, records_b)  -> AgreementReport
+
+- Spearman and Kendall correlation of the two judges' scores over the completions both scored
+  (scipy); a pairwise judge's score of a completion is its mean preference against the prompt's
+  others (`judges.scores`).
+- chosen agreement: the share of prompts where both judges pick the same best completion (prompts
+  where either judge's best is tied are left out and counted).
+- Cohen's kappa (scikit-learn) on the binarized preference: for every pair of a prompt's completions,
+  which one each judge prefers (a, b, or tie).
+- for pairwise judges: the share of pairs where swapping the order changed the verdict.
+- with human labels (JSONL rows: prompt_id, completion_a, completion_b, winner a|b|tie): each judge's
+  share of labelled pairs where it prefers what the humans did.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from itertools import combinations
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from rlaif.core.records import Judgement, PairJudgement, ScoreSource
+from rlaif.judges.scores import completion_scores
+
+Records = list[Judgement] | list[PairJudgement]
+
+
+class HumanLabel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    prompt_id: str
+    completion_a: str
+    completion_b: str
+    winner: Literal["a", "b", "tie"]
+
+
+class AgreementReport(BaseModel):
+    judges: tuple[str, str]
+    completions_scored_by_both: int
+    spearman: float | None
+    kendall: float | None
+    prompts_compared: int
+    prompts_with_tied_best: int
+    chosen_agreement: float | None
+    preference_pairs: int
+    cohen_kappa: float | None
+    order_changed_verdict: dict[str, float | None]  # pairwise judges only
+    human_pairs: dict[str, int] = {}
+    human_agreement: dict[str, float | None] = {}
+
+
+def _prompt_of(records: Records) -> dict[str, str]:
+    out = {}
+    for r in records:
+        if isinstance(r, PairJudgement):
+            out[r.completion_a] = out[r.completion_b] = r.prompt_id
+        else:
+            out[r.completion_id] = r.prompt_id
+    return out
+
+
+def _sign(x: float, y: float) -> str:
+    return "a" if x > y else "b" if y > x else "tie"
+
+
+def _preference(records: Records, scores: dict[str, float], a: str, b: str) -> str | None:
+    """Which of a, b the judge prefers: its own pairwise verdict if it judged that pair, else scores."""
+    for r in records:
+        if isinstance(r, PairJudgement) and r.status == "parsed" and {r.completion_a, r.completion_b} == {a, b}:
+            return r.winner if r.completion_a == a else {"a": "b", "b": "a", "tie": "tie"}[r.winner]
+    if a in scores and b in scores:
+        return _sign(scores[a], scores[b])
+    return None
+
+
+def _rate(hits: list[bool]) -> float | None:
+    return sum(hits) / len(hits) if hits else None
+
+
+def _finite(x: float) -> float | None:
+    return None if x != x else float(x)  # NaN (a constant score list) -> None
+
+
+def agreement(a: Records, b: Records, names: tuple[str, str], source: ScoreSource = "auto",
+              human: list[HumanLabel] | None = None) -> AgreementReport:
+    from scipy.stats import kendalltau, spearmanr
+    from sklearn.metrics import cohen_kappa_score
+
+    sa, sb = completion_scores(a, source), completion_scores(b, source)
+    both = sorted(set(sa) & set(sb))
+    rho = tau = None
+    if len(both) >= 3:
+        rho = _finite(spearmanr([sa[c] for c in both], [sb[c] for c in both]).statistic)
+        tau = _finite(kendalltau([sa[c] for c in both], [sb[c] for c in both]).statistic)
+
+    prompt_of = {**_prompt_of(a), **_prompt_of(b)}
+    by_prompt: dict[str, list[str]] = defaultdict(list)
+    for c in dict.fromkeys(list(prompt_of)):  # in the records' order: pairs are (earlier, later)
+        if c in sa and c in sb:
+            by_prompt[prompt_of[c]].append(c)
+    same, tied, labels_a, labels_b = [], 0, [], []
+    for cs in by_prompt.values():
+        if len(cs) < 2:
+            continue
+        best = []
+        for s in (sa, sb):
+            top = max(s[c] for c in cs)
+            best.append([c for c in cs if s[c] == top])
+        if len(best[0]) > 1 or len(best[1]) > 1:
+            tied += 1
+        else:
+            same.append(best[0] == best[1])
+        for x, y in combinations(cs, 2):
+            labels_a.append(_preference(a, sa, x, y))
+            labels_b.append(_preference(b, sb, x, y))
+    kappa = None
+    if labels_a and len(set(labels_a) | set(labels_b)) > 1:
+        kappa = _finite(cohen_kappa_score(labels_a, labels_b))
+
+    swaps = {}
+    for name, recs in zip(names, (a, b)):
+        parsed = [r for r in recs if isinstance(r, PairJudgement) and r.status == "parsed" and r.orders]
+        if parsed:
+            swaps[name] = _rate([r.order_changed_verdict for r in parsed])
+
+    human_n, human_rate = {}, {}
+    for name, recs, scores in ((names[0], a, sa), (names[1], b, sb)):
+        hits = []
+        for h in human or []:
+            pref = _preference(recs, scores, h.completion_a, h.completion_b)
+            if pref is not None:
+                hits.append(pref == h.winner)
+        if human:
+            human_n[name], human_rate[name] = len(hits), _rate(hits)
+
+    return AgreementReport(judges=names, completions_scored_by_both=len(both), spearman=rho, kendall=tau,
+                           prompts_compared=len(same), prompts_with_tied_best=tied, chosen_agreement=_rate(same),
+                           preference_pairs=len(labels_a), cohen_kappa=kappa, order_changed_verdict=swaps,
+                           human_pairs=human_n, human_agreement=human_rate)
+
+
+def load_human_labels(path: str | Path) -> list[HumanLabel]:
+    """Read a JSONL file of human preferences; a bad row is an error naming the file, line and field."""
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"{path}: human label file not found")
+    out = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            out.append(HumanLabel.model_validate(json.loads(line)))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{n}: not JSON: {e}") from None
+        except ValidationError as e:
+            err = e.errors()[0]
+            raise ValueError(f"{path}:{n}: field '{'.'.join(map(str, err['loc']))}': {err['msg']}") from None
+    return out

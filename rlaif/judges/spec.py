@@ -1,0 +1,104 @@
+"""A judge as a recipe writes it: which kind, which model, which template version, which settings.
+
+One `JudgeSpec` describes every kind, so swapping a judge is swapping a block of YAML. The kinds
+(rlaif/judges/kinds/) and what they rate:
+
+    kind               rates                        verdict                           template
+    ultrafeedback      each completion, per aspect  1-5 + rationale per aspect        ultrafeedback_rating
+    critique           each completion              critique + overall 1-10           ultrafeedback_critique
+    mt_bench_single    each completion              explanation + [[1-10]]            MT-Bench single-v1
+    pairwise           two completions, both orders "A" or "B" + rationale            pairwise
+    mt_bench_pairwise  two completions, both orders explanation + [[A]]/[[B]]/[[C]]   MT-Bench pair-v2
+    reward_model       each completion              a sequence-classification score   (the model's chat template)
+
+Argilla's Notus averaging is not a kind of its own: it is the `ultrafeedback` kind's score, the mean
+of the aspect ratings (`Judgement.score`), and binarization's default.
+
+The settings hash covers everything that shapes a verdict (kind, model, where it runs, template
+name + version + content hash, sampling, constraints, and the kind's own settings), so changing
+any of them re-judges.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from rlaif.core.records import content_hash
+from rlaif.engines.base import EngineSettings, Sampling
+from rlaif.engines.openai_endpoint import Endpoint
+from rlaif.engines.pool import EngineSpec
+from rlaif.judges.base import JudgeKind
+from rlaif.judges.kinds.ultrafeedback import ASPECTS
+from rlaif.judges.registry import all_kinds, get_kind
+from rlaif.prompts import Template
+
+
+class JudgeSpec(BaseModel):
+    """A recipe's judge block (an item of `judges:`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str  # how records, the run directory and the dataset name this judge
+    kind: str = "ultrafeedback"  # one of rlaif/judges/kinds (table above)
+    model: str  # bundled name, local dir, hub id, or the endpoint's model name
+    endpoint: Endpoint | None = None  # set: judge through an OpenAI-compatible server
+    engine: EngineSettings | None = None  # this judge's engine settings; default: the recipe's `engine:`
+    aspects: list[str] = Field(default_factory=lambda: list(ASPECTS), min_length=1)  # ultrafeedback
+    template: str | None = None  # default: the kind's template (table above)
+    template_version: str | None = None
+    sampling: Sampling | None = None  # default: greedy, the kind's max_tokens
+    top_logprobs: int = Field(20, ge=5, le=20)  # must cover the verdict tokens
+    structured: bool = True  # constrain output (guided JSON / regex / response_format); False: parse free text
+    retries: int = Field(2, ge=0)  # re-asks for an output that did not parse
+    retry_temperature: float = Field(0.7, ge=0)  # a re-ask at temperature 0 would write the same text
+    explanation_chars: int = Field(400, ge=0)  # MT-Bench kinds: bound on the text before [[verdict]]
+    max_length: int = Field(2048, ge=16)  # reward_model: tokens per scored conversation
+    batch_size: int = Field(8, ge=1)  # reward_model
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, kind: str) -> str:
+        if kind not in all_kinds():
+            raise ValueError(f"unknown judge kind {kind!r} (kinds: {sorted(all_kinds())})")
+        return kind
+
+    @field_validator("aspects")
+    @classmethod
+    def _known_aspects(cls, aspects: list[str]) -> list[str]:
+        unknown = sorted(set(aspects) - set(ASPECTS))
+        if unknown:
+            raise ValueError(f"unknown aspects {unknown} (UltraFeedback's: {list(ASPECTS)})")
+        return aspects
+
+    @model_validator(mode="after")
+    def _kind_defaults(self) -> JudgeSpec:
+        kind = self.impl
+        self.template = self.template or kind.template
+        self.template_version = self.template_version or kind.version
+        if self.sampling is None:
+            self.sampling = Sampling(temperature=0.0, max_tokens=kind.max_tokens)
+        kind.validate(self)  # a template that does not exist fails here, naming the ones there are
+        return self
+
+    @property
+    def impl(self) -> JudgeKind:
+        return get_kind(self.kind)
+
+    @property
+    def pairwise(self) -> bool:
+        return self.impl.pairwise
+
+    def judge_template(self) -> Template:
+        return self.impl.template_for(self)
+
+    def settings_hash(self) -> str:
+        t = self.judge_template()
+        where = self.endpoint.base_url if self.endpoint else None  # never the key
+        return content_hash(self.kind, self.model, where, t.name, t.version, t.hash, self.sampling, self.top_logprobs,
+                            self.structured, self.retries, self.retry_temperature, *self.impl.hash_parts(self))
+
+    def engine_spec(self, default: EngineSettings | None = None) -> EngineSpec | None:
+        """The text engine this judge runs on; None for a kind that brings its own (a reward model)."""
+        if not self.impl.text:
+            return None
+        return EngineSpec(self.model, self.endpoint, self.engine or default or EngineSettings())

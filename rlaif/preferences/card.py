@@ -1,0 +1,105 @@
+"""The dataset card (README.md with Hugging Face metadata), from a version's manifest.
+
+Every number on the card is read from the manifest that `preferences.versions.publish` writes
+beside it, and the manifest's counts are taken from the written splits, so card and data agree.
+The metadata's `configs:` block maps each split to its Parquet file: config `prefs` (the default)
+holds train_prefs/test_prefs, config `sft` train_sft/test_sft (a config's splits share one schema).
+That is how the Hub and `datasets.load_dataset(<folder>[, "sft"])` find the splits.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rlaif.core.store import write_atomic
+from rlaif.preferences.rows import configs_yaml
+
+# ----------------------------------------------------------------------------- the card
+
+def _size(n: int) -> str:
+    return "n<1K" if n < 1000 else "1K<n<10K" if n < 10_000 else "10K<n<100K" if n < 100_000 else "100K<n<1M"
+
+
+def _metadata(m: dict) -> str:
+    lines = ["---", *configs_yaml(m["inputs_hash"])]
+    lines += ["license: other", "language:", "- en", "task_categories:", "- text-generation",
+              "tags:", "- dpo", "- rlaif", "- preference", "- synthetic", "- trl",
+              "size_categories:", f"- {_size(m['counts']['pairs'])}",
+              f"pretty_name: {m['recipe'].get('name', 'rlaif')} preferences v{m['version']}", "---", ""]
+    return "\n".join(lines)
+
+
+def _table(header: list[str], rows: list[list]) -> list[str]:
+    out = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    return out + ["| " + " | ".join(str(x) for x in r) + " |" for r in rows] + [""]
+
+
+def _reasons(d: dict) -> str:
+    return ", ".join(f"{k}: {v}" for k, v in d.items()) or "none"
+
+
+def card_text(m: dict, plots: dict[str, str]) -> str:
+    r, c, b, h = m["recipe"], m["counts"], m["binarize"], m["hygiene"]
+    gens = r.get("generators", [])
+    judge = m.get("judge") or {}  # from the judgement records themselves, not the recipe
+    src = r.get("prompts", {})
+    name = r.get("name", "rlaif")
+    out = [_metadata(m), f"# {name}: preference pairs, version {m['version']}", "",
+           f"Chosen/rejected pairs made by rlaif-pipeline on {m['created']}: "
+           f"prompts from `{src.get('source', '?')}`, answered by {len(gens)} open model(s), rated by the "
+           f"LLM judge `{judge.get('name', '?')}`, binarized with `{b['strategy']}`.", "",
+           "## Splits", ""]
+    out += _table(["split", "rows", "what"], [
+        ["train_prefs", c["splits"]["train_prefs"], "preference pairs for DPO"],
+        ["test_prefs", c["splits"]["test_prefs"], "held-out pairs (whole prompts)"],
+        ["train_sft", c["splits"]["train_sft"], "each train prompt's best answer, for dSFT"],
+        ["test_sft", c["splits"]["test_sft"], "each test prompt's best answer"]])
+    out += ["Preference splits: `prompt` (the conversation up to the last user turn, a list of "
+            "`{role, content}`), `chosen` and `rejected` (the answer turn, one message), `messages` "
+            "(the chosen conversation whole), `prompt_id`, `score_chosen`, `score_rejected`, and "
+            "provenance: `chosen_model`, `rejected_model`, `judge`, `judge_model`, `judge_kind`, "
+            "`template_version`. SFT splits: `prompt`, `completion`, `messages`, `prompt_id`. All "
+            "completions of a prompt are on the same side of the train/test split.", "",
+            "## How it was made", "", f"**Prompts**: `{src.get('source', '?')}` (split `{src.get('split', '')}`, "
+            f"limit {src.get('limit')}). Hygiene: exact dedup {h['exact_dedup']}, near-duplicate "
+            f"threshold {h['near_dup_threshold']} (all-MiniLM-L6-v2 cosine), eval set "
+            f"`{h['eval_prompts']}` ({h['ngram']}-gram overlap).", "", "**Models and sampling**:", ""]
+    out += _table(["name", "model", "format", "temperature", "top_p", "max_tokens", "seed"],
+                  [[g.get("name"), g.get("model"), g.get("format"), *(g.get("sampling", {}).get(k) for k in
+                    ("temperature", "top_p", "max_tokens", "seed"))] for g in gens])
+    out += [f"**Judge**: `{judge.get('name', '?')}`, kind `{judge.get('kind', '?')}`, model "
+            f"`{judge.get('model', '?')}`, template `{judge.get('template', '?')}` version "
+            f"`{judge.get('template_version', '?')}`. Score: {b['aspect'] or 'mean of aspects'}, "
+            f"source `{b['score']}`.", "",
+            f"**Binarization**: strategy `{b['strategy']}`, min_margin {b['min_margin']}, ties "
+            f"`{b['ties']}`, test_fraction {b['test_fraction']}, seed {b['seed']}.", "",
+            "## Counts at every stage", ""]
+    per_model = ", ".join(f"{k}: {v['ok']} ok / {v['failed']} failed" for k, v in c["completions"]["per_model"].items())
+    out += _table(["stage", "in", "out", "dropped, and why"], [
+        ["prompts (hygiene)", c["prompts"], c["prompts_after_hygiene"], _reasons(c["hygiene_removed"])],
+        ["completions", c["completions"]["total"], c["completions"]["ok"], f"failed: {c['completions']['failed']} ({per_model})"],
+        ["judgements", c["judgements"]["total"], c["scored_completions"],
+         _reasons(c["unusable_judgements"]) + f"; for removed prompts: {c['judgements_for_removed_prompts']}"],
+        ["binarize (prompts)", c["prompts_after_hygiene"], c["prompts_paired"], _reasons(c["prompts_skipped"])],
+        ["pairs", c["prompts_paired"], c["pairs"], ""]])
+    out += ["The ids of every prompt left out, and what each duplicate or contaminated prompt matched, "
+            "are in `manifest.json` (`dropped`).", "", "## Plots", ""]
+    out += [f"![{title}]({path})\n" for title, path in plots.items()]
+    out += ["## Loading", "", "```python", "from datasets import load_dataset, load_from_disk",
+            'ds = load_from_disk("<this folder>")  # all four splits',
+            'prefs = load_dataset("<this folder or hub id>")  # train_prefs, test_prefs',
+            'sft = load_dataset("<this folder or hub id>", "sft")  # train_sft, test_sft',
+            "# TRL: DPOTrainer(..., train_dataset=ds['train_prefs']); SFTTrainer(..., train_dataset=ds['train_sft'])",
+            "# alignment-handbook dataset_mixture: id <this folder or hub id>; DPO: splits train_prefs /",
+            "#   test_prefs, columns [prompt, chosen, rejected]; SFT: config sft, splits train_sft / test_sft,",
+            "#   columns [messages]", "```", "",
+            "## Provenance", "", f"Inputs (content hashes): `{m['inputs']}`; inputs hash `{m['inputs_hash']}`; "
+            f"libraries {m['libraries']}. The full recipe is in `manifest.json`.", ""]
+    return "\n".join(out)
+
+
+def write_card(version_dir: Path, manifest: dict, plots: dict[str, str], secrets: list[str] = ()) -> Path:
+    text = card_text(manifest, plots)
+    for s in secrets:
+        text = text.replace(s, "***")
+    return write_atomic(Path(version_dir) / "README.md", text)

@@ -1,0 +1,235 @@
+"""What the dSFT and dDPO stages share: the recipe block, TRL's config, the model, the data, the state.
+
+A recipe's `train.sft` / `train.dpo` block is TRL's own `SFTConfig` / `DPOConfig`, as the
+alignment-handbook passes YAML to TRL: every key is a TRL field name, declared nowhere else, plus a
+few of ours that are not training arguments:
+
+    model               what to train (dDPO: default this run's dSFT output)
+    dataset             the run's dataset (default), a saved dataset dir, or hf:<id>
+    lora                LoRA adapters through peft ({r, alpha, dropout, target_modules, load_in_4bit})
+    chat_template       (dSFT) a Jinja chat template for a base model that has none
+    attn_implementation how transformers loads the model (e.g. flash_attention_2)
+    resume              continue from the last checkpoint in the output dir
+
+A key that is neither ours nor a field of TRL's config is an error naming the file and the field.
+The names are checked against a table of TRL's fields cached per TRL version under
+`$RLAIF_HOME/cache/` (reading TRL's classes imports torch, which a recipe check should not pay for
+on every command); TRL itself checks the values when the stage builds its config, before any model
+loads. `DEFAULTS` are the values we use where a recipe says nothing; `output_dir`, `use_cpu`,
+`bf16` and `report_to` are set for the machine.
+
+A stage's output folder says whether it is done: `rlaif-stage.json`, written last, holds the hash
+of what the stage was trained from; a rerun with the same inputs finds it and trains nothing
+(LoRA and QLoRA outputs included, which have no `model.safetensors` of their own).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from rlaif.core.errors import ConfigError
+from rlaif.core.store import write_json
+
+log = logging.getLogger(__name__)
+STATE = "rlaif-stage.json"
+
+
+class LoraSpec(BaseModel):
+    """A `lora:` block: train low-rank adapters (peft) instead of every weight; QLoRA with load_in_4bit."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    r: int = Field(16, ge=1)
+    alpha: int = Field(16, ge=1)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] | str = "all-linear"  # peft's shorthand for every linear layer but the head
+    load_in_4bit: bool = False  # QLoRA: the frozen base in 4-bit NF4 (bitsandbytes, CUDA only)
+
+
+class StageSpec(BaseModel):
+    """Our keys of a training block; every other key is a field of TRL's config class."""
+
+    model_config = ConfigDict(extra="allow")
+
+    TRL_CLASS: ClassVar[str] = ""
+    DEFAULTS: ClassVar[dict[str, Any]] = {
+        "num_train_epochs": 1, "per_device_train_batch_size": 2, "gradient_accumulation_steps": 1,
+        "warmup_steps": 0.1,  # a float below 1 is a ratio of the total steps (transformers 5)
+        "lr_scheduler_type": "cosine", "logging_steps": 1, "seed": 42,
+        "save_strategy": "steps", "save_steps": 100, "save_total_limit": 1,
+    }
+    MACHINE: ClassVar[tuple[str, ...]] = ("output_dir", "use_cpu", "bf16")  # set for the machine, never by a recipe
+
+    model: str | None = None
+    dataset: str | None = None
+    lora: LoraSpec | None = None
+    attn_implementation: str | None = None
+    resume: bool = False
+
+    def trl(self) -> dict[str, Any]:
+        """The TRL config fields this block sets, over our defaults."""
+        return {**self.DEFAULTS, **(self.model_extra or {})}
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return self.trl().get(name, default)
+
+
+def trl_fields(class_name: str) -> set[str]:
+    """The field names of TRL's `class_name`, from a table cached per TRL version."""
+    from importlib.metadata import version
+
+    from rlaif.engines.models import rlaif_home
+
+    path = rlaif_home() / "cache" / f"trl-{version('trl')}-fields.json"
+    try:
+        table = json.loads(path.read_text())
+    except (OSError, ValueError):
+        import trl
+
+        table = {name: sorted(f.name for f in dataclasses.fields(getattr(trl, name))) for name in ("SFTConfig", "DPOConfig")}
+        write_json(path, table)
+    return set(table[class_name])
+
+
+def unknown_fields(spec: StageSpec) -> list[str]:
+    """Keys of a training block that are neither ours nor TRL's."""
+    known = trl_fields(spec.TRL_CLASS)
+    return sorted(k for k in (spec.model_extra or {}) if k not in known or k in spec.MACHINE)
+
+
+def on_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def trl_config(spec: StageSpec, config_cls: type, out_dir: Path, where: str) -> Any:
+    """TRL's config object for the block, set for this machine; `where` names the block in errors."""
+    gpu = on_gpu()
+    kwargs = {"report_to": [], **spec.trl(), "output_dir": str(out_dir), "use_cpu": not gpu, "bf16": gpu}
+    if kwargs.get("gradient_checkpointing") and "gradient_checkpointing_kwargs" not in kwargs:
+        kwargs["gradient_checkpointing_kwargs"] = {"use_reentrant": False}
+    unknown = [k for k in kwargs if k not in {f.name for f in dataclasses.fields(config_cls)}]
+    if unknown:
+        raise ConfigError(f"{where}.{unknown[0]}: not a field of TRL's {config_cls.__name__}")
+    try:
+        return config_cls(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{where}: TRL's {config_cls.__name__} rejected the settings: {e}") from None
+
+
+def load_model(path: str, spec: StageSpec) -> Any:
+    """The policy in float32 on CPU, bfloat16 on GPU, or 4-bit NF4 for QLoRA (GPU only)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    gpu = on_gpu()
+    kwargs: dict[str, Any] = {"dtype": torch.bfloat16 if gpu else torch.float32}
+    if spec.attn_implementation:
+        kwargs["attn_implementation"] = spec.attn_implementation
+    if spec.lora is not None and spec.lora.load_in_4bit:
+        if not gpu:
+            raise ConfigError("lora.load_in_4bit (QLoRA) needs a CUDA GPU and bitsandbytes; this machine has "
+                              "no GPU: drop load_in_4bit to train plain LoRA adapters on CPU")
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16)
+    return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+
+
+def peft_config(spec: StageSpec) -> Any:
+    if spec.lora is None:
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(r=spec.lora.r, lora_alpha=spec.lora.alpha, lora_dropout=spec.lora.dropout,
+                      target_modules=spec.lora.target_modules, task_type="CAUSAL_LM")
+
+
+def load_tokenizer(path: str, chat_template: str | None = None) -> Any:
+    """The model's tokenizer; `chat_template` gives a base model one (saved with the output, so the
+    next stage and vLLM use the same)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if chat_template is not None:
+        tokenizer.chat_template = chat_template
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if tokenizer.chat_template is None:
+        raise ConfigError(f"{path}: the tokenizer has no chat template, which the conversational dataset "
+                          f"needs: set train.sft.chat_template (a Jinja template) in the recipe")
+    return tokenizer
+
+
+def load_splits(dataset_dir: str | Path) -> Any:
+    """A saved DatasetDict; `dataset_dir` may be a symlink to the run's latest version."""
+    from datasets import load_from_disk
+
+    path = Path(dataset_dir).resolve()
+    if not path.exists():
+        raise ConfigError(f"{dataset_dir}: no dataset here; run the binarize stage first")
+    return load_from_disk(str(path))
+
+
+def last_checkpoint(out_dir: Path) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(str(out_dir)) if out_dir.is_dir() else None
+
+
+def train_and_save(trainer: Any, spec: StageSpec, out_dir: Path, tokenizer: Any) -> dict[str, Any]:
+    """Train (from the last checkpoint when `resume`), then save a full model vLLM can load.
+
+    With LoRA the adapter is saved to `out_dir/adapter` and merged into the base for `out_dir`, so the
+    next stage and the evaluation load a plain model either way (QLoRA: the adapter is the output).
+    """
+    resume = last_checkpoint(out_dir) if spec.resume else None
+    if spec.resume:
+        log.info("resuming from %s", resume or "scratch (no checkpoint yet)")
+    result = trainer.train(resume_from_checkpoint=resume)
+    trainable = count_trainable(trainer.model)
+    main = trainer.accelerator.is_main_process
+    if spec.lora is None:
+        trainer.save_model(str(out_dir))  # on every rank: under ZeRO-3 it gathers the shards
+    else:
+        trainer.save_model(str(out_dir / "adapter"))
+        if main and not spec.lora.load_in_4bit:  # a 4-bit base is not merged: the adapter is the output
+            merged = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
+            merged.save_pretrained(str(out_dir))
+    if main:
+        tokenizer.save_pretrained(str(out_dir))
+        trainer.state.save_to_json(str(out_dir / "trainer_state.json"))
+    return {"steps": result.global_step, "trainable_params": trainable, "resumed_from": resume, **result.metrics}
+
+
+def count_trainable(model: Any) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+# ----------------------------------------------------------------------------- the stage's own state
+def stage_state(out_dir: str | Path) -> dict | None:
+    """What the output folder was trained from, or None if it holds no finished training."""
+    try:
+        return json.loads((Path(out_dir) / STATE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def is_trained(out_dir: str | Path, inputs: str) -> bool:
+    state = stage_state(out_dir)
+    return state is not None and state.get("inputs") == inputs
+
+
+def mark_trained(out_dir: str | Path, inputs: str, metrics: dict[str, Any], **extra: Any) -> None:
+    """Written last: the stage is done for these inputs."""
+    numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+    write_json(Path(out_dir) / STATE, {"inputs": inputs, "metrics": numbers, **extra})

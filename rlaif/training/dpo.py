@@ -1,0 +1,92 @@
+"""dDPO: distilled DPO (TRL's DPOTrainer) on the binarized preferences, from the dSFT checkpoint.
+
+Usage:
+
+    rlaif train dpo recipes/quickstart.yaml            # writes runs/<name>/dpo
+    train_dpo(dataset_dir="runs/quickstart/dataset", spec=DPOSpec(), out_dir="runs/quickstart/dpo")
+
+Supports: starting from the run's dSFT output (`model:` unset: `<run>/sft`, next to `out_dir`) or
+any model `rlaif.engines.models.resolve_model` can load; every field of TRL's `DPOConfig` as a key
+of the block: beta, every DPO loss TRL offers through `loss_type` (sigmoid, ipo, hinge, robust, ...,
+or a list combined with `loss_weights`), `precompute_ref_log_probs` (reference log-probs computed
+once before training, which frees the reference model's memory), gradient checkpointing, ...; LoRA
+and QLoRA through peft (the reference is then the policy with adapters off, so no second copy);
+bf16 on GPU, float32 on CPU; checkpoints every `save_steps` and `resume: true`; several GPUs
+through `accelerate launch` (see recipes/zephyr-7b-beta/).
+Assumes: `train_prefs` in TRL's conversational form with an explicit prompt (`prompt` = messages up
+to the last user turn, `chosen` / `rejected` = one assistant message each), as rlaif.preferences
+writes it. The reference model is the starting policy unless `ref_model` is given in memory.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, ClassVar
+
+from rlaif.core.errors import ConfigError
+from rlaif.training.common import StageSpec
+
+log = logging.getLogger(__name__)
+
+
+class DPOSpec(StageSpec):
+    """The recipe's `train: dpo:` block: TRL's DPOConfig fields, plus ours."""
+
+    TRL_CLASS: ClassVar[str] = "DPOConfig"
+    # beta: the Zephyr paper's (the handbook's later recipe uses 0.01); learning rate: the handbook's
+    DEFAULTS: ClassVar[dict[str, Any]] = {**StageSpec.DEFAULTS, "beta": 0.1, "learning_rate": 5e-7, "max_length": 512}
+
+
+def start_model(spec: DPOSpec, out_dir: Path) -> str:
+    """The model dDPO starts from: the recipe's, else the dSFT output of the same run."""
+    from rlaif.engines.models import resolve_model
+
+    if spec.model is not None:
+        return resolve_model(spec.model)
+    sft = out_dir.parent / "sft"
+    if not (sft / "config.json").exists():
+        raise ConfigError(f"train.dpo.model is unset, so dDPO starts from this run's dSFT model, but "
+                          f"{sft} has none: run `rlaif train sft` first or set train.dpo.model")
+    return str(sft)
+
+
+def train_dpo(dataset_dir: str | Path, spec: DPOSpec, out_dir: str | Path,
+              model: Any = None, ref_model: Any = None) -> dict[str, Any]:
+    """Train and save to `out_dir`; returns the final training metrics and the model it started from."""
+    from trl import DPOConfig, DPOTrainer
+
+    from rlaif.training import common
+
+    #######
+    # Setup
+    #######
+    out_dir = Path(out_dir)
+    if isinstance(spec.get("loss_type"), str):  # TRL takes a list (several losses, weighted)
+        spec = spec.model_copy(update={"loss_type": [spec.get("loss_type")]})
+    args = common.trl_config(spec, DPOConfig, out_dir, "train.dpo")
+
+    #######
+    # Model
+    #######
+    path = start_model(spec, out_dir)
+    tokenizer = common.load_tokenizer(path)
+    if model is None:
+        model = common.load_model(path, spec)
+
+    #########
+    # Dataset
+    #########
+    data = common.load_splits(spec.dataset or dataset_dir)
+    train = data["train_prefs"].select_columns(["prompt", "chosen", "rejected"])
+    if len(train) == 0:
+        raise ConfigError(f"{spec.dataset or dataset_dir}: train_prefs is empty; nothing to train on")
+
+    ##########
+    # Training
+    ##########
+    trainer = DPOTrainer(model=model, ref_model=ref_model, args=args, train_dataset=train,
+                         processing_class=tokenizer, peft_config=common.peft_config(spec))
+    metrics = common.train_and_save(trainer, spec, out_dir, tokenizer)
+    log.info("dDPO model saved to %s (%d steps, from %s)", out_dir, metrics["steps"], path)
+    return {**metrics, "start_model": path}
