@@ -1,33 +1,42 @@
-"""Shared fixtures: real bundled models, a tiny 2-layer model from a real config, isolated Prefect."""
+"""Shared fixtures: real bundled models, one loaded engine per model for the session, a tiny 2-layer
+model from a real config, fake OpenAI-compatible servers on 127.0.0.1, and Prefect isolated.
+
+Prefect is isolated here, at import time, before any test module imports prefect: its home is a
+temporary folder, so the suite never reads or writes the user's ~/.prefect.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import tempfile
 import threading
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import pytest
-
+_PREFECT_HOME = tempfile.mkdtemp(prefix="rlaif-tests-prefect-")
+os.environ["PREFECT_HOME"] = _PREFECT_HOME
+os.environ.pop("PREFECT_API_URL", None)
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+
+import pytest  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="session", autouse=True)
-def isolated_prefect(tmp_path_factory):
-    """Prefect state in a temp PREFECT_HOME, never the user's."""
-    home = tmp_path_factory.mktemp("prefect_home")
-    os.environ["PREFECT_HOME"] = str(home)
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-    yield home
+SMOL = "smollm2-135m-instruct"
 
 
 @pytest.fixture(scope="session")
-def prefect_harness(isolated_prefect):
+def prefect_home() -> Path:
+    return Path(_PREFECT_HOME)
+
+
+@pytest.fixture(scope="session")
+def prefect_harness(prefect_home):
     from prefect.testing.utilities import prefect_test_harness
 
     with prefect_test_harness(server_startup_timeout=120):
@@ -36,9 +45,37 @@ def prefect_harness(isolated_prefect):
 
 @pytest.fixture(scope="session")
 def smollm2_dir() -> str:
-    from generation.models import prepare_bundled
+    from rlaif.engines.models import prepare_bundled
 
-    return str(prepare_bundled("smollm2-135m-instruct"))
+    return str(prepare_bundled(SMOL))
+
+
+@pytest.fixture(scope="session")
+def smol_engine(smollm2_dir):
+    """SmolLM2-135M-Instruct loaded once for the whole session (max_model_len 1024, 1 GiB KV cache)."""
+    from rlaif.engines.vllm_offline import VLLMEngine
+
+    with VLLMEngine(smollm2_dir, SMOL_SETTINGS, label=SMOL) as engine:
+        yield engine
+
+
+def _smol_settings():
+    from rlaif.engines.base import EngineSettings
+
+    return EngineSettings(max_model_len=1024, cpu_kv_cache_gb=1)
+
+
+SMOL_SETTINGS = _smol_settings()
+
+
+@pytest.fixture
+def pool(smol_engine):
+    """An engine pool that already holds the session's SmolLM2 engine for SMOL_SETTINGS."""
+    from rlaif.engines.pool import EnginePool, EngineSpec
+
+    with EnginePool() as p:
+        p.put(EngineSpec(SMOL, None, SMOL_SETTINGS), smol_engine)
+        yield p
 
 
 @pytest.fixture(scope="session")
@@ -57,6 +94,18 @@ def tiny_model_dir(tmp_path_factory, smollm2_dir) -> str:
     return str(out)
 
 
+def write_prompts(path: Path, texts: list[str]) -> Path:
+    path.write_text("".join(json.dumps({"prompt_id": f"p{i}", "prompt": t}) + "\n" for i, t in enumerate(texts)))
+    return path
+
+
+def chunks(store, prompts, size: int = 256):
+    """Prompts written into a run store as chunks: the manifest the stages take."""
+    from rlaif.generation.prompt_sets import write_prompt_chunks
+
+    return write_prompt_chunks(prompts, store, size)
+
+
 class FakeOpenAI(BaseHTTPRequestHandler):
     """Base of the tests' OpenAI-compatible servers on 127.0.0.1 (real HTTP, answers the tests
     choose): a subclass's `reply(body)` returns the status and JSON payload of each request."""
@@ -64,8 +113,13 @@ class FakeOpenAI(BaseHTTPRequestHandler):
     def reply(self, body: dict) -> tuple[int, dict]:
         raise NotImplementedError
 
+    def do_GET(self):  # noqa: N802 - /v1/models
+        self._send(200, {"object": "list", "data": [{"id": "served", "object": "model", "owned_by": "vllm"}]})
+
     def do_POST(self):  # noqa: N802
-        status, payload = self.reply(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+        self._send(*self.reply(json.loads(self.rfile.read(int(self.headers["Content-Length"])))))
+
+    def _send(self, status: int, payload: dict) -> None:
         data = json.dumps(payload).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
@@ -97,3 +151,4 @@ def serving(handler: type[FakeOpenAI]):
         yield f"http://127.0.0.1:{server.server_address[1]}/v1"
     finally:
         server.shutdown()
+        server.server_close()

@@ -2,9 +2,9 @@
 
 import pytest
 
-from generation.hygiene import HygieneSpec, clean_prompts, eval_overlap, exact_duplicates, near_duplicates
-from generation.records import (AspectRating, Completion, Judgement, Message, PairJudgement, PairVerdict, Prompt)
-from judges.binarize import BinarizeSpec, binarize, split_pairs
+from rlaif.preferences.hygiene import HygieneSpec, clean_prompts, eval_overlap, exact_duplicates, near_duplicates
+from rlaif.core.records import (AspectRating, Completion, Judgement, Message, PairJudgement, PairVerdict, Prompt)
+from rlaif.preferences.binarize import BinarizeSpec, binarize, split_pairs
 
 
 def prompt(pid: str, text: str | None = None) -> Prompt:

@@ -7,11 +7,13 @@ from pathlib import Path
 import pytest
 from datasets import load_dataset, load_from_disk
 
-from generation.hygiene import HygieneSpec
-from generation.records import AspectRating, Completion, Judgement, Message, Prompt
-from judges.binarize import BinarizeSpec
-from judges.dataset import (PREF_COLUMNS, SFT_COLUMNS, HubError, latest_version, list_versions,
-                            publish_version, push_to_hub)
+from rlaif.core.records import AspectRating, Completion, Judgement, Message, Prompt
+from rlaif.preferences.binarize import BinarizeSpec
+from rlaif.preferences.hub import HubError, push_to_hub
+from rlaif.preferences.hygiene import HygieneSpec
+from rlaif.preferences.rows import PREF_COLUMNS, SFT_COLUMNS
+from rlaif.preferences.versions import EmptyDataset, latest_version, list_versions
+from rlaif.preferences.versions import publish_records as publish_version
 
 RECIPE = {"name": "unit", "prompts": {"source": "unit.jsonl", "split": "train", "limit": None},
           "generators": [{"name": m, "model": f"org/{m}", "format": "chat",
@@ -119,7 +121,8 @@ def test_card_numbers_match_the_dataset(published):
     assert manifest["dropped"]["hygiene"] == {"exact duplicate": ["dup"]} and manifest["dropped"]["hygiene_matched"] == {"dup": "q0"}
     assert manifest["dropped"]["binarize"] == {"one completion": ["q3"], "all completions tie": ["q4"]}
     assert card_table(card, "binarize (prompts)")[1:] == ["15", "13", "one completion: 1, all completions tie: 1"]
-    assert card_table(card, "completions")[1:3] == [str(len(completions))] * 2
+    kept = [c for c in completions if c.prompt_id != "dup"]  # hygiene ran before generation
+    assert card_table(card, "completions")[1:3] == [str(len(kept))] * 2
     assert "`judge-135m`" in card and "version `v1`" in card and "`best_vs_random`" in card
     assert "| alpha | org/alpha | chat | 0.7 | 0.9 | 64 | 0 |" in card
     for png in re.findall(r"\]\((plots/[\w.]+\.png)\)", card):
@@ -139,6 +142,24 @@ def test_new_versions_only_when_inputs_change_and_old_ones_stay(tmp_path):
     m1, m3 = (json.loads((v / "manifest.json").read_text()) for v in (v1, v3))
     assert m1["inputs"]["judgements"] != m3["inputs"]["judgements"] and m3["version"] == 3
     assert json.loads((v2 / "manifest.json").read_text())["binarize"]["seed"] == 1
+    assert not list((tmp_path / "versions").glob(".incoming-*"))
+    assert all(oct(v.stat().st_mode & 0o777) == oct(0o777 & ~current_umask()) for v in (v1, v2, v3))
+
+
+def current_umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_an_empty_dataset_is_never_published(tmp_path):
+    prompts, completions, judgements = corpus()
+    unparsed = [j.model_copy(update={"status": "unparsed"}) for j in judgements]
+    with pytest.raises(EmptyDataset, match="no preference pairs"):
+        publish_version(tmp_path, RECIPE, prompts, completions, unparsed, BinarizeSpec(), HygieneSpec(near_dup_threshold=None))
+    assert list_versions(tmp_path) == [] and not (tmp_path / "dataset").exists()
     assert not list((tmp_path / "versions").glob(".incoming-*"))
 
 
@@ -200,8 +221,13 @@ def test_trl_trainers_run_on_the_dataset_as_written(published, tiny_model_dir, t
 
 
 def test_rlaif_binarize_publishes_from_the_run_dir(tmp_path, capsys):
-    from flows.cli import main
-    from generation.store import RunStore
+    """`rlaif binarize` runs the binarize flow on shards where the stages would have put them."""
+    from rlaif.core.store import RunStore
+    from rlaif.flows.cli import main
+    from rlaif.flows.recipe import load_recipe
+    from rlaif.generation.ensemble import STAGE, plan_generation
+    from rlaif.judges.stage import judge_dir, plan_judging
+    from rlaif.preferences.hygiene import prepare_prompts
 
     prompts, completions, judgements = corpus()
     (tmp_path / "prompts.jsonl").write_text("".join(
@@ -217,19 +243,23 @@ binarize: {{test_fraction: 0.25}}
 """)
     run = tmp_path / "run"
     assert main(["binarize", str(recipe), "--out", str(run)]) == 2
-    assert "no judgements by 'uf'" in capsys.readouterr().err
-    store = RunStore(run)
-    from flows.recipe import load_recipe
-    from generation.ensemble import shard_key
+    assert "no completions yet from ['alpha', 'beta', 'gamma']" in capsys.readouterr().err
+    r, store = load_recipe(recipe), RunStore(run)
+    pm, _ = prepare_prompts(r.prompts.source, "train", None, r.hygiene, store, r.shard_size)
+    for u in plan_generation(pm, r.generators, store):  # where `rlaif generate` would have put them
+        store.write(STAGE, u.key, [c for c in completions if c.model == u.spec.name and c.prompt_id != "dup"],
+                    group=u.chunk.key, name=u.spec.name)
+    from rlaif.generation.ensemble import manifest_of
 
-    for g in load_recipe(recipe).generators:  # where `rlaif generate` would have put them
-        store.write("completions", shard_key(g, prompts), [c for c in completions if c.model == g.name])
-    store.write("judgements/uf", "all", judgements)
-    store.write_json("judgements/uf/report.json", {"kind": "ultrafeedback", "settings_hash": judgements[0].settings_hash})
+    cm = manifest_of(plan_generation(pm, r.generators, store))
+    for u in plan_judging(cm, r.judges[0], store):
+        store.write(judge_dir("uf"), u.key, [j for j in judgements if j.prompt_id != "dup"], group=u.group, name="uf")
     assert main(["binarize", str(recipe), "--out", str(run)]) == 0
-    assert "13 pairs from 13 of 16 prompts" in capsys.readouterr().out
+    assert "13 pairs from 13 of 15 prompts" in capsys.readouterr().err
     assert main(["binarize", str(recipe), "--out", str(run), "--set", "binarize.strategy=best_vs_worst"]) == 0
     assert [v.name for v in list_versions(run)] == ["0001", "0002"]
     assert json.loads((run / "dataset" / "manifest.json").read_text())["binarize"]["strategy"] == "best_vs_worst"
+    assert main(["binarize", str(recipe), "--out", str(run), "--set", "binarize.strategy=best_vs_worst"]) == 0
+    assert [v.name for v in list_versions(run)] == ["0001", "0002"]  # unchanged inputs: the latest version back
     assert main(["binarize", str(recipe), "--out", str(run), "--set", "hygiene.ngram=0"]) == 2
     assert "field 'hygiene.ngram'" in capsys.readouterr().err

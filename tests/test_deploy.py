@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT
-from test_flows import TINY, stamps, write_prompts
+from conftest import ROOT, write_prompts
+from test_flows import TINY, stamps
 
 pytestmark = pytest.mark.engine
 CRON = "0 3 * * *"
@@ -71,7 +71,7 @@ def server(tmp_path_factory):
 
 
 def rlaif(env, *args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=ROOT, env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "rlaif", *args], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=120)
 
 
@@ -102,7 +102,7 @@ def test_deploy_serve_and_two_scheduled_refreshes(server, tmp_path, smollm2_dir)
     assert dep.parameters["out"] == str(out) and dep.parameters["recipe_path"] == str(recipe)
 
     log = (tmp_path / "serve.log").open("w")
-    serve = subprocess.Popen([sys.executable, "-m", "flows.cli", "serve"], cwd=ROOT, env=server, stdout=log,
+    serve = subprocess.Popen([sys.executable, "-m", "rlaif", "serve"], cwd=ROOT, env=server, stdout=log,
                              stderr=subprocess.STDOUT, start_new_session=True)
     try:
         run1 = trigger(server, "rlaif-refresh/tiny-refresh")
@@ -112,7 +112,7 @@ def test_deploy_serve_and_two_scheduled_refreshes(server, tmp_path, smollm2_dir)
         assert m1["counts"]["prompts"] == 2 and (v1 / "README.md").exists() and (v1 / "dataset_dict.json").exists()
         assert (out / "dataset").resolve() == v1
         first = stamps(out, "versions/0001/**/*")
-        shards = stamps(out, "completions/*")
+        shards = stamps(out, "completions/shard-*.jsonl")
         assert len(shards) == 2  # one shard per generator
 
         write_prompts(prompts, ["Name a fruit that is red.", "What is 2 + 2?", "Give a synonym for quick."])
@@ -125,9 +125,9 @@ def test_deploy_serve_and_two_scheduled_refreshes(server, tmp_path, smollm2_dir)
     assert m2["counts"]["prompts"] == 3 and (out / "dataset").resolve() == out / "versions" / "0002"
     assert m2["counts"]["pairs"] + sum(m2["counts"]["prompts_skipped"].values()) == 3
     refresh = {r["stage"]: r for r in json.loads((out / "refresh_summary.json").read_text())}
-    assert refresh["prompts"]["notes"]["new"] == 1 and refresh["generate"]["notes"]["cached batches"] == 1
+    assert refresh["prompts"]["notes"]["new"] == 1 and refresh["generate"]["notes"]["shards generated"] == 2
     assert stamps(out, "versions/0001/**/*") == first  # the previous version untouched
-    after = stamps(out, "completions/*")
+    after = stamps(out, "completions/shard-*.jsonl")
     assert {k: after[k] for k in shards} == shards and len(after) == 4  # only the new prompt generated
     new_batch = [json.loads(line)["prompt_id"] for line in (out / "refresh" / "shard-0002.jsonl").read_text().splitlines()]
     assert new_batch == ["p2"]

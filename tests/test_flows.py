@@ -1,10 +1,13 @@
-"""Prefect flows: content-hash caching, judge-only recomputation, judge swap, retries, stage errors.
+"""Prefect flows: stage state read from the shards, caching on top of it, judge-only recomputation,
+judge swap, retries of transient rows (generation and judging alike), stage errors.
 
-Cache hits are read from the task states (a report's `cached` is its task's state being Cached)
-and from the run directory (shard files not rewritten), never from timings.
+One run is built per module; each test works on its own copy of it, so the tests stand alone and
+run in any order. Cache hits are read from the reports and from the run directory (shard files
+not rewritten), never from timings.
 """
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -12,28 +15,26 @@ import yaml
 from datasets import load_from_disk
 from prefect import flow
 
-from conftest import SERVER_ERROR, FakeOpenAI, chat_completion, serving
-from flows.caching import StageError
-from flows.cli import main
-from flows.pipeline import RETRY_MARKER, run, run_stages
-from flows.recipe import load_recipe
-from generation.records import Message, Prompt
+from conftest import SERVER_ERROR, SMOL, SMOL_SETTINGS, FakeOpenAI, chat_completion, serving, write_prompts
+from rlaif.core.errors import StageError
+from rlaif.core.records import Judgement, Message, Prompt
+from rlaif.core.store import RunStore
+from rlaif.flows.cli import main
+from rlaif.flows.pipeline import call, generate_task, pipeline_flow, session, shared_engines
+from rlaif.flows.recipe import load_recipe
+from rlaif.generation.prompt_sets import write_prompt_chunks
 
 TINY = {
-    "name": "tiny", "prompts": {"source": None},
+    "name": "tiny", "prompts": {"source": None}, "hygiene": {"near_dup_threshold": None},
     "generators": [
-        {"name": "smol-a", "model": "smollm2-135m-instruct", "sampling": {"temperature": 0.7, "max_tokens": 16, "seed": 0}},
-        {"name": "smol-b", "model": "smollm2-135m-instruct", "sampling": {"temperature": 1.0, "max_tokens": 16, "seed": 1}},
+        {"name": "smol-a", "model": SMOL, "sampling": {"temperature": 0.7, "max_tokens": 16, "seed": 0}},
+        {"name": "smol-b", "model": SMOL, "sampling": {"temperature": 1.0, "max_tokens": 16, "seed": 1}},
     ],
-    "judge": {"name": "uf", "model": "smollm2-135m-instruct", "aspects": ["helpfulness", "honesty"],
+    "judge": {"name": "uf", "model": SMOL, "aspects": ["helpfulness", "honesty"],
               "sampling": {"temperature": 0.0, "max_tokens": 64}},
     "binarize": {"test_fraction": 0},
-    "engine": {"max_model_len": 1024, "cpu_kv_cache_gb": 1},
+    "engine": SMOL_SETTINGS.model_dump(),
 }
-
-
-def write_prompts(path: Path, texts: list[str]) -> None:
-    path.write_text("".join(json.dumps({"prompt_id": f"p{i}", "prompt": t}) + "\n" for i, t in enumerate(texts)))
 
 
 def stamps(root: Path, pattern: str) -> dict:
@@ -45,50 +46,66 @@ def by_stage(reports):
 
 
 @pytest.fixture(scope="module")
-def first_run(tmp_path_factory, smollm2_dir, prefect_harness):
+def built(tmp_path_factory, smol_engine, prefect_harness):
+    """One run of the tiny recipe, built once with the session's engine."""
+    from rlaif.engines.pool import EnginePool, EngineSpec
+
     tmp = tmp_path_factory.mktemp("flows")
     write_prompts(tmp / "prompts.jsonl", ["Name a fruit that is red.", "What is 2 + 2?"])
-    recipe_path = tmp / "recipe.yaml"
-    recipe_path.write_text(yaml.safe_dump({**TINY, "prompts": {"source": str(tmp / "prompts.jsonl")}}))
-    out = tmp / "run"
-    reports = run(load_recipe(recipe_path), out)
-    return recipe_path, out, by_stage(reports)
+    (tmp / "recipe.yaml").write_text(yaml.safe_dump({**TINY, "prompts": {"source": str(tmp / "prompts.jsonl")}}))
+    with EnginePool() as pool, shared_engines(pool):
+        pool.put(EngineSpec(SMOL, None, SMOL_SETTINGS), smol_engine)
+        reports = pipeline_flow(load_recipe(tmp / "recipe.yaml"), str(tmp / "run"))
+    return tmp, by_stage(reports)
+
+
+@pytest.fixture
+def run_copy(built, tmp_path, pool):
+    """This test's own copy of the built run (recipe, prompts, run dir), and the session's engines."""
+    src, stages = built
+    for name in ("prompts.jsonl", "recipe.yaml"):
+        shutil.copy(src / name, tmp_path / name)
+    (tmp_path / "recipe.yaml").write_text((src / "recipe.yaml").read_text().replace(str(src), str(tmp_path)))
+    shutil.copytree(src / "run", tmp_path / "run", symlinks=True)
+    with shared_engines(pool):
+        yield tmp_path / "recipe.yaml", tmp_path / "run", stages
 
 
 @pytest.mark.engine
-def test_first_run_computes_every_stage(first_run):
-    _, out, stages = first_run
+def test_first_run_computes_every_stage(run_copy):
+    _, out, stages = run_copy
     assert not any(r.cached for r in stages.values())
     assert stages["generate"].count_out == 4 and stages["binarize"].count_out >= 1
-    assert list((out / ".prefect" / "results").iterdir())  # results live in the run directory
     assert (out / "dataset").resolve() == out / "versions" / "0001"
 
 
 @pytest.mark.engine
-def test_rerun_with_unchanged_inputs_recomputes_nothing(first_run):
-    recipe_path, out, _ = first_run
+def test_rerun_with_unchanged_inputs_recomputes_nothing(run_copy):
+    recipe_path, out, _ = run_copy
     before = stamps(out, "**/shard-*.jsonl") | stamps(out, "versions/**/*")
-    stages = by_stage(run(load_recipe(recipe_path), out))
+    stages = by_stage(pipeline_flow(load_recipe(recipe_path), str(out)))
     assert all(stages[s].cached for s in ("generate", "judge", "binarize"))
     assert stamps(out, "**/shard-*.jsonl") | stamps(out, "versions/**/*") == before
+    assert list((out / ".prefect" / "results").iterdir())  # the done stages' manifests, kept by Prefect
 
 
 @pytest.mark.engine
-def test_a_judge_setting_change_recomputes_only_judging_and_after(first_run):
-    recipe_path, out, _ = first_run
+def test_a_judge_setting_change_recomputes_only_judging_and_after(run_copy):
+    recipe_path, out, _ = run_copy
     completions = stamps(out, "completions/*")
-    judged = stamps(out, "judgements/uf/*")
-    stages = by_stage(run(load_recipe(recipe_path, ["judge.sampling.max_tokens=48"]), out))
+    judged = stamps(out, "judgements/uf/shard-*")
+    stages = by_stage(pipeline_flow(load_recipe(recipe_path, ["judge.sampling.max_tokens=48"]), str(out)))
     assert stages["generate"].cached
     assert not stages["judge"].cached and not stages["binarize"].cached
     assert stamps(out, "completions/*") == completions  # nothing generated
-    new = set(stamps(out, "judgements/uf/*")) - set(judged)
-    assert len(new) == 1 and stages["judge"].count_in == 4
+    new = set(stamps(out, "judgements/uf/shard-*")) - set(judged)
+    assert len(new) == 2 and stages["judge"].count_in == 4  # the new shard and its metadata
+    assert (out / "dataset").resolve().name == "0002"
 
 
 @pytest.mark.engine
-def test_judge_swap_reuses_completions_and_prints_agreement(first_run, capsys):
-    recipe_path, out, _ = first_run
+def test_judge_swap_reuses_completions_and_prints_agreement(run_copy, capsys):
+    recipe_path, out, _ = run_copy
     other = recipe_path.parent / "other.yaml"
     other.write_text(yaml.safe_dump({"judge": {**TINY["judge"], "name": "uf-help", "aspects": ["helpfulness"]}}))
     completions = stamps(out, "completions/*")
@@ -99,45 +116,55 @@ def test_judge_swap_reuses_completions_and_prints_agreement(first_run, capsys):
     assert not summary["judge"]["cached"] and summary["judge"]["notes"]["judge"] == "uf-help"
     report = json.loads((out / "judge-swap" / "uf-help" / "agreement.json").read_text())
     assert report["previous"] == "uf" and report["completions"] == 4
-    assert "agreement with uf: spearman=" in capsys.readouterr().out
+    assert "agreement with uf: spearman=" in capsys.readouterr().err
     version = (out / "dataset").resolve()  # the swap published the next version
     assert json.loads((version / "manifest.json").read_text())["judge"]["name"] == "uf-help"
     assert {r["judge"] for r in load_from_disk(str(version))["train_prefs"]} == {"uf-help"}
 
     # the recipe's own judge again: nothing recomputed but the publish, which takes the pointer back
-    stages = by_stage(run(load_recipe(recipe_path), out))
+    stages = by_stage(pipeline_flow(load_recipe(recipe_path), str(out)))
     assert stages["generate"].cached and stages["judge"].cached and not stages["binarize"].cached
     version = (out / "dataset").resolve()
     assert json.loads((version / "manifest.json").read_text())["judge"]["name"] == "uf"
 
 
-# ----------------------------------------------------------------------------- a real endpoint that fails
+# ----------------------------------------------------------------------------- real endpoints that fail
 class FailsOnMarkedPrompts(FakeOpenAI):
-    """An OpenAI-compatible chat endpoint that answers HTTP 503 to prompts containing FAIL while broken."""
+    """An OpenAI-compatible chat endpoint. While broken it answers HTTP 503 to generation requests
+    whose prompt holds FAIL, or (with `judge_fails`) to judge requests about such an answer. A judge
+    request (it carries a response_format) gets a rating with log-probs: 5 for gen-a's answers, else 3."""
 
-    broken = True
+    broken, judge_fails = True, False
     seen: list[str] = []
 
     def reply(self, body):
         text = body["messages"][-1]["content"]
-        type(self).seen.append(text)
-        if self.broken and "FAIL" in text:
+        judging = "response_format" in body
+        type(self).seen.append(("judge: " if judging else "") + text)
+        if self.broken and "FAIL" in text and judging == self.judge_fails:
             return 503, SERVER_ERROR
-        return 200, chat_completion(body["model"], "ok")
+        if judging:
+            rating = "5" if "from gen-a" in text else "3"
+            tokens = [{"token": t, "logprob": 0.0, "top_logprobs": [{"token": t, "logprob": 0.0}]}
+                      for t in ('{"', "rating", '":', rating, ',"', "rationale", '":"', "fine", '"}')]
+            return 200, chat_completion(body["model"], '{"rating":%s,"rationale":"fine"}' % rating, {"content": tokens})
+        return 200, chat_completion(body["model"], f"ok from {body['model']}: {text}")
 
 
 @pytest.fixture
 def endpoint():
-    FailsOnMarkedPrompts.broken, FailsOnMarkedPrompts.seen = True, []
+    FailsOnMarkedPrompts.broken, FailsOnMarkedPrompts.judge_fails, FailsOnMarkedPrompts.seen = True, False, []
     with serving(FailsOnMarkedPrompts) as url:
         yield url
 
 
-def remote_recipe(tmp_path, url, retries, **generator):
+def remote_recipe(tmp_path, url, retries, models=("gen-a",), **generator):
     write_prompts(tmp_path / "prompts.jsonl", ["Say hi.", "Say FAIL."])
     data = {**TINY, "prompts": {"source": str(tmp_path / "prompts.jsonl")},
-            "generators": [{"name": "served", "model": "served-smol", "sampling": {"max_tokens": 8}, **generator,
-                            "endpoint": {"base_url": url, "max_retries": 0}}],
+            "generators": [{"name": m, "model": m, "sampling": {"max_tokens": 8}, **generator,
+                            "endpoint": {"base_url": url, "max_retries": 0}} for m in models],
+            "judge": {"name": "uf", "model": "served-judge", "aspects": ["helpfulness"],
+                      "endpoint": {"base_url": url, "max_retries": 0}},
             "flow": {"retries": retries, "retry_delay_seconds": 0, "retry_jitter_factor": 0}}
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(data))
@@ -145,32 +172,52 @@ def remote_recipe(tmp_path, url, retries, **generator):
 
 
 @flow
-def generate_only(recipe, out: str, prompts=None):
-    return run_stages(recipe, out, "generate") if prompts is None else run_stages_on(recipe, out, prompts)
+def until(recipe, out: str, stage: str, prompts=None):
+    """The stages up to `stage`; with `prompts`, generation alone on those records."""
+    from rlaif.flows.pipeline import run_stages
 
-
-def run_stages_on(recipe, out, prompts):
-    from flows.pipeline import generate_task, call
-
-    return call(generate_task, out, prompts, recipe, out, remote=True, recipe=recipe)
+    with session(recipe.seed):
+        if prompts is None:
+            return run_stages(recipe, out, stage)
+        pm = write_prompt_chunks(prompts, RunStore(out), recipe.shard_size)
+        return call(generate_task, out, pm, recipe, out, None, remote=True, recipe=recipe)
 
 
 def test_remote_rows_are_retried_by_prefect_with_backoff_then_kept(tmp_path, endpoint, prefect_harness):
     recipe = remote_recipe(tmp_path, endpoint, retries=2)
     out = str(tmp_path / "run")
-    stages = by_stage(generate_only(recipe, out))
+    stages = by_stage(until(recipe, out, "generate"))
     seen = FailsOnMarkedPrompts.seen
     # three tries (1 + 2 Prefect retries); each retry re-sends only the failed row
     assert seen.count("Say FAIL.") == 3 and seen.count("Say hi.") == 1
     assert stages["generate"].notes["failed"] == 1 and stages["generate"].notes["retried next run"] == 1
-    assert (Path(out) / RETRY_MARKER).exists()
 
     # the endpoint recovers: the next run is not served the cached failure; it re-sends that row only
     FailsOnMarkedPrompts.broken, FailsOnMarkedPrompts.seen = False, []
-    stages = by_stage(generate_only(recipe, out))
+    stages = by_stage(until(recipe, out, "generate"))
     assert FailsOnMarkedPrompts.seen == ["Say FAIL."]
-    assert stages["generate"].count_out == 2 and not (Path(out) / RETRY_MARKER).exists()
-    assert by_stage(generate_only(recipe, out))["generate"].cached
+    assert stages["generate"].count_out == 2 and stages["generate"].notes["retried next run"] == 0
+    assert by_stage(until(recipe, out, "generate"))["generate"].cached
+
+
+def test_judge_rows_that_failed_with_503_are_sent_again_once_the_server_is_healthy(tmp_path, endpoint, prefect_harness):
+    FailsOnMarkedPrompts.judge_fails = True  # generation succeeds; the judge fails on FAIL's answers
+    recipe = remote_recipe(tmp_path, endpoint, retries=0, models=("gen-a", "gen-b"))
+    out = str(tmp_path / "run")
+    judge = by_stage(until(recipe, out, "judge"))["judge"]
+    assert (judge.notes["parsed"], judge.notes["failed"]) == (2, 2)
+    store = RunStore(out)
+    (shard,) = store.keys("judgements/uf")
+    assert store.info("judgements/uf", shard, Judgement).retryable == 2
+
+    FailsOnMarkedPrompts.broken, FailsOnMarkedPrompts.seen = False, []
+    stages = by_stage(until(recipe, out, "binarize"))
+    assert stages["generate"].cached and not stages["judge"].cached
+    sent = [x for x in FailsOnMarkedPrompts.seen if x.startswith("judge: ")]
+    assert len(sent) == 2 and all("FAIL" in x for x in sent)  # only the failed rows, not the parsed ones
+    assert stages["judge"].notes["parsed"] == 4 and stages["binarize"].count_out == 2
+    FailsOnMarkedPrompts.seen = []
+    assert by_stage(until(recipe, out, "judge"))["judge"].cached and FailsOnMarkedPrompts.seen == []
 
 
 def test_a_stage_error_names_the_stage_model_and_row(tmp_path, endpoint, prefect_harness):
@@ -178,6 +225,6 @@ def test_a_stage_error_names_the_stage_model_and_row(tmp_path, endpoint, prefect
     good = Prompt(prompt_id="fine", messages=[Message(role="user", content="Say hi.")])
     broken = Prompt(prompt_id="broken-row", messages=[])  # a record no prompt file would give
     with pytest.raises(StageError) as e:
-        generate_only(recipe, str(tmp_path / "run"), [good, broken])
-    assert (e.value.stage, e.value.model, e.value.row) == ("generate", "served", "broken-row")
-    assert "stage 'generate', model served, row broken-row: IndexError" in str(e.value)
+        until(recipe, str(tmp_path / "run"), "generate", [good, broken])
+    assert (e.value.stage, e.value.model, e.value.row) == ("generate", "gen-a", "broken-row")
+    assert "stage 'generate', model gen-a, row broken-row: IndexError" in str(e.value)

@@ -6,27 +6,21 @@ import math
 
 import pytest
 
-from conftest import FakeOpenAI, chat_completion, serving
-from flows.cli import main as cli
-from generation import ensemble
-from generation.ensemble import GeneratorSpec, Sampling, generate_shard, shard_key
-from generation.engines import VLLMEngine
-from generation.prompt_sets import load_prompts
-from generation.records import Judgement, PairJudgement
-from generation.remote import Endpoint
-from generation.store import RunStore
-from judges.agreement import agreement
-from judges.spec import JudgeSpec
-from judges.stage import judge_counts, run_judge, stored_judgements
+from conftest import SMOL, SMOL_SETTINGS, FakeOpenAI, chat_completion, chunks, serving
+from rlaif.core.records import Completion, Judgement, PairJudgement, content_hash
+from rlaif.core.store import RunStore
+from rlaif.engines.base import Sampling
+from rlaif.engines.openai_endpoint import Endpoint
+from rlaif.engines.pool import EnginePool, EngineSpec
+from rlaif.flows.cli import main as cli
+from rlaif.generation.ensemble import GeneratorSpec, generate
+from rlaif.generation.prompt_sets import load_prompts
+from rlaif.judges.agreement import agreement
+from rlaif.judges.spec import JudgeSpec
+from rlaif.judges.stage import judge_counts, run_judge, stored_judgements
 
-GENERATORS = [GeneratorSpec(name=n, model="smollm2-135m-instruct", sampling=Sampling(temperature=1.0, max_tokens=40, seed=s))
+GENERATORS = [GeneratorSpec(name=n, model=SMOL, sampling=Sampling(temperature=1.0, max_tokens=40, seed=s))
               for n, s in (("a", 1), ("b", 2))]
-
-
-@pytest.fixture(scope="module")
-def engine(smollm2_dir):
-    with VLLMEngine(smollm2_dir, compact_json=True) as e:
-        yield e
 
 
 @pytest.fixture(scope="module")
@@ -35,15 +29,30 @@ def prompts():
 
 
 @pytest.fixture(scope="module")
-def run(engine, prompts, tmp_path_factory):
+def run(smol_engine, prompts, tmp_path_factory):
     """A run directory holding two completions per prompt, as `rlaif generate` writes them."""
     store = RunStore(tmp_path_factory.mktemp("run"))
-    completions = []
-    for g in GENERATORS:
-        shard = generate_shard(engine, g, prompts, progress=False)
-        store.write(ensemble.STAGE, shard_key(g, prompts), shard)
-        completions += shard
-    return store, completions
+    with EnginePool() as pool:
+        pool.put(EngineSpec(SMOL, None, SMOL_SETTINGS), smol_engine)
+        pm = chunks(store, prompts)
+        cm = generate(pm, GENERATORS, store, pool, SMOL_SETTINGS)
+    return store, pm, cm, list(store.read_manifest(cm, Completion))
+
+
+def judge(spec, run, pool=None, **kw):
+    """Run the judge stage on the run's completions; returns its records."""
+    store, pm, cm, _ = run
+    m = run_judge(pm, cm, spec, store, pool, SMOL_SETTINGS, **kw)
+    return list(store.read_manifest(m, PairJudgement if spec.pairwise else Judgement))
+
+
+def completions_of(store, pm, completions):
+    """Some completions written as the run's one chunk (for judging just these)."""
+    from rlaif.core.store import Manifest
+
+    (chunk,) = pm.shards
+    return Manifest(stage="completions", shards=[store.write("completions", "subset-" + str(len(completions)),
+                                                             completions, group=chunk.key)])
 
 
 @pytest.mark.parametrize("kind, aspects, scale", [
@@ -51,10 +60,10 @@ def run(engine, prompts, tmp_path_factory):
     ("critique", {"overall"}, (1, 10)),
     ("mt_bench_single", {"overall"}, (1, 10)),
 ])
-def test_pointwise_kinds_rate_with_probabilities(kind, aspects, scale, engine, prompts, run):
-    store, completions = run
-    spec = JudgeSpec(name=kind, kind=kind, model="smollm2-135m-instruct")
-    judgements = run_judge(prompts, completions, spec, store, llm=engine)
+def test_pointwise_kinds_rate_with_probabilities(kind, aspects, scale, pool, run):
+    store, completions = run[0], run[3]
+    spec = JudgeSpec(name=kind, kind=kind, model=SMOL)
+    judgements = judge(spec, run, pool)
     assert len(judgements) == len(completions) == 6
     assert all(j.status == "parsed" for j in judgements), [j.error for j in judgements]
     t = spec.judge_template()
@@ -70,15 +79,18 @@ def test_pointwise_kinds_rate_with_probabilities(kind, aspects, scale, engine, p
                 assert a.probs[str(int(a.rating))] == max(a.probs.values())
     report = json.loads((store.root / "judgements" / kind / "report.json").read_text())
     assert report["parsed"] == 6 and report["settings_hash"] == spec.settings_hash()
-    # a second run reads the shard back: the same records, no engine needed
-    assert run_judge(prompts, completions, spec, store, llm=None) == judgements
+
+    class NoEngines(EnginePool):
+        def get(self, spec):
+            raise AssertionError("an engine was asked for although the judge's shard was on disk")
+
+    assert judge(spec, run, NoEngines()) == judgements  # a second run reads the shard back
 
 
 @pytest.mark.parametrize("kind", ["pairwise", "mt_bench_pairwise"])
-def test_pairwise_kinds_judge_both_orders(kind, engine, prompts, run):
-    store, completions = run
-    spec = JudgeSpec(name=kind, kind=kind, model="smollm2-135m-instruct")
-    records = run_judge(prompts, completions, spec, store, llm=engine)
+def test_pairwise_kinds_judge_both_orders(kind, pool, run):
+    spec = JudgeSpec(name=kind, kind=kind, model=SMOL)
+    records = judge(spec, run, pool)
     assert len(records) == 3 and all(isinstance(r, PairJudgement) for r in records)  # one pair per prompt
     assert judge_counts(records)["parsed"] == 3, [r.error for r in records]
     for r in records:
@@ -91,7 +103,7 @@ def test_pairwise_kinds_judge_both_orders(kind, engine, prompts, run):
         assert r.p_a == pytest.approx((ab.p_first + 1 - ba.p_first) / 2)
 
 
-def test_reward_model_scores_each_completion(tmp_path, tiny_model_dir, prompts, run):
+def test_reward_model_scores_each_completion(tmp_path, tiny_model_dir, run):
     import torch
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
@@ -99,9 +111,8 @@ def test_reward_model_scores_each_completion(tmp_path, tiny_model_dir, prompts, 
     config = AutoConfig.from_pretrained(tiny_model_dir, num_labels=1)
     AutoModelForSequenceClassification.from_config(config).save_pretrained(tmp_path / "rm")
     AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(tmp_path / "rm")
-    _, completions = run
     spec = JudgeSpec(name="rm", kind="reward_model", model=str(tmp_path / "rm"))
-    records = run_judge(prompts, completions, spec, RunStore(tmp_path / "run"))
+    records = judge(spec, run)
     assert [r.status for r in records] == ["parsed"] * 6 and all(r.scale is None for r in records)
     rewards = [r.score() for r in records]
     assert all(math.isfinite(x) for x in rewards) and len(set(rewards)) == 6
@@ -137,13 +148,13 @@ def garbage():
     '{"rating": 9, "rationale": "out of range"}',
     '{"rating": "five"}',
 ])
-def test_garbage_output_ends_unparsed_with_its_raw_text(garbage, reply, prompts, run, tmp_path):
+def test_garbage_output_ends_unparsed_with_its_raw_text(garbage, reply, run, tmp_path):
     handler, url = garbage
     handler.replies = [reply]
-    _, completions = run
+    store, pm, _, completions = run
     spec = JudgeSpec(name="g", kind="ultrafeedback", model="served", aspects=["helpfulness"], retries=2,
                      endpoint=Endpoint(base_url=url, max_concurrency=4))
-    records = run_judge(prompts, completions[:2], spec, RunStore(tmp_path))
+    records = judge(spec, (store, pm, completions_of(store, pm, completions[:2]), None), stage=f"garbage/{content_hash(reply)}")
     assert len(records) == 2
     body = handler.seen[0]
     assert body["response_format"]["json_schema"]["schema"]["properties"]["rating"]["enum"] == [1, 2, 3, 4, 5]
@@ -160,12 +171,12 @@ def test_garbage_output_ends_unparsed_with_its_raw_text(garbage, reply, prompts,
         assert handler.seen[2]["temperature"] == spec.retry_temperature  # a re-ask samples anew
 
 
-def test_a_retry_that_parses_is_counted(garbage, prompts, run, tmp_path):
+def test_a_retry_that_parses_is_counted(garbage, run, tmp_path):
     handler, url = garbage
     handler.replies = ["no idea", '{"rating":3,"rationale":"fine"}']  # every first ask fails, the re-ask parses
-    _, completions = run
+    store, pm, _, completions = run
     spec = JudgeSpec(name="g", model="served", aspects=["honesty"], endpoint=Endpoint(base_url=url, max_concurrency=1))
-    records = run_judge(prompts, completions[:1], spec, RunStore(tmp_path))
+    records = judge(spec, (store, pm, completions_of(store, pm, completions[:1]), None), stage="retry-counted")
     assert records[0].status == "parsed" and records[0].retries == 1
     assert records[0].aspects["honesty"].probs["3"] == 1.0  # the endpoint's log-probs give the distribution
     assert judge_counts(records) == {"total": 1, "parsed": 1, "retried": 1, "unparsed": 0, "failed": 0}
@@ -173,8 +184,8 @@ def test_a_retry_that_parses_is_counted(garbage, prompts, run, tmp_path):
 
 # ---- agreement and the CLI ---------------------------------------------------------------------
 
-def test_agreement_of_two_judges_and_with_humans(tmp_path, run, prompts):
-    _, completions = run
+def test_agreement_of_two_judges_and_with_humans(run):
+    completions = run[3]
 
     def judged(name, scores):
         return [Judgement(judgement_id=f"{name}{i}", completion_id=c.completion_id, prompt_id=c.prompt_id, model=c.model,
@@ -193,7 +204,7 @@ def test_agreement_of_two_judges_and_with_humans(tmp_path, run, prompts):
     c = judged("c", [4, 2, 6, 1, 5, 3])  # prefers the other completion of every prompt
     rc = agreement(a, c, ("a", "c"))
     assert rc.chosen_agreement == 0.0 and rc.cohen_kappa < 0
-    from judges.agreement import HumanLabel
+    from rlaif.judges.agreement import HumanLabel
 
     human = [HumanLabel(prompt_id=completions[i].prompt_id, completion_a=ids[i], completion_b=ids[i + 3], winner=w)
              for i, w in enumerate("bab")]
@@ -201,24 +212,27 @@ def test_agreement_of_two_judges_and_with_humans(tmp_path, run, prompts):
     assert rh.human_agreement == {"a": 1.0, "c": 0.0} and rh.human_pairs == {"a": 3, "c": 3}
 
 
-def test_rlaif_judge_adds_a_judge_to_a_run_and_agreement_compares(run, prompts, tmp_path, capsys):
-    store, completions = run
+def test_rlaif_judge_adds_a_judge_to_a_run_and_agreement_compares(run, pool, tmp_path, capsys):
+    from rlaif.flows.pipeline import shared_engines
+
+    store = run[0]
+    judge(JudgeSpec(name="ultrafeedback", model=SMOL), run, pool)  # the recipe's first judge has judged
     recipe = tmp_path / "r.yaml"
     recipe.write_text(json.dumps({
-        "name": "t", "prompts": {"source": "mt_bench", "limit": 3},
-        "generators": [g.model_dump(mode="json") for g in GENERATORS],
-        "judges": [{"name": "ultrafeedback", "model": "smollm2-135m-instruct"},
-                   {"name": "crit", "kind": "critique", "model": "smollm2-135m-instruct",
-                    "sampling": {"temperature": 0, "max_tokens": 120}}],
+        "name": "t", "prompts": {"source": "mt_bench", "limit": 3}, "hygiene": {"near_dup_threshold": None},
+        "generators": [g.model_dump(mode="json", exclude_none=True) for g in GENERATORS],
+        "judges": [{"name": "ultrafeedback", "model": SMOL},
+                   {"name": "crit", "kind": "critique", "model": SMOL, "sampling": {"temperature": 0, "max_tokens": 120}}],
+        "engine": SMOL_SETTINGS.model_dump(),
     }))
     before = sorted((store.root / "completions").iterdir())
     texts = [p.read_text() for p in before]
-    assert cli(["judge", str(recipe), "--judge", "crit", "--out", str(store.root)]) == 0
+    with shared_engines(pool):  # the CLI's flow uses the session's engine instead of loading one
+        assert cli(["judge", str(recipe), "--judge", "crit", "--out", str(store.root)]) == 0
     assert [p.read_text() for p in sorted((store.root / "completions").iterdir())] == texts  # nothing generated
     crit = stored_judgements(store, "crit")
     assert len(crit) == 6 and all(j.kind == "critique" for j in crit)
-    assert "crit (critique): 6 judgements" in capsys.readouterr().out
-    # ultrafeedback judged this run in an earlier test of this module: the two sit side by side
+    assert "crit (critique): 6 judgements" in capsys.readouterr().err
     assert cli(["agreement", str(store.root), "--judges", "ultrafeedback", "crit"]) == 0
     report = json.loads((store.root / "agreement" / "ultrafeedback__crit.json").read_text())
     assert report["completions_scored_by_both"] == 6 and report["prompts_compared"] + report["prompts_with_tied_best"] == 3

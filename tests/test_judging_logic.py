@@ -4,9 +4,11 @@ import math
 
 import pytest
 
-from generation.records import AspectRating, Completion, Judgement, Message, Prompt
-from judges.binarize import BinarizeSpec, binarize, split_pairs
-from judges.parsing import CRITIQUE, RATING, bracket_format, expected_value, parse_output, token_distribution
+from rlaif.core.records import AspectRating, Completion, Judgement, Message, Prompt
+from rlaif.preferences.binarize import BinarizeSpec, binarize, split_pairs
+from rlaif.judges.kinds.critique import CRITIQUE
+from rlaif.judges.kinds.ultrafeedback import RATING
+from rlaif.judges.parsing import bracket_format, expected_value, parse_output, token_distribution
 
 
 def rating_distribution(tokens):

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from generation.prompt_sets import PromptSetError, load_prompts
+from rlaif.generation.prompt_sets import PromptSetError, load_prompts
 
 
 def test_bundled_mt_bench_is_the_published_set():
@@ -53,13 +53,25 @@ def test_malformed_rows_name_file_line_and_field(tmp_path, bad_line, field, prob
         assert f"field '{field}'" in msg
 
 
-def test_duplicate_ids_and_unknown_source_are_errors(tmp_path):
-    path = write(tmp_path, [json.dumps({"prompt_id": "x", "prompt": "a"}),
-                            json.dumps({"prompt_id": "x", "prompt": "b"})])
-    with pytest.raises(PromptSetError, match="duplicate ids"):
+def test_duplicate_ids_name_both_lines_and_unknown_source_is_an_error(tmp_path):
+    path = write(tmp_path, [json.dumps({"prompt_id": "x", "prompt": "a"}), json.dumps({"prompt_id": "y", "prompt": "b"}),
+                            json.dumps({"prompt_id": "x", "prompt": "c"})])
+    with pytest.raises(PromptSetError) as e:
         load_prompts(str(path))
+    assert str(e.value) == f"{path}, line 3, field 'prompt_id': duplicate id 'x' (first on line 1)"
     with pytest.raises(PromptSetError, match="unknown prompt source"):
         load_prompts("no_such_set")
+
+
+def test_non_utf8_and_a_directory_are_named(tmp_path):
+    path = tmp_path / "latin1.jsonl"
+    path.write_bytes(b'{"prompt": "fine"}\n{"prompt": "caf\xe9"}\n')
+    with pytest.raises(PromptSetError) as e:
+        load_prompts(str(path))
+    assert f"{path}, line 2: not UTF-8 (byte 0xe9" in str(e.value)
+    (tmp_path / "dir.jsonl").mkdir()
+    with pytest.raises(PromptSetError, match="is a directory but not a saved dataset"):
+        load_prompts(str(tmp_path / "dir.jsonl"))
 
 
 def test_saved_dataset_directory_is_a_source(tmp_path):

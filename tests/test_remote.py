@@ -10,29 +10,37 @@ import urllib.request
 
 import pytest
 
-from conftest import ROOT, SERVER_ERROR, FakeOpenAI, chat_completion, serving
-from generation.ensemble import STAGE, GeneratorSpec, Sampling, generate, generate_remote_shard
-from generation.prompt_sets import load_prompts
-from generation.records import Completion
-from generation.remote import Endpoint
-from generation.store import RunStore
+from conftest import ROOT, SERVER_ERROR, FakeOpenAI, chat_completion, chunks, serving
+from rlaif.core.errors import ConfigError
+from rlaif.core.records import Completion
+from rlaif.core.store import RunStore
+from rlaif.engines.base import Sampling
+from rlaif.engines.openai_endpoint import Endpoint, EndpointEngine, EndpointRefused
+from rlaif.generation.ensemble import STAGE, GeneratorSpec, answer, generate
+from rlaif.generation.prompt_sets import load_prompts
 
 
 class FlakyOpenAI(FakeOpenAI):
-    """Answers chat completions with the next status in `statuses` (the last one repeats)."""
+    """Answers chat completions with the next status in `statuses` (the last one repeats), and
+    records each request's body and Authorization header."""
 
     statuses: list[int] = [200]
     seen: list[dict] = []
+    keys: list[str] = []
 
     def reply(self, body):
         type(self).seen.append(body)
+        type(self).keys.append(self.headers.get("Authorization", ""))
         status = self.statuses.pop(0) if len(self.statuses) > 1 else self.statuses[0]
+        if status == 401:
+            return 401, {"error": {"message": "Incorrect API key provided", "type": "invalid_request_error",
+                                   "code": "invalid_api_key"}}
         return status, (chat_completion(body["model"], "  pong  ") if status == 200 else SERVER_ERROR)
 
 
 @pytest.fixture
 def flaky():
-    FlakyOpenAI.seen = []
+    FlakyOpenAI.seen, FlakyOpenAI.keys = [], []
     with serving(FlakyOpenAI) as url:
         yield FlakyOpenAI, url
 
@@ -46,7 +54,8 @@ def test_a_500_is_retried_with_backoff(flaky):
     handler, url = flaky
     handler.statuses = [500, 200]
     prompts = load_prompts("mt_bench", limit=1)
-    (c,) = generate_remote_shard(spec(url, retries=2), prompts)
+    s = spec(url, retries=2)
+    (c,) = answer(EndpointEngine(s.endpoint, s.model), s, prompts)
     assert c.ok and c.text == "pong" and c.output_tokens == 1
     assert len(handler.seen) == 2  # one failure, one retry
     assert handler.seen[0]["messages"][-1]["content"] == prompts[0].text
@@ -58,24 +67,39 @@ def test_a_row_that_keeps_failing_is_kept_and_retried_next_run(flaky, tmp_path, 
     prompts = load_prompts("mt_bench", limit=3)
     s = spec(url, retries=1).model_copy(update={"endpoint": Endpoint(base_url=url, max_retries=1, api_key_env="TEST_API_KEY")})
     store = RunStore(tmp_path)
+    pm = chunks(store, prompts)
     handler.statuses = [200, 500]  # the first request succeeds, every later one fails
-    first = generate(prompts, [s], store)
+    m = generate(pm, [s], store)
+    first = list(store.read_manifest(m, Completion))
     failed = [c for c in first if not c.ok]
-    assert len(first) == 3 and len(failed) == 2
+    assert len(first) == 3 and len(failed) == 2 and m.total("retryable") == 2
     assert all(c.retryable and c.error.startswith("HTTP 500") and c.text is None for c in failed)
-    assert "sk-secret-value" not in "".join(p.read_text() for p in (tmp_path / STAGE).glob("*"))
+    assert set(handler.keys) == {"Bearer sk-secret-value"}  # the key is sent...
+    assert "sk-secret-value" not in "".join(p.read_text() for p in tmp_path.rglob("*") if p.is_file())  # ...never stored
 
     handler.statuses, handler.seen = [200], []
-    second = generate(prompts, [s], store)
+    m = generate(pm, [s], store)
+    second = list(store.read_manifest(m, Completion))
     assert len(handler.seen) == 2  # only the failed rows went out again
     assert all(c.ok for c in second) and [c.prompt_id for c in second] == [p.prompt_id for p in prompts]
-    assert store.read_all(STAGE, Completion) == second
+    assert m.total("retryable") == 0
+
+
+def test_an_error_no_retry_fixes_stops_the_stage_and_writes_nothing(flaky, tmp_path):
+    handler, url = flaky
+    handler.statuses = [401]
+    store = RunStore(tmp_path)
+    s = spec(url, retries=3)
+    with pytest.raises(EndpointRefused, match=rf"{url} refused a request for model served: HTTP 401"):
+        generate(chunks(store, load_prompts("mt_bench", limit=3)), [s], store)
+    assert len(handler.seen) <= 2  # max_concurrency requests at most, never retried
+    assert not list((tmp_path / STAGE).glob("shard-*.jsonl"))  # nothing final written: the next run sends them
 
 
 def test_missing_api_key_variable_is_a_clear_error(flaky, monkeypatch):
     _, url = flaky
     monkeypatch.delenv("NO_SUCH_KEY", raising=False)
-    with pytest.raises(RuntimeError, match="NO_SUCH_KEY"):
+    with pytest.raises(ConfigError, match="NO_SUCH_KEY"):
         Endpoint(base_url=url, api_key_env="NO_SUCH_KEY").api_key()
 
 
@@ -89,7 +113,7 @@ def free_port() -> int:
 def vllm_server(smollm2_dir):
     """`rlaif serve-model` on 127.0.0.1: waits for /v1/models, then stops the process."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "serve-model", "smollm2-135m-instruct",
+    proc = subprocess.Popen([sys.executable, "-m", "rlaif", "serve-model", "smollm2-135m-instruct",
                              "--port", str(port)], cwd=ROOT, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"})
@@ -126,9 +150,10 @@ def test_generates_through_vllms_real_server(vllm_server):
     prompts = load_prompts("mt_bench", limit=2)
     s = GeneratorSpec(name="served", model="smollm2-135m-instruct", endpoint=Endpoint(base_url=vllm_server),
                       sampling=Sampling(temperature=0.0, max_tokens=16))
-    out = generate_remote_shard(s, prompts)
+    engine = EndpointEngine(s.endpoint, s.model)
+    out = answer(engine, s, prompts)
     assert all(c.ok and c.text and 0 < c.output_tokens <= 16 and c.prompt_tokens > 10 for c in out)
-    urial = generate_remote_shard(s.model_copy(update={"format": "urial"}), prompts[:1])
+    urial = answer(engine, s.model_copy(update={"format": "urial"}), prompts[:1])
     assert urial[0].ok and urial[0].prompt_tokens > 200  # the in-context prompt went through /v1/completions
 
 
@@ -136,16 +161,22 @@ def test_generates_through_vllms_real_server(vllm_server):
 @pytest.mark.parametrize("kind", ["ultrafeedback", "critique", "mt_bench_single", "pairwise", "mt_bench_pairwise"])
 def test_judges_through_vllms_real_server(vllm_server, kind, tmp_path):
     """response_format (JSON schema) or vLLM's regex constraint, and log-probs, over HTTP."""
-    from judges.spec import JudgeSpec
-    from judges.stage import run_judge
+    from rlaif.core.records import Judgement, PairJudgement
+    from rlaif.core.store import Manifest
+    from rlaif.judges.spec import JudgeSpec
+    from rlaif.judges.stage import run_judge
 
+    store = RunStore(tmp_path)
     prompts = load_prompts("mt_bench", limit=1)
+    pm = chunks(store, prompts)
     answers = ["Dear reader, Hawaii was lovely: beaches, volcanoes and kind people.", "no"]
     completions = [Completion(completion_id=f"c{i}", prompt_id=prompts[0].prompt_id, prompt_hash=prompts[0].hash,
                               model=f"m{i}", settings_hash="s", text=t) for i, t in enumerate(answers)]
+    cm = Manifest(stage=STAGE, shards=[store.write(STAGE, "c", completions, group=pm.shards[0].key)])
     spec = JudgeSpec(name=kind, kind=kind, model="smollm2-135m-instruct", aspects=["helpfulness"],
                      endpoint=Endpoint(base_url=vllm_server))
-    records = run_judge(prompts, completions, spec, RunStore(tmp_path))
+    m = run_judge(pm, cm, spec, store)
+    records = list(store.read_manifest(m, PairJudgement if spec.pairwise else Judgement))
     assert records and all(r.status == "parsed" for r in records), [r.error for r in records]
     for r in records:
         if kind.endswith("pairwise"):

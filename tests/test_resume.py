@@ -17,6 +17,7 @@ pytestmark = pytest.mark.engine
 def test_kill_9_then_rerun_generates_only_what_was_missing(tmp_path, smollm2_dir):
     recipe = {
         "name": "resume", "shard_size": 2, "prompts": {"source": "mt_bench", "limit": 8},
+        "hygiene": {"near_dup_threshold": None},
         "generators": [{"name": "smol", "model": "smollm2-135m-instruct",
                         "sampling": {"temperature": 0.7, "max_tokens": 96}}],
         "judge": {"name": "j", "model": "smollm2-135m-instruct"},
@@ -26,7 +27,7 @@ def test_kill_9_then_rerun_generates_only_what_was_missing(tmp_path, smollm2_dir
     path.write_text(yaml.safe_dump(recipe))
     out = tmp_path / "run"
     shards = out / "completions"
-    cmd = [sys.executable, "-m", "flows.cli", "generate", str(path), "--out", str(out)]
+    cmd = [sys.executable, "-m", "rlaif", "generate", str(path), "--out", str(out)]
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}
 
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True,

@@ -1,43 +1,104 @@
-from generation.ensemble import GeneratorSpec, Sampling, shard_key
-from generation.records import Message, Prompt
-from generation.store import RunStore
-from judges.spec import JudgeSpec
+"""The run store: whole shards only, metadata that says what a shard holds, hashes that follow
+what determines a record, and the lock that keeps two runs off one directory."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from rlaif.core.records import Completion, Message, Prompt
+from rlaif.core.store import RunLocked, RunStore, clean_leftovers, run_lock
+from rlaif.engines.base import Sampling
+from rlaif.generation.ensemble import GeneratorSpec, assign, shard_key
+from rlaif.generation.prompt_sets import write_prompt_chunks
+from rlaif.judges.spec import JudgeSpec
 
 
-def test_hashes_follow_what_determines_a_record():
+def prompts(n: int, text: str = "x") -> list[Prompt]:
+    return [Prompt(prompt_id=str(i), messages=[Message(role="user", content=f"{text} {i}")]) for i in range(n)]
+
+
+def test_hashes_follow_what_determines_a_record(tmp_path):
     base = GeneratorSpec(name="a", model="m", sampling=Sampling(temperature=0.7))
     same = GeneratorSpec(name="a", model="m", sampling=Sampling(temperature=0.7))
     hotter = GeneratorSpec(name="a", model="m", sampling=Sampling(temperature=1.0))
     urial = GeneratorSpec(name="a", model="m", format="urial", sampling=Sampling(temperature=0.7))
+    twin = GeneratorSpec(name="b", model="m", sampling=Sampling(temperature=0.7))  # same settings, another member
     assert base.settings_hash() == same.settings_hash()
-    assert len({base.settings_hash(), hotter.settings_hash(), urial.settings_hash()}) == 3
-    p = [Prompt(prompt_id="1", messages=[Message(role="user", content="hi")])]
-    q = [Prompt(prompt_id="1", messages=[Message(role="user", content="hi!")])]
-    assert shard_key(base, p) != shard_key(base, q)
+    assert len({base.settings_hash(), hotter.settings_hash(), urial.settings_hash(), twin.settings_hash()}) == 4
+    store = RunStore(tmp_path)
+    (p,) = write_prompt_chunks(prompts(1, "hi"), store, 8).shards
+    (q,) = write_prompt_chunks(prompts(1, "hi!"), store, 8).shards
+    assert shard_key(base, p, [base], None, 0) != shard_key(base, q, [base], None, 0)
+    assert shard_key(base, p, [base, twin], None, 0) != shard_key(twin, p, [base, twin], None, 0)
     j = JudgeSpec(name="j", model="m")
     assert j.settings_hash() != JudgeSpec(name="j", model="m", aspects=["honesty"]).settings_hash()
 
 
-def test_store_writes_whole_shards_only(tmp_path):
+def test_store_writes_whole_shards_with_their_metadata(tmp_path):
     store = RunStore(tmp_path)
-    recs = [Prompt(prompt_id=str(i), messages=[Message(role="user", content="x")]) for i in range(3)]
-    assert not store.has("prompts", "k")
-    store.write("prompts", "k", recs)
-    assert store.has("prompts", "k") and store.read("prompts", "k", Prompt) == recs
-    assert not list((tmp_path / "prompts").glob("*.tmp"))
-    store.write("prompts", "k2", recs[:1])
-    assert len(store.read_all("prompts", Prompt)) == 4
+    recs = [Completion(completion_id=str(i), prompt_id=str(i), prompt_hash="h", model="m", settings_hash="s",
+                       text="t" if i else None, error=None if i else "HTTP 503", retryable=not i) for i in range(3)]
+    assert store.info("completions", "k", Completion) is None
+    info = store.write("completions", "k", recs, group="g", name="m")
+    assert (info.rows, info.ok, info.retryable, info.group) == (3, 2, 1, "g")
+    assert store.read("completions", "k", Completion) == recs
+    assert not [p for p in (tmp_path / "completions").iterdir() if p.name.endswith(".tmp")]
+    # metadata that no longer matches its shard (a hand edit, a crash between the two writes) is rebuilt
+    path = store.path("completions", "k")
+    path.write_text(path.read_text().splitlines()[1] + "\n")
+    again = store.info("completions", "k", Completion)
+    assert (again.rows, again.ok, again.retryable, again.group) == (1, 1, 0, "g")
+    state = store.state("completions", ["k", "gone"], Completion)
+    assert [s.key for s in state.done] == ["k"] and state.missing == ["gone"] and not state.complete
+
+
+def test_a_torn_shard_is_named_not_silently_read(tmp_path):
+    store = RunStore(tmp_path)
+    store.write("prompts", "k", prompts(2))
+    path = store.path("prompts", "k")
+    path.write_text(path.read_text()[:-20])  # a write cut short by hand: our writer never leaves this
+    with pytest.raises(Exception, match=r"line 2: not a Prompt record.*delete the shard"):
+        store.read("prompts", "k", Prompt)
+
+
+def test_prompt_chunks_are_content_keyed_and_never_rewritten(tmp_path):
+    store = RunStore(tmp_path)
+    first = write_prompt_chunks(prompts(5), store, 2)
+    assert [s.rows for s in first.shards] == [2, 2, 1]
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "prompts").glob("shard-*.jsonl")}
+    grown = write_prompt_chunks(prompts(6), store, 2)  # appended prompts change only the last chunk
+    assert [s.key for s in grown.shards[:2]] == [s.key for s in first.shards[:2]]
+    assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
 
 
 def test_k_of_pool_draws_are_seeded_per_prompt():
-    from generation.ensemble import assign_models
-
     pool = [GeneratorSpec(name=n, model="m") for n in "abcd"]
-    prompts = [Prompt(prompt_id=str(i), messages=[Message(role="user", content="x")]) for i in range(40)]
-    drawn = assign_models(prompts, pool, 2, seed=7)
+    ps = prompts(40)
+    drawn = assign(ps, pool, 2, seed=7)
     assert sum(len(v) for v in drawn.values()) == 80 and all(drawn.values())  # 2 per prompt, all used
-    per_prompt = {p.prompt_id: sorted(n for n, ps in drawn.items() if p in ps) for p in prompts}
+    per_prompt = {p.prompt_id: sorted(n for n, got in drawn.items() if p in got) for p in ps}
     assert all(len(v) == 2 for v in per_prompt.values())
-    assert assign_models(prompts, pool, 2, seed=7) == drawn
-    assert assign_models(prompts, pool, 2, seed=8) != drawn
-    assert assign_models(prompts, pool, None, seed=7) == {n: prompts for n in "abcd"}
+    assert assign(ps, pool, 2, seed=7) == drawn and assign(ps, pool, 2, seed=8) != drawn
+    assert assign(ps, pool, None, seed=7) == {n: ps for n in "abcd"}
+
+
+def test_one_run_at_a_time_on_a_run_dir(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from rlaif.core.store import run_lock\n"
+        f"with run_lock({str(tmp_path)!r}):\n    print('held', flush=True); time.sleep(60)")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(RunLocked, match=rf"in use by another rlaif process \(pid {holder.pid}\)"):
+            with run_lock(tmp_path):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    with run_lock(tmp_path):  # the lock died with its process
+        (tmp_path / "versions").mkdir()
+        (tmp_path / "versions" / ".incoming-x").mkdir()
+        (tmp_path / f".summary.json.{os.getpid()}.0123abcd.tmp").write_text("{")
+        assert len(clean_leftovers(tmp_path)) == 2

@@ -32,5 +32,12 @@ class Reporter:
     def note(self, text: str) -> None:
         log.info("%s", text)
 
+    def stage(self, name: str) -> None:
+        """A new stage begins."""
+        log.info("stage %s", name)
+
+    def stop(self) -> None:
+        """Nothing more to show."""
+
 
 NULL = Reporter()

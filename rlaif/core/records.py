@@ -134,6 +134,7 @@ class Judgement(Judged):
 
     completion_id: str
     model: str  # the generator that wrote the completion
+    kind: str = "ultrafeedback"
     scale: tuple[float, float] | None = (1, 5)  # None: unbounded (a reward model)
     aspects: dict[str, AspectRating]
 
@@ -184,6 +185,7 @@ class PairJudgement(Judged):
     completion_b: str
     model_a: str
     model_b: str
+    kind: str = "pairwise"
     orders: list[PairVerdict]  # [(a, b), (b, a)]
     winner: Literal["a", "b", "tie"] | None = None
     p_a: float | None = None

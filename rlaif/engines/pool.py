@@ -48,6 +48,7 @@ class EnginePool:
     def __init__(self, local_capacity: int = 1, seed: int = 0):
         self.local_capacity, self.seed = local_capacity, seed
         self._engines: OrderedDict[str, Engine] = OrderedDict()
+        self._borrowed: set[str] = set()  # put() by the caller: never closed here
         self.loads: dict[str, int] = {}  # key -> times loaded (a figure the tests and bench read)
 
     def get(self, spec: EngineSpec) -> Engine:
@@ -55,7 +56,7 @@ class EnginePool:
             self._engines.move_to_end(spec.key)
             return self._engines[spec.key]
         if spec.local:
-            local = [k for k in self._engines if k.startswith("local-")]
+            local = [k for k in self._engines if k.startswith("local-") and k not in self._borrowed]
             while len(local) >= self.local_capacity:
                 self.release(local.pop(0))
             from rlaif.engines.models import resolve_model
@@ -70,12 +71,19 @@ class EnginePool:
         self._engines[spec.key] = engine
         return engine
 
+    def put(self, spec: EngineSpec, engine: Engine) -> None:
+        """Use an engine loaded elsewhere for `spec` (the caller closes it)."""
+        self._engines[spec.key] = engine
+        self._borrowed.add(spec.key)
+
     def is_loaded(self, spec: EngineSpec) -> bool:
         return spec.key in self._engines
 
     def release(self, key: str) -> None:
         engine = self._engines.pop(key, None)
-        if engine is not None:
+        if key in self._borrowed:
+            self._borrowed.discard(key)
+        elif engine is not None:
             log.info("releasing %s", engine.label)
             engine.close()
 

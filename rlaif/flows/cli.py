@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rlaif.core.errors import RlaifError
+from rlaif.flows.console import echo
 
 log = logging.getLogger("rlaif")
 
@@ -69,7 +70,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         reports, report = swap(recipe, args.judge, out)
         pipeline.print_summary(reports, out)
         fmt = lambda v: "n/a" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)  # noqa: E731
-        print(f"agreement with {report['previous']}: spearman={fmt(report['spearman'])} kendall={fmt(report['kendall'])} "
+        echo(f"agreement with {report['previous']}: spearman={fmt(report['spearman'])} kendall={fmt(report['kendall'])} "
               f"chosen_agreement={fmt(report['chosen_agreement'])} kappa={fmt(report['cohen_kappa'])} "
               f"over {report['prompts']} prompts -> {Path(out) / 'judge-swap' / report['judge'] / 'agreement.json'}")
         return 0
@@ -92,7 +93,7 @@ def cmd_judge(args: argparse.Namespace) -> int:
     write_summary(reports, out, f"judgements/{spec.name}/summary.json")
     print_summary(reports, out)
     n = reports[-1].notes
-    print(f"{spec.name} ({spec.kind}): {n['total']} judgements: parsed {n['parsed']}, retried {n['retried']}, "
+    echo(f"{spec.name} ({spec.kind}): {n['total']} judgements: parsed {n['parsed']}, retried {n['retried']}, "
           f"unparsed {n['unparsed']}, failed {n['failed']} -> {reports[-1].path}")
     return 0
 
@@ -111,10 +112,10 @@ def cmd_binarize(args: argparse.Namespace) -> int:
     print_summary(reports, out)
     version = Path(reports[-1].path)
     c = version_manifest(version)["counts"]
-    print(f"{version}: {c['pairs']} pairs from {c['prompts_paired']} of {c['prompts_after_hygiene']} prompts; splits "
+    echo(f"{version}: {c['pairs']} pairs from {c['prompts_paired']} of {c['prompts_after_hygiene']} prompts; splits "
           f"{c['splits']}; skipped {c['prompts_skipped'] or 'none'}; unusable judgements "
           f"{c['unusable_judgements'] or 'none'}")
-    print(f"{Path(out) / 'dataset'} -> {version.name}; card: {version / 'README.md'}"
+    echo(f"{Path(out) / 'dataset'} -> {version.name}; card: {version / 'README.md'}"
           + (f"; pushed to {recipe.binarize.push_to_hub}" if recipe.binarize.push_to_hub else ""))
     return 0
 
@@ -140,7 +141,7 @@ def cmd_agreement(args: argparse.Namespace) -> int:
         if k != "judges":
             table.add_row(k, f"{v:.3f}" if isinstance(v, float) else str(v))
     console().print(table)
-    print(f"written to {path}")
+    echo(f"written to {path}")
     return 0
 
 
@@ -173,8 +174,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     tokens = args.max_tokens or max(g.sampling.max_tokens for g in recipe.generators)
     metrics = evaluate_run(run, recipe.judge_spec(), beta, tokens, recipe.engine, recipe.seed,
                            win_rate=not args.no_win_rate)
-    print(json.dumps({k: v for k, v in metrics.items() if k != "plots"}, indent=2))
-    print(f"written to {run / 'eval'}")
+    echo(json.dumps({k: v for k, v in metrics.items() if k != "plots"}, indent=2))
+    echo(f"written to {run / 'eval'}")
     return 0
 
 
@@ -206,7 +207,7 @@ def cmd_prepare_models(args: argparse.Namespace) -> int:
     for name in args.names or list(BUNDLED):
         if name not in BUNDLED:
             raise RlaifError(f"unknown bundled model {name!r}; have {sorted(BUNDLED)}")
-        print(f"{name}: {prepare_bundled(name)}")
+        echo(f"{name}: {prepare_bundled(name)}")
     return 0
 
 
@@ -341,6 +342,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run_locked(spec: Command, args: argparse.Namespace, run_dir: Path | None) -> int:
+    from rlaif.core.progress import NULL
     from rlaif.core.store import clean_leftovers, run_lock
     from rlaif.flows.console import RichReporter
     from rlaif.flows.pipeline import set_reporter
@@ -355,6 +357,7 @@ def _run_locked(spec: Command, args: argparse.Namespace, run_dir: Path | None) -
         return spec.run(args)
     finally:
         reporter.stop()
+        set_reporter(NULL)
 
 
 def _error(con, message: str, log: Path) -> None:

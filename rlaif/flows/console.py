@@ -3,9 +3,9 @@
 While a command runs, everything libraries print (vLLM and its engine process, transformers,
 httpx, Prefect, datasets' bars, warnings) goes to `runs/<name>/logs/<time>-<command>.log` (or
 `$RLAIF_HOME/logs/` for commands without a run), by pointing file descriptors 1 and 2 at the log
-file, which child processes inherit. What we show goes to the terminal: a progress bar per unit of
-work (rows, rate, ETA), a line per note, the closing table, and errors as one line naming the log.
-`-v` shows the library output on the terminal too.
+file: `sys.stdout`, `sys.stderr` and child processes all write there. What we show goes to the
+terminal through `terminal()`: a progress bar per unit of work (rows, rate, ETA), a line per note,
+the closing table, and errors as one line naming the log. `-v` shows everything on the terminal.
 """
 
 from __future__ import annotations
@@ -53,6 +53,18 @@ def _terminal(stream, saved: int):
     return open(saved, "w", buffering=1, closefd=False, encoding=getattr(stream, "encoding", None) or "utf-8")
 
 
+_terminal_stream = None  # where our own output goes while a command runs
+
+
+def terminal():
+    """The stream our own output goes to: the terminal while a command runs, else stdout."""
+    return _terminal_stream or sys.stdout
+
+
+def echo(*parts: object) -> None:
+    print(*parts, file=terminal(), flush=True)
+
+
 @contextmanager
 def command_output(log: Path, verbose: bool = False) -> Iterator[None]:
     """Route library output to `log` for the duration of a command; restore everything after."""
@@ -65,17 +77,18 @@ def command_output(log: Path, verbose: bool = False) -> Iterator[None]:
         handlers.append(logging.StreamHandler(sys.stderr))
     root.handlers, root.level = handlers, logging.INFO
     logging.captureWarnings(True)
+    global _terminal_stream
     redirected = not verbose
     if redirected:
         sys.stdout.flush()
         sys.stderr.flush()
-        saved_fds = os.dup(1), os.dup(2)
+        saved = os.dup(2)
         fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        out_fd = os.dup(1)
         os.dup2(fd, 1)
         os.dup2(fd, 2)
         os.close(fd)
-        streams = sys.stdout, sys.stderr
-        sys.stdout, sys.stderr = _terminal(sys.stdout, saved_fds[0]), _terminal(sys.stderr, saved_fds[1])
+        _terminal_stream = _terminal(sys.stderr, saved)
     try:
         yield
     finally:
@@ -83,24 +96,22 @@ def command_output(log: Path, verbose: bool = False) -> Iterator[None]:
         handler.close()
         root.handlers, root.level = saved_handlers, saved_level
         if redirected:
-            for s in (sys.stdout, sys.stderr):
-                s.flush()
-            if sys.stdout is not streams[0]:
-                sys.stdout.close()
-            if sys.stderr is not streams[1]:
-                sys.stderr.close()
-            sys.stdout, sys.stderr = streams
-            os.dup2(saved_fds[0], 1)
-            os.dup2(saved_fds[1], 2)
-            for fd in saved_fds:
-                os.close(fd)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            if _terminal_stream is not sys.stderr:
+                _terminal_stream.close()
+            _terminal_stream = None
+            os.dup2(out_fd, 1)
+            os.dup2(saved, 2)
+            os.close(out_fd)
+            os.close(saved)
 
 
 def console():
-    """A rich console on the terminal (stderr), as it is now."""
+    """A rich console on the terminal."""
     from rich.console import Console
 
-    return Console(file=sys.stderr, highlight=False)
+    return Console(file=terminal(), highlight=False)
 
 
 class RichTask(Task):
@@ -136,7 +147,7 @@ class RichReporter(Reporter):
                                    TimeRemainingColumn)
 
         self.console = console()
-        self.progress = Progress(TextColumn("  {task.description}"), BarColumn(), MofNCompleteColumn(), _rate_column(),
+        self.progress = Progress(TextColumn("  {task.description}"), BarColumn(bar_width=24), MofNCompleteColumn(), _rate_column(),
                                  TimeElapsedColumn(), TimeRemainingColumn(), console=self.console, transient=False)
         self.log = logging.getLogger("rlaif")
 

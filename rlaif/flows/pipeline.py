@@ -69,6 +69,7 @@ class Session:
 
 _session: Session | None = None
 _reporter: Reporter = NULL
+_shared_pool: EnginePool | None = None
 
 
 def set_reporter(reporter: Reporter) -> None:
@@ -78,11 +79,30 @@ def set_reporter(reporter: Reporter) -> None:
 
 
 @contextmanager
+def shared_engines(pool: EnginePool) -> Iterator[EnginePool]:
+    """Flow runs in this block use `pool` (and leave its engines loaded), so several flows in one
+    process load each model once: benchmarks and tests."""
+    global _shared_pool
+    before, _shared_pool = _shared_pool, pool
+    try:
+        yield pool
+    finally:
+        _shared_pool = before
+
+
+@contextmanager
 def session(seed: int = 0) -> Iterator[Session]:
     """One engine pool for a flow run (nested flows share the outer one); engines released at the end."""
     global _session
     if _session is not None:
         yield _session
+        return
+    if _shared_pool is not None:
+        _session = Session(_shared_pool, _reporter)
+        try:
+            yield _session
+        finally:
+            _session = None
         return
     with EnginePool(seed=seed) as pool:
         _session = Session(pool, _reporter)
@@ -136,10 +156,12 @@ def publish_task(prompts: Manifest, hygiene: HygieneReport, completions: Manifes
 
 @task(name="train", cache_key_fn=caching.train_key, **caching.CACHED)
 def train_task(stage: str, recipe: Recipe, out: str, inputs: str) -> dict[str, Any]:
-    from rlaif.training.common import mark_trained, stage_state
+    from rlaif.training.common import is_trained, mark_trained, stage_state
 
     spec = getattr(recipe.train, stage)
     path = Path(out) / stage
+    if is_trained(path, inputs):  # the stage's own state, whatever Prefect's cache holds
+        return stage_state(path)
     with stage_errors(f"train-{stage}", spec.model):
         if stage == "sft":
             from rlaif.training.sft import train_sft as train
@@ -162,8 +184,11 @@ def _retry_transient_rows(stage: str, manifest: Manifest) -> None:
 
 # ----------------------------------------------------------------------------- running a task
 def call(t, out: str, *args: Any, remote: bool = False, recipe: Recipe | None = None) -> tuple[Any, bool, float]:
-    """Run a task with its results in the run directory; returns (value, cached, seconds).
+    """Run a task with its results in the run directory; returns (value, cached, seconds), where
+    `cached` means its stage had nothing to compute (a cache key exists only then).
     `remote`: the stage calls an endpoint, so retry with exponential backoff from the recipe."""
+    key_fn = getattr(t, "cache_key_fn", None)
+    done = key_fn is not None and key_fn(None, _parameters(t, args)) is not None
     opts: dict[str, Any] = dict(result_storage=caching.result_storage(out))
     if remote and recipe is not None:
         f = recipe.flow
@@ -172,7 +197,15 @@ def call(t, out: str, *args: Any, remote: bool = False, recipe: Recipe | None = 
     start = time.perf_counter()
     state = t.with_options(**opts)(*args, return_state=True)
     value = state.result()  # a failed task raises its StageError here
-    return value, state.name == "Cached", time.perf_counter() - start
+    return value, done or state.name == "Cached", time.perf_counter() - start
+
+
+def _parameters(t, args: tuple) -> dict[str, Any]:
+    import inspect
+
+    bound = inspect.signature(t.fn).bind(*args)
+    bound.apply_defaults()
+    return dict(bound.arguments)
 
 
 def _failed_rows(store: RunStore, manifest: Manifest, limit: int = 10) -> list[Completion]:
@@ -373,7 +406,7 @@ def summary_table(reports: list[StageReport], out: str):
     for col in ("stage", "in", "out", "seconds", "notes", "written to"):
         table.add_column(col)
     for r in reports:
-        notes = "\n".join(f"{k}: {_fmt(v)}" for k, v in r.notes.items() if k != "inputs")
+        notes = ", ".join(f"{k}: {_fmt(v)}" for k, v in r.notes.items() if k != "inputs")
         secs = f"{r.seconds:.1f}" + (" (cached)" if r.cached else "")
         table.add_row(r.stage, str(r.count_in), str(r.count_out), secs, notes,
                       str(Path(r.path).relative_to(out)) if r.path.startswith(out) else r.path)
@@ -383,6 +416,9 @@ def summary_table(reports: list[StageReport], out: str):
 def print_summary(reports: list[StageReport], out: str) -> None:
     from rlaif.flows.console import console
 
+    stop = getattr(_reporter, "stop", None)
+    if stop:
+        stop()  # the last progress display ends before the table
     current_console = console()
     current_console.width = max(current_console.width, 110)
     current_console.print(summary_table(reports, out))

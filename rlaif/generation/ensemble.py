@@ -96,6 +96,12 @@ def completion(spec: GeneratorSpec, settings: str, prompt: Prompt, r: Result) ->
                       error=r.error, retryable=r.retryable)
 
 
+def answer(engine, spec: GeneratorSpec, prompts: list[Prompt]) -> list[Completion]:
+    """One member's completions of some prompts on an engine, without a run store."""
+    settings = spec.settings_hash()
+    return [completion(spec, settings, p, r) for p, r in zip(prompts, engine.generate([request(spec, p) for p in prompts]))]
+
+
 # ----------------------------------------------------------------------------- who answers what
 def assign(prompts: list[Prompt], generators: list[GeneratorSpec], models_per_prompt: int | None,
            seed: int) -> dict[str, list[Prompt]]:
@@ -197,7 +203,7 @@ def _run_engine_group(units: list[Unit], generators: list[GeneratorSpec], store:
     share = min(models_per_prompt or len(generators), len(generators)) / len(generators)
     total = sum(u.info.retryable if u.info else round(u.chunk.rows * share) for u in units)
     names = "+".join(dict.fromkeys(u.spec.name for u in units))
-    advance = report.task(f"generate {names} ({engine.label})", total)
+    advance = report.task(names, total)
     for chunk_units in by_chunk.values():
         prompts = store.read(PROMPTS, chunk_units[0].chunk.key, Prompt)
         assigned = assign(prompts, generators, models_per_prompt, seed)

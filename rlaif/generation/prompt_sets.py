@@ -113,7 +113,11 @@ def _dataset_rows(source: str, split: str) -> Iterator[tuple[int, Prompt]]:
     if source.startswith("hf:"):
         ds = datasets.load_dataset(source[3:], split=split)
     else:
-        ds = datasets.load_from_disk(source)
+        try:
+            ds = datasets.load_from_disk(source)
+        except FileNotFoundError:
+            raise PromptSetError(source, None, None, "is a directory but not a saved dataset "
+                                                     "(datasets.save_to_disk); give a .jsonl file or a dataset dir") from None
         if isinstance(ds, datasets.DatasetDict):
             if split not in ds:
                 raise PromptSetError(source, None, None, f"no split {split!r} (have: {sorted(ds)})")

@@ -126,7 +126,7 @@ def run_judge(prompts: Manifest, completions: Manifest, spec: JudgeSpec, store: 
         try:
             engine_spec = spec.engine_spec(default_engine)
             engine = engines.get(engine_spec) if engine_spec is not None else None
-            task = report.task(f"judge {spec.name} ({engine.label if engine else spec.model})", 0)
+            task = report.task(spec.name, 0)
             for u in todo:
                 by_id = {p.prompt_id: p for p in store.iter(PROMPTS, u.group, Prompt)}
                 comps = list(store.read_manifest(completions, Completion, u.group))

@@ -149,6 +149,34 @@ def publish(store: RunStore, recipe_info: dict, prompts: Manifest, hygiene_repor
     return version
 
 
+def publish_records(run_dir: str | Path, recipe_info: dict, prompts: list[Prompt], completions: list[Completion],
+                    judgements: list, spec: BinarizeSpec, hygiene: HygieneSpec | None = None,
+                    eval_prompts: list[Prompt] | None = None, shard_size: int = 256, force: bool = False,
+                    push: bool = True) -> Path:
+    """Publish records that are in memory (made elsewhere, or by hand): hygiene, then the records
+    written into the run store as chunks, then `publish`."""
+    from rlaif.generation.prompt_sets import write_prompt_chunks
+    from rlaif.preferences.hygiene import clean_prompts
+
+    store, hygiene = RunStore(run_dir), hygiene or HygieneSpec()
+    kept, hy = clean_prompts(prompts, hygiene, eval_prompts)
+    pm = write_prompt_chunks(kept, store, shard_size)
+    judge = spec.judge or (judgements[0].judge if judgements else "judge")
+    pairwise = bool(judgements) and isinstance(judgements[0], PairJudgement)
+    chunk_of = {}
+    for s in pm.shards:
+        for p in store.iter(PROMPTS, s.key, Prompt):
+            chunk_of[p.prompt_id] = s.key
+    cm, jm = Manifest(stage="completions"), Manifest(stage=f"judgements/{judge}")
+    for s in pm.shards:
+        cs = [c for c in completions if chunk_of.get(c.prompt_id) == s.key]
+        js = [j for j in judgements if chunk_of.get(j.prompt_id) == s.key]
+        cm.shards.append(store.write(cm.stage, content_hash("records", [c.completion_id for c in cs]), cs, group=s.key))
+        jm.shards.append(store.write(jm.stage, content_hash("records", [j.judgement_id for j in js]), js, group=s.key))
+    return publish(store, recipe_info, pm, hy, cm, jm, spec.model_copy(update={"judge": spec.judge or judge}), hygiene,
+                   pairwise, force, push)
+
+
 def _binarize_chunks(store: RunStore, prompts: Manifest, completions: Manifest, judgements: Manifest,
                      spec: BinarizeSpec, pairwise: bool, out: Path, report: Reporter
                      ) -> tuple[BinarizeReport, PlotData, dict]:

@@ -140,7 +140,7 @@ def plot_curves(run: Path, out: Path) -> list[str]:
 
 
 def evaluate_run(run_dir: str | Path, judge: Any = None, beta: float = 0.1, max_tokens: int = 256,
-                 engine: Any = None, seed: int = 0, win_rate: bool = True) -> dict[str, Any]:
+                 engine: Any = None, seed: int = 0, win_rate: bool = True, pool: Any = None) -> dict[str, Any]:
     """Compute, write and return the run's evaluation (see the module docstring). `judge` (a
     JudgeSpec) decides the win rate; `beta` is the dDPO beta; `max_tokens` the answers' length."""
     from rlaif.core.errors import ConfigError
@@ -162,7 +162,7 @@ def evaluate_run(run_dir: str | Path, judge: Any = None, beta: float = 0.1, max_
     metrics: dict[str, Any] = {"dpo_model": str(dpo_dir), "sft_model": sft_dir}
     metrics.update(preference_metrics(answer_logps(str(dpo_dir), rows), answer_logps(sft_dir, rows), beta))
     if win_rate and judge is not None:
-        metrics["win_rate"] = judged_win_rate(run, judge, rows, str(dpo_dir), sft_dir, max_tokens, engine, seed)
+        metrics["win_rate"] = judged_win_rate(run, judge, rows, str(dpo_dir), sft_dir, max_tokens, engine, seed, pool)
     metrics["plots"] = plot_curves(run, out / "plots")
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
@@ -170,7 +170,7 @@ def evaluate_run(run_dir: str | Path, judge: Any = None, beta: float = 0.1, max_
 
 
 def judged_win_rate(run: Path, judge: Any, rows: list[dict], dpo_dir: str, sft_dir: str,
-                    max_tokens: int, engine: Any, seed: int) -> dict[str, Any]:
+                    max_tokens: int, engine: Any, seed: int, pool: Any = None) -> dict[str, Any]:
     """Both models answer the test prompts; the judge compares each pair (dDPO = a, dSFT = b).
 
     Answers and verdicts are kept under `<run>/eval/` (completions/, comparisons/<judge>/).
@@ -189,7 +189,9 @@ def judged_win_rate(run: Path, judge: Any, rows: list[dict], dpo_dir: str, sft_d
     greedy = Sampling(temperature=0.0, max_tokens=max_tokens, seed=seed)
     members = [GeneratorSpec(name="ddpo", model=dpo_dir, sampling=greedy),
                GeneratorSpec(name="dsft", model=sft_dir, sampling=greedy)]
-    with EnginePool(seed=seed) as pool:
+    from contextlib import nullcontext
+
+    with nullcontext(pool) if pool is not None else EnginePool(seed=seed) as pool:
         chunks = write_prompt_chunks(prompts, store, len(prompts))
         answers = list(store.read_manifest(generate(chunks, members, store, pool, engine, seed=seed), Completion))
         by = {(c.model, c.prompt_id): c for c in answers if c.ok}
