@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -30,8 +28,8 @@ def main() -> None:
 
     from prefect import flow
 
-    from flows.pipeline import run
-    from flows.recipe import Recipe
+    from rlaif.flows.pipeline import pipeline_flow
+    from rlaif.flows.recipe import Recipe
 
     smol = "smollm2-135m-instruct"
     recipe = Recipe.model_validate({
@@ -53,7 +51,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for label, r in (("first run", recipe), ("rerun, unchanged", recipe), ("rerun, judge max_tokens 96->80", changed)):
             t = time.perf_counter()
-            reports = run(r, Path(tmp) / "run")
+            reports = pipeline_flow(r, str(Path(tmp) / "run"))  # as `rlaif run`: its own engines
             rows.append((label, time.perf_counter() - t, reports))
 
     print(f"\nprompts={args.prompts} generators=2 max_tokens={args.max_tokens} cores={len(os.sched_getaffinity(0))}")

@@ -12,12 +12,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 
 
@@ -31,11 +28,14 @@ def main() -> None:
 
     from vllm import SamplingParams
 
-    from generation.engines import VLLMEngine, on_cpu
-    from generation.ensemble import STAGE, GeneratorSpec, Sampling, generate_shard, shard_key
-    from generation.models import resolve_model
-    from generation.prompt_sets import load_prompts
-    from generation.store import RunStore
+    from rlaif.core.store import RunStore
+    from rlaif.engines.base import Sampling
+    from rlaif.engines.models import resolve_model
+    from rlaif.engines.pool import EnginePool
+    from rlaif.engines.vllm_offline import VLLMEngine, on_cpu
+    from rlaif.generation.ensemble import GeneratorSpec, generate
+    from rlaif.generation.prompt_sets import write_prompt_chunks
+    from rlaif.generation.prompt_sets import load_prompts
 
     prompts = load_prompts("mt_bench", limit=args.prompts)
     # ignore_eos-free sampling, same for both sides: temperature 0 makes both write the same tokens
@@ -43,7 +43,7 @@ def main() -> None:
     params = SamplingParams(temperature=0.0, max_tokens=args.max_tokens)
     messages = [[m.model_dump() for m in p.messages] for p in prompts]
 
-    with VLLMEngine(resolve_model(args.model)) as eng:
+    with VLLMEngine(resolve_model(args.model), spec.engine_spec().settings) as eng:
         eng.llm.chat(messages[:2], SamplingParams(max_tokens=8), use_tqdm=False)  # warm-up
         plain_best = stage_best = 0.0
         for r in range(args.rounds):
@@ -51,12 +51,13 @@ def main() -> None:
             outs = eng.llm.chat(messages, params, use_tqdm=False)
             dt = time.perf_counter() - t
             plain = sum(len(o.outputs[0].token_ids) for o in outs) / dt
-            with tempfile.TemporaryDirectory() as tmp:
-                t = time.perf_counter()
-                records = generate_shard(eng, spec, prompts, progress=False)
-                RunStore(tmp).write(STAGE, shard_key(spec, prompts), records)
+            with tempfile.TemporaryDirectory() as tmp, EnginePool() as pool:
+                pool.put(spec.engine_spec(), eng)
+                store = RunStore(tmp)
+                t = time.perf_counter()  # the whole stage: prompt chunks in, shards and metadata written
+                manifest = generate(write_prompt_chunks(prompts, store, len(prompts)), [spec], store, pool)
                 dt = time.perf_counter() - t
-            stage = sum(c.output_tokens for c in records) / dt
+            stage = manifest.counts()["output_tokens"] / dt
             print(f"round {r + 1}: plain vLLM {plain:7.1f} tok/s   stage {stage:7.1f} tok/s")
             plain_best, stage_best = max(plain_best, plain), max(stage_best, stage)
 

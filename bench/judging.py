@@ -6,7 +6,7 @@ and the judge stage's throughput against plain vLLM generating the same tokens.
 For each judge model the engine is loaded once (load time is not counted), with prefix caching
 off so that no run reuses another's prefill. Completions to judge
 come from SmolLM2 (two per prompt, 64 tokens). For each kind it prints:
-  judgements/s   records written per second by `judges.stage.run_judge` (retries included)
+  judgements/s   records written per second by `rlaif.judges.stage.run_judge` (retries included)
   parsed         share of records parsed (goal: 99.5% or more with structured output)
   vs plain       stage tokens/s over plain `LLM.generate` of the very same requests and sampling
                  (guided decoding and log-probs included): the stage's own overhead (goal >= 0.9)
@@ -18,47 +18,46 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 
 KINDS = ["ultrafeedback", "critique", "mt_bench_single", "pairwise", "mt_bench_pairwise"]
 
 
-def requests_for(spec, prompts, completions):
-    from judges.kinds import pair_requests, pointwise_requests
-    from judges.stage import all_pairs
-
+def asks_for(spec, prompts, completions):
+    """Every ask the judge stage makes on first try, in the stage's order."""
+    by_prompt: dict[str, list] = {}
+    for c in completions:
+        by_prompt.setdefault(c.prompt_id, []).append(c)
     by_id = {p.prompt_id: p for p in prompts}
-    if spec.pairwise:
-        return [r for a, b in all_pairs(completions) for r in pair_requests(spec, by_id[a.prompt_id], a, b)]
-    return [r for c in completions if c.ok for r in pointwise_requests(spec, by_id[c.prompt_id], c)]
+    return [a for pid, cs in by_prompt.items() for a in spec.impl.asks(spec, by_id[pid], cs)]
 
 
-def plain(eng, spec, reqs, constrained: bool, lengths: list[int] | None = None):
+def plain(eng, spec, asks, seed: int, constrained: bool, lengths: list[int] | None = None):
     """Time plain LLM.generate over the same requests; returns (seconds, output token counts)."""
     from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
     from vllm.sampling_params import StructuredOutputsParams
 
-    from judges.kinds import output_format
-    from judges.stage import _seed, chat_text
+    from rlaif.core.records import derive_seed
 
-    fmt = output_format(spec)
-    ids, params = [], []
-    for i, r in enumerate(reqs):
-        ids.append(list(eng.tokenizer(chat_text(eng.tokenizer, r.messages), add_special_tokens=False).input_ids))
+    prompts, params = [], []
+    for i, a in enumerate(asks):
+        prompts.append(TokensPrompt(prompt_token_ids=list(eng.tokenizer(eng.chat_text(a.messages),
+                                                                        add_special_tokens=False).input_ids)))
         if constrained:
+            fmt = a.fmt
             c = StructuredOutputsParams(json=fmt.schema()) if fmt.json_model else StructuredOutputsParams(regex=fmt.regex)
             params.append(SamplingParams(temperature=spec.sampling.temperature, max_tokens=spec.sampling.max_tokens,
-                                         seed=_seed(0, r.key, 0), logprobs=spec.top_logprobs, structured_outputs=c))
+                                         seed=derive_seed(seed, a.key, 0), logprobs=spec.top_logprobs,
+                                         structured_outputs=c))
         else:
             params.append(SamplingParams(temperature=0.0, max_tokens=max(1, lengths[i]), ignore_eos=True))
     t = time.perf_counter()
-    outs = eng.generate(ids, params, progress=False)
+    outs = eng.llm.generate(prompts, params, use_tqdm=False)
     return time.perf_counter() - t, [len(o.outputs[0].token_ids) for o in outs]
 
 
@@ -69,37 +68,46 @@ def main() -> None:
     ap.add_argument("--kinds", nargs="+", default=KINDS)
     args = ap.parse_args()
 
-    from generation.engines import EngineSettings, VLLMEngine
-    from generation.ensemble import GeneratorSpec, Sampling, generate
-    from generation.models import resolve_model
-    from generation.prompt_sets import load_prompts
-    from generation.store import RunStore
-    from judges.spec import JudgeSpec
-    from judges.stage import judge_counts, run_judge
+    from rlaif.core.records import Completion
+    from rlaif.core.store import RunStore
+    from rlaif.engines.base import EngineSettings, Sampling
+    from rlaif.engines.models import resolve_model
+    from rlaif.engines.pool import EnginePool
+    from rlaif.engines.vllm_offline import VLLMEngine
+    from rlaif.generation.ensemble import GeneratorSpec, generate
+    from rlaif.generation.prompt_sets import load_prompts, write_prompt_chunks
+    from rlaif.judges.spec import JudgeSpec
+    from rlaif.judges.stage import manifest_counts, run_judge
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-judging-"))
     prompts = load_prompts("mt_bench", limit=args.prompts)
     gens = [GeneratorSpec(name=n, model="smollm2-135m-instruct", sampling=Sampling(temperature=1.0, max_tokens=64, seed=s))
             for n, s in (("a", 1), ("b", 2))]
-    completions = generate(prompts, gens, RunStore(tmp / "gen"))
+    gen_store = RunStore(tmp / "gen")
+    pm = write_prompt_chunks(prompts, gen_store, len(prompts))
+    cm = generate(pm, gens, gen_store)
+    completions = list(gen_store.read_manifest(cm, Completion))
     rows = []
     for judge_model in args.judges:
         # no prefix caching: the stage and the plain runs send the same prompts, and whichever ran
         # second would skip their prefill
         settings = EngineSettings(extra={"enable_prefix_caching": False})
-        with VLLMEngine(resolve_model(judge_model), settings, compact_json=True) as eng:
+        with VLLMEngine(resolve_model(judge_model), settings) as eng:
             for kind in args.kinds:
-                spec = JudgeSpec(name=kind, kind=kind, model=judge_model)
-                reqs = requests_for(spec, prompts, completions)
-                plain(eng, spec, reqs[:4], constrained=True)  # compile this kind's grammar once for both
-                t = time.perf_counter()
-                records = run_judge(prompts, completions, spec, RunStore(tmp / judge_model / kind), llm=eng)
-                stage_s = time.perf_counter() - t
-                counts = judge_counts(records)
-                plain_s, lengths = plain(eng, spec, reqs, constrained=True)
-                free_s, _ = plain(eng, spec, reqs, constrained=False, lengths=lengths)
+                spec = JudgeSpec(name=kind, kind=kind, model=judge_model, engine=settings)
+                asks = asks_for(spec, prompts, completions)
+                plain(eng, spec, asks[:4], 0, constrained=True)  # compile this kind's grammar once for both
+                with EnginePool() as pool:
+                    pool.put(spec.engine_spec(), eng)
+                    t = time.perf_counter()
+                    m = run_judge(pm, cm, spec, gen_store, pool, stage=f"judgements/{judge_model}/{kind}")
+                    stage_s = time.perf_counter() - t
+                counts = manifest_counts(m)
+                plain_s, lengths = plain(eng, spec, asks, 0, constrained=True)
+                free_s, _ = plain(eng, spec, asks, 0, constrained=False, lengths=lengths)
                 tokens = sum(lengths)
-                rows.append((judge_model, kind, len(records), len(records) / stage_s, counts["parsed"] / len(records),
+                n = max(counts["total"], 1)
+                rows.append((judge_model, kind, n, n / stage_s, counts["parsed"] / n,
                              counts["retried"], tokens / stage_s, plain_s / stage_s, free_s / stage_s))
                 print(f"{judge_model:22s} {kind:18s} {rows[-1][3]:6.2f} judgements/s  parsed {rows[-1][4]:.1%}  "
                       f"vs plain {rows[-1][7]:.2f}  vs free {rows[-1][8]:.2f}", flush=True)

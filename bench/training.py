@@ -1,6 +1,6 @@
 """Benchmark: our dDPO stage (training.dpo.train_dpo) against a plain TRL DPOTrainer script.
 
-    flock /tmp/rlaif-heavy.lock env PYTHONPATH=. python bench/training.py              # tiny 2-layer model
+    flock /tmp/rlaif-heavy.lock .venv/bin/python bench/training.py              # tiny 2-layer model
     python bench/training.py --model smollm2-135m-instruct --steps 8 --dataset runs/quickstart/dataset
 
 Both sides train the same model on the same pairs with the same settings (batch, steps, max_length,
@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # before bench/, whose generation.py would shadow the package
 
 
 def make_dataset(out: Path, n: int = 64) -> Path:
@@ -46,7 +45,7 @@ def tiny_model(out: Path) -> Path:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    from generation.models import resolve_model
+    from rlaif.engines.models import resolve_model
 
     src = resolve_model("smollm2-135m-instruct")
     torch.manual_seed(0)
@@ -73,7 +72,7 @@ def worker(side: str, cfg: dict) -> dict:
     out = Path(cfg["out"]) / side
     start = time.perf_counter()
     if side == "ours":
-        from training.dpo import DPOSpec, train_dpo
+        from rlaif.training.dpo import DPOSpec, train_dpo
 
         spec = DPOSpec(model=cfg["model"], beta=cfg["beta"], learning_rate=cfg["lr"], max_steps=cfg["steps"],
                        per_device_train_batch_size=cfg["batch"], max_length=cfg["max_length"],
@@ -102,7 +101,7 @@ def worker(side: str, cfg: dict) -> dict:
 
 
 def run_side(side: str, cfg: dict) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false"}
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
     proc = subprocess.run([sys.executable, __file__, "--worker", side, "--config", json.dumps(cfg)],
                           capture_output=True, text=True, env=env, cwd=ROOT)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
@@ -128,7 +127,7 @@ def main() -> None:
 
     import torch
 
-    from generation.models import resolve_model
+    from rlaif.engines.models import resolve_model
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

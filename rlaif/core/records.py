@@ -211,6 +211,3 @@ class PreferencePair(Record):
     judge_kind: str = ""
     template_version: str = ""
 
-
-def judged_type(kind_is_pairwise: bool) -> type[Judgement] | type[PairJudgement]:
-    return PairJudgement if kind_is_pairwise else Judgement
