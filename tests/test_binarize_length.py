@@ -6,7 +6,7 @@ import pytest
 from pydantic import ValidationError
 
 from rlaif.core.records import AspectRating, Completion, Judgement, Message, Prompt
-from rlaif.preferences.binarize import BELOW_MARGIN, LENGTH_PENALIZED, BinarizeSpec, binarize
+from rlaif.preferences.binarize import BELOW_MARGIN, LENGTH_PENALIZED, BinarizeSpec, binarize, length_adjusted_margin
 
 
 def prompt(pid: str) -> Prompt:
@@ -76,6 +76,10 @@ def test_margin_boundary_and_no_bonus_for_a_shorter_chosen():
     short = records(("s", "A", 3.0, 10), ("s", "B", 2.8, 300))
     pairs, report = binarize(*short, BinarizeSpec(min_margin=0.5, length_penalty=1.0))
     assert pairs == [] and report.skipped == {BELOW_MARGIN: 1}
+    # the adjusted margin itself: a shorter chosen's stays its plain margin; a longer one's pays per 100 words
+    (a, _), (b, _) = answer("s", "A", 3.0, 10), answer("s", "B", 2.8, 300)
+    assert length_adjusted_margin((3.0, a), (2.8, b), 1.0) == pytest.approx(0.2)
+    assert length_adjusted_margin((2.8, b), (3.0, a), 0.5) == pytest.approx(-0.2 - 1.45)
     # and a shorter chosen that holds the plain margin keeps it, whatever the penalty
     assert len(binarize(*short, BinarizeSpec(min_margin=0.1, length_penalty=100.0))[0]) == 1
 
