@@ -34,12 +34,13 @@ Preference layouts, tried in this order (the one used is logged):
     Human/Assistant text (Anthropic/hh-rlhf)
                                 chosen, rejected strings of "\\n\\nHuman: ... \\n\\nAssistant: ..." turns
 SFT layouts, in this order:
-    prompt + completion messages     (rlaif's train_sft, TRL's conversational prompt-completion)
-    prompt + completion text         (TRL's standard prompt-completion)
-    the chosen side of any preference layout above, as prompt + completion
-    HuggingFaceH4/ultrachat_200k / messages conversations -> messages
-    ShareGPT conversations           `conversations` of {from: human|gpt|system, value}
-    Alpaca                           instruction, input, output strings
+    prompt + completion messages     rlaif's train_sft, TRL's conversational prompt-completion
+    prompt + completion text (TRL)   TRL's standard prompt-completion (optional `system` string)
+    chosen side of <layout>          any preference layout above, its chosen answer as the completion
+    HuggingFaceH4/ultrachat_200k     string prompt, prompt_id, messages -> messages
+    messages conversations           messages -> messages
+    ShareGPT conversations           `conversations` of {from: human|gpt|system, value} -> messages
+    Alpaca                           instruction, optional input, output strings
 Prompt + completion keeps TRL's loss on the answer only; whole `messages` train on every token
 (as Zephyr's dSFT does on UltraChat).
 
