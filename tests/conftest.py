@@ -31,7 +31,8 @@ os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 import pytest  # noqa: E402
 
 SMOL = "smollm2-135m-instruct"
-ENGINE_FIXTURES = {"smol_engine", "vllm_server"}  # using one of these loads a vLLM engine
+GEMMA = "gemma3-270m"  # a base model: no chat template
+ENGINE_FIXTURES = {"smol_engine", "gemma_engine", "vllm_server"}  # using one of these loads a vLLM engine
 
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects
@@ -77,13 +78,24 @@ def smol_engine(smollm2_dir):
         yield engine
 
 
-def _smol_settings():
+@pytest.fixture(scope="session")
+def gemma_engine():
+    """Gemma 3 270M, loaded once for the session by the first test that asks for it."""
+    from rlaif.engines.models import prepare_bundled
+    from rlaif.engines.vllm_offline import VLLMEngine
+
+    with VLLMEngine(str(prepare_bundled(GEMMA)), GEMMA_SETTINGS, label=GEMMA) as engine:
+        yield engine
+
+
+def _settings(max_model_len: int):
     from rlaif.engines.base import EngineSettings
 
-    return EngineSettings(max_model_len=1024, cpu_kv_cache_gb=1)
+    return EngineSettings(max_model_len=max_model_len, cpu_kv_cache_gb=1)
 
 
-SMOL_SETTINGS = _smol_settings()
+SMOL_SETTINGS = _settings(1024)
+GEMMA_SETTINGS = _settings(2048)
 
 
 @pytest.fixture
