@@ -85,7 +85,7 @@ def trigger(env, name: str):
         return run_deployment(name, timeout=600, poll_interval=2)
 
 
-def test_deploy_serve_and_two_scheduled_refreshes(server, tmp_path, smollm2_dir):
+def test_deploy_serve_and_three_scheduled_refreshes(server, tmp_path, smollm2_dir):
     prompts = tmp_path / "prompts.jsonl"
     write_prompts(prompts, ["Name a fruit that is red.", "What is 2 + 2?"])
     recipe = tmp_path / "refresh.yaml"
