@@ -1,5 +1,7 @@
-"""Judge kinds on a real vLLM engine (SmolLM2-135M as the judge), a reward model, garbage output from
-a real HTTP server, agreement, and `rlaif judge` / `rlaif agreement` on a run directory."""
+"""Judge kinds on a real vLLM engine (SmolLM2-135M as the judge), a base model (Gemma 3 270M) as the
+judge, a reward model, garbage output from a real HTTP server, agreement, and `rlaif judge` /
+`rlaif agreement [--human]` on a run directory. Tests that need no engine judge hand-written
+completions (`written`), so they run in the fast tier."""
 
 import json
 import math

@@ -1,5 +1,6 @@
-"""dSFT then dDPO with TRL on a written dataset (tiny 2-layer model), resume, LoRA, the stage's own
-state, recipes, evaluate."""
+"""dSFT then dDPO with TRL on a written dataset (tiny 2-layer model) through `rlaif train` and
+`rlaif evaluate`; resume, LoRA, QLoRA's CPU error, loss types, a precomputed reference, gradient
+checkpointing, a hub-layout dataset, the stage's own state, recipes."""
 
 from __future__ import annotations
 
