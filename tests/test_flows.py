@@ -1,5 +1,6 @@
 """Prefect flows: stage state read from the shards, caching on top of it, judge-only recomputation,
-judge swap, retries of transient rows (generation and judging alike), stage errors.
+`--set binarize.seed=1` rerunning binarize and training only, judge swap, `models_per_prompt`,
+retries of transient rows (generation and judging alike), stage errors.
 
 One run is built per module; each test works on its own copy of it, so the tests stand alone and
 run in any order. Cache hits are read from the reports and from the run directory (shard files
