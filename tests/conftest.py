@@ -1,23 +1,27 @@
 """Shared fixtures: real bundled models, one loaded engine per model for the session, a tiny 2-layer
-model from a real config, fake OpenAI-compatible servers on 127.0.0.1, and Prefect isolated.
+model from a real config, fake OpenAI-compatible servers on 127.0.0.1, and the user's home isolated.
 
-Prefect is isolated here, at import time, before any test module imports prefect: its home is a
-temporary folder, so the suite never reads or writes the user's ~/.prefect.
+The home is isolated here, at import time, before any test module imports prefect or datasets
+(tests/isolation.py): HOME, PREFECT_HOME, HF_HOME and the XDG folders are a temporary folder, so the
+suite never reads or writes the user's ~/.prefect or ~/.cache, and the session ends with a check
+that it wrote nothing there. Tests that load a vLLM engine carry the `engine` marker (given here to
+every test that uses the session's engine); `make test-fast` runs the others.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 import threading
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-_PREFECT_HOME = tempfile.mkdtemp(prefix="rlaif-tests-prefect-")
-os.environ["PREFECT_HOME"] = _PREFECT_HOME
-os.environ.pop("PREFECT_API_URL", None)
+from isolation import isolate  # before anything reads HOME
+
+ROOT = Path(__file__).resolve().parents[1]
+HOME_WRITES = isolate(ROOT)
+_PREFECT_HOME = os.environ["PREFECT_HOME"]
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
@@ -26,8 +30,23 @@ os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 
 import pytest  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 SMOL = "smollm2-135m-instruct"
+GEMMA = "gemma3-270m"  # a base model: no chat template
+ENGINE_FIXTURES = {"smol_engine", "gemma_engine", "vllm_server"}  # using one of these loads a vLLM engine
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if ENGINE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.engine)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def home_untouched():
+    """The session ends with a check that nothing in this process wrote to the user's home."""
+    yield
+    assert not HOME_WRITES.writes, f"the suite wrote to the user's home: {sorted(set(HOME_WRITES.writes))[:20]}"
 
 
 @pytest.fixture(scope="session")
@@ -59,13 +78,24 @@ def smol_engine(smollm2_dir):
         yield engine
 
 
-def _smol_settings():
+@pytest.fixture(scope="session")
+def gemma_engine():
+    """Gemma 3 270M, loaded once for the session by the first test that asks for it."""
+    from rlaif.engines.models import prepare_bundled
+    from rlaif.engines.vllm_offline import VLLMEngine
+
+    with VLLMEngine(str(prepare_bundled(GEMMA)), GEMMA_SETTINGS, label=GEMMA) as engine:
+        yield engine
+
+
+def _settings(max_model_len: int):
     from rlaif.engines.base import EngineSettings
 
-    return EngineSettings(max_model_len=1024, cpu_kv_cache_gb=1)
+    return EngineSettings(max_model_len=max_model_len, cpu_kv_cache_gb=1)
 
 
-SMOL_SETTINGS = _smol_settings()
+SMOL_SETTINGS = _settings(1024)
+GEMMA_SETTINGS = _settings(2048)
 
 
 @pytest.fixture

@@ -220,16 +220,9 @@ def test_trl_trainers_run_on_the_dataset_as_written(published, tiny_model_dir, t
     assert labels[0] == -100 and any(t != -100 for t in labels)
 
 
-def test_rlaif_binarize_publishes_from_the_run_dir(tmp_path, capsys):
-    """`rlaif binarize` runs the binarize flow on shards where the stages would have put them."""
-    from rlaif.core.store import RunStore
-    from rlaif.flows.cli import main
-    from rlaif.flows.recipe import load_recipe
-    from rlaif.generation.ensemble import STAGE, plan_generation
-    from rlaif.judges.stage import judge_dir, plan_judging
-    from rlaif.preferences.hygiene import prepare_prompts
-
-    prompts, completions, judgements = corpus()
+def write_recipe(tmp_path: Path) -> Path:
+    """A recipe over the corpus's prompts (as a prompt file), its three members and its judge."""
+    prompts, _, _ = corpus()
     (tmp_path / "prompts.jsonl").write_text("".join(
         json.dumps({"prompt_id": p.prompt_id, "messages": [m.model_dump() for m in p.messages]}) + "\n"
         for p in prompts))
@@ -241,19 +234,36 @@ generators: [{{name: alpha, model: org/alpha}}, {{name: beta, model: org/beta}},
 judges: [{{name: uf, model: judge-135m}}]
 binarize: {{test_fraction: 0.25}}
 """)
-    run = tmp_path / "run"
-    assert main(["binarize", str(recipe), "--out", str(run)]) == 2
-    assert "no completions yet from ['alpha', 'beta', 'gamma']" in capsys.readouterr().err
+    return recipe
+
+
+def write_judged_shards(recipe: Path, run: Path) -> None:
+    """The corpus's completions and judgements, where `rlaif generate` and `rlaif judge` would put them."""
+    from rlaif.core.store import RunStore
+    from rlaif.flows.recipe import load_recipe
+    from rlaif.generation.ensemble import STAGE, manifest_of, plan_generation
+    from rlaif.judges.stage import judge_dir, plan_judging
+    from rlaif.preferences.hygiene import prepare_prompts
+
+    _, completions, judgements = corpus()
     r, store = load_recipe(recipe), RunStore(run)
     pm, _ = prepare_prompts(r.prompts.source, "train", None, r.hygiene, store, r.shard_size)
-    for u in plan_generation(pm, r.generators, store):  # where `rlaif generate` would have put them
+    for u in plan_generation(pm, r.generators, store):
         store.write(STAGE, u.key, [c for c in completions if c.model == u.spec.name and c.prompt_id != "dup"],
                     group=u.chunk.key, name=u.spec.name)
-    from rlaif.generation.ensemble import manifest_of
-
     cm = manifest_of(plan_generation(pm, r.generators, store))
     for u in plan_judging(cm, r.judges[0], store):
         store.write(judge_dir("uf"), u.key, [j for j in judgements if j.prompt_id != "dup"], group=u.group, name="uf")
+
+
+def test_rlaif_binarize_publishes_from_the_run_dir(tmp_path, capsys):
+    """`rlaif binarize` runs the binarize flow on shards where the stages would have put them."""
+    from rlaif.flows.cli import main
+
+    recipe, run = write_recipe(tmp_path), tmp_path / "run"
+    assert main(["binarize", str(recipe), "--out", str(run)]) == 2
+    assert "no completions yet from ['alpha', 'beta', 'gamma']" in capsys.readouterr().err
+    write_judged_shards(recipe, run)
     assert main(["binarize", str(recipe), "--out", str(run)]) == 0
     assert "13 pairs from 13 of 15 prompts" in capsys.readouterr().err
     assert main(["binarize", str(recipe), "--out", str(run), "--set", "binarize.strategy=best_vs_worst"]) == 0
@@ -263,3 +273,43 @@ binarize: {{test_fraction: 0.25}}
     assert [v.name for v in list_versions(run)] == ["0001", "0002"]  # unchanged inputs: the latest version back
     assert main(["binarize", str(recipe), "--out", str(run), "--set", "hygiene.ngram=0"]) == 2
     assert "field 'hygiene.ngram'" in capsys.readouterr().err
+
+
+def test_rlaif_binarize_push_to_hub(tmp_path, monkeypatch, capsys):
+    """`rlaif binarize --push-to-hub REPO` uploads the new version in one commit with the token from
+    HF_TOKEN, and pushes an unchanged version again when asked. The hub is the one thing faked (there
+    is none here): HfApi's two calls record what they were given; the second time the hub answers a
+    401 that quotes the token. The token lands in no file and on no console line."""
+    import secrets
+
+    import huggingface_hub
+
+    from rlaif.flows.cli import main
+
+    token = "hf_" + secrets.token_hex(16)
+    monkeypatch.setenv("HF_TOKEN", token)
+    calls = []
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo",
+                        lambda self, repo_id, **kw: calls.append(("create", repo_id, kw, self.token)))
+    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", lambda self, **kw: calls.append(("upload", kw, self.token)))
+    recipe, run = write_recipe(tmp_path), tmp_path / "run"
+    write_judged_shards(recipe, run)
+    assert main(["binarize", str(recipe), "--out", str(run), "--push-to-hub", "me/prefs"]) == 0
+    version = (run / "dataset").resolve()
+    (_, repo, created, t1), (_, upload, t2) = calls
+    assert repo == "me/prefs" and created["repo_type"] == "dataset" and t1 == t2 == token
+    assert upload["repo_id"] == "me/prefs" and upload["folder_path"] == str(version)
+    assert {"README.md", "manifest.json", "prefs/*", "sft/*"} <= set(upload["allow_patterns"])
+    assert "pushed to me/prefs" in capsys.readouterr().err
+
+    def refused(self, **kw):
+        calls.append(("upload", kw, self.token))
+        raise RuntimeError(f"401 Client Error: Unauthorized for token {self.token}")
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", refused)
+    assert main(["binarize", str(recipe), "--out", str(run), "--push-to-hub", "me/prefs"]) != 0
+    assert len(calls) == 4 and calls[-1][1]["folder_path"] == str(version)  # the same version, pushed again
+    err = capsys.readouterr().err
+    assert "me/prefs" in err and "failed" in err and token not in err
+    assert list_versions(run) == [version]
+    assert not [p for p in tmp_path.rglob("*") if p.is_file() and token.encode() in p.read_bytes()]

@@ -3,7 +3,8 @@
 `prefect server start` runs with its own home and SQLite database; `rlaif deploy` registers the
 deployment with a cron schedule; `rlaif serve` runs in a subprocess; flow runs are created through
 the server's API. The prompt file grows between the two runs: the second generates and judges only
-the new prompt, writes version 0002, and leaves version 0001 as it was.
+the new prompt, writes version 0002, and leaves version 0001 as it was; a third, with no new
+prompt, computes nothing and writes no version.
 """
 
 import json
@@ -84,7 +85,7 @@ def trigger(env, name: str):
         return run_deployment(name, timeout=600, poll_interval=2)
 
 
-def test_deploy_serve_and_two_scheduled_refreshes(server, tmp_path, smollm2_dir):
+def test_deploy_serve_and_three_scheduled_refreshes(server, tmp_path, smollm2_dir):
     prompts = tmp_path / "prompts.jsonl"
     write_prompts(prompts, ["Name a fruit that is red.", "What is 2 + 2?"])
     recipe = tmp_path / "refresh.yaml"
@@ -118,14 +119,25 @@ def test_deploy_serve_and_two_scheduled_refreshes(server, tmp_path, smollm2_dir)
         write_prompts(prompts, ["Name a fruit that is red.", "What is 2 + 2?", "Give a synonym for quick."])
         run2 = trigger(server, "rlaif-refresh/tiny-refresh")
         assert run2.state.is_completed(), (tmp_path / "serve.log").read_text()[-5000:]
+        second = json.loads((out / "refresh_summary.json").read_text())
+        after2 = stamps(out, "versions/**/*") | stamps(out, "completions/shard-*.jsonl")
+
+        run3 = trigger(server, "rlaif-refresh/tiny-refresh")  # no new prompts: nothing to do, no version
+        assert run3.state.is_completed(), (tmp_path / "serve.log").read_text()[-5000:]
+        third = {r["stage"]: r for r in json.loads((out / "refresh_summary.json").read_text())}
     finally:
         stop(serve)
+    assert third["prompts"]["notes"]["new"] == 0 and third["generate"]["notes"]["shards generated"] == 0
+    assert third["binarize"]["notes"]["new version"] is False and third["binarize"]["notes"]["version"] == "0002"
+    assert stamps(out, "versions/**/*") | stamps(out, "completions/shard-*.jsonl") == after2
+    assert not (out / "versions" / "0003").exists() and (out / "dataset").resolve() == out / "versions" / "0002"
 
     m2 = json.loads((out / "versions" / "0002" / "manifest.json").read_text())
     assert m2["counts"]["prompts"] == 3 and (out / "dataset").resolve() == out / "versions" / "0002"
     assert m2["counts"]["pairs"] + sum(m2["counts"]["prompts_skipped"].values()) == 3
-    refresh = {r["stage"]: r for r in json.loads((out / "refresh_summary.json").read_text())}
+    refresh = {r["stage"]: r for r in second}
     assert refresh["prompts"]["notes"]["new"] == 1 and refresh["generate"]["notes"]["shards generated"] == 2
+    assert refresh["binarize"]["notes"]["new version"] is True
     assert stamps(out, "versions/0001/**/*") == first  # the previous version untouched
     after = stamps(out, "completions/shard-*.jsonl")
     assert {k: after[k] for k in shards} == shards and len(after) == 4  # only the new prompt generated

@@ -1,5 +1,6 @@
 """Prefect flows: stage state read from the shards, caching on top of it, judge-only recomputation,
-judge swap, retries of transient rows (generation and judging alike), stage errors.
+`--set binarize.seed=1` rerunning binarize and training only, judge swap, `models_per_prompt`,
+retries of transient rows (generation and judging alike), stage errors.
 
 One run is built per module; each test works on its own copy of it, so the tests stand alone and
 run in any order. Cache hits are read from the reports and from the run directory (shard files
@@ -126,6 +127,60 @@ def test_judge_swap_reuses_completions_and_prints_agreement(run_copy, capsys):
     assert stages["generate"].cached and stages["judge"].cached and not stages["binarize"].cached
     version = (out / "dataset").resolve()
     assert json.loads((version / "manifest.json").read_text())["judge"]["name"] == "uf"
+
+
+@pytest.mark.engine
+def test_set_binarize_seed_reruns_only_binarize_and_what_follows(run_copy, tiny_model_dir):
+    """`rlaif run RECIPE --set binarize.seed=1`: no generation, no judging; a new dataset version,
+    and dSFT trained again on it."""
+    from rlaif.training.common import stage_state
+
+    recipe_path, out, _ = run_copy
+    data = yaml.safe_load(recipe_path.read_text())
+    data["train"] = {"sft": {"model": tiny_model_dir, "max_steps": 1, "per_device_train_batch_size": 2, "max_length": 64}}
+    recipe_path.write_text(yaml.safe_dump(data))
+    assert main(["run", str(recipe_path), "--out", str(out)]) == 0  # dSFT on version 0001
+    trained = stage_state(out / "sft")
+    shards = stamps(out, "completions/shard-*") | stamps(out, "judgements/uf/shard-*")
+    assert main(["run", str(recipe_path), "--out", str(out), "--set", "binarize.seed=1"]) == 0
+    stages = {r["stage"]: r for r in json.loads((out / "summary.json").read_text())}
+    assert stages["generate"]["cached"] and stages["judge"]["cached"]
+    assert not stages["binarize"]["cached"] and not stages["train-sft"]["cached"]
+    assert stamps(out, "completions/shard-*") | stamps(out, "judgements/uf/shard-*") == shards
+    version = (out / "dataset").resolve()
+    assert version.name == "0002" and json.loads((version / "manifest.json").read_text())["binarize"]["seed"] == 1
+    assert stage_state(out / "sft")["inputs"] != trained["inputs"]  # trained again, on 0002
+
+
+@pytest.mark.engine
+def test_models_per_prompt_draws_k_members_per_prompt(tmp_path, pool):
+    """`models_per_prompt: 2` of three members, through `rlaif generate`: each prompt is answered by the
+    two members drawn for it with the recipe's seed, and no other."""
+    from rlaif.core.records import Completion
+    from rlaif.generation.ensemble import assign
+    from rlaif.generation.prompt_sets import load_prompts
+
+    prompts = write_prompts(tmp_path / "prompts.jsonl", [f"Name a {x}." for x in ("fruit", "color", "planet", "bird", "tree")])
+    members = [{"name": f"smol-{i}", "model": SMOL, "sampling": {"temperature": 1.0, "max_tokens": 8, "seed": i}}
+               for i in range(3)]
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({**TINY, "prompts": {"source": str(prompts)}, "generators": members,
+                                      "models_per_prompt": 2}))
+    out = tmp_path / "run"
+    with shared_engines(pool):
+        assert main(["generate", str(recipe), "--out", str(out)]) == 0
+    store = RunStore(out)
+    got: dict[str, set[str]] = {}
+    for key in store.keys("completions"):
+        for c in store.read("completions", key, Completion):
+            assert c.ok
+            got.setdefault(c.prompt_id, set()).add(c.model)
+    r = load_recipe(recipe)
+    drawn = assign(load_prompts(str(prompts)), r.generators, 2, r.seed)
+    assert got == {p.prompt_id: {n for n, ps in drawn.items() if p in ps} for p in load_prompts(str(prompts))}
+    assert all(len(v) == 2 for v in got.values()) and len({frozenset(v) for v in got.values()}) > 1
+    (_, generated) = json.loads((out / "summary.json").read_text())
+    assert generated["count_out"] == 10  # 5 prompts x 2 members, not x 3
 
 
 # ----------------------------------------------------------------------------- real endpoints that fail

@@ -1,12 +1,14 @@
-"""Judge kinds on a real vLLM engine (SmolLM2-135M as the judge), a reward model, garbage output from
-a real HTTP server, agreement, and `rlaif judge` / `rlaif agreement` on a run directory."""
+"""Judge kinds on a real vLLM engine (SmolLM2-135M as the judge), a base model (Gemma 3 270M) as the
+judge, a reward model, garbage output from a real HTTP server, agreement, and `rlaif judge` /
+`rlaif agreement [--human]` on a run directory. Tests that need no engine judge hand-written
+completions (`written`), so they run in the fast tier."""
 
 import json
 import math
 
 import pytest
 
-from conftest import SMOL, SMOL_SETTINGS, FakeOpenAI, chat_completion, chunks, serving
+from conftest import GEMMA, GEMMA_SETTINGS, SMOL, SMOL_SETTINGS, FakeOpenAI, chat_completion, chunks, serving
 from rlaif.core.records import Completion, Judgement, PairJudgement, content_hash
 from rlaif.core.store import RunStore
 from rlaif.engines.base import Sampling
@@ -17,7 +19,7 @@ from rlaif.generation.ensemble import GeneratorSpec, generate
 from rlaif.generation.prompt_sets import load_prompts
 from rlaif.judges.agreement import agreement
 from rlaif.judges.spec import JudgeSpec
-from rlaif.judges.stage import judge_counts, run_judge, stored_judgements
+from rlaif.judges.stage import judge_counts, judge_dir, run_judge, stored_judgements
 
 GENERATORS = [GeneratorSpec(name=n, model=SMOL, sampling=Sampling(temperature=1.0, max_tokens=40, seed=s))
               for n, s in (("a", 1), ("b", 2))]
@@ -37,6 +39,21 @@ def run(smol_engine, prompts, tmp_path_factory):
         pm = chunks(store, prompts)
         cm = generate(pm, GENERATORS, store, pool, SMOL_SETTINGS)
     return store, pm, cm, list(store.read_manifest(cm, Completion))
+
+
+@pytest.fixture(scope="module")
+def written(prompts, tmp_path_factory):
+    """The same layout with hand-written completions (no engine): [a's three, b's three]."""
+    from rlaif.core.store import Manifest
+
+    store = RunStore(tmp_path_factory.mktemp("written"))
+    pm = chunks(store, prompts)
+    completions = [Completion(completion_id=f"{m}-{p.prompt_id}", prompt_id=p.prompt_id, prompt_hash=p.hash, model=m,
+                              settings_hash="s", text=f"{m} answers {p.prompt_id}: " + "in some detail " * (m == "b"))
+                   for m in "ab" for p in prompts]
+    (chunk,) = pm.shards
+    cm = Manifest(stage="completions", shards=[store.write("completions", "written", completions, group=chunk.key)])
+    return store, pm, cm, completions
 
 
 def judge(spec, run, pool=None, **kw):
@@ -103,7 +120,40 @@ def test_pairwise_kinds_judge_both_orders(kind, pool, run):
         assert r.p_a == pytest.approx((ab.p_first + 1 - ba.p_first) / 2)
 
 
-def test_reward_model_scores_each_completion(tmp_path, tiny_model_dir, run):
+class Recording:
+    """An engine that keeps the requests it passes on."""
+
+    def __init__(self, engine):
+        self.engine, self.label, self.requests = engine, engine.label, []
+
+    def generate(self, requests, progress=None):
+        self.requests += requests
+        return self.engine.generate(requests, progress)
+
+    def close(self):
+        pass
+
+
+def test_a_base_model_judges_through_a_plain_transcript(gemma_engine, written):
+    """Gemma 3 270M has no chat template: the judge's messages reach it as a plain transcript that
+    ends in the assistant's turn, and guided decoding keeps its verdicts in the format."""
+    store, pm, cm, _ = written
+    assert gemma_engine.tokenizer.chat_template is None
+    engine = Recording(gemma_engine)
+    spec = JudgeSpec(name="base-judge", model=GEMMA, aspects=["helpfulness"])
+    with EnginePool() as pool:
+        pool.put(spec.engine_spec(GEMMA_SETTINGS), engine)
+        m = run_judge(pm, cm, spec, store, pool, GEMMA_SETTINGS)
+    records = list(store.read_manifest(m, Judgement))
+    assert len(records) == 6 and judge_counts(records)["parsed"] == 6, [r.error for r in records]
+    assert all(r.judge_model == GEMMA and 1 <= r.aspects["helpfulness"].rating <= 5 for r in records)
+    assert all(sum(r.aspects["helpfulness"].probs.values()) == pytest.approx(1.0) for r in records)
+    shown = gemma_engine.chat_text(engine.requests[0].messages)
+    assert shown.startswith(gemma_engine.tokenizer.bos_token) and shown.endswith("\n\nAssistant:")
+    assert "User: " in shown and "<start_of_turn>" not in shown
+
+
+def test_reward_model_scores_each_completion(tmp_path, tiny_model_dir, written):
     import torch
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
@@ -112,7 +162,7 @@ def test_reward_model_scores_each_completion(tmp_path, tiny_model_dir, run):
     AutoModelForSequenceClassification.from_config(config).save_pretrained(tmp_path / "rm")
     AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(tmp_path / "rm")
     spec = JudgeSpec(name="rm", kind="reward_model", model=str(tmp_path / "rm"))
-    records = judge(spec, run)
+    records = judge(spec, written)
     assert [r.status for r in records] == ["parsed"] * 6 and all(r.scale is None for r in records)
     rewards = [r.score() for r in records]
     assert all(math.isfinite(x) for x in rewards) and len(set(rewards)) == 6
@@ -148,10 +198,10 @@ def garbage():
     '{"rating": 9, "rationale": "out of range"}',
     '{"rating": "five"}',
 ])
-def test_garbage_output_ends_unparsed_with_its_raw_text(garbage, reply, run, tmp_path):
+def test_garbage_output_ends_unparsed_with_its_raw_text(garbage, reply, written):
     handler, url = garbage
     handler.replies = [reply]
-    store, pm, _, completions = run
+    store, pm, _, completions = written
     spec = JudgeSpec(name="g", kind="ultrafeedback", model="served", aspects=["helpfulness"], retries=2,
                      endpoint=Endpoint(base_url=url, max_concurrency=4))
     records = judge(spec, (store, pm, completions_of(store, pm, completions[:2]), None), stage=f"garbage/{content_hash(reply)}")
@@ -171,10 +221,10 @@ def test_garbage_output_ends_unparsed_with_its_raw_text(garbage, reply, run, tmp
         assert handler.seen[2]["temperature"] == spec.retry_temperature  # a re-ask samples anew
 
 
-def test_a_retry_that_parses_is_counted(garbage, run, tmp_path):
+def test_a_retry_that_parses_is_counted(garbage, written):
     handler, url = garbage
     handler.replies = ["no idea", '{"rating":3,"rationale":"fine"}']  # every first ask fails, the re-ask parses
-    store, pm, _, completions = run
+    store, pm, _, completions = written
     spec = JudgeSpec(name="g", model="served", aspects=["honesty"], endpoint=Endpoint(base_url=url, max_concurrency=1))
     records = judge(spec, (store, pm, completions_of(store, pm, completions[:1]), None), stage="retry-counted")
     assert records[0].status == "parsed" and records[0].retries == 1
@@ -184,14 +234,19 @@ def test_a_retry_that_parses_is_counted(garbage, run, tmp_path):
 
 # ---- agreement and the CLI ---------------------------------------------------------------------
 
-def test_agreement_of_two_judges_and_with_humans(run):
-    completions = run[3]
+def scored(name, completions, scores):
+    """A judge `name`'s parsed judgements of `completions`, with these scores."""
+    return [Judgement(judgement_id=f"{name}{i}", completion_id=c.completion_id, prompt_id=c.prompt_id, model=c.model,
+                      judge=name, judge_model="m", template="t", template_version="v1", template_hash="h",
+                      settings_hash="s", sampling={}, status="parsed",
+                      aspects={"overall": {"rating": s, "expected": s}}) for i, (c, s) in enumerate(zip(completions, scores))]
+
+
+def test_agreement_of_two_judges_and_with_humans(written):
+    completions = written[3]
 
     def judged(name, scores):
-        return [Judgement(judgement_id=f"{name}{i}", completion_id=c.completion_id, prompt_id=c.prompt_id, model=c.model,
-                          judge=name, judge_model="m", template="t", template_version="v1", template_hash="h",
-                          settings_hash="s", sampling={}, status="parsed",
-                          aspects={"overall": {"rating": s, "expected": s}}) for i, (c, s) in enumerate(zip(completions, scores))]
+        return scored(name, completions, scores)
 
     # completions are [a's three, b's three]: prompt i has completions i and i + 3
     a = judged("a", [1, 5, 3, 4, 2, 6])  # prefers: the second, the first, the second
@@ -210,6 +265,31 @@ def test_agreement_of_two_judges_and_with_humans(run):
              for i, w in enumerate("bab")]
     rh = agreement(a, c, ("a", "c"), human=human)
     assert rh.human_agreement == {"a": 1.0, "c": 0.0} and rh.human_pairs == {"a": 3, "c": 3}
+
+
+def test_rlaif_agreement_with_human_labels(written, tmp_path, capsys):
+    """`rlaif agreement --human` on a run's stored judgements; a bad label row is one line."""
+    from rlaif.core.store import Manifest
+
+    completions, run = written[3], tmp_path / "run"
+    store = RunStore(run)
+    for name, scores in (("a", [1, 5, 3, 4, 2, 6]), ("c", [4, 2, 6, 1, 5, 3])):  # c prefers the other of each pair
+        info = store.write(judge_dir(name), "k", scored(name, completions, scores), name=name)
+        store.write_json(f"{judge_dir(name)}/report.json", {
+            "judge": name, "kind": "ultrafeedback", "manifest": Manifest(stage=judge_dir(name), shards=[info]).model_dump()})
+    labels = tmp_path / "labels.jsonl"
+    ids = [c.completion_id for c in completions]
+    labels.write_text("".join(json.dumps({"prompt_id": completions[i].prompt_id, "completion_a": ids[i],
+                                          "completion_b": ids[i + 3], "winner": w}) + "\n" for i, w in enumerate("bab")))
+    assert cli(["agreement", str(run), "--judges", "a", "c", "--human", str(labels)]) == 0
+    report = json.loads((run / "agreement" / "a__c.json").read_text())
+    assert report["human_agreement"] == {"a": 1.0, "c": 0.0} and report["human_pairs"] == {"a": 3, "c": 3}
+    assert "human_agreement" in capsys.readouterr().err  # the table, on the console
+    with labels.open("a") as f:
+        f.write(json.dumps({"prompt_id": "x", "completion_a": "1", "completion_b": "2", "winner": "both"}) + "\n")
+    assert cli(["agreement", str(run), "--judges", "a", "c", "--human", str(labels)]) == 2
+    err = capsys.readouterr().err
+    assert f"error: {labels}, line 4, field 'winner'" in err and "Traceback" not in err
 
 
 def test_rlaif_judge_adds_a_judge_to_a_run_and_agreement_compares(run, pool, tmp_path, capsys):

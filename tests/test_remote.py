@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -94,6 +95,73 @@ def test_an_error_no_retry_fixes_stops_the_stage_and_writes_nothing(flaky, tmp_p
         generate(chunks(store, load_prompts("mt_bench", limit=3)), [s], store)
     assert len(handler.seen) <= 2  # max_concurrency requests at most, never retried
     assert not list((tmp_path / STAGE).glob("shard-*.jsonl"))  # nothing final written: the next run sends them
+
+
+class EchoesTheKey(FakeOpenAI):
+    """A careless server: its error bodies quote the API key it was sent. It answers 503 to prompts
+    holding FAIL, and 401 to everything once `refuse` is set."""
+
+    refuse = False
+    keys: list[str] = []
+
+    def reply(self, body):
+        auth = self.headers.get("Authorization", "")
+        type(self).keys.append(auth)
+        if self.refuse:
+            return 401, {"error": {"message": f"Incorrect API key provided: {auth.removeprefix('Bearer ')}",
+                                   "type": "invalid_request_error", "code": "invalid_api_key"}}
+        if "FAIL" in body["messages"][-1]["content"]:
+            return 503, {"error": {"message": f"overloaded; dropped the request of {auth}", "type": "server_error"}}
+        return 200, chat_completion(body["model"], "pong")
+
+
+def test_an_api_key_the_server_echoes_is_sent_and_lands_nowhere(tmp_path, monkeypatch, capsys, caplog, prefect_harness):
+    """Through `rlaif generate`: a transient error that quotes the key (kept as a failed row, noted on
+    the console, logged) and a refusal that quotes it (the stage's error): the key is in no shard,
+    metadata, summary, log, console line, Prefect record or error text."""
+    import secrets
+
+    import yaml
+    from prefect.logging.handlers import APILogHandler
+    from prefect.settings import PREFECT_API_DATABASE_CONNECTION_URL
+
+    from conftest import write_prompts
+    from rlaif.flows.cli import main
+
+    key = "sk-echo-" + secrets.token_hex(12)
+    monkeypatch.setenv("ECHO_TEST_KEY", key)
+    EchoesTheKey.refuse, EchoesTheKey.keys = False, []
+    with serving(EchoesTheKey) as url:
+        endpoint = {"base_url": url, "api_key_env": "ECHO_TEST_KEY", "max_retries": 0}
+        recipe = tmp_path / "recipe.yaml"
+        recipe.write_text(yaml.safe_dump({
+            "name": "echo", "prompts": {"source": str(write_prompts(tmp_path / "p.jsonl", ["Say hi.", "Say FAIL."]))},
+            "hygiene": {"near_dup_threshold": None}, "flow": {"retries": 0},
+            "generators": [{"name": "served", "model": "served", "sampling": {"max_tokens": 8}, "endpoint": endpoint}],
+            "judge": {"name": "j", "model": "served", "endpoint": endpoint}}))
+        out = tmp_path / "run"
+        assert main(["generate", str(recipe), "--out", str(out)]) == 0  # the 503 row is kept, failed
+        (failed,) = [c for c in RunStore(out).read_manifest(manifest_of_run(out), Completion) if not c.ok]
+        assert failed.retryable and failed.error.startswith("HTTP 503") and "***" in failed.error
+        EchoesTheKey.refuse = True
+        assert main(["generate", str(recipe), "--out", str(out)]) == 3  # the failed row again: refused
+    assert EchoesTheKey.keys and set(EchoesTheKey.keys) == {f"Bearer {key}"}  # the key was sent, each time
+    console = capsys.readouterr()
+    assert "HTTP 401" in console.err and "HTTP 503" in console.err  # the errors were shown...
+    APILogHandler().flush()
+    db = Path(PREFECT_API_DATABASE_CONNECTION_URL.value().split("///", 1)[1])
+    files = [p for p in [*tmp_path.rglob("*"), *db.parent.glob(db.name + "*")] if p.is_file()]
+    assert any(p.suffix == ".log" for p in files) and any(p.name.startswith("shard-") for p in files)
+    leaks = [str(p) for p in files if key.encode() in p.read_bytes()]
+    assert not leaks and key not in console.out + console.err and key not in caplog.text  # ...without the key
+
+
+def manifest_of_run(out):
+    """The run's completions as a manifest, from its shards' metadata."""
+    from rlaif.core.store import Manifest
+
+    store = RunStore(out)
+    return Manifest(stage=STAGE, shards=[store.info(STAGE, k, Completion) for k in store.keys(STAGE)])
 
 
 def test_missing_api_key_variable_is_a_clear_error(flaky, monkeypatch):

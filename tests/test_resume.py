@@ -1,4 +1,7 @@
-"""A generation killed with SIGKILL mid-run recomputes none of its finished shards."""
+"""A generation killed with SIGKILL mid-run recomputes none of its finished shards.
+
+The killed run is a `rlaif generate` process of its own; the rerun is the same command in this
+process, on the session's engine."""
 
 import os
 import signal
@@ -9,19 +12,21 @@ import time
 import pytest
 import yaml
 
-from conftest import ROOT
+from conftest import ROOT, SMOL_SETTINGS
+from rlaif.flows.cli import main
+from rlaif.flows.pipeline import shared_engines
 
 pytestmark = pytest.mark.engine
 
 
-def test_kill_9_then_rerun_generates_only_what_was_missing(tmp_path, smollm2_dir):
+def test_kill_9_then_rerun_generates_only_what_was_missing(tmp_path, smollm2_dir, pool, capsys):
     recipe = {
         "name": "resume", "shard_size": 2, "prompts": {"source": "mt_bench", "limit": 8},
         "hygiene": {"near_dup_threshold": None},
         "generators": [{"name": "smol", "model": "smollm2-135m-instruct",
                         "sampling": {"temperature": 0.7, "max_tokens": 96}}],
         "judge": {"name": "j", "model": "smollm2-135m-instruct"},
-        "engine": {"max_model_len": 1024, "cpu_kv_cache_gb": 1},
+        "engine": SMOL_SETTINGS.model_dump(),
     }
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
@@ -42,9 +47,9 @@ def test_kill_9_then_rerun_generates_only_what_was_missing(tmp_path, smollm2_dir
     before = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in shards.glob("shard-*.jsonl")}
     assert 1 <= len(before) < 4, before
 
-    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert f"smol: {len(before)} of 4 shards already done" in done.stderr
+    with shared_engines(pool):  # the rerun, in this process: the session's engine, no second load
+        assert main(["generate", str(path), "--out", str(out)]) == 0
+    assert f"smol: {len(before)} of 4 shards already done" in capsys.readouterr().err
     after = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in shards.glob("shard-*.jsonl")}
     assert len(after) == 4
     assert all(after[name] == stamp for name, stamp in before.items())  # finished shards untouched

@@ -54,6 +54,68 @@ def test_store_writes_whole_shards_with_their_metadata(tmp_path):
     assert [s.key for s in state.done] == ["k"] and state.missing == ["gone"] and not state.complete
 
 
+TORN_WRITER = """
+import builtins, io, os, sys, time
+from rlaif.core.records import Message, Prompt
+from rlaif.core.store import RunStore
+
+real_open = io.open
+
+
+class Torn:
+    # a file whose first big write stops halfway: what the disk holds when the writer is killed there
+    def __init__(self, f):
+        self.f = f
+
+    def write(self, data):
+        if len(data) < 4096:
+            return self.f.write(data)
+        self.f.write(data[: len(data) // 2])
+        self.f.flush()
+        os.fsync(self.f.fileno())
+        print("torn", flush=True)
+        time.sleep(600)  # killed here
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+
+def torn_open(file, mode="r", *args, **kwargs):
+    f = real_open(file, mode, *args, **kwargs)
+    return Torn(f) if any(m in mode for m in "wax+") else f
+
+
+builtins.open = io.open = torn_open
+prompts = [Prompt(prompt_id=str(i), messages=[Message(role="user", content="a longer prompt " * 20 + str(i))])
+           for i in range(40)]
+RunStore(sys.argv[1]).write("prompts", "k", prompts)
+"""
+
+
+def test_a_writer_killed_mid_write_leaves_the_whole_old_shard(tmp_path):
+    """A writer killed halfway through a shard (its bytes half on disk) leaves the shard as it was
+    and nothing that reads as a shard: only a temporary file, which the next run cleans."""
+    store = RunStore(tmp_path)
+    old = prompts(2)
+    store.write("prompts", "k", old)
+    writer = subprocess.Popen([sys.executable, "-c", TORN_WRITER, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout.readline().strip() == "torn"
+    finally:
+        writer.kill()
+        writer.wait()
+    assert store.read("prompts", "k", Prompt) == old and store.info("prompts", "k", Prompt).rows == 2
+    assert store.keys("prompts") == ["k"]
+    (leftover,) = clean_leftovers(tmp_path)
+    assert leftover.name.endswith(".tmp") and leftover.parent == tmp_path / "prompts"
+
+
 def test_a_torn_shard_is_named_not_silently_read(tmp_path):
     store = RunStore(tmp_path)
     store.write("prompts", "k", prompts(2))

@@ -1,5 +1,6 @@
-"""dSFT then dDPO with TRL on a written dataset (tiny 2-layer model), resume, LoRA, the stage's own
-state, recipes, evaluate."""
+"""dSFT then dDPO with TRL on a written dataset (tiny 2-layer model) through `rlaif train` and
+`rlaif evaluate`; resume, LoRA, QLoRA's CPU error, loss types, a precomputed reference, gradient
+checkpointing, a hub-layout dataset, the stage's own state, recipes."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, SMOL_SETTINGS
+from conftest import ROOT, SMOL, SMOL_SETTINGS
 from rlaif.core.errors import ConfigError
 from rlaif.flows.recipe import load_recipe
 from rlaif.training import common
@@ -59,21 +60,31 @@ def distance(a: dict, b: dict) -> float:
 
 
 @pytest.fixture(scope="module")
-def sft_then_dpo(tmp_path_factory, tiny_model_dir):
-    """A run dir with dSFT then dDPO (from the dSFT output, model: unset) trained on it. dDPO's
-    learning rate is tiny, so its weights are those it started from, give or take rounding."""
+def sft_then_dpo(tmp_path_factory, tiny_model_dir, prefect_harness):
+    """A run dir trained by the commands `rlaif train sft`, then `rlaif train dpo` (from the dSFT
+    output: train.dpo.model unset). dDPO's learning rate is tiny, so its weights are those it started
+    from, give or take rounding. The recipe's judge and engine are the session's SmolLM2 (for evaluate)."""
+    import yaml
+
+    from rlaif.flows.cli import main
+
     run = tmp_path_factory.mktemp("run")
-    data = write_dataset(run)
-    sft = train_sft(data, SFTSpec(model=tiny_model_dir, max_steps=3, **FAST), run / "sft")
-    dpo = train_dpo(data, DPOSpec(max_steps=3, beta=0.1, **{**FAST, "learning_rate": 1e-9}), run / "dpo")
-    common.mark_trained(run / "dpo", "test", dpo, start_model=dpo["start_model"])
-    return run, sft, dpo
+    write_dataset(run)
+    recipe = run.parent / f"{run.name}.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "name": "trained", "generators": [{"name": "g", "model": SMOL}], "engine": SMOL_SETTINGS.model_dump(),
+        "judges": [{"name": "uf-smollm2", "model": SMOL, "sampling": {"temperature": 0.0, "max_tokens": 48}}],
+        "train": {"sft": {"model": tiny_model_dir, "max_steps": 3, **FAST},
+                  "dpo": {"max_steps": 3, "beta": 0.1, **{**FAST, "learning_rate": 1e-9}}}}))
+    for stage in ("sft", "dpo"):
+        assert main(["train", stage, str(recipe), "--out", str(run)]) == 0
+    return run, common.stage_state(run / "sft"), common.stage_state(run / "dpo")
 
 
 def test_sft_then_dpo_starts_from_the_sft_weights(sft_then_dpo, tiny_model_dir):
     run, sft, dpo = sft_then_dpo
-    assert sft["steps"] == 3 and math.isfinite(sft["train_loss"])
-    assert dpo["steps"] == 3 and math.isfinite(dpo["train_loss"]) and dpo["start_model"] == str(run / "sft")
+    assert sft["metrics"]["steps"] == 3 and math.isfinite(sft["metrics"]["train_loss"])
+    assert dpo["metrics"]["steps"] == 3 and math.isfinite(dpo["metrics"]["train_loss"])
     for stage in ("sft", "dpo"):
         assert (run / stage / "model.safetensors").exists() and (run / stage / "tokenizer_config.json").exists()
     base, tuned, ddpo = weights(Path(tiny_model_dir)), weights(run / "sft"), weights(run / "dpo")
@@ -155,6 +166,70 @@ def test_an_adapter_only_output_is_not_retrained_on_an_unchanged_rerun(tmp_path,
     assert not changed.cached  # a changed setting trains again
 
 
+def first_loss(out_dir: Path) -> float:
+    history = json.loads((out_dir / "trainer_state.json").read_text())["log_history"]
+    return next(h["loss"] for h in history if h.get("step") == 1 and "loss" in h)
+
+
+@pytest.mark.parametrize("loss_type, weights, at_start", [
+    ("sigmoid", None, math.log(2)),  # -log sigmoid(beta * 0)
+    ("ipo", None, 25.0),  # (0 - 1 / (2 beta))^2 with beta 0.1
+    (["sigmoid", "ipo"], [1.0, 0.5], math.log(2) + 12.5),  # a list combines them, weighted
+])
+def test_the_loss_type_is_the_one_trl_computes(tmp_path, tiny_model_dir, loss_type, weights, at_start):
+    """The first step's loss, taken while the policy still equals its reference (every log-ratio 0),
+    is the loss function's value at 0: it tells which loss TRL computed."""
+    data = write_dataset(tmp_path)
+    extra = {"loss_weights": weights} if weights else {}
+    train_dpo(data, DPOSpec(model=tiny_model_dir, max_steps=1, beta=0.1, loss_type=loss_type, **extra, **FAST),
+              tmp_path / "dpo")
+    assert first_loss(tmp_path / "dpo") == pytest.approx(at_start, abs=2e-3)
+
+
+def test_precomputed_reference_and_gradient_checkpointing(tmp_path, tiny_model_dir, monkeypatch):
+    """precompute_ref_log_probs: TRL computes the reference log-probs of train_prefs once, before
+    training; gradient_checkpointing: the model recomputes activations (non-reentrant by our default)."""
+    from transformers import PreTrainedModel
+    from trl import DPOTrainer
+
+    precomputed, checkpointed = [], []
+    real_precompute, real_checkpointing = DPOTrainer._precompute_ref_logps, PreTrainedModel.gradient_checkpointing_enable
+
+    def precompute(self, dataset, name, batch_size):  # spies: they record and call TRL's own
+        precomputed.append((name, len(dataset)))
+        return real_precompute(self, dataset, name, batch_size)
+
+    def checkpointing(self, *args, **kwargs):
+        checkpointed.append(kwargs.get("gradient_checkpointing_kwargs"))
+        return real_checkpointing(self, *args, **kwargs)
+
+    monkeypatch.setattr(DPOTrainer, "_precompute_ref_logps", precompute)
+    monkeypatch.setattr(PreTrainedModel, "gradient_checkpointing_enable", checkpointing)
+    data = write_dataset(tmp_path)
+    spec = DPOSpec(model=tiny_model_dir, max_steps=2, precompute_ref_log_probs=True, gradient_checkpointing=True, **FAST)
+    result = train_dpo(data, spec, tmp_path / "dpo")
+    assert result["steps"] == 2 and precomputed == [("train", 6)]
+    assert checkpointed == [{"use_reentrant": False}]
+    assert first_loss(tmp_path / "dpo") == pytest.approx(math.log(2), abs=2e-3)  # the reference: the start
+
+
+def test_dsft_on_a_hub_dataset_through_a_local_stand_in(tmp_path, tiny_model_dir):
+    """`dataset: hf:<id>` goes through datasets.load_dataset, as for a Hub repo; the stand-in is a
+    folder laid out as HuggingFaceH4/ultrachat_200k is on the Hub (data/<split>-00000-of-00001.parquet,
+    whole `messages` conversations). The run has no dataset of its own: only the stand-in is read."""
+    from datasets import Dataset
+
+    hub = tmp_path / "ultrachat_200k"
+    (hub / "data").mkdir(parents=True)
+    chats = [[{"role": "user", "content": f"Count to {i}."}, {"role": "assistant", "content": " ".join(map(str, range(i)))}]
+             for i in range(2, 6)]
+    Dataset.from_list([{"prompt": c[0]["content"], "prompt_id": str(i), "messages": c} for i, c in enumerate(chats)]
+                      ).to_parquet(str(hub / "data" / "train_sft-00000-of-00001.parquet"))
+    spec = SFTSpec(model=tiny_model_dir, dataset=f"hf:{hub}", num_train_epochs=1, **FAST)
+    metrics = train_sft(tmp_path / "no-dataset-here", spec, tmp_path / "sft")
+    assert metrics["steps"] == 2  # 4 conversations, 2 per step, one epoch
+
+
 @pytest.mark.parametrize("stage", ["sft", "dpo"])
 def test_zephyr_recipes_load(stage):
     recipe = load_recipe(ROOT / "recipes" / "zephyr-7b-beta" / f"{stage}.yaml")
@@ -167,13 +242,16 @@ def test_zephyr_recipes_load(stage):
 
 
 @pytest.mark.engine
-def test_evaluate_writes_metrics_win_rate_and_plots(sft_then_dpo, pool):
-    """Real vLLM engines: both tiny models answer the test prompts, the quickstart's judge compares."""
-    from rlaif.training.evaluate import evaluate_run
+def test_rlaif_evaluate_writes_metrics_win_rate_and_plots(sft_then_dpo, pool, capsys):
+    """`rlaif evaluate`: real vLLM engines, both tiny models answer the test prompts, the run's judge compares."""
+    from rlaif.flows.cli import main
+    from rlaif.flows.pipeline import shared_engines
 
     run, _, _ = sft_then_dpo
-    recipe = load_recipe(ROOT / "recipes" / "quickstart.yaml", ["judges.0.sampling.max_tokens=48"])
-    metrics = evaluate_run(run, recipe.judge_spec(), 0.1, max_tokens=12, engine=SMOL_SETTINGS, pool=pool)
+    with shared_engines(pool):  # the judge is the session's engine; the two tiny models load
+        assert main(["evaluate", str(run), "--max-tokens", "12"]) == 0
+    metrics = json.loads((run / "eval" / "metrics.json").read_text())
+    assert f"written to {run / 'eval'}" in capsys.readouterr().err
     assert metrics["pairs"] == 3 and metrics["beta"] == 0.1 and metrics["sft_model"] == str(run / "sft")
     reward = metrics["dpo_implicit_reward"]
     assert 0 <= reward["accuracy"] <= 1 and math.isfinite(reward["margin"])
@@ -190,4 +268,3 @@ def test_evaluate_writes_metrics_win_rate_and_plots(sft_then_dpo, pool):
     assert win["judged"] >= 1 and win["judged"] + win["unjudged"] == 3  # answers were judged, not skipped
     assert win["ddpo_wins"] + win["dsft_wins"] + win["ties"] == win["judged"] and 0 <= win["ddpo_win_rate"] <= 1
     assert list((run / "eval" / "completions").glob("shard-*.jsonl"))
-    assert json.loads((run / "eval" / "metrics.json").read_text())["pairs"] == 3

@@ -7,7 +7,7 @@ its shard, and is sent again on the next run. An error no retry can fix (400, 40
 wrong key, an unknown model, a request the server rejects) stops the stage at the first one with
 the endpoint, model and server message: nothing is written for it, so the next run after a fix
 sends it. The API key is read from the environment variable the recipe names, never from the
-recipe, and never logged.
+recipe, and never logged or stored, even when a server quotes it back in an error (`redact`).
 """
 
 from __future__ import annotations
@@ -81,6 +81,12 @@ def describe(e: Exception) -> tuple[str, bool]:
     return f"{type(e).__name__}: {e}", False
 
 
+def redact(text: str, secret: str) -> str:
+    """`text` without `secret`: some servers quote the key they were sent in their error bodies,
+    and every message we keep (a failed row's error, a log line, the stage's error) passes here."""
+    return text.replace(secret, "***") if secret and secret != "EMPTY" else text
+
+
 def request_body(r: Request) -> dict:
     """The JSON body of one request (without `model`), for /chat/completions or /completions."""
     s = r.sampling
@@ -135,6 +141,7 @@ class EndpointEngine:
                                     prompt_tokens=u.prompt_tokens if u else 0, output_tokens=u.completion_tokens if u else 0)
                 except Exception as exc:  # a transient failure is kept as a row; any other stops the stage
                     msg, retryable = describe(exc)
+                    msg = redact(msg, self._key)
                     if not retryable:
                         raise EndpointRefused(f"{e.base_url} refused a request for model {self.model}: {msg}") from None
                     log.warning("request %s failed after %d retries: %s", r.key, e.max_retries, msg)

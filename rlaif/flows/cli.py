@@ -163,6 +163,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import json
 
+    from rlaif.flows.pipeline import session
     from rlaif.flows.recipe import Recipe
     from rlaif.training.evaluate import evaluate_run
 
@@ -172,8 +173,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     recipe = Recipe.model_validate_json((run / "recipe.json").read_text())
     beta = recipe.train.dpo.get("beta", 0.1) if recipe.train.dpo else 0.1
     tokens = args.max_tokens or max(g.sampling.max_tokens for g in recipe.generators)
-    metrics = evaluate_run(run, recipe.judge_spec(), beta, tokens, recipe.engine, recipe.seed,
-                           win_rate=not args.no_win_rate)
+    with session(recipe.seed) as s:  # the engines of this command (or of a test's or bench's shared pool)
+        metrics = evaluate_run(run, recipe.judge_spec(), beta, tokens, recipe.engine, recipe.seed,
+                               win_rate=not args.no_win_rate, pool=s.pool)
     echo(json.dumps({k: v for k, v in metrics.items() if k != "plots"}, indent=2))
     echo(f"written to {run / 'eval'}")
     return 0
