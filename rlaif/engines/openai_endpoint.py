@@ -61,12 +61,12 @@ def check_endpoint(endpoint: Endpoint, models: list[str], timeout: float = 10.0)
         served = {m.id for m in client.models.list()}
     except (openai.AuthenticationError, openai.PermissionDeniedError) as e:
         whose = f"the key in ${endpoint.api_key_env}" if endpoint.api_key_env else "a request without a key (set api_key_env)"
-        raise ConfigError(f"{url} rejected {whose}: HTTP {e.status_code}: {hide(e.message)}") from None
+        raise ConfigError(f"{url} rejected {whose}: HTTP {e.status_code}: {hide(status_message(e))}") from None
     except openai.NotFoundError:
         log.warning("%s has no /models: the models it serves are not checked", url)
         return
     except openai.APIStatusError as e:
-        log.warning("%s/models answered HTTP %s: %s", url, e.status_code, hide(e.message))
+        log.warning("%s/models answered HTTP %s: %s", url, e.status_code, hide(status_message(e)))
         return
     except (openai.APIConnectionError, openai.APITimeoutError) as e:
         reason = str(e.__cause__ or e).splitlines()[0] if (e.__cause__ or str(e)) else type(e).__name__
@@ -101,14 +101,18 @@ def text_logprobs(choice) -> TokenLogprobs | None:
             zip(lp.tokens, lp.token_logprobs, tops)]
 
 
+def status_message(e) -> str:
+    """The server's message of an HTTP error, without the client's "Error code: NNN - " prefix."""
+    return e.message.removeprefix(f"Error code: {e.status_code} - ")
+
+
 def describe(e: Exception) -> tuple[str, bool]:
     """The error as one line, and whether a later try may succeed."""
     import openai
 
     if isinstance(e, openai.APIStatusError):
         code = e.status_code
-        message = e.message.removeprefix(f"Error code: {code} - ")  # the client's prefix repeats the code
-        return f"HTTP {code}: {message}", code in (408, 409, 429) or code >= 500
+        return f"HTTP {code}: {status_message(e)}", code in (408, 409, 429) or code >= 500
     if isinstance(e, (openai.APITimeoutError, openai.APIConnectionError)):
         return f"{type(e).__name__}: {e}", True
     return f"{type(e).__name__}: {e}", False

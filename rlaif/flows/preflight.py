@@ -105,8 +105,9 @@ def preflight(recipe: Recipe, out: str | Path, stages: Iterable[str], judges: li
     for stage in ("sft", "dpo"):
         spec = getattr(recipe.train, stage)
         if stage in stages and spec is not None:
-            problems.check(f"train.{stage}: ", training, stage, spec, Path(out), "sft" in stages,
-                           spec.model is not None and spec.model in bad_models)
+            if spec.model is None or spec.model not in bad_models:
+                problems.check("", start_model, stage, spec, Path(out), "sft" in stages)
+            problems.check("", training_config, stage, spec, Path(out))
     if push and "binarize" in stages and recipe.binarize.push_to_hub:
         from rlaif.preferences.hub import check_push
 
@@ -172,21 +173,26 @@ def tokenizer(path: str):
     return AutoTokenizer.from_pretrained(path)
 
 
-def training(stage: str, spec, out: Path, sft_runs_first: bool, model_failed: bool) -> None:
-    """The start model is there with a chat template, the dataset named exists, TRL takes the block."""
-    from rlaif.training import common
-
-    if spec.model is not None and not model_failed:
+def start_model(stage: str, spec, out: Path, sft_runs_first: bool) -> None:
+    """The model a training stage starts from is there, with a chat template."""
+    if spec.model is not None:
         from rlaif.engines.models import resolve_model
 
         if not tokenizer(resolve_model(spec.model)).chat_template and not getattr(spec, "chat_template", None):
-            raise ConfigError(f"{spec.model}: the tokenizer has no chat template, which the conversational dataset "
-                              f"needs: set train.{stage}.chat_template (a Jinja template) in the recipe")
-    elif stage == "dpo" and spec.model is None and not sft_runs_first and not (out / "sft" / "config.json").exists():
-        raise ConfigError(f"model is unset, so dDPO starts from this run's dSFT model, but {out / 'sft'} has none: "
-                          f"run `rlaif train sft` first or set train.dpo.model")
+            fix = "set train.sft.chat_template (a Jinja template)" if stage == "sft" else "train a model that has one"
+            raise ConfigError(f"train.{stage}.model {spec.model}: the tokenizer has no chat template, which the "
+                              f"conversational dataset needs: {fix}")
+    elif stage == "dpo" and not sft_runs_first and not (out / "sft" / "config.json").exists():
+        raise ConfigError(f"train.dpo.model is unset, so dDPO starts from this run's dSFT model, but {out / 'sft'} "
+                          f"has none: run `rlaif train sft` first or set train.dpo.model")
+
+
+def training_config(stage: str, spec, out: Path) -> None:
+    """The dataset a block names exists, and TRL accepts the block."""
+    from rlaif.training import common
+
     if spec.dataset and not spec.dataset.startswith("hf:") and not Path(spec.dataset).exists():
-        raise ConfigError(f"dataset {spec.dataset}: no such directory")
+        raise ConfigError(f"train.{stage}.dataset {spec.dataset}: no such directory")
     if stage == "sft":
         from trl import SFTConfig
 
