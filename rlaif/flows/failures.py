@@ -11,7 +11,9 @@ what it was asked, so it must not pass as a success:
 Either way the command prints a table of what failed (stage, model, row, error; the first
 `SHOWN` rows and a count) above its one-line error. A rerun sends the transient failures again.
 
-A judgement of a completion that failed is not counted again: that row failed at generation.
+A judgement of a completion that failed is not counted again: that row failed at generation. A
+verdict the judge wrote but that did not parse is a result (`unparsed`, in the summary), not a
+failed row: asking again gives the same answer.
 """
 
 from __future__ import annotations
@@ -112,14 +114,16 @@ def check_failed_rows(failures: list[Failures], allowed: int) -> None:
 
 def failures_table(failures: list[Failures]):
     """A rich table of the failed rows: the first `SHOWN` per stage, and how many more."""
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title="failed rows", title_justify="left")
     for col in ("stage", "model", "row", "error"):
         table.add_column(col, overflow="fold")
     for f in failures:
-        for r in f.first:
-            table.add_row(r.stage, r.model, r.row, r.error + ("" if r.retryable else " [dim](not retried)[/]"))
+        for r in f.first:  # a server's message is text, never markup
+            table.add_row(r.stage, escape(r.model), escape(r.row),
+                          escape(r.error) + ("" if r.retryable else " [dim](not sent again)[/]"))
         if f.count > len(f.first):
             table.add_row(f.stage, "", f"... and {f.count - len(f.first)} more", "")
     return table

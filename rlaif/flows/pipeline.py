@@ -246,9 +246,11 @@ def _generate_report(store: RunStore, m: Manifest, recipe: Recipe, out: str, sec
 def _note_failures(f: Failures) -> None:
     """One line as soon as a stage ends with failed rows; the table comes with the command's end."""
     if f.count:
+        from rich.markup import escape
+
         first = f.first[0]
         current().reporter.note(f"[yellow]{f.count} rows failed[/] in {f.stage} ({f.retryable} to send again), "
-                                f"first: model {first.model}, row {first.row}: {first.error}")
+                                f"first: model {escape(first.model)}, row {escape(first.row)}: {escape(first.error)}")
 
 
 def judge_step(prompts: Manifest, completions: Manifest, spec: JudgeSpec, recipe: Recipe, out: str,
