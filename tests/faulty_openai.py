@@ -16,6 +16,7 @@ log-probs, so every prompt makes one preference pair.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -55,8 +56,6 @@ class Faulty(FakeOpenAI):
         self._send(200, {"object": "list", "data": [{"id": m, "object": "model"} for m in self.served]})
 
     def do_POST(self):  # noqa: N802
-        import json
-
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         judging = "response_format" in body
         text = body["messages"][-1]["content"]

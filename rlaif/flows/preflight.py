@@ -53,8 +53,7 @@ class Problems(list):
         return None
 
 
-def preflight(recipe: Recipe, out: str | Path, stages: Iterable[str], judges: list[JudgeSpec] | None = None,
-              push: bool = True) -> None:
+def preflight(recipe: Recipe, out: str | Path, stages: Iterable[str], judges: list[JudgeSpec] | None = None) -> None:
     """Check what `stages` (of "generate", "judge", "binarize", "sft", "dpo") will use; raise one
     ConfigError listing every problem. `judges`: the judges that will judge (default: the one
     binarization uses, when "judge" is a stage)."""
@@ -108,7 +107,7 @@ def preflight(recipe: Recipe, out: str | Path, stages: Iterable[str], judges: li
             if spec.model is None or spec.model not in bad_models:
                 problems.check("", start_model, stage, spec, Path(out), "sft" in stages)
             problems.check("", training_config, stage, spec, Path(out))
-    if push and "binarize" in stages and recipe.binarize.push_to_hub:
+    if "binarize" in stages and recipe.binarize.push_to_hub:
         from rlaif.preferences.hub import check_push
 
         problems.check("binarize.push_to_hub: ", check_push, recipe.binarize.push_to_hub)
