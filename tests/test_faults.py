@@ -56,8 +56,7 @@ def test_a_401_stops_the_stage_at_the_first_request_and_the_rerun_after_the_fix_
     assert not list(out.glob("completions/shard-*.jsonl"))  # no row written as final: the rerun sends it
 
     Faulty.gen = "ok"
-    done = rlaif(*run(path, out), env=env)
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert main(run(path, out)) == 0
     assert pairs(out) == 4
 
 
@@ -196,8 +195,7 @@ def test_a_disk_that_fills_up_mid_run_stops_with_one_line_and_a_rerun_resumes(ur
         assert all(json.loads(row)["text"] for row in p.read_text().splitlines())
 
     Faulty.seen = []
-    done = rlaif(*run(path, out), env=env)
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert main(run(path, out)) == 0
     assert len(sent("gen")) == 6 and pairs(out) == 4
     assert {k: v for k, v in stamps(out, "completions/shard-*.jsonl").items() if k in kept} == kept
 
