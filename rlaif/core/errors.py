@@ -3,19 +3,34 @@
 Anything derived from `RlaifError` is shown as one line (never a traceback; that goes to the
 run's log) and ends the command with its `exit_code`. `StageError` says which stage, which model
 (generator or judge) and which row (prompt id) a stage was on when it failed.
+
+Exit codes (the README's "When things go wrong" lists them for users):
+
+    0   every stage finished; failed rows, if any, within `flow.max_failed_rows`
+    1   a bug in rlaif (the traceback is in the log)
+    2   the input or the setup is wrong, found before compute: recipe, prompts, model, endpoint,
+        key, template, a run directory that cannot be written or is in use by another run
+    3   a stage stopped: a server refused a request, the disk filled up, an empty dataset, ...
+    4   rows failed: more than `flow.max_failed_rows` (completions or judgements), or a stage
+        ended with no usable row; everything that succeeded is kept and a rerun sends the rest
+    130 interrupted (Ctrl-C); finished shards are kept
 """
 
 from __future__ import annotations
 
+import errno
 import traceback
 
 from pydantic import BaseModel
 
 
+EXIT_BUG, EXIT_CONFIG, EXIT_STAGE, EXIT_FAILED_ROWS, EXIT_INTERRUPTED = 1, 2, 3, 4, 130
+
+
 class RlaifError(Exception):
     """A mistake in the input or the setup, or a stage that cannot go on: one line, exit code 2."""
 
-    exit_code = 2
+    exit_code = EXIT_CONFIG
 
 
 class ConfigError(RlaifError):
@@ -25,16 +40,34 @@ class ConfigError(RlaifError):
 class StageError(RlaifError):
     """A stage failed: which stage, which model (generator or judge) and which row (prompt id)."""
 
-    exit_code = 3
+    exit_code = EXIT_STAGE
 
     def __init__(self, stage: str, model: str | None, row: str | None, cause: BaseException | str):
         self.stage, self.model, self.row = stage, model, row
         self.cause = cause if isinstance(cause, str) else (
-            str(cause) if isinstance(cause, RlaifError) else f"{type(cause).__name__}: {cause}")
+            str(cause) if isinstance(cause, RlaifError) else os_error_message(cause) if isinstance(cause, OSError)
+            else f"{type(cause).__name__}: {cause}")
         super().__init__(f"stage {stage!r}, model {model or '?'}, row {row or '?'}: {self.cause}")
 
     def __reduce__(self):  # survives pickling between Prefect's processes
         return (StageError, (self.stage, self.model, self.row, self.cause))
+
+
+_FULL = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
+_DENIED = {errno.EACCES, errno.EPERM, errno.EROFS}
+
+
+def os_error_message(e: OSError) -> str:
+    """An OSError as one line a user can act on: what, where, and for a full disk or a read-only
+    place, what to do."""
+    what = e.strerror or str(e)
+    where = f"{e.filename}: " if e.filename else ""
+    hint = ""
+    if e.errno in _FULL:
+        hint = " (the disk or a file size limit is full: free space or use --out elsewhere; a rerun resumes)"
+    elif e.errno in _DENIED:
+        hint = " (not writable here: fix the permissions or use --out elsewhere)"
+    return f"{where}{what}{hint}"
 
 
 def locate(exc: BaseException) -> tuple[str | None, str | None]:

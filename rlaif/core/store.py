@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
-from rlaif.core.errors import RlaifError
+from rlaif.core.errors import ConfigError, RlaifError, os_error_message
 from rlaif.core.records import content_hash
 
 R = TypeVar("R", bound=BaseModel)
@@ -69,8 +69,10 @@ def write_atomic(path: str | Path, data: str | bytes) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.filename is None:  # a failed write() names no file: name it
+            raise OSError(e.errno, e.strerror, str(path)) from e
         raise
     _fsync_dir(path.parent)
     return path
@@ -266,8 +268,11 @@ def run_lock(root: str | Path, wait: bool = False) -> Iterator[None]:
     """Hold the run directory for this process: a second run on it fails at once naming the holder
     (or waits, with `wait`). The lock is the kernel's (flock), so it dies with its process."""
     root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    fd = os.open(root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise ConfigError(f"cannot write the run directory {root}: {os_error_message(e)}") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
@@ -284,16 +289,20 @@ def run_lock(root: str | Path, wait: bool = False) -> Iterator[None]:
 
 def clean_leftovers(root: str | Path) -> list[Path]:
     """Remove temporary files and folders a killed process left (only while holding the run lock)."""
+    import shutil
+
     root = Path(root)
     gone = []
-    pattern = re.compile(r"^\..+\.\d+\.[0-9a-f]{8}\.tmp$|^\.incoming-")
+    # temp files of write_atomic, unfinished versions, the `dataset` link's temp name (versions.py)
+    pattern = re.compile(r"^\..+\.\d+\.[0-9a-f]{8}\.tmp$|^\.incoming-|^\.dataset-\d+-\d+$")
     for p in root.rglob(".*"):
         if pattern.match(p.name) and ".prefect" not in p.parts:
-            if p.is_dir():
-                import shutil
-
-                shutil.rmtree(p, ignore_errors=True)
-            else:
-                p.unlink(missing_ok=True)
+            try:
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p)
+                else:
+                    p.unlink(missing_ok=True)
+            except OSError:
+                continue  # not ours to remove (read-only): the run's own writes will say so
             gone.append(p)
     return gone

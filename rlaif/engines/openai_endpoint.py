@@ -46,6 +46,38 @@ class Endpoint(BaseModel):
         return key
 
 
+def check_endpoint(endpoint: Endpoint, models: list[str], timeout: float = 10.0) -> None:
+    """Raise ConfigError unless the endpoint answers `GET /models` with its key and lists every
+    model of `models`: a dead server, a wrong key or a misspelled model is found before a stage
+    sends anything. A server that does not implement /models, or is busy (429/5xx), passes: the
+    stage's own retries deal with a busy server."""
+    import openai
+
+    key = endpoint.api_key()  # an unset key variable: ConfigError here
+    url = endpoint.base_url
+    client = openai.OpenAI(base_url=url, api_key=key, max_retries=0, timeout=min(endpoint.timeout_s, timeout))
+    hide = (lambda text: text.replace(key, "***")) if key != "EMPTY" else (lambda text: text)
+    try:
+        served = {m.id for m in client.models.list()}
+    except (openai.AuthenticationError, openai.PermissionDeniedError) as e:
+        whose = f"the key in ${endpoint.api_key_env}" if endpoint.api_key_env else "a request without a key (set api_key_env)"
+        raise ConfigError(f"{url} rejected {whose}: HTTP {e.status_code}: {hide(status_message(e))}") from None
+    except openai.NotFoundError:
+        log.warning("%s has no /models: the models it serves are not checked", url)
+        return
+    except openai.APIStatusError as e:
+        log.warning("%s/models answered HTTP %s: %s", url, e.status_code, hide(status_message(e)))
+        return
+    except (openai.APIConnectionError, openai.APITimeoutError) as e:
+        reason = str(e.__cause__ or e).splitlines()[0] if (e.__cause__ or str(e)) else type(e).__name__
+        raise ConfigError(f"endpoint {url} does not answer ({hide(reason)}); start the server or fix base_url") from None
+    finally:
+        client.close()
+    for model in models:
+        if model not in served:
+            raise ConfigError(f"{url} does not serve model {model!r} (it serves: {', '.join(sorted(served)) or 'nothing'})")
+
+
 class EndpointRefused(RlaifError):
     """The server rejected a request in a way no retry fixes: the stage stops here."""
 
@@ -69,13 +101,18 @@ def text_logprobs(choice) -> TokenLogprobs | None:
             zip(lp.tokens, lp.token_logprobs, tops)]
 
 
+def status_message(e) -> str:
+    """The server's message of an HTTP error, without the client's "Error code: NNN - " prefix."""
+    return e.message.removeprefix(f"Error code: {e.status_code} - ")
+
+
 def describe(e: Exception) -> tuple[str, bool]:
     """The error as one line, and whether a later try may succeed."""
     import openai
 
     if isinstance(e, openai.APIStatusError):
         code = e.status_code
-        return f"HTTP {code}: {e.message}", code in (408, 409, 429) or code >= 500
+        return f"HTTP {code}: {status_message(e)}", code in (408, 409, 429) or code >= 500
     if isinstance(e, (openai.APITimeoutError, openai.APIConnectionError)):
         return f"{type(e).__name__}: {e}", True
     return f"{type(e).__name__}: {e}", False

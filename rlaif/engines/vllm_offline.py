@@ -58,6 +58,62 @@ def llm_kwargs(model_path: str, settings: EngineSettings, seed: int, cpu: bool) 
     return kwargs
 
 
+def chat_text(tokenizer, messages: list[dict]) -> str:
+    """A chat as the model sees it: its chat template, or for a base model a plain transcript."""
+    if tokenizer.chat_template:
+        return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    turns = [f"{m['role'].capitalize()}: {m['content']}" for m in messages]
+    return (tokenizer.bos_token or "") + "\n\n".join(turns) + "\n\nAssistant:"
+
+
+def token_ids(tokenizer, r: Request) -> list[int]:
+    """The prompt's token ids as the engine sends them (the preflight counts them the same way)."""
+    if r.messages is not None:  # the template adds its own special tokens
+        return list(tokenizer(chat_text(tokenizer, r.messages), add_special_tokens=False).input_ids)
+    return list(tokenizer(r.prompt).input_ids)
+
+
+def prompt_lengths(tokenizer, requests: list[Request], batch: int = 512) -> list[int]:
+    """`len(token_ids(tokenizer, r))` for every request, tokenized in batches (fast tokenizers
+    batch in Rust): what the preflight compares with the model's context."""
+    lengths: list[int] = []
+    for i in range(0, len(requests), batch):
+        part = requests[i:i + batch]
+        chats = [chat_text(tokenizer, r.messages) for r in part if r.messages is not None]
+        texts = [r.prompt for r in part if r.messages is None]
+        chat_ids = iter(tokenizer(chats, add_special_tokens=False).input_ids if chats else [])
+        text_ids = iter(tokenizer(texts).input_ids if texts else [])
+        lengths += [len(next(chat_ids) if r.messages is not None else next(text_ids)) for r in part]
+    return lengths
+
+
+_LENGTH_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length", "max_sequence_length",
+                "max_seq_length", "seq_len")
+
+
+def context_limit(model_dir: str, settings: EngineSettings) -> int | None:
+    """The context vLLM gives a model: `max_model_len` when set, else the smallest length its
+    config declares, times a RoPE scaling factor (vLLM's rule, roughly, and never smaller: read
+    from config.json without loading anything)."""
+    if settings.max_model_len:
+        return settings.max_model_len
+    import json
+    from pathlib import Path
+
+    config = json.loads((Path(model_dir) / "config.json").read_text())
+    config = config.get("text_config", config)
+    lengths = [config[k] for k in _LENGTH_KEYS if isinstance(config.get(k), int)]
+    if not lengths:
+        return None
+    limit = min(lengths)
+    rope = config.get("rope_scaling") or config.get("rope_parameters") or {}
+    if (isinstance(rope, dict) and isinstance(rope.get("factor"), (int, float)) and rope["factor"] > 1
+            and rope.get("rope_type", rope.get("type")) not in ("su", "longrope", "llama3", "default")
+            and "gemma3" not in str(config.get("model_type", ""))):
+        limit = int(limit * rope["factor"])
+    return limit
+
+
 def token_logprobs(output) -> TokenLogprobs | None:
     """One vLLM CompletionOutput's log-probs as `TokenLogprobs`."""
     if not output.logprobs:
@@ -108,16 +164,10 @@ class VLLMEngine:
 
     # ---- prompts as token ids
     def chat_text(self, messages: list[dict]) -> str:
-        tok = self.tokenizer
-        if tok.chat_template:
-            return tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        turns = [f"{m['role'].capitalize()}: {m['content']}" for m in messages]
-        return (tok.bos_token or "") + "\n\n".join(turns) + "\n\nAssistant:"
+        return chat_text(self.tokenizer, messages)
 
     def token_ids(self, r: Request) -> list[int]:
-        if r.messages is not None:  # the template adds its own special tokens
-            return list(self.tokenizer(self.chat_text(r.messages), add_special_tokens=False).input_ids)
-        return list(self.tokenizer(r.prompt).input_ids)
+        return token_ids(self.tokenizer, r)
 
     # ---- the protocol
     def generate(self, requests: Sequence[Request], progress: Progress | None = None) -> list[Result]:

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from rlaif.core.errors import RlaifError
+from rlaif.core.errors import EXIT_BUG, EXIT_INTERRUPTED, EXIT_STAGE, RlaifError, os_error_message
 from rlaif.flows.console import echo
 
 log = logging.getLogger("rlaif")
@@ -58,6 +58,20 @@ def _out(args: argparse.Namespace) -> Path:
     return Path(args.out or default_run_dir(_recipe(args).name)).resolve()
 
 
+def _preflight(recipe, out, stages, judges=None) -> None:
+    """Configuration mistakes, before any compute and before Prefect's server starts."""
+    from rlaif.flows.preflight import preflight
+
+    preflight(recipe, out, stages, judges)
+
+
+def _check_rows(reports, recipe) -> None:
+    """Exit 4 with a table when more rows failed than the recipe allows (flows/failures.py)."""
+    from rlaif.flows.failures import check_failed_rows
+
+    check_failed_rows([r.failures for r in reports if r.failures], recipe.flow.max_failed_rows)
+
+
 # ----------------------------------------------------------------------------- commands
 def cmd_run(args: argparse.Namespace) -> int:
     from rlaif.core.store import write_atomic
@@ -65,20 +79,26 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     recipe, out = _recipe(args), str(_out(args))
     if getattr(args, "judge", None):
-        from rlaif.flows.swap import swap
+        from rlaif.flows.swap import load_judge, swap
 
+        _preflight(recipe, out, {"judge", "binarize"}, [load_judge(args.judge)])
         reports, report = swap(recipe, args.judge, out)
         pipeline.print_summary(reports, out)
         fmt = lambda v: "n/a" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)  # noqa: E731
         echo(f"agreement with {report['previous']}: spearman={fmt(report['spearman'])} kendall={fmt(report['kendall'])} "
               f"chosen_agreement={fmt(report['chosen_agreement'])} kappa={fmt(report['cohen_kappa'])} "
               f"over {report['prompts']} prompts -> {Path(out) / 'judge-swap' / report['judge'] / 'agreement.json'}")
+        _check_rows(reports, recipe)
         return 0
+    stages = {"generate"} if args.command == "generate" else {
+        "generate", "judge", "binarize", *(s for s in ("sft", "dpo") if getattr(recipe.train, s) is not None)}
+    _preflight(recipe, out, stages)
     write_atomic(Path(out) / "recipe.json", recipe.model_dump_json(indent=2))
     flow = pipeline.generate_flow if args.command == "generate" else pipeline.pipeline_flow
     reports = flow(recipe, out)
     pipeline.write_summary(reports, out)
     pipeline.print_summary(reports, out)
+    _check_rows(reports, recipe)
     return 0
 
 
@@ -89,12 +109,14 @@ def cmd_judge(args: argparse.Namespace) -> int:
 
     recipe, out = _recipe(args), str(_out(args))
     spec = recipe.judge_spec(args.judge)
+    _preflight(recipe, out, {"judge"}, [spec])
     reports = judge_flow(recipe, out, spec.name)
     write_summary(reports, out, f"judgements/{spec.name}/summary.json")
     print_summary(reports, out)
     n = reports[-1].notes
     echo(f"{spec.name} ({spec.kind}): {n['total']} judgements: parsed {n['parsed']}, retried {n['retried']}, "
           f"unparsed {n['unparsed']}, failed {n['failed']} -> {reports[-1].path}")
+    _check_rows(reports, recipe)
     return 0
 
 
@@ -107,6 +129,7 @@ def cmd_binarize(args: argparse.Namespace) -> int:
         args.set = [*args.set, f"binarize.push_to_hub={args.push_to_hub}"]
         args._recipe = None
     recipe, out = _recipe(args), str(_out(args))
+    _preflight(recipe, out, {"binarize"})
     reports = binarize_flow(recipe, out, force=args.force)
     write_summary(reports, out, "binarize_summary.json")
     print_summary(reports, out)
@@ -117,6 +140,7 @@ def cmd_binarize(args: argparse.Namespace) -> int:
           f"{c['unusable_judgements'] or 'none'}")
     echo(f"{Path(out) / 'dataset'} -> {version.name}; card: {version / 'README.md'}"
           + (f"; pushed to {recipe.binarize.push_to_hub}" if recipe.binarize.push_to_hub else ""))
+    _check_rows(reports, recipe)
     return 0
 
 
@@ -153,6 +177,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     recipe, out = _recipe(args), _out(args)
     if getattr(recipe.train, args.stage) is None:
         raise RlaifError(f"{args.recipe}: field 'train.{args.stage}': not set; nothing to train")
+    _preflight(recipe, out, {args.stage})
     if not (out / "recipe.json").exists():  # evaluate reads the recipe from the run
         write_atomic(out / "recipe.json", recipe.model_dump_json(indent=2))
     reports = train_flow(recipe, str(out), args.stage)
@@ -325,22 +350,32 @@ def main(argv: list[str] | None = None) -> int:
         return e.exit_code
     if not spec.quiet:
         return spec.run(args)
-    logfile = log_path(run_dir, args.command)
+    try:
+        logfile = log_path(run_dir, args.command)
+    except OSError:  # a run dir that cannot be written: the log goes to $RLAIF_HOME/logs, the lock says why
+        logfile = log_path(None, args.command)
     with command_output(logfile, args.verbose):
         try:
             return _run_locked(spec, args, run_dir)
         except RlaifError as e:
             log.exception("command failed")  # the traceback goes to the log, the line to the terminal
+            table = getattr(e, "table", None)
+            if table is not None:  # failed rows: what failed, above the line
+                console().print(table())
             _error(console(), str(e), logfile)
             return e.exit_code
+        except OSError as e:  # the disk filled up, a file became unwritable: what and where, in one line
+            log.exception("command failed")
+            _error(console(), os_error_message(e), logfile)
+            return EXIT_STAGE
         except KeyboardInterrupt:
             log.warning("interrupted")
             _error(console(), "interrupted; finished shards are kept, and a rerun resumes", logfile)
-            return 130
+            return EXIT_INTERRUPTED
         except Exception as e:  # a bug: the traceback is in the log
             log.exception("internal error")
             _error(console(), f"internal error: {type(e).__name__}: {e}", logfile)
-            return 1
+            return EXIT_BUG
 
 
 def _run_locked(spec: Command, args: argparse.Namespace, run_dir: Path | None) -> int:

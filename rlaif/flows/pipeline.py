@@ -32,10 +32,10 @@ from pydantic import BaseModel, Field
 
 from rlaif.core.errors import RlaifError, StageError, stage_errors
 from rlaif.core.progress import NULL, Reporter
-from rlaif.core.records import Completion
 from rlaif.core.store import Manifest, RunStore, write_json
 from rlaif.engines.pool import EnginePool
 from rlaif.flows import caching
+from rlaif.flows.failures import Failures, completion_failures, judgement_failures, no_usable_rows
 from rlaif.flows.recipe import Recipe
 from rlaif.generation.ensemble import STAGE as COMPLETIONS
 from rlaif.generation.ensemble import generate, manifest_of, plan_generation
@@ -56,6 +56,7 @@ class StageReport(BaseModel):
     cached: bool = False  # nothing to compute: served from Prefect's cache or found done in the shards
     notes: dict[str, Any] = Field(default_factory=dict)
     path: str = ""
+    failures: Failures | None = None  # the stage's failed rows (generate, judge)
 
 
 # ----------------------------------------------------------------------------- the run's session
@@ -156,7 +157,7 @@ def publish_task(prompts: Manifest, hygiene: HygieneReport, completions: Manifes
 
 @task(name="train", cache_key_fn=caching.train_key, **caching.CACHED)
 def train_task(stage: str, recipe: Recipe, out: str, inputs: str) -> dict[str, Any]:
-    from rlaif.training.common import is_trained, mark_trained, stage_state
+    from rlaif.training.common import is_trained, mark_trained, resumable, stage_state
 
     spec = getattr(recipe.train, stage)
     path = Path(out) / stage
@@ -167,8 +168,8 @@ def train_task(stage: str, recipe: Recipe, out: str, inputs: str) -> dict[str, A
             from rlaif.training.sft import train_sft as train
         else:
             from rlaif.training.dpo import train_dpo as train
-        metrics = train(Path(out) / "dataset", spec, path)
-        mark_trained(path, inputs, metrics, start_model=metrics.get("start_model"))
+        metrics = train(Path(out) / "dataset", resumable(spec, path, inputs), path)
+        mark_trained(path, inputs, metrics, start_model=metrics.get("start_model"), resumed_from=metrics.get("resumed_from"))
     return stage_state(path)
 
 
@@ -208,15 +209,6 @@ def _parameters(t, args: tuple) -> dict[str, Any]:
     return dict(bound.arguments)
 
 
-def _failed_rows(store: RunStore, manifest: Manifest, limit: int = 10) -> list[Completion]:
-    """The first failed completions, read from the shards that have any."""
-    out: list[Completion] = []
-    for s in manifest.shards:
-        if s.failed and len(out) < limit:
-            out += [c for c in store.iter(manifest.stage, s.key, Completion) if not c.ok][: limit - len(out)]
-    return out
-
-
 # ----------------------------------------------------------------------------- the steps
 def prompts_step(recipe: Recipe, out: str) -> tuple[Manifest, HygieneReport, StageReport]:
     (manifest, hy), _, secs = call(prompts_task, out, recipe, out)
@@ -242,14 +234,23 @@ def generate_step(prompts: Manifest, recipe: Recipe, out: str, last: str | None 
 
 
 def _generate_report(store: RunStore, m: Manifest, recipe: Recipe, out: str, secs: float, cached: bool) -> StageReport:
-    rep = current().reporter
-    for c in _failed_rows(store, m):
-        rep.note(f"[yellow]failed[/] stage generate, model {c.model}, row {c.prompt_id}: {c.error}")
+    failures = completion_failures(store, m)
+    _note_failures(failures)
     per_model = {g.name: sum(s.ok for s in m.shards if s.name == g.name) for g in recipe.generators}
     notes = {"failed": m.total("failed"), "retried next run": m.total("retryable"), "per_model": per_model,
              "output_tokens": m.counts().get("output_tokens", 0)}
     return StageReport(stage="generate", count_in=m.total("rows"), count_out=m.total("ok"), seconds=secs,
-                       cached=cached, notes=notes, path=str(Path(out) / COMPLETIONS))
+                       cached=cached, notes=notes, path=str(Path(out) / COMPLETIONS), failures=failures)
+
+
+def _note_failures(f: Failures) -> None:
+    """One line as soon as a stage ends with failed rows; the table comes with the command's end."""
+    if f.count:
+        from rich.markup import escape
+
+        first = f.first[0]
+        current().reporter.note(f"[yellow]{f.count} rows failed[/] in {f.stage} ({f.retryable} to send again), "
+                                f"first: model {escape(first.model)}, row {escape(first.row)}: {escape(first.error)}")
 
 
 def judge_step(prompts: Manifest, completions: Manifest, spec: JudgeSpec, recipe: Recipe, out: str,
@@ -264,9 +265,11 @@ def judge_step(prompts: Manifest, completions: Manifest, spec: JudgeSpec, recipe
         manifest, cached, secs = call(judge_task, out, prompts, completions, spec, recipe, out,
                                       remote=spec.endpoint is not None, recipe=recipe)
     counts = manifest_counts(manifest)  # parsed / retried / unparsed / failed
+    failures = judgement_failures(RunStore(out), manifest, spec.pairwise)
+    _note_failures(failures)
     return manifest, StageReport(stage="judge", count_in=completions.total("rows"), count_out=counts["parsed"],
                                  seconds=secs, cached=cached, notes={"judge": spec.name, "kind": spec.kind, **counts},
-                                 path=str(Path(out) / manifest.stage))
+                                 path=str(Path(out) / manifest.stage), failures=failures)
 
 
 def binarize_step(prompts: Manifest, hygiene: HygieneReport, completions: Manifest, judgements: Manifest,
@@ -324,18 +327,25 @@ def run_stages(recipe: Recipe, out: str, until: str = "train", judge_name: str |
     rep.stage("prompts")
     prompts, hy, r = prompts or prompts_step(recipe, out)
     reports = [r]
+    if r.count_out == 0:
+        raise no_usable_rows("prompts", r.count_in, None, f"hygiene removed {hy.counts}")
     rep.stage("generate")
     judge_engine = spec.engine_spec(recipe.engine)
     last = judge_engine.key if until != "generate" and judge_engine is not None else None
     completions, r = generate_step(prompts, recipe, out, last, require_done="generate" in done)
     reports.append(r)
     keep.update(prompts=prompts, hygiene=hy, completions=completions)
+    if r.count_out == 0:
+        raise no_usable_rows("generate", r.count_in, r.failures)
     if until == "generate":
         return reports
     rep.stage(f"judge ({spec.name})")
     judgements, r = judge_step(prompts, completions, spec, recipe, out, require_done="judge" in done)
     reports.append(r)
     keep.update(judgements=judgements)
+    if r.count_out == 0:
+        n = r.notes
+        raise no_usable_rows("judge", n["total"], r.failures, f"unparsed {n['unparsed']}, failed {n['failed']}")
     if until == "judge":
         return reports
     rep.stage("binarize")

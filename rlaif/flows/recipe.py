@@ -40,13 +40,15 @@ class TrainSpec(BaseModel):
 
 
 class FlowSpec(BaseModel):
-    """How Prefect runs the stages: retries for tasks that call a remote endpoint."""
+    """How Prefect runs the stages: retries for tasks that call a remote endpoint, and how many
+    failed rows a run may end with and still exit 0."""
 
     model_config = ConfigDict(extra="forbid")
 
     retries: int = Field(3, ge=0)  # only tasks whose generator or judge has an `endpoint:`
     retry_delay_seconds: float = Field(10, ge=0)  # the first delay; doubles on each retry
     retry_jitter_factor: float = Field(0.5, ge=0)  # each delay varies by up to this fraction
+    max_failed_rows: int = Field(0, ge=0)  # failed completions + judgements allowed; more: exit 4 (flows/failures.py)
 
 
 class Recipe(BaseModel):

@@ -19,8 +19,10 @@ from pathlib import Path
 from prefect import flow
 
 from rlaif.core.records import Prompt
-from rlaif.core.store import Manifest, RunStore, default_run_dir
+from rlaif.core.store import Manifest, RunStore, clean_leftovers, default_run_dir, run_lock
+from rlaif.flows.failures import check_failed_rows
 from rlaif.flows.pipeline import StageReport, current, run_stages, session, write_summary
+from rlaif.flows.preflight import preflight
 from rlaif.flows.recipe import Recipe, load_recipe
 from rlaif.generation.ensemble import plan_generation
 from rlaif.generation.prompt_sets import PROMPTS, write_prompt_chunks
@@ -64,17 +66,20 @@ def refresh_flow(recipe_path: str, out: str | None = None, overrides: list[str] 
     """Generate and judge the prompts not seen before, then write the next dataset version."""
     recipe = load_recipe(recipe_path, overrides)
     out = str(Path(out or default_run_dir(recipe.name)).resolve())
-    Path(out).mkdir(parents=True, exist_ok=True)
-    with session(recipe.seed):
-        prompts, hy, report, new = batched_prompts(recipe, out)
-        todo = sum(u.todo for u in plan_generation(prompts, recipe.generators, RunStore(out), recipe.models_per_prompt,
-                                                   recipe.seed))
-        before = latest_version(out)
-        reports = run_stages(recipe, out, "binarize", prompts=(prompts, hy, report))
-    published = reports[-1]
-    written = before is None or Path(published.path) != before
-    reports[1].notes["shards generated"] = todo
-    reports[-1] = published.model_copy(update={"notes": {**published.notes, "new version": written}})
-    write_summary(reports, out, "refresh_summary.json")
+    with run_lock(out):  # as every command: one run at a time, and what a killed one left is removed
+        clean_leftovers(out)
+        preflight(recipe, out, {"generate", "judge", "binarize"})  # a deployment's run: before any compute
+        with session(recipe.seed):
+            prompts, hy, report, new = batched_prompts(recipe, out)
+            todo = sum(u.todo for u in plan_generation(prompts, recipe.generators, RunStore(out),
+                                                       recipe.models_per_prompt, recipe.seed))
+            before = latest_version(out)
+            reports = run_stages(recipe, out, "binarize", prompts=(prompts, hy, report))
+        published = reports[-1]
+        written = before is None or Path(published.path) != before
+        reports[1].notes["shards generated"] = todo
+        reports[-1] = published.model_copy(update={"notes": {**published.notes, "new version": written}})
+        write_summary(reports, out, "refresh_summary.json")
+    check_failed_rows([r.failures for r in reports if r.failures], recipe.flow.max_failed_rows)  # the flow run fails
     return {"version": published.path, "written": written, "new_prompts": new, "pairs": published.count_out,
             "shards_generated": todo}

@@ -29,6 +29,9 @@ from rlaif.prompts import Template, load_template
 if TYPE_CHECKING:
     from rlaif.judges.spec import JudgeSpec
 
+# a judgement of a completion that has no text: its failure is the generation's, counted there
+COMPLETION_FAILED = "completion failed: "
+
 
 @dataclass(frozen=True)
 class Ask:
@@ -142,7 +145,7 @@ def pointwise_judgement(spec: JudgeSpec, settings: str, scale: tuple[float, floa
     base = dict(judgement_id=content_hash(c.completion_id, settings), completion_id=c.completion_id,
                 prompt_id=c.prompt_id, model=c.model, scale=scale, **provenance(spec, settings))
     if not c.ok:
-        return Judgement(**base, aspects={}, status="failed", error=f"completion failed: {c.error}")
+        return Judgement(**base, aspects={}, status="failed", error=f"{COMPLETION_FAILED}{c.error}")
     failed = {k: a for k, a in answers.items() if a.parsed is None}
     aspects = {k: aspect_rating(a) for k, a in answers.items()}
     retries = max((a.retries for a in answers.values()), default=0)

@@ -22,6 +22,22 @@ def hub_token() -> str:
     return token
 
 
+def check_push(repo_id: str) -> None:
+    """Before any compute: HF_TOKEN is set and the Hub accepts it (HubError otherwise)."""
+    from huggingface_hub import HfApi, constants
+
+    token = hub_token()
+    try:
+        HfApi(token=token).whoami()
+    except Exception as e:
+        status = getattr(getattr(e, "response", None), "status_code", None)
+        if status in (401, 403):
+            raise HubError(f"pushing to {repo_id}: the Hub rejected HF_TOKEN (HTTP {status})") from None
+        reason = str(e).replace(token, "***").splitlines()[0][:160] if str(e) else type(e).__name__
+        raise HubError(f"pushing to {repo_id}: this machine cannot reach the Hugging Face Hub "
+                       f"({constants.ENDPOINT}: {reason})") from None
+
+
 def push_to_hub(version_dir: str | Path, repo_id: str, private: bool = True) -> str:
     """Upload a version (Parquet configs, card, plots, manifest) to a Hub dataset repo in one commit."""
     from huggingface_hub import HfApi

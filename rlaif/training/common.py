@@ -38,6 +38,7 @@ from rlaif.core.store import write_json
 
 log = logging.getLogger(__name__)
 STATE = "rlaif-stage.json"
+STARTED = "rlaif-started.json"  # written before training: what the checkpoints in the folder are of
 
 
 class LoraSpec(BaseModel):
@@ -181,9 +182,21 @@ def load_splits(dataset_dir: str | Path) -> Any:
 
 
 def last_checkpoint(out_dir: Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
+    """The newest complete checkpoint. The trainer writes `trainer_state.json` last, so a checkpoint
+    without it was cut short (a kill mid-save): it is removed, and training resumes from the one before."""
+    import re
+    import shutil
 
-    return get_last_checkpoint(str(out_dir)) if out_dir.is_dir() else None
+    if not out_dir.is_dir():
+        return None
+    found = sorted((int(m.group(1)), p) for p in out_dir.iterdir()
+                   if p.is_dir() and (m := re.fullmatch(r"checkpoint-(\d+)", p.name)))
+    for _, path in reversed(found):
+        if (path / "trainer_state.json").exists():
+            return str(path)
+        log.warning("removing %s: a checkpoint cut short", path)
+        shutil.rmtree(path, ignore_errors=True)
+    return None
 
 
 def train_and_save(trainer: Any, spec: StageSpec, out_dir: Path, tokenizer: Any) -> dict[str, Any]:
@@ -227,6 +240,22 @@ def stage_state(out_dir: str | Path) -> dict | None:
 def is_trained(out_dir: str | Path, inputs: str) -> bool:
     state = stage_state(out_dir)
     return state is not None and state.get("inputs") == inputs
+
+
+def resumable(spec: StageSpec, out_dir: str | Path, inputs: str) -> StageSpec:
+    """The block to train with: `resume` on when an earlier try with the same inputs was cut short
+    (killed, or the machine went down), so its checkpoints are used whatever the recipe says.
+    Checkpoints of other inputs are never resumed unless the recipe asks (`resume: true`)."""
+    started = Path(out_dir) / STARTED
+    try:
+        same = json.loads(started.read_text()).get("inputs") == inputs
+    except (OSError, ValueError):
+        same = False
+    write_json(started, {"inputs": inputs})
+    if same and not spec.resume:
+        log.info("an earlier try with the same inputs was cut short: resuming from its last checkpoint")
+        return spec.model_copy(update={"resume": True})
+    return spec
 
 
 def mark_trained(out_dir: str | Path, inputs: str, metrics: dict[str, Any], **extra: Any) -> None:

@@ -51,10 +51,21 @@ def start_model(spec: DPOSpec, out_dir: Path) -> str:
     return str(sft)
 
 
+def dpo_config(spec: DPOSpec, out_dir: Path) -> tuple[DPOSpec, Any]:
+    """TRL's DPOConfig for the block (the preflight builds it too, before any compute)."""
+    from trl import DPOConfig
+
+    from rlaif.training import common
+
+    if isinstance(spec.get("loss_type"), str):  # TRL takes a list (several losses, weighted)
+        spec = spec.model_copy(update={"loss_type": [spec.get("loss_type")]})
+    return spec, common.trl_config(spec, DPOConfig, out_dir, "train.dpo")
+
+
 def train_dpo(dataset_dir: str | Path, spec: DPOSpec, out_dir: str | Path,
               model: Any = None, ref_model: Any = None) -> dict[str, Any]:
     """Train and save to `out_dir`; returns the final training metrics and the model it started from."""
-    from trl import DPOConfig, DPOTrainer
+    from trl import DPOTrainer
 
     from rlaif.training import common
 
@@ -62,9 +73,7 @@ def train_dpo(dataset_dir: str | Path, spec: DPOSpec, out_dir: str | Path,
     # Setup
     #######
     out_dir = Path(out_dir)
-    if isinstance(spec.get("loss_type"), str):  # TRL takes a list (several losses, weighted)
-        spec = spec.model_copy(update={"loss_type": [spec.get("loss_type")]})
-    args = common.trl_config(spec, DPOConfig, out_dir, "train.dpo")
+    spec, args = dpo_config(spec, out_dir)
 
     #######
     # Model

@@ -12,7 +12,7 @@ transformers, on the GPU when there is one, else the CPU; it takes no endpoint.
 from __future__ import annotations
 
 from rlaif.core.records import AspectRating, Judgement, content_hash
-from rlaif.judges.base import PointwiseKind, provenance
+from rlaif.judges.base import COMPLETION_FAILED, PointwiseKind, provenance
 from rlaif.prompts import Template
 
 
@@ -77,7 +77,7 @@ class RewardModel(PointwiseKind):
                 out.append(Judgement(**base, aspects={"reward": AspectRating(expected=by_id[c.completion_id])},
                                      status="parsed"))
             else:
-                out.append(Judgement(**base, aspects={}, status="failed", error=f"completion failed: {c.error}"))
+                out.append(Judgement(**base, aspects={}, status="failed", error=f"{COMPLETION_FAILED}{c.error}"))
         return out
 
 
