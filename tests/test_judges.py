@@ -289,7 +289,7 @@ def test_rlaif_agreement_with_human_labels(written, tmp_path, capsys):
         f.write(json.dumps({"prompt_id": "x", "completion_a": "1", "completion_b": "2", "winner": "both"}) + "\n")
     assert cli(["agreement", str(run), "--judges", "a", "c", "--human", str(labels)]) == 2
     err = capsys.readouterr().err
-    assert f"error: {labels}, line 4, field 'winner'" in err and "Traceback" not in err
+    assert f"error: {labels}, line 4: field 'winner'" in err and "Traceback" not in err
 
 
 def test_rlaif_judge_adds_a_judge_to_a_run_and_agreement_compares(run, pool, tmp_path, capsys):
