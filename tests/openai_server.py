@@ -856,9 +856,7 @@ class OpenAIServer:
         if b["status"] == "validating":
             self._set(b, status="in_progress", in_progress_at=int(time.time()), model=lines[0]["body"]["model"],
                       request_counts={"total": len(lines), "completed": 0, "failed": 0})
-        if self.vllm_model and b["status"] == "in_progress":
-            self._run_vllm(b, lines)
-        done = {r["custom_id"] for r in self._results[batch_id]}
+        done, for_vllm = {r["custom_id"] for r in self._results[batch_id]}, []
         for line in lines:
             if line["custom_id"] in done:
                 continue
@@ -866,7 +864,13 @@ class OpenAIServer:
                 return
             if b["status"] == "cancelling":
                 break
-            self._record(b, self._answer_line(b, line))
+            result = self._answer_line(b, line)
+            if self.vllm_model and (result["response"] or {}).get("status_code") == 200:
+                for_vllm.append(line)  # it passed the API's rules: vLLM answers it
+            else:
+                self._record(b, result)
+        if for_vllm and b["status"] != "cancelling" and not self._run_vllm(b, for_vllm):
+            return
         self._finish(b, lines)
 
     def _answer_line(self, b: dict, line: dict) -> dict:
@@ -920,18 +924,24 @@ class OpenAIServer:
         else:
             self._set(b, status="completed", completed_at=now, output_file_id=out, error_file_id=err)
 
-    def _run_vllm(self, b: dict, lines: list[dict]) -> None:
-        """Answer every line with vLLM's batch runner (`vllm_model` is a model directory); CPU settings."""
+    def _run_vllm(self, b: dict, lines: list[dict]) -> bool:
+        """Answer `lines` with vLLM's own batch runner on the model directory `vllm_model` (CPU settings).
+        The process that starts this server holds /tmp/rlaif-heavy.lock for it (a nested flock would deadlock)."""
         with tempfile.TemporaryDirectory() as tmp:
             src, dst = Path(tmp) / "in.jsonl", Path(tmp) / "out.jsonl"
             src.write_text("".join(json.dumps(x) + "\n" for x in lines))
-            cmd = ["flock", "/tmp/rlaif-heavy.lock", sys.executable, "-m", "vllm.entrypoints.openai.run_batch",
-                   "-i", str(src), "-o", str(dst), "--model", self.vllm_model,
-                   "--served-model-name", lines[0]["body"]["model"], "--dtype", "float32", "--enforce-eager"]
+            cmd = [sys.executable, "-m", "vllm.entrypoints.openai.run_batch", "-i", str(src), "-o", str(dst),
+                   "--model", self.vllm_model, "--served-model-name", lines[0]["body"]["model"],
+                   "--dtype", "float32", "--enforce-eager", "--max-model-len", "2048"]
             env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
-            subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            run = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            if run.returncode != 0 or not dst.exists():
+                self._set(b, status="failed", failed_at=int(time.time()), errors={"object": "list", "data": [
+                    {"code": "vllm_failed", "message": run.stderr[-2000:], "param": None, "line": None}]})
+                return False
             for out in (json.loads(x) for x in dst.read_text().splitlines() if x.strip()):
                 self._record(b, out)
+        return True
 
 
 def validate_batch_file(data: bytes, endpoint: str) -> tuple[list[dict], list[dict]]:

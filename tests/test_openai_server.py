@@ -390,3 +390,30 @@ def test_subprocess_survives_a_killed_client_and_a_restart(tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+SMOLLM2 = Path.home() / ".cache/rlaif/models/smollm2-135m-instruct"
+
+
+@pytest.mark.skipif(not os.environ.get("RLAIF_VLLM_BATCH_TEST"), reason="loads vLLM (minutes on CPU); run with "
+                    "RLAIF_VLLM_BATCH_TEST=1 under flock /tmp/rlaif-heavy.lock")
+def test_batch_answered_by_vllm_run_batch():
+    """`vllm_model`: lines that pass the API's rules are answered by vLLM's own batch runner on a real model;
+    a line the API refuses is refused here before vLLM sees it."""
+    assert SMOLLM2.is_dir()
+    bad = json.dumps({"custom_id": "refused", "method": "POST", "url": "/v1/chat/completions",
+                      "body": {"model": "gpt-4o-mini", "messages": MESSAGES, "guided_json": {}}}) + "\n"
+    with OpenAIServer(api_key="sk-test", vllm_model=str(SMOLLM2)) as srv, \
+            OpenAI(base_url=srv.base_url, api_key="sk-test", max_retries=0) as c:
+        up = c.files.create(file=("in.jsonl", batch_lines(["v1", "v2"]) + bad.encode()), purpose="batch")
+        b = wait_status(c, c.batches.create(input_file_id=up.id, endpoint="/v1/chat/completions",
+                                            completion_window="24h").id, ("completed", "failed"), timeout=900)
+        assert b.status == "completed", b.errors
+        out = {o["custom_id"]: o for o in map(json.loads, c.files.content(b.output_file_id).text.splitlines())}
+        assert set(out) == {"v1", "v2"} and srv.processed == {"v1": 1, "v2": 1, "refused": 1}
+        for o in out.values():
+            doc = json.loads(o["response"]["body"]["choices"][0]["message"]["content"])  # guided by the schema
+            assert doc["verdict"] in ("A", "B", "tie")
+            assert o["response"]["body"]["choices"][0]["logprobs"]["content"]
+        refused = json.loads(c.files.content(b.error_file_id).text)
+        assert refused["custom_id"] == "refused" and refused["response"]["status_code"] == 400
