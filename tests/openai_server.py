@@ -32,7 +32,8 @@ Implements (API reference: https://platform.openai.com/docs/api-reference):
     document that satisfies the schema (enum values picked from a hash of the messages), else a short
     text. `logprobs`: one entry per token of a simple tokenizer, each with `top_logprobs`
     alternatives; at an enum value the other enum values are the alternatives.
-  * Faults for tests: `faults=[(kind, count), ...]` taken in order by inference requests, or
+  * Faults for tests: `faults=[(kind, count[, path_part]), ...]`, each met by the next `count` requests
+    whose path contains `path_part` (default "/completions": the inference endpoints), or
     `fault=callable(path, body) -> kind | None`; kind 429 (rate limit, `Retry-After`), 500, 502, 503,
     "insufficient_quota" (a 429 no retry fixes) or "disconnect" (connection closed, no answer).
   * Files (files/create, retrieve, content, delete, list): multipart upload; purpose "batch" needs a
@@ -435,10 +436,6 @@ class OpenAIServer:
     def resume_batches(self) -> None:
         self._running.set()
 
-    def batch(self, batch_id: str) -> dict:
-        with self._lock:
-            return copy.deepcopy(self._batches[batch_id])
-
     # persistence (only with a state_dir)
     def _save(self, rel: str, obj) -> None:
         if self.state_dir:
@@ -514,14 +511,12 @@ class OpenAIServer:
             return self._control(parts[1:], raw)
         if parts[:1] != ["v1"]:
             raise ApiError(404, f"Invalid URL ({method} {path})")
-        parts = parts[1:]
+        parts, body, form = parts[1:], None, None
         if method == "POST" and parts == ["files"]:
             form = parse_multipart(headers.get("content-type", ""), raw)
             record["body"] = {k: (v if isinstance(v, str) else {"filename": v[0], "bytes": len(v[1])})
                               for k, v in form.items()}
-            return 200, self._upload(form), {}
-        body = None
-        if method == "POST":
+        elif method == "POST":
             try:
                 body = json.loads(raw or b"{}")
                 assert isinstance(body, dict)
@@ -531,9 +526,14 @@ class OpenAIServer:
                           "not valid JSON. If you have trouble figuring out how to fix this, please contact us through "
                           "our help center at help.openai.com.)") from None
             record["body"] = body
+        kind = self._take_fault(path, record["body"])
+        if kind is not None:
+            return self._fault_answer(kind, (body or {}).get("model"))
+        if form is not None:
+            return 200, self._upload(form), {}
         route = (method, parts[0] if parts else "", len(parts))
         if route[:2] == ("POST", "chat") and parts[1:] == ["completions"] or route == ("POST", "completions", 1):
-            return self._inference(path[3:], body)
+            return (*self.answer(path[3:], body), {})
         if route == ("GET", "models", 1):
             return 200, {"object": "list", "data": [self._model(m) for m in self.models]}, {}
         if route == ("GET", "models", 2):
@@ -592,25 +592,20 @@ class OpenAIServer:
     def _model(self, model: str) -> dict:
         return {"id": model, "object": "model", "created": 1_700_000_000, "owned_by": "system"}
 
-    # inference
-    def _take_fault(self, path: str, body: dict):
+    # faults and inference
+    def _take_fault(self, path: str, body):
+        """The fault this request meets: `fault(path, body)`, else the first queued (kind, count[, path part])
+        whose path part (default "/completions": the inference endpoints) is in the request's path."""
         if self.fault:
             return self.fault(path, body)
         with self._lock:
-            if self.faults:
-                kind = self.faults[0][0]
-                self.faults[0][1] -= 1
-                if self.faults[0][1] <= 0:
-                    self.faults.pop(0)
-                return kind
+            for f in self.faults:
+                if (f[2] if len(f) > 2 else "/completions") in path:
+                    f[1] -= 1
+                    if f[1] <= 0:
+                        self.faults.remove(f)
+                    return f[0]
         return None
-
-    def _inference(self, path: str, body: dict):
-        kind = self._take_fault(path, body)
-        if kind is not None:
-            return self._fault_answer(kind, body.get("model"))
-        status, payload = self.answer(path, body)
-        return status, payload, {}
 
     def _fault_answer(self, kind, model):
         if kind == "disconnect":
@@ -1037,7 +1032,8 @@ def main(argv=None) -> None:
     p.add_argument("--reasoning-models", help="comma-separated; which of the models are reasoning models")
     p.add_argument("--batch-seconds", type=float, default=0.0, help="delay before each batch line")
     p.add_argument("--retry-after", type=float, default=1.0)
-    p.add_argument("--fault", action="append", default=[], metavar="KIND:COUNT", help="e.g. 429:2, 500:1")
+    p.add_argument("--fault", action="append", default=[], metavar="KIND:COUNT[:PATH]",
+                   help="e.g. 429:2, 500:1:/batches, disconnect:1")
     p.add_argument("--expire", action="append", default=[], metavar="CUSTOM_ID")
     p.add_argument("--fail", action="append", default=[], metavar="CUSTOM_ID")
     p.add_argument("--vllm-model", help="answer batches with vLLM's run_batch on this model directory")
@@ -1048,7 +1044,7 @@ def main(argv=None) -> None:
         kw["models"] = a.models.split(",")
     if a.reasoning_models:
         kw["reasoning_models"] = a.reasoning_models.split(",")
-    faults = [(int(k) if k.isdigit() else k, int(n)) for k, n in (f.rsplit(":", 1) for f in a.fault)]
+    faults = [(int(k) if k.isdigit() else k, int(n), *rest) for k, n, *rest in (f.split(":", 2) for f in a.fault)]
     srv = OpenAIServer(api_key=a.api_key, batch_seconds=a.batch_seconds, retry_after=a.retry_after, faults=faults,
                        batch_expire=a.expire, batch_fail=a.fail, state_dir=a.state_dir, port=a.port,
                        vllm_model=a.vllm_model, **kw)

@@ -237,6 +237,14 @@ def test_server_errors_quota_and_disconnect(client, srv):
     with pytest.raises(openai.APIConnectionError):
         client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
     assert client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES).choices
+    srv.add_faults((503, 1, "/batches"))  # a fault on another endpoint leaves inference alone
+    assert client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES).choices
+    rejected(openai.InternalServerError, lambda: client.batches.list())
+    assert client.batches.list().data == []
+    srv.fault = lambda path, body: 502 if body and body.get("seed") == 13 else None
+    rejected(openai.InternalServerError, lambda: client.chat.completions.create(
+        model="gpt-4o-mini", messages=MESSAGES, seed=13))
+    assert client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, seed=14).choices
 
 
 def batch_lines(ids, model="gpt-4o-mini", url="/v1/chat/completions") -> bytes:
@@ -355,7 +363,7 @@ def test_subprocess_survives_a_killed_client_and_a_restart(tmp_path):
             time.sleep(0.05)
         return proc, json.loads((state / "server.json").read_text())["base_url"]
 
-    server, base_url = start("--paused")
+    server, base_url = start("--paused", "--fault", "500:1:/files", "--retry-after", "0.01")
     client_code = (
         "import io, sys, time; from openai import OpenAI\n"
         "c = OpenAI(base_url=sys.argv[1], api_key='sk-test')\n"
@@ -386,7 +394,9 @@ def test_subprocess_survives_a_killed_client_and_a_restart(tmp_path):
             assert b.status == "completed" and b.request_counts.completed == 6
             assert len(c.files.content(b.output_file_id).text.splitlines()) == 6
         assert control(base_url, "state")["processed"] == {f"r{i}": 1 for i in range(6)}  # each answered once
-        assert any(json.loads(x)["path"] == "/v1/batches" for x in (state / "requests.jsonl").read_text().splitlines())
+        log = [json.loads(x) for x in (state / "requests.jsonl").read_text().splitlines()]
+        assert [r["status"] for r in log if r["path"] == "/v1/files"] == [500, 200]  # --fault, then the client's retry
+        assert any(r["path"] == "/v1/batches" for r in log)
     finally:
         server.terminate()
         server.wait(timeout=10)
