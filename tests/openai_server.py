@@ -50,6 +50,12 @@ Implements (API reference: https://platform.openai.com/docs/api-reference):
     each custom_id was answered, across batches, so a test can assert nothing was sent twice.
     `vllm_model=DIR` runs each batch with vLLM's own runner instead (`vllm.entrypoints.openai.run_batch`).
 
+In-process, a test reads and steers: `srv.base_url` (http://127.0.0.1:PORT/v1), `srv.requests` (a copy of
+the log: method, path, query, headers without the key, body, status, time), `srv.count(path, status)`,
+`srv.processed` (Counter of custom_ids answered in batches), `srv.add_faults(...)`,
+`srv.pause_batches()` / `srv.resume_batches()`, and the settable attributes `responder`, `fault`,
+`retry_after`, `batch_seconds`, `batch_expire`, `batch_fail`.
+
 Two ways to use it: in-process `with OpenAIServer(...) as srv: srv.base_url`, or as a subprocess,
 `python tests/openai_server.py --port 0 --state-dir DIR`, which writes DIR/server.json (base_url, pid)
 when it is ready and keeps files, batches (with a journal of answered lines,
@@ -465,6 +471,9 @@ class OpenAIServer:
 
     # HTTP
     def handle(self, h: "_Handler", method: str) -> None:
+        if self._stopping.is_set():  # a stopped server answers nothing, even on a kept-alive connection
+            h.close_connection = True
+            return
         url = urlsplit(h.path)
         raw = h.rfile.read(int(h.headers.get("Content-Length") or 0))
         headers = {k.lower(): v for k, v in h.headers.items() if k.lower() != "authorization"}

@@ -427,3 +427,12 @@ def test_batch_answered_by_vllm_run_batch():
             assert o["response"]["body"]["choices"][0]["logprobs"]["content"]
         refused = json.loads(c.files.content(b.error_file_id).text)
         assert refused["custom_id"] == "refused" and refused["response"]["status_code"] == 400
+
+
+def test_a_stopped_server_answers_nothing():
+    srv = OpenAIServer().start()
+    with OpenAI(base_url=srv.base_url, api_key="sk-test", max_retries=0) as c:
+        assert c.models.list().data  # the connection is kept alive in the client's pool
+        srv.stop()
+        with pytest.raises(openai.APIConnectionError):
+            c.models.list()
