@@ -48,7 +48,9 @@ Implements (API reference: https://platform.openai.com/docs/api-reference):
     "body"}, "error": null}`, non-2xx answers and expired/cancelled lines in the error file.
     `batch_expire` / `batch_fail` mark custom_ids expired / failed (500); `processed` counts how often
     each custom_id was answered, across batches, so a test can assert nothing was sent twice.
-    `vllm_model=DIR` runs each batch with vLLM's own runner instead (`vllm.entrypoints.openai.run_batch`).
+    `vllm_model=DIR` (off by default) has the lines that pass these rules answered by vLLM's own runner
+    (`vllm.entrypoints.openai.run_batch`, CPU settings); start such a server under
+    `flock /tmp/rlaif-heavy.lock`.
 
 In-process, a test reads and steers: `srv.base_url` (http://127.0.0.1:PORT/v1), `srv.requests` (a copy of
 the log: method, path, query, headers without the key, body, status, time), `srv.count(path, status)`,
@@ -60,7 +62,8 @@ Two ways to use it: in-process `with OpenAIServer(...) as srv: srv.base_url`, or
 `python tests/openai_server.py --port 0 --state-dir DIR`, which writes DIR/server.json (base_url, pid)
 when it is ready and keeps files, batches (with a journal of answered lines,
 batches/<id>.results.jsonl) and the request log (requests.jsonl) under DIR; a server restarted on the
-same DIR reloads them and resumes unfinished batches. Non-API test controls live under /_control/ (pause, resume, faults, state).
+same DIR reloads them and resumes unfinished batches. Non-API test controls live under /_control/
+(pause, resume, faults, state).
 Only ever listens on 127.0.0.1.
 """
 

@@ -309,7 +309,8 @@ def test_batch_file_validation(client):
     assert b.status == "failed" and b.output_file_id is None
     assert [(e.code, e.line) for e in b.errors.data] == [("duplicate_custom_id", 2), ("url_mismatch", 3),
                                                          ("invalid_json_line", 4)]
-    _, errors = validate_batch_file(batch_lines(["p"]) + batch_lines(["q"], model="gpt-4.1-mini"), "/v1/chat/completions")
+    mixed = batch_lines(["p"]) + batch_lines(["q"], model="gpt-4.1-mini")
+    _, errors = validate_batch_file(mixed, "/v1/chat/completions")
     assert [e["code"] for e in errors] == ["model_mismatch"]
     rejected(openai.BadRequestError, lambda: client.batches.create(
         input_file_id=up.id, endpoint="/v1/chat/completions", completion_window="1h"))
