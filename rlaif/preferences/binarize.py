@@ -17,6 +17,17 @@ Margins and ties, precisely:
     prompt), `skip` leaves the prompt out, counted as "tie for best" / "tie for worst".
     all_pairs has no "best", so `ties` does not change it.
 
+Length control (`length_penalty`, score units per 100 words, default 0: off):
+    Judges favour longer answers, so a pair whose chosen is longer must hold its margin after a
+    penalty for the extra length, as length-controlled evaluations discount it (Dubois et al., 2024):
+        adjusted = score_chosen - score_rejected - length_penalty * max(0, words_chosen - words_rejected) / 100
+    and a pair is made only when adjusted > 0 and adjusted >= min_margin, besides the plain margin
+    rule above. Words are whitespace-separated (comparable across the ensemble's tokenizers). A
+    shorter chosen earns no bonus: the penalty only ever removes pairs. Where the strategy draws
+    the rejected answer, it draws among those that pass; a prompt that has pairs under the plain
+    margin but none after the penalty is counted as "no pair meets min_margin after the length penalty".
+    With the default 0 the pairs are exactly those made without it (the same seeded draws).
+
 Unlike distilabel's DPO formatter, a judgement that failed or did not parse never enters a pair.
 Every prompt left out is counted under its reason (and its id kept, for the dataset's manifest);
 every unusable judgement is counted under its status.
@@ -45,6 +56,7 @@ ALL_TIE = "all completions tie"
 TIE_BEST = "tie for best"
 TIE_WORST = "tie for worst"
 BELOW_MARGIN = "no pair meets min_margin"
+LENGTH_PENALIZED = "no pair meets min_margin after the length penalty"
 
 
 class BinarizeSpec(BaseModel):
@@ -58,6 +70,7 @@ class BinarizeSpec(BaseModel):
     strategy: Strategy = "best_vs_random"
     min_margin: float = Field(0.0, ge=0)  # smallest score gap a pair may have (a gap of 0 never pairs)
     ties: Literal["random", "skip"] = "random"  # several completions share the best (or worst) score
+    length_penalty: float = Field(0.0, ge=0)  # score units per 100 words the chosen is longer (see the module doc)
     test_fraction: float = Field(0.2, ge=0, lt=1)
     seed: int = 0
     push_to_hub: str | None = None  # a Hub repo id: each new version is pushed there (token: HF_TOKEN)
@@ -188,9 +201,13 @@ def _pairs_for_prompt(p: Prompt, comps: list[Completion], scores: dict[str, floa
     def far_enough(hi: float, lo: float) -> bool:
         return hi - lo > 0 and hi - lo >= spec.min_margin
 
+    def short_enough(hi: Scored, lo: Scored) -> bool:
+        return spec.length_penalty == 0 or far_enough(length_adjusted_margin(hi, lo, spec.length_penalty), 0.0)
+
     if spec.strategy == "all_pairs":
         made = [(a, b) for a, b in combinations(cands, 2) if far_enough(a[0], b[0])]
-        return (made, None) if made else ([], BELOW_MARGIN)
+        kept = [(a, b) for a, b in made if short_enough(a, b)]
+        return (kept, None) if kept else ([], LENGTH_PENALIZED if made else BELOW_MARGIN)
 
     rng = random.Random(content_hash(spec.seed, p.prompt_id))
     top = [x for x in cands if x[0] == best]
@@ -206,7 +223,16 @@ def _pairs_for_prompt(p: Prompt, comps: list[Completion], scores: dict[str, floa
         rest = [x for x in cands if far_enough(best, x[0])]
     if not rest:
         return [], BELOW_MARGIN
-    return [(chosen, rng.choice(rest))], None
+    kept = [x for x in rest if short_enough(chosen, x)]
+    if not kept:
+        return [], LENGTH_PENALIZED
+    return [(chosen, rng.choice(kept))], None
+
+
+def length_adjusted_margin(chosen: Scored, rejected: Scored, penalty: float) -> float:
+    """score_chosen - score_rejected, less `penalty` per 100 words the chosen is longer (never a bonus)."""
+    extra = len(chosen[1].text.split()) - len(rejected[1].text.split())
+    return chosen[0] - rejected[0] - penalty * max(0, extra) / 100
 
 
 def test_ids(prompt_ids: list[str], test_fraction: float, seed: int) -> set[str]:

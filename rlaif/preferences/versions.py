@@ -66,7 +66,8 @@ def inputs_hash(prompts: Manifest, completions: Manifest, judgements: Manifest, 
     """What a version is made of, and its hash: the same whichever command publishes."""
     inputs = {"prompts": prompts.hash, "completions": completions.hash, "judgements": judgements.hash,
               "hygiene": content_hash(hygiene_report)}
-    return inputs, content_hash(inputs, spec.model_dump(exclude={"push_to_hub"}), hygiene)
+    settings = spec.model_dump(exclude={"push_to_hub"} | ({"length_penalty"} if not spec.length_penalty else set()))
+    return inputs, content_hash(inputs, settings, hygiene)
 
 
 def _secrets() -> list[str]:
