@@ -398,7 +398,7 @@ class OpenAIServer:
             for sub in ("files", "batches"):
                 (self.state_dir / sub).mkdir(parents=True, exist_ok=True)
             self._reload()
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", self.port), _Handler)
+        self._httpd = _Server(("127.0.0.1", self.port), _Handler)
         self._httpd.daemon_threads, self._httpd.app = True, self
         self.port = self._httpd.server_address[1]
         threading.Thread(target=self._httpd.serve_forever, args=(0.05,), daemon=True).start()
@@ -1017,6 +1017,12 @@ def parse_multipart(content_type: str, raw: bytes) -> dict:
         filename = part.get_filename()
         form[name] = (filename, payload) if filename is not None else payload.decode()
     return form
+
+
+class _Server(ThreadingHTTPServer):
+    def handle_error(self, request, client_address):
+        if not isinstance(sys.exc_info()[1], ConnectionError):  # a client that hung up (a refused stage)
+            super().handle_error(request, client_address)
 
 
 class _Handler(BaseHTTPRequestHandler):
