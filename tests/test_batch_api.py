@@ -96,12 +96,17 @@ def test_a_batch_created_by_a_killed_run_is_found_again(srv, tmp_path):
     assert max(srv.processed.values()) == 1
 
 
-def test_a_refused_line_stops_the_stage(srv, tmp_path):
+def test_a_refused_line_stops_the_stage(srv, tmp_path, monkeypatch):
     bad = [Request(key="x", sampling=Sampling(), seed=0, messages=[{"role": "bogus", "content": "hi"}])]
     with pytest.raises(EndpointRefused, match=r"HTTP 400: Invalid value: 'bogus'.*\(batch batch_"):
         engine(srv, tmp_path).generate(bad)
     with pytest.raises(EndpointRefused, match="HTTP 404"):
         engine(srv, tmp_path, model="gpt-9").generate(requests(1))
+    monkeypatch.setenv("TEST_OPENAI_KEY", "sk-wrong-key-000000")
+    before = len(srv.requests)
+    with pytest.raises(EndpointRefused, match=r"HTTP 401: Incorrect API key provided.*\$TEST_OPENAI_KEY"):
+        engine(srv, tmp_path / "bad-key").generate(requests(2))
+    assert [r["status"] for r in srv.requests[before:]] == [401]  # the upload, refused; nothing after it
 
 
 # ----------------------------------------------------------------------------- kill -9 and resume

@@ -33,7 +33,7 @@ from rlaif.core.records import content_hash
 from rlaif.core.store import write_json
 from rlaif.engines import providers
 from rlaif.engines.base import Progress, Request, Result
-from rlaif.engines.openai_endpoint import Endpoint, EndpointEngine, EndpointRefused, refused, result_of
+from rlaif.engines.openai_endpoint import Endpoint, EndpointEngine, EndpointRefused, describe, refused, result_of
 
 log = logging.getLogger(__name__)
 
@@ -75,12 +75,32 @@ class BatchEngine:
     def generate(self, requests: Sequence[Request], progress: Progress | None = None) -> list[Result]:
         if not requests:
             return []
-        from openai import OpenAI
-
         e = self.endpoint
         bodies = self.live.bodies(requests)
         results: list[Result | None] = [None] * len(requests)
         pending, errors = list(range(len(requests))), {}
+        try:
+            self._rounds(requests, bodies, results, pending, errors, progress)
+        except EndpointRefused:
+            raise
+        except Exception as exc:  # the Files or Batches endpoints failed (after the client's retries)
+            msg, retryable, _ = describe(exc)
+            if not retryable:
+                raise refused(e, self.model, msg) from None
+            log.warning("%s: %s; the rows are kept and the batch resumed on the next run", self.label, msg)
+            pending = [i for i, r in enumerate(results) if r is None]
+            errors = dict.fromkeys(pending, msg)
+        for i in pending:
+            log.warning("request %s: %s (sent again on the next run)", requests[i].key, errors[i])
+            results[i] = Result(error=errors[i], retryable=True)
+        return results  # type: ignore[return-value]
+
+    def _rounds(self, requests, bodies, results, pending, errors, progress) -> None:
+        """Batches until every request is answered or has had its resends; `pending` is left holding
+        the ones still unanswered, `errors` their reasons."""
+        from openai import OpenAI
+
+        e = self.endpoint
         seen: set[str] = set()  # batches collected in this call: a resend needs a new one
         with OpenAI(base_url=e.base_url, api_key=self.live._key, max_retries=e.max_retries,
                     timeout=e.timeout_s) as client:
@@ -92,7 +112,7 @@ class BatchEngine:
                 for job in jobs:
                     self._start(client, job, seen)
                 self._wait(client, jobs, progress if attempt == 0 else None)
-                pending = []
+                pending.clear()
                 for job in jobs:
                     seen.add(job.batch.id)
                     for i, result in self._collect(client, job).items():
@@ -102,11 +122,7 @@ class BatchEngine:
                         else:
                             results[i] = result
                 if not pending:
-                    break
-        for i in pending:
-            log.warning("request %s: %s (sent again on the next run)", requests[i].key, errors[i])
-            results[i] = Result(error=errors[i], retryable=True)
-        return results  # type: ignore[return-value]
+                    return
 
     def close(self) -> None:
         pass

@@ -36,6 +36,7 @@ from rlaif.engines.base import Progress, Request, Result, TokenLogprobs
 from rlaif.engines.rate_limits import RateLimiter
 
 log = logging.getLogger(__name__)
+MAX_WAIT = 60.0  # a longer Retry-After (a daily limit) is not waited out: the row is kept, sent next run
 
 
 class Prices(BaseModel):
@@ -227,8 +228,9 @@ class EndpointEngine:
                 if attempt == e.max_retries:
                     log.warning("request %s failed after %d retries: %s", r.key, e.max_retries, msg)
                     return Result(error=msg, retryable=True)
-                if wait is not None:
-                    self.limiter.pause(wait)  # everyone waits: the others would meet the same 429
+                if wait is not None:  # everyone waits: the others would meet the same 429
+                    wait = min(wait, MAX_WAIT)
+                    self.limiter.pause(wait)
                 await asyncio.sleep(wait if wait is not None else backoff(attempt))
         raise AssertionError("unreachable")
 
