@@ -103,7 +103,10 @@ def compare_modes(judge_model: str, prompts: int, per_prompt: int, score: str, t
     pm = write_prompt_chunks(ps, store, len(ps))
     gens = [GeneratorSpec(name=f"smol-{i}", model="smollm2-135m-instruct",
                           sampling=Sampling(temperature=1.0, max_tokens=64, seed=i)) for i in range(per_prompt)]
-    settings = EngineSettings(max_model_len=4096)
+    # vLLM's CPU backend fails a seeded re-ask (temperature > 0) caught in a chunked prefill
+    # ("CPU Generator does not use offset"); joint prompts are long, so prefill whole prompts
+    settings = EngineSettings(max_model_len=4096, extra={"enable_chunked_prefill": False,
+                                                         "max_num_batched_tokens": 8192})
     out = {}
     with EnginePool() as pool:
         cm = generate(pm, gens, store, pool, settings)

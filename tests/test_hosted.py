@@ -158,6 +158,24 @@ def test_every_kind_parses_its_verdicts_on_the_hosted_api(srv, tmp_path, kind, m
             assert any(a.order != sorted(a.order) for r in records for a in r.aspects.values())
 
 
+def test_a_failed_joint_request_is_sent_again_alone(srv, tmp_path):
+    store, pm, cm = completions_run(tmp_path, prompts=3, per_prompt=4)
+    spec = JudgeSpec(name="uf", model="gpt-4o-mini", endpoint=endpoint(srv, max_retries=0, max_concurrency=1))
+    srv.add_faults((500, 1))  # the first request: one prompt's rating of one aspect, for all 4 completions
+    m = run_judge(pm, cm, spec, store)
+    first = list(store.read_manifest(m, Judgement))
+    failed = [r for r in first if r.status == "failed"]
+    assert len(failed) == 4 and all(r.retryable for r in failed) and len({r.prompt_id for r in failed}) == 1
+    assert m.total("retryable") == 4
+    sent = srv.count("/chat/completions")
+    m = run_judge(pm, cm, spec, store)
+    assert srv.count("/chat/completions") - sent == 4  # that prompt's 4 aspects again, nothing else
+    again = list(store.read_manifest(m, Judgement))
+    assert all(r.status == "parsed" for r in again) and len(again) == 12
+    kept = {r.completion_id: r for r in first if r.status == "parsed"}
+    assert all(r == kept[r.completion_id] for r in again if r.completion_id in kept)
+
+
 def test_log_probs_can_be_switched_off(srv, tmp_path):
     store, pm, cm = completions_run(tmp_path, prompts=2, per_prompt=2)
     on = JudgeSpec(name="on", model="gpt-4o-mini", endpoint=endpoint(srv))
