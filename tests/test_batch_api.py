@@ -158,3 +158,31 @@ def test_kill_9_during_a_batch_then_the_rerun_resumes_it(srv, tmp_path, prefect_
               for line in p.read_text().splitlines()]
     assert len(judged) == 18 and all(j.status == "parsed" for j in judged)
     assert (out / "dataset").exists()
+
+
+SMOLLM2 = Path.home() / ".cache/rlaif/models/smollm2-135m-instruct"
+
+
+@pytest.mark.skipif(not os.environ.get("RLAIF_VLLM_BATCH_TEST"), reason="loads vLLM (minutes on CPU); run with "
+                    "RLAIF_VLLM_BATCH_TEST=1 under flock /tmp/rlaif-heavy.lock")
+def test_joint_rating_through_a_batch_answered_by_vllm(tmp_path, monkeypatch):
+    """The judge stage through the Batch API, its lines answered by vLLM's own batch runner on SmolLM2:
+    strict schemas (a joint one with $defs) and log-probs, as a real model writes them."""
+    from test_hosted import completions_run
+
+    from rlaif.judges.spec import JudgeSpec
+    from rlaif.judges.stage import run_judge
+
+    monkeypatch.setenv("TEST_OPENAI_KEY", KEY)
+    store, pm, cm = completions_run(tmp_path, prompts=2, per_prompt=3)
+    with OpenAIServer(api_key=KEY, vllm_model=str(SMOLLM2)) as srv:
+        e = Endpoint(base_url=srv.base_url, api_key_env="TEST_OPENAI_KEY", provider="openai", batch=True,
+                     batch_poll_s=0.5)
+        spec = JudgeSpec(name="uf", model="gpt-4o-mini", aspects=["helpfulness", "honesty"], endpoint=e, retries=0)
+        records = list(store.read_manifest(run_judge(pm, cm, spec, store), Judgement))
+    assert spec.mode == "joint" and len(records) == 6 and not [r for r in records if r.status == "failed"]
+    assert sum(r.status == "parsed" for r in records) >= 4  # a 135M model may overrun max_tokens now and then
+    for r in records:
+        for a in r.aspects.values():
+            if a.rating is not None:
+                assert sum(a.probs.values()) == pytest.approx(1.0) and len(a.order) == 3

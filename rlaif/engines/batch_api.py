@@ -198,10 +198,7 @@ class BatchEngine:
     # ---- results
     def _collect(self, client, job: Job) -> dict[int, Result | None]:
         """Each of the job's requests: its Result, or None to send it again (its reason in job.errors)."""
-        from openai.types import Completion
-        from openai.types.chat import ChatCompletion
-
-        b, cast = job.batch, ChatCompletion if job.path == "/chat/completions" else Completion
+        b = job.batch
         if b.status == "failed":
             errs = list((b.errors.data if b.errors else None) or [])
             ours = [x for x in errs if x.code not in TRANSIENT_BATCH_ERRORS]
@@ -229,7 +226,7 @@ class BatchEngine:
                     continue
                 resp, err = line.get("response"), line.get("error")
                 if resp and resp.get("status_code") == 200:
-                    out[i] = result_of(cast.model_validate(resp["body"]))
+                    out[i] = result_of(resp["body"])
                     continue
                 if resp:
                     code = resp.get("status_code", 0)

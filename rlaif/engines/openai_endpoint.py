@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import ipaddress
+import json
 import logging
 import os
 import random
@@ -99,36 +100,38 @@ class EndpointRefused(RlaifError):
     exit_code = 3
 
 
-def chat_logprobs(choice) -> TokenLogprobs | None:
-    content = getattr(choice.logprobs, "content", None) if choice.logprobs else None
+def chat_logprobs(logprobs: dict | None) -> TokenLogprobs | None:
+    content = (logprobs or {}).get("content")
     if not content:
         return None
-    return [(t.token, [(c.token, c.logprob) for c in (t.top_logprobs or [])] or [(t.token, t.logprob)])
-            for t in content]
+    return [(t["token"], [(c["token"], c["logprob"]) for c in (t.get("top_logprobs") or [])]
+             or [(t["token"], t["logprob"])]) for t in content]
 
 
-def text_logprobs(choice) -> TokenLogprobs | None:
-    lp = getattr(choice, "logprobs", None)
-    if not lp or not getattr(lp, "tokens", None):
+def text_logprobs(logprobs: dict | None) -> TokenLogprobs | None:
+    tokens = (logprobs or {}).get("tokens")
+    if not tokens:
         return None
-    tops = lp.top_logprobs or [None] * len(lp.tokens)
-    return [(t, sorted((top or {t: l}).items(), key=lambda kv: -kv[1])) for t, l, top in
-            zip(lp.tokens, lp.token_logprobs, tops)]
+    tops = logprobs.get("top_logprobs") or [None] * len(tokens)
+    return [(t, sorted((top or {t: lp}).items(), key=lambda kv: -kv[1])) for t, lp, top in
+            zip(tokens, logprobs["token_logprobs"], tops)]
 
 
-def result_of(resp) -> Result:
-    """A Result from a ChatCompletion or Completion (live, or a Batch API output line's body)."""
-    choice = resp.choices[0]
-    if hasattr(choice, "message"):
-        text, tokens = choice.message.content, chat_logprobs(choice)
+def result_of(data: dict) -> Result:
+    """A Result from a chat or text completion's JSON (live, or a Batch API output line's body). Read
+    as plain JSON: validating thousands of log-prob entries into the client's models costs more than
+    the request."""
+    choice = data["choices"][0]
+    if "message" in choice:
+        text, tokens = choice["message"].get("content"), chat_logprobs(choice.get("logprobs"))
     else:
-        text, tokens = choice.text, text_logprobs(choice)
-    u = resp.usage
-    if not text and choice.finish_reason == "length":
+        text, tokens = choice.get("text"), text_logprobs(choice.get("logprobs"))
+    u = data.get("usage") or {}
+    if not text and choice.get("finish_reason") == "length":
         log.warning("%s: no text within the token limit (a reasoning model may need more reasoning_tokens)",
-                    resp.model)
-    return Result(text=text, finish_reason=choice.finish_reason, tokens=tokens,
-                  prompt_tokens=u.prompt_tokens if u else 0, output_tokens=u.completion_tokens if u else 0)
+                    data.get("model"))
+    return Result(text=text, finish_reason=choice.get("finish_reason"), tokens=tokens,
+                  prompt_tokens=u.get("prompt_tokens") or 0, output_tokens=u.get("completion_tokens") or 0)
 
 
 def retry_after(headers) -> float | None:
@@ -211,16 +214,12 @@ class EndpointEngine:
 
     async def _send(self, client, r: Request, body: dict) -> Result:
         """One request, tried again on transient errors; raises EndpointRefused on the others."""
-        from openai.types import Completion
-        from openai.types.chat import ChatCompletion
-
         e, path = self.endpoint, providers.route(r)
-        cast = ChatCompletion if path == "/chat/completions" else Completion
         tokens = providers.estimated_tokens(r)
         for attempt in range(e.max_retries + 1):
             await self.limiter.acquire(tokens)
             try:
-                return result_of(await client.post(path, cast_to=cast, body=body))
+                return result_of(json.loads(await client.post(path, cast_to=bytes, body=body)))
             except Exception as exc:  # a transient failure is kept as a row; any other stops the stage
                 msg, retryable, wait = describe(exc)
                 if not retryable:
