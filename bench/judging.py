@@ -17,7 +17,8 @@ come from SmolLM2 (two per prompt, 64 tokens). For each kind it prints:
 
 Joint vs per-completion UltraFeedback (`mode: joint` / `per_completion`), on the same completions
 (`--modes-completions` SmolLM2 answers per prompt, sampled with different seeds), judged by each
-judge model both ways: requests sent per prompt (counted at the engine, re-asks included), parsed
+judge model both ways: requests sent per prompt (counted at the engine: first tries, and with the
+re-asks of outputs that did not parse), parsed
 share, and how far the two agree (`rlaif agreement`'s measures: Spearman and Kendall of the scores,
 chosen agreement, Cohen's kappa on the pairwise preferences), scored by `--score` (default auto).
 """
@@ -73,10 +74,10 @@ class Counting:
     """An engine that counts the requests it is handed (first tries and re-asks alike)."""
 
     def __init__(self, engine):
-        self.engine, self.label, self.requests = engine, engine.label, 0
+        self.engine, self.label, self.calls = engine, engine.label, []
 
     def generate(self, requests, progress=None):
-        self.requests += len(requests)
+        self.calls.append(len(requests))  # one chunk here: the first call is every first try
         return self.engine.generate(requests, progress)
 
     def close(self):
@@ -121,8 +122,9 @@ def compare_modes(judge_model: str, prompts: int, per_prompt: int, score: str, t
                     m = run_judge(pm, cm, spec, store, judges)
                     seconds = time.perf_counter() - t
                 counts = manifest_counts(m)
-                out[mode] = dict(requests_per_prompt=counting.requests / len(ps), parsed=counts["parsed"] / counts["total"],
-                                 seconds=seconds, records=list(store.read_manifest(m, Judgement)))
+                out[mode] = dict(first=counting.calls[0] / len(ps), requests_per_prompt=sum(counting.calls) / len(ps),
+                                 parsed=counts["parsed"] / counts["total"], seconds=seconds,
+                                 records=list(store.read_manifest(m, Judgement)))
     report = agreement(out["per_completion"]["records"], out["joint"]["records"], ("per_completion", "joint"), score)
     return {"modes": out, "agreement": report}
 
@@ -191,11 +193,13 @@ def main() -> None:
     if args.modes_prompts:
         print(f"\nUltraFeedback joint vs per-completion: {args.modes_prompts} MT-Bench prompts x "
               f"{args.modes_completions} SmolLM2 answers, 4 aspects, score {args.score}")
-        print(f"{'judge model':22s} {'mode':15s} {'req/prompt':>10s} {'parsed':>7s} {'seconds':>8s}")
+        print(f"{'judge model':22s} {'mode':15s} {'first tries':>11s} {'+ re-asks':>10s} {'parsed':>7s} {'seconds':>8s}"
+              "   (requests per prompt)")
         for judge_model in args.judges:
             r = compare_modes(judge_model, args.modes_prompts, args.modes_completions, args.score, tmp)
             for mode, x in r["modes"].items():
-                print(f"{judge_model:22s} {mode:15s} {x['requests_per_prompt']:10.1f} {x['parsed']:7.1%} {x['seconds']:8.1f}")
+                print(f"{judge_model:22s} {mode:15s} {x['first']:11.1f} {x['requests_per_prompt']:10.1f} "
+                      f"{x['parsed']:7.1%} {x['seconds']:8.1f}")
             a = r["agreement"]
             fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
             print(f"{judge_model:22s} agreement over {a.completions_scored_by_both} completions: spearman "
