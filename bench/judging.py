@@ -1,7 +1,9 @@
 """Judging benchmark: judgements per second and parsed rate of each judge kind on the bundled models,
-and the judge stage's throughput against plain vLLM generating the same tokens.
+the judge stage's throughput against plain vLLM generating the same tokens, and UltraFeedback's
+joint rating against its per-completion rating.
 
     python bench/judging.py [--prompts 16] [--judges smollm2-135m-instruct gemma3-270m] [--kinds ...]
+                            [--modes-prompts 16] [--modes-completions 4]
 
 For each judge model the engine is loaded once (load time is not counted), with prefix caching
 off so that no run reuses another's prefill. Completions to judge
@@ -12,6 +14,13 @@ come from SmolLM2 (two per prompt, 64 tokens). For each kind it prints:
                  (guided decoding and log-probs included): the stage's own overhead (goal >= 0.9)
   vs free        stage tokens/s over plain unconstrained generation of the same number of tokens
                  (no guided decoding, no log-probs, ignore_eos): what the constraints cost
+
+Joint vs per-completion UltraFeedback (`mode: joint` / `per_completion`), on the same completions
+(`--modes-completions` SmolLM2 answers per prompt, sampled with different seeds), judged by each
+judge model both ways: requests sent per prompt (counted at the engine: first tries, and with the
+re-asks of outputs that did not parse), parsed
+share, and how far the two agree (`rlaif agreement`'s measures: Spearman and Kendall of the scores,
+chosen agreement, Cohen's kappa on the pairwise preferences), scored by `--score` (default auto).
 """
 
 from __future__ import annotations
@@ -50,7 +59,7 @@ def plain(eng, spec, asks, seed: int, constrained: bool, lengths: list[int] | No
                                                                         add_special_tokens=False).input_ids)))
         if constrained:
             fmt = a.fmt
-            c = StructuredOutputsParams(json=fmt.schema()) if fmt.json_model else StructuredOutputsParams(regex=fmt.regex)
+            c = StructuredOutputsParams(regex=fmt.regex) if fmt.regex else StructuredOutputsParams(json=fmt.schema())
             params.append(SamplingParams(temperature=spec.sampling.temperature, max_tokens=spec.sampling.max_tokens,
                                          seed=derive_seed(seed, a.key, 0), logprobs=spec.top_logprobs,
                                          structured_outputs=c))
@@ -61,11 +70,73 @@ def plain(eng, spec, asks, seed: int, constrained: bool, lengths: list[int] | No
     return time.perf_counter() - t, [len(o.outputs[0].token_ids) for o in outs]
 
 
+class Counting:
+    """An engine that counts the requests it is handed (first tries and re-asks alike)."""
+
+    def __init__(self, engine):
+        self.engine, self.label, self.calls = engine, engine.label, []
+
+    def generate(self, requests, progress=None):
+        self.calls.append(len(requests))  # one chunk here: the first call is every first try
+        return self.engine.generate(requests, progress)
+
+    def close(self):
+        pass
+
+
+def compare_modes(judge_model: str, prompts: int, per_prompt: int, score: str, tmp: Path) -> dict:
+    """Joint and per-completion UltraFeedback on the same completions: requests per prompt, parsed
+    share, agreement."""
+    from rlaif.core.records import Judgement
+    from rlaif.core.store import RunStore
+    from rlaif.engines.base import EngineSettings, Sampling
+    from rlaif.engines.models import resolve_model
+    from rlaif.engines.pool import EnginePool
+    from rlaif.engines.vllm_offline import VLLMEngine
+    from rlaif.generation.ensemble import GeneratorSpec, generate
+    from rlaif.generation.prompt_sets import load_prompts, write_prompt_chunks
+    from rlaif.judges.agreement import agreement
+    from rlaif.judges.spec import JudgeSpec
+    from rlaif.judges.stage import manifest_counts, run_judge
+
+    store = RunStore(tmp / f"modes-{judge_model}")
+    ps = load_prompts("mt_bench", limit=prompts)
+    pm = write_prompt_chunks(ps, store, len(ps))
+    gens = [GeneratorSpec(name=f"smol-{i}", model="smollm2-135m-instruct",
+                          sampling=Sampling(temperature=1.0, max_tokens=64, seed=i)) for i in range(per_prompt)]
+    # vLLM's CPU backend fails a seeded re-ask (temperature > 0) caught in a chunked prefill
+    # ("CPU Generator does not use offset"); joint prompts are long, so prefill whole prompts
+    settings = EngineSettings(max_model_len=4096, extra={"enable_chunked_prefill": False,
+                                                         "max_num_batched_tokens": 8192})
+    out = {}
+    with EnginePool() as pool:
+        cm = generate(pm, gens, store, pool, settings)
+        pool.close()
+        with VLLMEngine(resolve_model(judge_model), settings) as eng:
+            for mode in ("per_completion", "joint"):
+                spec = JudgeSpec(name=f"uf-{mode}", model=judge_model, mode=mode, engine=settings)
+                counting = Counting(eng)
+                with EnginePool() as judges:
+                    judges.put(spec.engine_spec(), counting)
+                    t = time.perf_counter()
+                    m = run_judge(pm, cm, spec, store, judges)
+                    seconds = time.perf_counter() - t
+                counts = manifest_counts(m)
+                out[mode] = dict(first=counting.calls[0] / len(ps), requests_per_prompt=sum(counting.calls) / len(ps),
+                                 parsed=counts["parsed"] / counts["total"], seconds=seconds,
+                                 records=list(store.read_manifest(m, Judgement)))
+    report = agreement(out["per_completion"]["records"], out["joint"]["records"], ("per_completion", "joint"), score)
+    return {"modes": out, "agreement": report}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--prompts", type=int, default=16)
     ap.add_argument("--judges", nargs="+", default=["smollm2-135m-instruct", "gemma3-270m"])
-    ap.add_argument("--kinds", nargs="+", default=KINDS)
+    ap.add_argument("--kinds", nargs="*", default=KINDS, help="kinds to time (none: only the modes comparison)")
+    ap.add_argument("--modes-prompts", type=int, default=16, help="joint vs per-completion: prompts (0: skip)")
+    ap.add_argument("--modes-completions", type=int, default=4, help="joint vs per-completion: answers per prompt")
+    ap.add_argument("--score", default="auto", choices=["auto", "expected", "sampled"])
     args = ap.parse_args()
 
     from rlaif.core.records import Completion
@@ -118,6 +189,22 @@ def main() -> None:
           f"{'tok/s':>7s} {'vs plain':>8s} {'vs free':>8s}")
     for m, k, n, rate, parsed, retried, toks, vp, vf in rows:
         print(f"{m:22s} {k:18s} {n:7d} {rate:7.2f} {parsed:7.1%} {retried:7d} {toks:7.1f} {vp:8.2f} {vf:8.2f}")
+
+    if args.modes_prompts:
+        print(f"\nUltraFeedback joint vs per-completion: {args.modes_prompts} MT-Bench prompts x "
+              f"{args.modes_completions} SmolLM2 answers, 4 aspects, score {args.score}")
+        print(f"{'judge model':22s} {'mode':15s} {'first tries':>11s} {'+ re-asks':>10s} {'parsed':>7s} {'seconds':>8s}"
+              "   (requests per prompt)")
+        for judge_model in args.judges:
+            r = compare_modes(judge_model, args.modes_prompts, args.modes_completions, args.score, tmp)
+            for mode, x in r["modes"].items():
+                print(f"{judge_model:22s} {mode:15s} {x['first']:11.1f} {x['requests_per_prompt']:10.1f} "
+                      f"{x['parsed']:7.1%} {x['seconds']:8.1f}")
+            a = r["agreement"]
+            fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+            print(f"{judge_model:22s} agreement over {a.completions_scored_by_both} completions: spearman "
+                  f"{fmt(a.spearman)}, kendall {fmt(a.kendall)}, chosen agreement {fmt(a.chosen_agreement)} "
+                  f"({a.prompts_compared} prompts, {a.prompts_with_tied_best} with a tied best), kappa {fmt(a.cohen_kappa)}")
 
 
 if __name__ == "__main__":

@@ -96,6 +96,7 @@ class AspectRating(Record):
     probs: dict[str, float] | None = None  # P(rating = k) from the rating token's log-probs
     expected: float | None = None  # sum_k k * P(k): the soft score small judges need
     raw: str = ""  # the judge's text as generated, kept for audit
+    order: list[str] | None = None  # joint rating: the completion ids in the order the judge saw them
 
 
 ScoreSource = Literal["auto", "expected", "sampled"]
@@ -119,6 +120,9 @@ class Judged(Record):
     error: str | None = None
     retries: int = 0  # re-asks it took before the output parsed (or gave up)
     retryable: bool = False  # the judge's endpoint failed transiently: judged again on the next run
+    # what its score is read from: the verdict token's probabilities, or the sampled verdict (a judge
+    # without log-probs: a reasoning model, `logprobs: false`, a server that gives none)
+    score_source: Literal["expected", "sampled"] | None = None
 
     @property
     def ok(self) -> bool:

@@ -12,7 +12,10 @@ or the error that stopped it and whether it was transient (`retryable`: sent aga
 
 Generation and judging build requests and read results; they never ask which backend runs them.
 Backends: `vllm_offline.VLLMEngine` (vLLM in this process), `openai_endpoint.EndpointEngine` (any
-OpenAI-compatible server). `pool.EnginePool` loads each (model, settings) once per run.
+OpenAI-compatible server; `providers.py` writes each request as its server takes it),
+`batch_api.BatchEngine` (the OpenAI Batch API). `pool.EnginePool` loads each (model, settings) once
+per run. An engine may say how many requests it wants per call (`window`, see `window()`): the
+stages then hand it several prompt chunks at once (a batch per window, not per chunk).
 """
 
 from __future__ import annotations
@@ -56,7 +59,8 @@ class EngineSettings(BaseModel):
 
 @dataclass(frozen=True)
 class Constraint:
-    """What the output must look like: a JSON schema (by name) or a regex."""
+    """What the output must look like: a JSON schema (by name), a regex, or both (an engine that
+    takes a regex uses it; one that does not is asked for the JSON form)."""
 
     name: str
     json_schema: dict | None = None
@@ -97,3 +101,9 @@ class Engine(Protocol):
     def generate(self, requests: Sequence[Request], progress: Progress | None = None) -> list[Result]: ...
 
     def close(self) -> None: ...
+
+
+def window(engine: object) -> int:
+    """How many requests `engine` wants per generate call (its optional `window`); 0: no preference,
+    one prompt chunk per call."""
+    return int(getattr(engine, "window", 0) or 0)

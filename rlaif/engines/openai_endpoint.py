@@ -1,28 +1,54 @@
-"""Any OpenAI-compatible endpoint as an engine: vLLM's own server, or a hosted API.
+"""Any OpenAI-compatible endpoint as an engine: vLLM's own server, the OpenAI API, or another one.
 
-Requests run concurrently with a bounded number in flight. HTTP 408/409/429/5xx, connection errors
-and timeouts are retried by the `openai` client itself, with exponential backoff and jitter
-(`max_retries`); a row that still fails comes back with its error and `retryable=True`, is kept in
-its shard, and is sent again on the next run. An error no retry can fix (400, 401, 403, 404: a
-wrong key, an unknown model, a request the server rejects) stops the stage at the first one with
-the endpoint, model and server message: nothing is written for it, so the next run after a fix
-sends it. The API key is read from the environment variable the recipe names, never from the
-recipe, and never logged or stored, even when a server quotes it back in an error (`redact`).
+Each request is written for the server it goes to (engines/providers.py: vLLM's extras, OpenAI's
+strict schemas and reasoning-model rules). Requests run concurrently, at most `max_concurrency` at
+once and within the endpoint's requests- and tokens-per-minute limits (engines/rate_limits.py).
+HTTP 408/409/429/5xx, connection errors and timeouts are tried again with exponential backoff and
+jitter, up to `max_retries` times; a 429's Retry-After pauses every request to the endpoint for as
+long as it says. A row that still fails comes back with its error and `retryable=True`, is kept in
+its shard, and is sent again on the next run. An error no retry can fix (400, 401, 403, 404, 422,
+or a 429 for an exhausted quota: a wrong key, an unknown model, a request the server rejects, no
+credit) stops the stage at the first one with the endpoint, model and server message: nothing is
+written for it, so the next run after a fix sends it. The API key is read from the environment
+variable the recipe names, never from the recipe, and never logged or stored, even when a server
+quotes it back in an error (`redact`).
+
+With `batch: true` the stage's requests go through the Batch API instead (engines/batch_api.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import email.utils
+import ipaddress
+import json
 import logging
 import os
+import random
+import time
 from collections.abc import Sequence
+from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from rlaif.core.errors import ConfigError, RlaifError
+from rlaif.engines import providers
 from rlaif.engines.base import Progress, Request, Result, TokenLogprobs
+from rlaif.engines.rate_limits import RateLimiter
 
 log = logging.getLogger(__name__)
+MAX_WAIT = 60.0  # a longer Retry-After (a daily limit) is not waited out: the row is kept, sent next run
+
+
+class Prices(BaseModel):
+    """What a hosted model costs, in dollars per million tokens (for `rlaif run --dry-run`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input: float = Field(ge=0)
+    output: float = Field(ge=0)
+    batch_discount: float = Field(0.5, gt=0, le=1)  # the Batch API's price as a share (OpenAI: half)
 
 
 class Endpoint(BaseModel):
@@ -30,11 +56,21 @@ class Endpoint(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    base_url: str  # e.g. http://127.0.0.1:8000/v1
+    base_url: str  # e.g. http://127.0.0.1:8000/v1 or https://api.openai.com/v1
     api_key_env: str | None = None  # name of the environment variable holding the key
+    provider: Literal["auto", "vllm", "openai", "other"] = "auto"  # auto: ask GET /models once
     max_concurrency: int = Field(8, ge=1)
     max_retries: int = Field(4, ge=0)
     timeout_s: float = Field(120.0, gt=0)
+    requests_per_minute: int | None = Field(None, ge=1)  # the account's limits, if known
+    tokens_per_minute: int | None = Field(None, ge=1)
+    reasoning: bool | None = None  # None: o-series and gpt-5 models on the OpenAI API
+    reasoning_effort: Literal["minimal", "low", "medium", "high"] | None = None
+    reasoning_tokens: int = Field(8192, ge=0)  # room for hidden reasoning, on top of max_tokens
+    batch: bool = False  # send a stage's requests through the Batch API (half price, within 24h)
+    batch_poll_s: float = Field(30.0, gt=0)
+    batch_window: int = Field(20_000, ge=1)  # requests per batch call: several prompt chunks at once
+    prices: Prices | None = None
 
     def api_key(self) -> str:
         if not self.api_key_env:
@@ -44,6 +80,19 @@ class Endpoint(BaseModel):
             raise ConfigError(f"environment variable {self.api_key_env} (the endpoint's api_key_env for "
                               f"{self.base_url}) is not set")
         return key
+
+    @property
+    def hosted(self) -> bool:
+        """A hosted API rather than a server of one's own: provider openai/other, or `auto` with a
+        public host (not localhost, a private address, or a bare cluster-internal name)."""
+        if self.provider != "auto":
+            return self.provider != "vllm"
+        host = urlsplit(self.base_url).hostname or ""
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            return "." in host and not host.endswith((".local", ".internal", ".svc", ".localhost"))
+        return not (ip.is_private or ip.is_loopback or ip.is_link_local)
 
 
 def check_endpoint(endpoint: Endpoint, models: list[str], timeout: float = 10.0) -> None:
@@ -84,38 +133,26 @@ class EndpointRefused(RlaifError):
     exit_code = 3
 
 
-def chat_logprobs(choice) -> TokenLogprobs | None:
-    content = getattr(choice.logprobs, "content", None) if choice.logprobs else None
+def chat_logprobs(logprobs: dict | None) -> TokenLogprobs | None:
+    content = (logprobs or {}).get("content")
     if not content:
         return None
-    return [(t.token, [(c.token, c.logprob) for c in (t.top_logprobs or [])] or [(t.token, t.logprob)])
-            for t in content]
+    return [(t["token"], [(c["token"], c["logprob"]) for c in (t.get("top_logprobs") or [])]
+             or [(t["token"], t["logprob"])]) for t in content]
 
 
-def text_logprobs(choice) -> TokenLogprobs | None:
-    lp = getattr(choice, "logprobs", None)
-    if not lp or not getattr(lp, "tokens", None):
+def text_logprobs(logprobs: dict | None) -> TokenLogprobs | None:
+    tokens = (logprobs or {}).get("tokens")
+    if not tokens:
         return None
-    tops = lp.top_logprobs or [None] * len(lp.tokens)
-    return [(t, sorted((top or {t: l}).items(), key=lambda kv: -kv[1])) for t, l, top in
-            zip(lp.tokens, lp.token_logprobs, tops)]
+    tops = logprobs.get("top_logprobs") or [None] * len(tokens)
+    return [(t, sorted((top or {t: lp}).items(), key=lambda kv: -kv[1])) for t, lp, top in
+            zip(tokens, logprobs["token_logprobs"], tops)]
 
 
 def status_message(e) -> str:
     """The server's message of an HTTP error, without the client's "Error code: NNN - " prefix."""
     return e.message.removeprefix(f"Error code: {e.status_code} - ")
-
-
-def describe(e: Exception) -> tuple[str, bool]:
-    """The error as one line, and whether a later try may succeed."""
-    import openai
-
-    if isinstance(e, openai.APIStatusError):
-        code = e.status_code
-        return f"HTTP {code}: {status_message(e)}", code in (408, 409, 429) or code >= 500
-    if isinstance(e, (openai.APITimeoutError, openai.APIConnectionError)):
-        return f"{type(e).__name__}: {e}", True
-    return f"{type(e).__name__}: {e}", False
 
 
 def redact(text: str, secret: str) -> str:
@@ -124,26 +161,66 @@ def redact(text: str, secret: str) -> str:
     return text.replace(secret, "***") if secret and secret != "EMPTY" else text
 
 
-def request_body(r: Request) -> dict:
-    """The JSON body of one request (without `model`), for /chat/completions or /completions."""
-    s = r.sampling
-    body: dict = dict(temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens, seed=r.seed)
-    if r.stop:
-        body["stop"] = list(r.stop)
-    if r.messages is not None:
-        body["messages"] = r.messages
-        if r.logprobs:
-            body.update(logprobs=True, top_logprobs=r.logprobs)
-        if r.constraint and r.constraint.json_schema:
-            body["response_format"] = {"type": "json_schema", "json_schema": {
-                "name": r.constraint.name, "schema": r.constraint.json_schema, "strict": True}}
+def result_of(data: dict) -> Result:
+    """A Result from a chat or text completion's JSON (live, or a Batch API output line's body). Read
+    as plain JSON: validating thousands of log-prob entries into the client's models costs more than
+    the request."""
+    choice = data["choices"][0]
+    if "message" in choice:
+        text, tokens = choice["message"].get("content"), chat_logprobs(choice.get("logprobs"))
     else:
-        body["prompt"] = r.prompt
-        if r.logprobs:
-            body["logprobs"] = r.logprobs
-    if r.constraint and r.constraint.regex:  # vLLM's server extension
-        body["extra_body"] = {"structured_outputs": {"regex": r.constraint.regex}}
-    return body
+        text, tokens = choice.get("text"), text_logprobs(choice.get("logprobs"))
+    u = data.get("usage") or {}
+    if not text and choice.get("finish_reason") == "length":
+        log.warning("%s: no text within the token limit (a reasoning model may need more reasoning_tokens)",
+                    data.get("model"))
+    return Result(text=text, finish_reason=choice.get("finish_reason"), tokens=tokens,
+                  prompt_tokens=u.get("prompt_tokens") or 0, output_tokens=u.get("completion_tokens") or 0)
+
+
+def retry_after(headers) -> float | None:
+    """Seconds the server asks us to wait (Retry-After in ms, seconds, or an HTTP date)."""
+    if not headers:
+        return None
+    for name, scale in (("retry-after-ms", 1000), ("retry-after", 1)):
+        value = headers.get(name)
+        if value is None:
+            continue
+        try:
+            return max(float(value) / scale, 0.0)
+        except ValueError:
+            when = email.utils.parsedate_to_datetime(value) if name == "retry-after" else None
+            if when is not None:
+                return max(when.timestamp() - time.time(), 0.0)
+    return None
+
+
+def describe(e: Exception) -> tuple[str, bool, float | None]:
+    """The error as one line, whether a later try may succeed, and the server's Retry-After."""
+    import openai
+
+    if isinstance(e, openai.APIStatusError):
+        code = e.status_code
+        message = status_message(e)
+        quota = e.code == "insufficient_quota"  # a 429 that waiting does not fix
+        retryable = (code in (408, 409, 429) or code >= 500) and not quota
+        return f"HTTP {code}: {message}", retryable, retry_after(e.response.headers)
+    if isinstance(e, (openai.APITimeoutError, openai.APIConnectionError)):
+        return f"{type(e).__name__}: {e}", True, None
+    return f"{type(e).__name__}: {e}", False, None
+
+
+def refused(endpoint: Endpoint, model: str, msg: str) -> EndpointRefused:
+    hint = ""
+    if msg.startswith(("HTTP 401", "HTTP 403")):
+        hint = f" (the key comes from ${endpoint.api_key_env})" if endpoint.api_key_env else \
+            " (no api_key_env set: sent no key)"
+    return EndpointRefused(f"{endpoint.base_url} refused a request for model {model}: {msg}{hint}")
+
+
+def backoff(attempt: int) -> float:
+    """0.5 s, 1 s, 2 s, ... up to 8 s, less up to a quarter at random (as the openai client does)."""
+    return min(0.5 * 2 ** attempt, 8.0) * (1 - 0.25 * random.random())
 
 
 class EndpointEngine:
@@ -153,42 +230,82 @@ class EndpointEngine:
         self.endpoint, self.model = endpoint, model
         self.label = f"{model} @ {endpoint.base_url}"
         self._key = endpoint.api_key()  # a missing key variable fails here, before any request
+        self._shape: providers.Shape | None = None
+        self.limiter = RateLimiter(endpoint.requests_per_minute, endpoint.tokens_per_minute)
+
+    @property
+    def shape(self) -> providers.Shape:
+        """How this server takes requests; `auto` asks GET /models (a wrong key stops here, before
+        any paid request)."""
+        if self._shape is None:
+            e, provider = self.endpoint, self.endpoint.provider
+            if provider == "auto":
+                try:
+                    provider = providers.detect(e.base_url, self._key, e.timeout_s)
+                except Exception as exc:
+                    msg, retryable, _ = describe(exc)
+                    msg = redact(msg, self._key)
+                    if not retryable:
+                        raise refused(e, self.model, msg) from None
+                    log.warning("%s: cannot ask GET /models (%s); sending portable requests", e.base_url, msg)
+                    return providers.shape_for("other", e, self.model)  # not kept: asked again next call
+            self._shape = providers.shape_for(provider, e, self.model)
+        return self._shape
+
+    def bodies(self, requests: Sequence[Request]) -> list[dict]:
+        """Each request's JSON body as this server takes it (GET /models asked at most once here)."""
+        shape = self.shape
+        return [providers.body(r, self.model, shape) for r in requests]
+
+    async def _send(self, client, r: Request, body: dict) -> Result:
+        """One request, tried again on transient errors; raises EndpointRefused on the others."""
+        e, path = self.endpoint, providers.route(r)
+        tokens = providers.estimated_tokens(r)
+        for attempt in range(e.max_retries + 1):
+            await self.limiter.acquire(tokens)
+            try:
+                return result_of(json.loads(await client.post(path, cast_to=bytes, body=body)))
+            except Exception as exc:  # a transient failure is kept as a row; any other stops the stage
+                msg, retryable, wait = describe(exc)
+                msg = redact(msg, self._key)
+                if not retryable:
+                    raise refused(e, self.model, msg) from None
+                if attempt == e.max_retries:
+                    log.warning("request %s failed after %d retries: %s", r.key, e.max_retries, msg)
+                    return Result(error=msg, retryable=True)
+                if wait is not None:  # everyone waits: the others would meet the same 429
+                    wait = min(wait, MAX_WAIT)
+                    self.limiter.pause(wait)
+                await asyncio.sleep(wait if wait is not None else backoff(attempt))
+        raise AssertionError("unreachable")
 
     async def _run(self, requests: Sequence[Request], progress: Progress | None) -> list[Result]:
         from openai import AsyncOpenAI
 
         e = self.endpoint
-        client = AsyncOpenAI(base_url=e.base_url, api_key=self._key, max_retries=e.max_retries, timeout=e.timeout_s)
-        gate = asyncio.Semaphore(e.max_concurrency)
+        bodies = self.bodies(requests)  # the shape first: a wrong key stops before any request
+        client = AsyncOpenAI(base_url=e.base_url, api_key=self._key, max_retries=0, timeout=e.timeout_s)
+        gate, stopped = asyncio.Semaphore(e.max_concurrency), []
 
-        async def one(r: Request) -> Result:
+        async def one(r: Request, body: dict) -> Result:
             async with gate:
-                body = request_body(r)
+                if stopped:  # a refusal came while this one waited: never sent
+                    raise asyncio.CancelledError
                 try:
-                    if r.messages is not None:
-                        resp = await client.chat.completions.create(model=self.model, **body)
-                        choice = resp.choices[0]
-                        text, tokens = choice.message.content, chat_logprobs(choice)
-                    else:
-                        resp = await client.completions.create(model=self.model, **body)
-                        choice = resp.choices[0]
-                        text, tokens = choice.text, text_logprobs(choice)
-                    u = resp.usage
-                    result = Result(text=text, finish_reason=choice.finish_reason, tokens=tokens,
-                                    prompt_tokens=u.prompt_tokens if u else 0, output_tokens=u.completion_tokens if u else 0)
-                except Exception as exc:  # a transient failure is kept as a row; any other stops the stage
-                    msg, retryable = describe(exc)
-                    msg = redact(msg, self._key)
-                    if not retryable:
-                        raise EndpointRefused(f"{e.base_url} refused a request for model {self.model}: {msg}") from None
-                    log.warning("request %s failed after %d retries: %s", r.key, e.max_retries, msg)
-                    result = Result(error=msg, retryable=True)
+                    result = await self._send(client, r, body)
+                except EndpointRefused:
+                    stopped.append(True)  # before the gate lets the next request in
+                    raise
             if progress:
                 progress(1)
             return result
 
-        try:
-            return list(await asyncio.gather(*(one(r) for r in requests)))
+        try:  # a task group: the first refusal cancels the requests in flight
+            async with asyncio.TaskGroup() as group:
+                tasks = [group.create_task(one(r, b)) for r, b in zip(requests, bodies)]
+            return [t.result() for t in tasks]
+        except ExceptionGroup as eg:
+            raise eg.exceptions[0] from None
         finally:
             await client.close()
 

@@ -5,7 +5,8 @@ two ensemble members with different sampling on one model (the common case: temp
 prompts) load it once, and a judge on a generator's model judges while it is still loaded. Local
 engines are big, so the pool keeps `local_capacity` of them (default 1) and closes the least
 recently used one before loading another; the generation stage orders its work so that the model
-the judge needs next is the last one it uses. Endpoint engines cost nothing to keep.
+the judge needs next is the last one it uses. Endpoint engines cost nothing to keep; an endpoint
+with `batch: true` is a Batch API engine, which keeps its batch ids in the run dir given to `get`.
 
     with EnginePool() as pool:
         engine = pool.get(EngineSpec("smollm2-135m-instruct", None, settings))
@@ -17,6 +18,7 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from rlaif.core.records import content_hash
 from rlaif.engines.base import Engine, EngineSettings
@@ -35,8 +37,8 @@ class EngineSpec:
 
     @property
     def key(self) -> str:
-        if self.endpoint is not None:  # never the key: only where and which model
-            return "endpoint-" + content_hash(self.endpoint.base_url, self.model)
+        if self.endpoint is not None:  # never the key: where, which model, and how it is asked
+            return "endpoint-" + content_hash(self.endpoint, self.model)
         return "local-" + content_hash(self.model, self.settings)
 
     @property
@@ -51,7 +53,8 @@ class EnginePool:
         self._borrowed: set[str] = set()  # put() by the caller: never closed here
         self.loads: dict[str, int] = {}  # key -> times loaded (a figure the tests and bench read)
 
-    def get(self, spec: EngineSpec) -> Engine:
+    def get(self, spec: EngineSpec, run_dir: str | Path | None = None) -> Engine:
+        """The engine for `spec`, loaded once; `run_dir` holds a Batch API engine's state."""
         if spec.key in self._engines:
             self._engines.move_to_end(spec.key)
             return self._engines[spec.key]
@@ -63,6 +66,11 @@ class EnginePool:
             from rlaif.engines.vllm_offline import VLLMEngine
 
             engine: Engine = VLLMEngine(resolve_model(spec.model), spec.settings, seed=self.seed, label=spec.model)
+        elif spec.endpoint.batch:
+            from rlaif.engines.batch_api import BatchEngine
+            from rlaif.engines.models import rlaif_home
+
+            engine = BatchEngine(spec.endpoint, spec.model, Path(run_dir or rlaif_home()) / "batches")
         else:
             from rlaif.engines.openai_endpoint import EndpointEngine
 

@@ -189,7 +189,7 @@ class VLLMEngine:
             constraint = None
             if r.constraint is not None:
                 c = r.constraint
-                constraint = StructuredOutputsParams(json=c.json_schema) if c.json_schema else StructuredOutputsParams(regex=c.regex)
+                constraint = StructuredOutputsParams(regex=c.regex) if c.regex else StructuredOutputsParams(json=c.json_schema)
             s = r.sampling
             params.append(SamplingParams(temperature=s.temperature, top_p=s.top_p, max_tokens=min(s.max_tokens, room),
                                          seed=r.seed, stop=list(r.stop) if r.stop else None,

@@ -2,6 +2,7 @@
 
     rlaif run RECIPE [--out DIR] [--set key.path=value ...]   the whole pipeline as a Prefect flow
     rlaif run RECIPE --judge OTHER.yaml                        judge swap: same completions, another judge
+    rlaif run RECIPE --dry-run                                 requests, tokens and cost per stage; sends nothing
     rlaif generate RECIPE [--out DIR] [--set ...]              the generation stage alone
     rlaif judge RECIPE --judge NAME [--out DIR]                judge a run's completions with another judge
     rlaif binarize RECIPE [--force] [--push-to-hub REPO]       a new dataset version from a run's judgements
@@ -77,6 +78,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     from rlaif.core.store import write_atomic
     from rlaif.flows import pipeline
 
+    if getattr(args, "dry_run", False):
+        from rlaif.flows.dry_run import estimate, print_estimate
+
+        print_estimate(estimate(_recipe(args)), _recipe(args).name)
+        return 0
     recipe, out = _recipe(args), str(_out(args))
     if getattr(args, "judge", None):
         from rlaif.flows.swap import load_judge, swap
@@ -273,11 +279,15 @@ def build_parser() -> argparse.ArgumentParser:
         return s
 
     in_recipe_run = dict(run_dir=_out, lock=True)
-    r = add("run", Command(cmd_run, **in_recipe_run), help="run a recipe end to end (generate, judge, binarize, train)",
+    dry_or_out = lambda a: None if a.dry_run else _out(a)  # noqa: E731 - a dry run writes nothing in the run dir
+    r = add("run", Command(cmd_run, run_dir=dry_or_out, lock=True),
+            help="run a recipe end to end (generate, judge, binarize, train)",
             description="Run a recipe end to end as one Prefect flow.")
     recipe_args(r)
     r.add_argument("--judge", metavar="JUDGE_YAML",
                    help="judge swap: judge the run's completions with this judge, binarize, print the agreement")
+    r.add_argument("--dry-run", action="store_true",
+                   help="print requests, estimated tokens and cost per stage and model; send nothing, load no model")
     recipe_args(add("generate", Command(cmd_run, **in_recipe_run), help="run the generation stage of a recipe alone",
                     description="Generate completions for a recipe's prompts; finished shards are kept."))
     j = add("judge", Command(cmd_judge, **in_recipe_run), help="judge a run's completions with one of the recipe's judges",

@@ -173,6 +173,13 @@ def train_task(stage: str, recipe: Recipe, out: str, inputs: str) -> dict[str, A
     return stage_state(path)
 
 
+class TransientRows(StageError):
+    """Rows of a stage failed transiently: the one failure Prefect tries a task again for."""
+
+    def __reduce__(self):
+        return (TransientRows, (self.stage, self.model, self.row, self.cause))
+
+
 def _retry_transient_rows(stage: str, manifest: Manifest) -> None:
     """Rows that failed transiently (HTTP 429/5xx, timeouts) make the task fail while Prefect
     retries are left, so it runs again after a backoff and the stage re-sends only those rows.
@@ -180,7 +187,13 @@ def _retry_transient_rows(stage: str, manifest: Manifest) -> None:
     ctx = TaskRunContext.get()
     bad = manifest.total("retryable")
     if bad and ctx and ctx.task_run.run_count <= ctx.task.retries:
-        raise StageError(stage, None, None, f"{bad} rows failed transiently; trying again")
+        raise TransientRows(stage, None, None, f"{bad} rows failed transiently; trying again")
+
+
+def _only_transient(task, task_run, state) -> bool:
+    """Prefect's retry condition: retry for rows that failed transiently, never for an error no
+    retry fixes (a wrong key, a refused request), which stops the stage at once."""
+    return isinstance(state.data, TransientRows)
 
 
 # ----------------------------------------------------------------------------- running a task
@@ -194,7 +207,7 @@ def call(t, out: str, *args: Any, remote: bool = False, recipe: Recipe | None = 
     if remote and recipe is not None:
         f = recipe.flow
         opts.update(retries=f.retries, retry_delay_seconds=exponential_backoff(backoff_factor=f.retry_delay_seconds),
-                    retry_jitter_factor=f.retry_jitter_factor)
+                    retry_jitter_factor=f.retry_jitter_factor, retry_condition_fn=_only_transient)
     start = time.perf_counter()
     state = t.with_options(**opts)(*args, return_state=True)
     value = state.result()  # a failed task raises its StageError here

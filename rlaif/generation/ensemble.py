@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from rlaif.core.progress import NULL, Reporter
 from rlaif.core.records import Completion, Prompt, content_hash, derive_seed
 from rlaif.core.store import Manifest, RunStore, ShardInfo
-from rlaif.engines.base import EngineSettings, Request, Result, Sampling
+from rlaif.engines.base import EngineSettings, Request, Result, Sampling, window
 from rlaif.engines.openai_endpoint import Endpoint
 from rlaif.engines.pool import EnginePool, EngineSpec
 from rlaif.generation.prompt_sets import PROMPTS
@@ -195,8 +195,9 @@ def _run_engine_group(units: list[Unit], generators: list[GeneratorSpec], store:
                       default: EngineSettings | None, models_per_prompt: int | None, seed: int,
                       report: Reporter) -> None:
     """All pending shards of one engine, chunk by chunk (memory: one chunk); each chunk's members
-    go to the engine in one call."""
-    engine = engines.get(units[0].spec.engine_spec(default))
+    go to the engine in one call (several chunks in one call for an engine with a `window`, such
+    as the Batch API's)."""
+    engine = engines.get(units[0].spec.engine_spec(default), store.root)
     by_chunk: dict[str, list[Unit]] = {}
     for u in units:
         by_chunk.setdefault(u.chunk.key, []).append(u)
@@ -204,14 +205,11 @@ def _run_engine_group(units: list[Unit], generators: list[GeneratorSpec], store:
     total = sum(u.info.retryable if u.info else round(u.chunk.rows * share) for u in units)
     names = "+".join(dict.fromkeys(u.spec.name for u in units))
     advance = report.task(names, total)
-    for chunk_units in by_chunk.values():
-        prompts = store.read(PROMPTS, chunk_units[0].chunk.key, Prompt)
-        assigned = assign(prompts, generators, models_per_prompt, seed)
-        jobs = []
-        for u in chunk_units:
-            old = store.read(STAGE, u.key, Completion) if u.info is not None else None
-            again = {c.prompt_id for c in old if c.retryable} if old is not None else None
-            jobs.append((u, [p for p in assigned[u.spec.name] if again is None or p.prompt_id in again], old))
+    wanted, jobs = window(engine), []
+
+    def flush() -> None:
+        if not jobs:
+            return
         results = iter(engine.generate([request(u.spec, p) for u, mine, _ in jobs for p in mine], advance))
         for u, mine, old in jobs:
             settings = u.spec.settings_hash()
@@ -220,3 +218,15 @@ def _run_engine_group(units: list[Unit], generators: list[GeneratorSpec], store:
                 redone = {c.prompt_id: c for c in new}
                 new = [redone.get(c.prompt_id, c) for c in old]
             u.info = store.write(STAGE, u.key, new, group=u.chunk.key, name=u.spec.name)
+        jobs.clear()
+
+    for chunk_units in by_chunk.values():
+        prompts = store.read(PROMPTS, chunk_units[0].chunk.key, Prompt)
+        assigned = assign(prompts, generators, models_per_prompt, seed)
+        for u in chunk_units:
+            old = store.read(STAGE, u.key, Completion) if u.info is not None else None
+            again = {c.prompt_id for c in old if c.retryable} if old is not None else None
+            jobs.append((u, [p for p in assigned[u.spec.name] if again is None or p.prompt_id in again], old))
+        if sum(len(mine) for _, mine, _ in jobs) >= wanted:
+            flush()
+    flush()

@@ -3,7 +3,8 @@
 A kind is one module in `rlaif/judges/kinds/` (plus its template in `rlaif/prompts/`), shaped like
 a distilabel task. It declares:
 
-    inputs     a prompt and one completion (`PointwiseKind`) or two (`PairwiseKind`)
+    inputs     a prompt and one completion (`PointwiseKind`) or two (`PairwiseKind`); an ask may
+               cover several completions (UltraFeedback's joint rating: all of a prompt's at once)
     template   the versioned template its messages are built from, and its default version
     output     the format it must write (`parsing.OutputFormat`): a JSON schema or a regex, the
                verdict's values, a tolerant pattern for free text
@@ -35,12 +36,13 @@ COMPLETION_FAILED = "completion failed: "
 
 @dataclass(frozen=True)
 class Ask:
-    """One request a kind wants answered: `unit` is the record it feeds (a completion or a pair)."""
+    """One request a kind wants answered: `units` are the records it feeds (completions or a pair)."""
 
     key: str  # unique within a shard
-    unit: str
+    units: tuple[str, ...]
     messages: list[dict]
     fmt: OutputFormat
+    max_tokens: int | None = None  # room for the answer, if not the judge's sampling.max_tokens
 
 
 @dataclass(frozen=True)
@@ -79,12 +81,22 @@ class JudgeKind:
     max_tokens: int = 96  # room for the bounded free text plus the JSON around it
     scale: tuple[float, float] | None = None
     text: bool = True  # False: not judged by a text engine (see judge_group)
+    modes: tuple[str, ...] = ()  # the `mode`s a kind offers (UltraFeedback: per_completion, joint)
+
+    def default_mode(self, spec: JudgeSpec) -> str | None:
+        return None
+
+    def default_template(self, spec: JudgeSpec) -> str:
+        return self.template
 
     def template_for(self, spec: JudgeSpec) -> Template:
         return load_template(spec.template, spec.template_version)
 
     def validate(self, spec: JudgeSpec) -> None:
         """Fail at recipe load if the spec cannot work (a template that does not exist, ...)."""
+        if spec.mode is not None and spec.mode not in self.modes:
+            offered = f"its modes: {list(self.modes)}" if self.modes else "it has no modes"
+            raise ValueError(f"mode {spec.mode!r} is not a mode of the {self.name} kind ({offered})")
         self.template_for(spec)
 
     def hash_parts(self, spec: JudgeSpec) -> tuple:
@@ -119,7 +131,7 @@ class PointwiseKind(JudgeKind):
 
     def asks(self, spec: JudgeSpec, prompt: Prompt, completions: list[Completion]) -> list[Ask]:
         fmt = self.output_format(spec)
-        return [Ask(f"{c.completion_id}|{aspect}", c.completion_id, messages, fmt)
+        return [Ask(f"{c.completion_id}|{aspect}", (c.completion_id,), messages, fmt)
                 for c in completions if c.ok for aspect, messages in self.completion_asks(spec, prompt, c)]
 
     def records(self, spec: JudgeSpec, settings: str, prompt: Prompt, completions: list[Completion],
@@ -140,14 +152,17 @@ def aspect_rating(answer: Answer) -> AspectRating:
 
 
 def pointwise_judgement(spec: JudgeSpec, settings: str, scale: tuple[float, float] | None, c: Completion,
-                        answers: dict[str, Answer]) -> Judgement:
-    """One completion's record from its aspects' answers (or the reason there are none)."""
+                        answers: dict[str, Answer], orders: dict[str, list[str]] | None = None) -> Judgement:
+    """One completion's record from its aspects' answers (or the reason there are none); `orders`:
+    per aspect, the completions in the order a joint ask showed them."""
     base = dict(judgement_id=content_hash(c.completion_id, settings), completion_id=c.completion_id,
                 prompt_id=c.prompt_id, model=c.model, scale=scale, **provenance(spec, settings))
     if not c.ok:
         return Judgement(**base, aspects={}, status="failed", error=f"{COMPLETION_FAILED}{c.error}")
     failed = {k: a for k, a in answers.items() if a.parsed is None}
-    aspects = {k: aspect_rating(a) for k, a in answers.items()}
+    aspects = {k: aspect_rating(a).model_copy(update={"order": (orders or {}).get(k)}) for k, a in answers.items()}
+    base["score_source"] = "expected" if aspects and all(a.expected is not None for a in aspects.values()) \
+        else "sampled"
     retries = max((a.retries for a in answers.values()), default=0)
     if failed or not answers:
         first = next(iter(failed.values()), Answer(None, error="no answer"))
@@ -176,7 +191,7 @@ class PairwiseKind(JudgeKind):
     def pair_asks(self, spec: JudgeSpec, prompt: Prompt, a: Completion, b: Completion) -> list[Ask]:
         """The pair in both orders: (a shown first, b second) and (b first, a second)."""
         fmt, pid = self.output_format(spec), pair_id(a, b)
-        return [Ask(f"{pid}|{order}", pid, self.pair_messages(spec, prompt, first, second), fmt)
+        return [Ask(f"{pid}|{order}", (pid,), self.pair_messages(spec, prompt, first, second), fmt)
                 for order, (first, second) in (("ab", (a, b)), ("ba", (b, a)))]
 
     def asks(self, spec: JudgeSpec, prompt: Prompt, completions: list[Completion]) -> list[Ask]:
@@ -221,4 +236,4 @@ def pair_judgement(spec: JudgeSpec, settings: str, a: Completion, b: Completion,
     if orders[0].p_first is not None and orders[1].p_first is not None:
         p_a = (orders[0].p_first + (1.0 - orders[1].p_first)) / 2
     return PairJudgement(**base, orders=orders, winner=winner, p_a=p_a, order_changed_verdict=from_a[0] != from_a[1],
-                         status="parsed", retries=retries)
+                         status="parsed", retries=retries, score_source="sampled" if p_a is None else "expected")

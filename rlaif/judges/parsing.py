@@ -6,9 +6,12 @@ where the verdict was written, renormalize them over the allowed values, and kee
 and its expected value (as G-Eval and the RLAIF paper do).
 
 Each judge kind declares an `OutputFormat`: a pydantic model whose JSON schema drives structured
-decoding (or, for MT-Bench's "[[rating]]" prompts, a regex), the field holding the verdict, its
-allowed values, and a tolerant pattern for endpoints that ignore the constraint. Parsing never
-invents a verdict: text it cannot read gives `value=None` and keeps the raw text.
+decoding, the field holding the verdict, its allowed values, and a tolerant pattern for endpoints
+that ignore the constraint. MT-Bench's "[[rating]]" prompts have a regex for engines that take one
+and the same verdict as JSON for those that do not (a hosted API's strict schemas). A joint format
+(`joint_format`) asks for several completions' verdicts in one JSON object, `text_1`, `text_2`, ...
+as UltraFeedback's prompts did. Parsing never invents a verdict: text it cannot read gives
+`value=None` and keeps the raw text.
 
 Engines hand us log-probs as `TokenLogprobs` (rlaif.engines.base): for each generated token, its
 text and the top candidates' (text, logprob) pairs, whichever engine ran the request.
@@ -20,8 +23,10 @@ import json
 import math
 import re
 from dataclasses import dataclass
+from functools import lru_cache
+from typing import Literal
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from rlaif.engines.base import Constraint, TokenLogprobs
 
@@ -36,34 +41,62 @@ class OutputFormat:
     json_model: type[BaseModel] | None = None  # JSON output: its schema constrains decoding
     value_field: str = ""
     text_field: str = ""  # the rationale / critique field
-    regex: str | None = None  # or a regex constraint (MT-Bench's "[[rating]]")
+    regex: str | None = None  # a regex constraint (MT-Bench's "[[rating]]"), preferred where taken
+    quoted: bool = False  # the JSON verdict is a string
+    items: int = 0  # a joint format: the verdicts of `items` texts, as {"text_1": {...}, ...}
+    item_model: type[BaseModel] | None = None  # a joint format: one text's verdict
 
     def schema(self) -> dict | None:
         return self.json_model.model_json_schema() if self.json_model else None
 
     def constraint(self) -> Constraint:
-        """What the engine enforces while decoding: the JSON schema, or the regex."""
-        if self.json_model is not None:
-            return Constraint(name=self.json_model.__name__, json_schema=self.schema())
-        return Constraint(name="verdict", regex=self.regex)
+        """What the engine enforces while decoding: the regex where the engine takes one, else the
+        JSON schema."""
+        name = self.json_model.__name__ if self.json_model is not None else "verdict"
+        return Constraint(name=name, json_schema=self.schema(), regex=self.regex)
+
+    def json_key(self, item: str | None = None) -> re.Pattern[str]:
+        """The text right before the JSON verdict (of one item of a joint format)."""
+        q = '"' if self.quoted else ""
+        inside = rf'"{item}"\s*:\s*\{{\s*' if item else ""
+        return re.compile(rf'{inside}"{self.value_field}"\s*:\s*{q}$')
+
+
+def _tolerant(value_field: str, values: tuple[str, ...]) -> re.Pattern[str]:
+    alts = "|".join(sorted(values, key=len, reverse=True))
+    return re.compile(rf'{value_field}"?\s*[:=]\s*"?({alts})\b', re.IGNORECASE)
 
 
 def json_format(model: type[BaseModel], value_field: str, text_field: str, values: tuple[str, ...],
-                 quoted: bool) -> OutputFormat:
+                quoted: bool) -> OutputFormat:
     q = '"' if quoted else ""
-    alts = "|".join(sorted(values, key=len, reverse=True))
     return OutputFormat(
-        values=values, json_model=model, value_field=value_field, text_field=text_field,
-        key=re.compile(rf'"{value_field}"\s*:\s*{q}$'),
-        tolerant=re.compile(rf'{value_field}"?\s*[:=]\s*"?({alts})\b', re.IGNORECASE))
+        values=values, json_model=model, value_field=value_field, text_field=text_field, quoted=quoted,
+        key=re.compile(rf'"{value_field}"\s*:\s*{q}$'), tolerant=_tolerant(value_field, values))
 
 
+@lru_cache(maxsize=32)
 def bracket_format(values: tuple[str, ...], explanation_chars: int) -> OutputFormat:
-    """MT-Bench's format: an explanation, then the verdict in double brackets, e.g. [[7]] or [[A]]."""
+    """MT-Bench's format: an explanation, then the verdict in double brackets, e.g. [[7]] or [[A]];
+    as JSON ({"explanation", "verdict"}) where no regex can be enforced."""
     alts = "|".join(sorted(values, key=len, reverse=True))
-    return OutputFormat(values=values, key=re.compile(r"\[\[$"),
-                        tolerant=re.compile(rf"\[\[\s*({alts})\s*\]\]"),
-                        regex=rf"[^\[\]]{{0,{explanation_chars}}}\[\[({alts})\]\]")
+    model = create_model(
+        "MTBenchVerdict", __config__=ConfigDict(extra="forbid"),
+        explanation=(str, Field(max_length=explanation_chars, description="your explanation, as the prompt asks")),
+        verdict=(Literal[values], Field(description="the verdict you would write in [[ ]]")))
+    return OutputFormat(values=values, key=re.compile(r"\[\[$"), tolerant=re.compile(rf"\[\[\s*({alts})\s*\]\]"),
+                        regex=rf"[^\[\]]{{0,{explanation_chars}}}\[\[({alts})\]\]", json_model=model,
+                        value_field="verdict", text_field="explanation", quoted=True)
+
+
+@lru_cache(maxsize=64)
+def joint_format(item: OutputFormat, n: int) -> OutputFormat:
+    """`n` texts' verdicts in one answer: {"text_1": <item>, ..., "text_n": <item>}, every one required."""
+    fields = {f"text_{i}": (item.json_model, ...) for i in range(1, n + 1)}
+    model = create_model(f"{item.json_model.__name__}Joint{n}", __config__=ConfigDict(extra="forbid"), **fields)
+    return OutputFormat(values=item.values, key=item.key, tolerant=item.tolerant, json_model=model,
+                        value_field=item.value_field, text_field=item.text_field, quoted=item.quoted, items=n,
+                        item_model=item.json_model)
 
 
 # ---- reading it ---------------------------------------------------------------------------------
@@ -74,6 +107,14 @@ class Parsed:
     text: str | None  # rationale / critique / explanation
     probs: dict[str, float] | None
     raw: str
+    items: dict[str, Parsed] | None = None  # a joint answer: each text's verdict ("text_1", ...)
+
+    @property
+    def complete(self) -> bool:
+        """Every verdict asked for was read (a joint answer: every text's)."""
+        if self.items is not None:
+            return bool(self.items) and all(p.value is not None for p in self.items.values())
+        return self.value is not None
 
 
 def token_distribution(tokens: TokenLogprobs | None, key: re.Pattern[str],
@@ -118,22 +159,55 @@ def expected_value(probs: dict[str, float] | None) -> float | None:
 
 def parse_output(fmt: OutputFormat, text: str, tokens: TokenLogprobs | None = None) -> Parsed:
     """Parse one judge output; never invents a verdict."""
+    if fmt.items:
+        return _parse_joint(fmt, text, tokens)
     value: str | None = None
     explanation: str | None = None
+    key = fmt.key
     if fmt.json_model is not None:
         try:
             data = fmt.json_model.model_validate(json.loads(text)).model_dump()
-            value, explanation = str(data[fmt.value_field]), data[fmt.text_field]
+            value, explanation, key = str(data[fmt.value_field]), data[fmt.text_field], fmt.json_key()
         except (json.JSONDecodeError, ValidationError, TypeError):
             pass
     if value is None:  # no constraint honoured, or truncated JSON: read the free text
-        m = fmt.tolerant.search(text)
-        if m and m.group(1).upper() in {v.upper() for v in fmt.values}:
-            value = next(v for v in fmt.values if v.upper() == m.group(1).upper())
-            if fmt.text_field:
-                r = re.search(rf'{fmt.text_field}"?\s*[:=]\s*"?([^"\n]*)', text, re.IGNORECASE)
-                explanation = r.group(1).strip() if r else None
-            else:
-                explanation = text[: m.start()].strip() or None
-    probs = token_distribution(tokens, fmt.key, fmt.values) if value is not None else None
+        value, explanation = _tolerant_read(fmt, text)
+    probs = token_distribution(tokens, key, fmt.values) if value is not None else None
     return Parsed(value=value, text=explanation, probs=probs, raw=text)
+
+
+def _tolerant_read(fmt: OutputFormat, text: str) -> tuple[str | None, str | None]:
+    m = fmt.tolerant.search(text)
+    if not m or m.group(1).upper() not in {v.upper() for v in fmt.values}:
+        return None, None
+    value = next(v for v in fmt.values if v.upper() == m.group(1).upper())
+    if fmt.regex is None and fmt.text_field:
+        r = re.search(rf'{fmt.text_field}"?\s*[:=]\s*"?([^"\n]*)', text, re.IGNORECASE)
+        return value, r.group(1).strip() if r else None
+    return value, text[: m.start()].strip() or None
+
+
+def _parse_joint(fmt: OutputFormat, text: str, tokens: TokenLogprobs | None) -> Parsed:
+    """Each text's verdict of a joint answer: from its JSON, else from its section of free or
+    truncated text ("text_2" / "Text 2" up to the next text's marker)."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        data = None
+    marks = [re.search(rf"text[ _]?{i}\b", text, re.IGNORECASE) for i in range(1, fmt.items + 2)]
+    items = {}
+    for i in range(1, fmt.items + 1):
+        name = f"text_{i}"
+        value = explanation = None
+        sub = data.get(name) if isinstance(data, dict) else None
+        try:
+            d = fmt.item_model.model_validate(sub).model_dump()
+            value, explanation, raw = str(d[fmt.value_field]), d[fmt.text_field], json.dumps(sub, ensure_ascii=False)
+        except (ValidationError, TypeError):
+            start, end = marks[i - 1], marks[i]
+            raw = text[start.start(): end.start() if end else len(text)] if start else ""
+            if raw:
+                value, explanation = _tolerant_read(fmt, raw)
+        probs = token_distribution(tokens, fmt.json_key(name), fmt.values) if value is not None else None
+        items[name] = Parsed(value=value, text=explanation, probs=probs, raw=raw)
+    return Parsed(value=None, text=None, probs=None, raw=text, items=items)

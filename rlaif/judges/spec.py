@@ -5,6 +5,7 @@ One `JudgeSpec` describes every kind, so swapping a judge is swapping a block of
 
     kind               rates                        verdict                           template
     ultrafeedback      each completion, per aspect  1-5 + rationale per aspect        ultrafeedback_rating
+                       (mode joint: all of a prompt's completions per request)    ultrafeedback_joint
     critique           each completion              critique + overall 1-10           ultrafeedback_critique
     mt_bench_single    each completion              explanation + [[1-10]]            MT-Bench single-v1
     pairwise           two completions, both orders "A" or "B" + rationale            pairwise
@@ -20,6 +21,8 @@ any of them re-judges.
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -44,10 +47,14 @@ class JudgeSpec(BaseModel):
     endpoint: Endpoint | None = None  # set: judge through an OpenAI-compatible server
     engine: EngineSettings | None = None  # this judge's engine settings; default: the recipe's `engine:`
     aspects: list[str] = Field(default_factory=lambda: list(ASPECTS), min_length=1)  # ultrafeedback
+    # ultrafeedback: joint (all of a prompt's completions per request) or per_completion; default:
+    # joint on a hosted endpoint, per_completion on a local engine or one's own server
+    mode: Literal["joint", "per_completion"] | None = None
     template: str | None = None  # default: the kind's template (table above)
     template_version: str | None = None
     sampling: Sampling | None = None  # default: greedy, the kind's max_tokens
     top_logprobs: int = Field(20, ge=5, le=20)  # must cover the verdict tokens
+    logprobs: bool = True  # False: no log-probs asked; scores from the sampled verdicts
     structured: bool = True  # constrain output (guided JSON / regex / response_format); False: parse free text
     retries: int = Field(2, ge=0)  # re-asks for an output that did not parse
     retry_temperature: float = Field(0.7, ge=0)  # a re-ask at temperature 0 would write the same text
@@ -73,7 +80,8 @@ class JudgeSpec(BaseModel):
     @model_validator(mode="after")
     def _kind_defaults(self) -> JudgeSpec:
         kind = self.impl
-        self.template = self.template or kind.template
+        self.mode = self.mode or kind.default_mode(self)
+        self.template = self.template or kind.default_template(self)
         self.template_version = self.template_version or kind.version
         if self.sampling is None:
             self.sampling = Sampling(temperature=0.0, max_tokens=kind.max_tokens)
@@ -94,8 +102,10 @@ class JudgeSpec(BaseModel):
     def settings_hash(self) -> str:
         t = self.judge_template()
         where = self.endpoint.base_url if self.endpoint else None  # never the key
+        no_logprobs = () if self.logprobs else ("no-logprobs",)  # absent when on: older hashes stand
         return content_hash(self.kind, self.model, where, t.name, t.version, t.hash, self.sampling, self.top_logprobs,
-                            self.structured, self.retries, self.retry_temperature, *self.impl.hash_parts(self))
+                            self.structured, self.retries, self.retry_temperature, *self.impl.hash_parts(self),
+                            *no_logprobs)
 
     def engine_spec(self, default: EngineSettings | None = None) -> EngineSpec | None:
         """The text engine this judge runs on; None for a kind that brings its own (a reward model)."""

@@ -9,7 +9,8 @@ A judge shard covers one prompt chunk: every member's completions of those promp
 kind sees all of a prompt's completions at once. Its key is the judge's settings hash and the
 content hashes of the chunk's completion shards: a regenerated shard is judged again, nothing else
 is. The kind (judges/kinds/) says what to ask and how answers become records; this module sends
-the asks to whatever engine the judge runs on, asks again (up to `spec.retries` times, at
+the asks to whatever engine the judge runs on (several chunks' asks at once to an engine that
+wants big calls, such as the Batch API's), asks again (up to `spec.retries` times, at
 `spec.retry_temperature` with a new seed) when an output does not parse, and stores an output that
 never parses as unparsed with its raw text. Rows that failed transiently are judged again on the
 next run; the rest are kept. Two judges sit side by side in `judgements/<name>/`, each with a
@@ -26,7 +27,7 @@ from rlaif.core.errors import RlaifError
 from rlaif.core.progress import NULL, Reporter, Task
 from rlaif.core.records import Completion, Judged, Judgement, PairJudgement, Prompt, content_hash, derive_seed
 from rlaif.core.store import Manifest, RunStore, ShardInfo
-from rlaif.engines.base import Engine, EngineSettings, Request
+from rlaif.engines.base import Engine, EngineSettings, Request, window
 from rlaif.engines.pool import EnginePool
 from rlaif.generation.prompt_sets import PROMPTS
 from rlaif.judges.base import Answer, Ask, pair_judgement, record_unit
@@ -53,8 +54,10 @@ def ask(spec: JudgeSpec, engine: Engine, asks: list[Ask], seed: int, task: Task 
         if not pending:
             break
         sampling = spec.sampling if attempt == 0 else spec.sampling.model_copy(update={"temperature": spec.retry_temperature})
-        requests = [Request(key=a.key, sampling=sampling, seed=derive_seed(seed, a.key, attempt), messages=a.messages,
-                            constraint=a.fmt.constraint() if spec.structured else None, logprobs=spec.top_logprobs)
+        requests = [Request(key=a.key, seed=derive_seed(seed, a.key, attempt), messages=a.messages,
+                            sampling=sampling.model_copy(update={"max_tokens": a.max_tokens}) if a.max_tokens else sampling,
+                            constraint=a.fmt.constraint() if spec.structured else None,
+                            logprobs=spec.top_logprobs if spec.logprobs else 0)
                     for a in pending]
         again = []
         for a, r in zip(pending, engine.generate(requests, task if attempt == 0 else None)):
@@ -63,32 +66,61 @@ def ask(spec: JudgeSpec, engine: Engine, asks: list[Ask], seed: int, task: Task 
                 continue
             parsed = parse_output(a.fmt, r.text, r.tokens)
             answers[a.key] = Answer(parsed, attempt)
-            if parsed.value is None:
+            if not parsed.complete:
                 again.append(a)
         pending = again
     return answers
 
 
-def judge_records(spec: JudgeSpec, engine: Engine | None, prompts: dict[str, Prompt], completions: list[Completion],
-                  seed: int, task: Task | None = None, only: set[str] | None = None) -> list[Judged]:
-    """One chunk's records; with `only`, just the records of those units (completions or pairs)."""
-    kind, settings = spec.impl, spec.settings_hash()
+@dataclass
+class ChunkJob:
+    """One chunk's judging: its prompts and completions, the units to redo (None: all), its asks."""
+
+    prompts: dict[str, Prompt]
+    completions: list[Completion]
+    only: set[str] | None = None
+    asks: dict[str, list[Ask]] | None = None
+
+    def plan(self, spec: JudgeSpec) -> list[Ask]:
+        if self.asks is not None:
+            return [a for group in self.asks.values() for a in group]
+        by_prompt: dict[str, list[Completion]] = {}
+        for c in self.completions:
+            by_prompt.setdefault(c.prompt_id, []).append(c)
+        kind, only = spec.impl, self.only
+        self.asks = {pid: [a for a in kind.asks(spec, self.prompts[pid], cs) if only is None or only & set(a.units)]
+                     for pid, cs in by_prompt.items()}
+        return [a for group in self.asks.values() for a in group]
+
+    def records(self, spec: JudgeSpec, answers: dict[str, Answer]) -> list[Judged]:
+        kind, settings, out = spec.impl, spec.settings_hash(), []
+        by_prompt: dict[str, list[Completion]] = {}
+        for c in self.completions:
+            by_prompt.setdefault(c.prompt_id, []).append(c)
+        for pid, asks in self.asks.items():
+            mine = {a.key: answers[a.key] for a in asks}
+            out += [r for r in kind.records(spec, settings, self.prompts[pid], by_prompt[pid], mine)
+                    if self.only is None or record_unit(r) in self.only]
+        return out
+
+
+def judge_jobs(spec: JudgeSpec, engine: Engine | None, jobs: list[ChunkJob], seed: int,
+               task: Task | None = None) -> list[list[Judged]]:
+    """Several chunks' records, their asks sent to the engine in one call."""
+    kind = spec.impl
     if not kind.text:
-        return kind.judge_group(spec, prompts, completions, seed)
-    by_prompt: dict[str, list[Completion]] = {}
-    for c in completions:
-        by_prompt.setdefault(c.prompt_id, []).append(c)
-    asks = {pid: [a for a in kind.asks(spec, prompts[pid], cs) if only is None or a.unit in only]
-            for pid, cs in by_prompt.items()}
-    flat = [a for group in asks.values() for a in group]
+        return [kind.judge_group(spec, j.prompts, j.completions, seed) for j in jobs]
+    flat = [a for j in jobs for a in j.plan(spec)]
     if task is not None:
         task.grow(len(flat))
     answers = ask(spec, engine, flat, seed, task) if flat else {}
-    records = []
-    for pid, cs in by_prompt.items():
-        mine = {a.key: answers[a.key] for a in asks[pid]}
-        records += [r for r in kind.records(spec, settings, prompts[pid], cs, mine) if only is None or record_unit(r) in only]
-    return records
+    return [j.records(spec, answers) for j in jobs]
+
+
+def judge_records(spec: JudgeSpec, engine: Engine | None, prompts: dict[str, Prompt], completions: list[Completion],
+                  seed: int, task: Task | None = None, only: set[str] | None = None) -> list[Judged]:
+    """One chunk's records; with `only`, just the records of those units (completions or pairs)."""
+    return judge_jobs(spec, engine, [ChunkJob(prompts, completions, only)], seed, task)[0]
 
 
 # ----------------------------------------------------------------------------- the stage
@@ -125,18 +157,32 @@ def run_judge(prompts: Manifest, completions: Manifest, spec: JudgeSpec, store: 
         engines = engines or EnginePool(seed=seed)
         try:
             engine_spec = spec.engine_spec(default_engine)
-            engine = engines.get(engine_spec) if engine_spec is not None else None
+            engine = engines.get(engine_spec, store.root) if engine_spec is not None else None
             task = report.task(spec.name, 0)
+            wanted, pending, asks = window(engine), [], 0  # chunks whose asks go to the engine together
+
+            def flush() -> None:
+                if not pending:
+                    return
+                for (u, old, _), records in zip(pending, judge_jobs(spec, engine, [j for *_, j in pending], seed, task)):
+                    if old is not None:  # only the rows that failed transiently were judged again
+                        redone = {record_unit(r): r for r in records}
+                        records = [redone.get(record_unit(r), r) for r in old]
+                    u.info = store.write(stage, u.key, records, group=u.group, name=spec.name)
+                pending.clear()
+
             for u in todo:
                 by_id = {p.prompt_id: p for p in store.iter(PROMPTS, u.group, Prompt)}
                 comps = list(store.read_manifest(completions, Completion, u.group))
                 old = store.read(stage, u.key, record_type(spec)) if u.info is not None else None
                 only = {record_unit(r) for r in old if r.retryable} if old is not None else None
-                records = judge_records(spec, engine, by_id, comps, seed, task, only)
-                if old is not None:  # only the rows that failed transiently were judged again
-                    redone = {record_unit(r): r for r in records}
-                    records = [redone.get(record_unit(r), r) for r in old]
-                u.info = store.write(stage, u.key, records, group=u.group, name=spec.name)
+                job = ChunkJob(by_id, comps, only)
+                pending.append((u, old, job))
+                asks += len(job.plan(spec)) if spec.impl.text else len(comps)
+                if asks >= wanted:
+                    flush()
+                    asks = 0
+            flush()
         finally:
             if own:
                 engines.close()
@@ -198,7 +244,7 @@ def compare_pairs(prompts: list[Prompt], pairs: list[tuple[Completion, Completio
         engines = engines or EnginePool(seed=seed)
         try:
             engine_spec = spec.engine_spec(default_engine)
-            engine = engines.get(engine_spec) if engine_spec is not None else None
+            engine = engines.get(engine_spec, store.root) if engine_spec is not None else None
             task = report.task(f"compare with {spec.name}", 0)
             if spec.pairwise:
                 asks = [a for x, y in pairs for a in spec.impl.pair_asks(spec, by_id[x.prompt_id], x, y)]

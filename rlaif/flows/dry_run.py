@@ -1,0 +1,121 @@
+"""`rlaif run RECIPE --dry-run`: what a run would send, and what it would cost, before anything is sent.
+
+Per stage and model: the number of requests, the input tokens they carry (estimated at 4
+characters a token: no tokenizer and no model is loaded), the output tokens they may write (each
+request's max_tokens: an upper bound), and their cost where the endpoint gives prices per million
+tokens (times `batch_discount` with `batch: true`). The prompts are read from their source before
+hygiene (which can only remove some); the judges' requests are built by their kinds exactly as the
+run would build them, from stand-in completions as long as each member's max_tokens (again an upper
+bound). Re-asks of unparsed verdicts, Prefect retries and a reasoning model's hidden reasoning
+tokens are not counted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rlaif.core.records import Completion, Prompt
+from rlaif.engines.openai_endpoint import Endpoint
+from rlaif.flows.recipe import Recipe
+from rlaif.generation.ensemble import assign, request
+from rlaif.generation.prompt_sets import load_prompts
+from rlaif.judges.spec import JudgeSpec
+
+CHARS_PER_TOKEN = 4
+
+
+@dataclass
+class Estimate:
+    stage: str
+    name: str  # the member's or judge's name in the recipe
+    model: str
+    where: str  # "local", or the endpoint (and "batch")
+    requests: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0  # at most
+    cost: float | None = None  # dollars, where the endpoint has prices
+
+    def add(self, text_chars: int, max_tokens: int) -> None:
+        self.requests += 1
+        self.input_tokens += text_chars // CHARS_PER_TOKEN
+        self.output_tokens += max_tokens
+
+    def price(self, endpoint: Endpoint | None) -> Estimate:
+        p = endpoint.prices if endpoint is not None else None
+        if p is not None:
+            share = p.batch_discount if endpoint.batch else 1.0
+            self.cost = share * (self.input_tokens * p.input + self.output_tokens * p.output) / 1e6
+        return self
+
+
+def _where(endpoint: Endpoint | None) -> str:
+    if endpoint is None:
+        return "local"
+    return endpoint.base_url + (" (batch)" if endpoint.batch else "")
+
+
+def _chars(messages: list[dict] | None, prompt: str | None) -> int:
+    if messages is None:
+        return len(prompt or "")
+    return sum(len(str(m.get("content", ""))) for m in messages)
+
+
+def estimate(recipe: Recipe) -> list[Estimate]:
+    """Every stage that sends requests, per member and judge, as `rlaif run` would send them."""
+    p = recipe.prompts
+    prompts = load_prompts(p.source, p.limit, p.split)
+    assigned = assign(prompts, recipe.generators, recipe.models_per_prompt, recipe.seed)
+    out, stand_ins = [], {}
+    for g in recipe.generators:
+        e = Estimate("generate", g.name, g.model, _where(g.endpoint))
+        for prompt in assigned[g.name]:
+            r = request(g, prompt)
+            e.add(_chars(r.messages, r.prompt), r.sampling.max_tokens)
+            stand_ins.setdefault(prompt.prompt_id, []).append(Completion(
+                completion_id=f"{g.name}/{prompt.prompt_id}", prompt_id=prompt.prompt_id, prompt_hash=prompt.hash,
+                model=g.name, settings_hash="", text="x" * (g.sampling.max_tokens * CHARS_PER_TOKEN)))
+        out.append(e.price(g.endpoint))
+    run_judge = recipe.judge_spec().name
+    for spec in recipe.judges:
+        stage = "judge" if spec.name == run_judge else "judge (rlaif judge)"
+        out.append(_judge(spec, stage, prompts, stand_ins).price(spec.endpoint))
+    return out
+
+
+def _judge(spec: JudgeSpec, stage: str, prompts: list[Prompt], completions: dict[str, list[Completion]]) -> Estimate:
+    e = Estimate(stage, spec.name, spec.model, _where(spec.endpoint))
+    kind = spec.impl
+    for prompt in prompts:
+        mine = completions.get(prompt.prompt_id, [])
+        if not kind.text:  # a reward model scores each conversation locally
+            for c in mine:
+                e.add(_chars([m.model_dump() for m in prompt.messages], None) + len(c.text or ""), 0)
+            continue
+        for a in kind.asks(spec, prompt, mine):
+            e.add(_chars(a.messages, None), a.max_tokens or spec.sampling.max_tokens)
+    return e
+
+
+def print_estimate(estimates: list[Estimate], recipe_name: str) -> None:
+    from rich.table import Table
+
+    from rlaif.flows.console import console, echo
+
+    table = Table(title=f"rlaif run --dry-run: {recipe_name} (nothing sent)", title_justify="left")
+    for col in ("stage", "name", "model", "runs on", "requests", "input tokens", "output tokens (max)", "cost ($)"):
+        table.add_column(col, justify="right" if col in ("requests", "input tokens", "output tokens (max)",
+                                                          "cost ($)") else "left")
+    for e in estimates:
+        table.add_row(e.stage, e.name, e.model, e.where, f"{e.requests:,}", f"{e.input_tokens:,}",
+                      f"{e.output_tokens:,}", "-" if e.cost is None else f"{e.cost:,.2f}")
+    costs = [e.cost for e in estimates if e.cost is not None]
+    run = [e for e in estimates if e.stage != "judge (rlaif judge)"]
+    table.add_row("total (rlaif run)", "", "", "", f"{sum(e.requests for e in run):,}",
+                  f"{sum(e.input_tokens for e in run):,}", f"{sum(e.output_tokens for e in run):,}",
+                  f"{sum(e.cost for e in run if e.cost is not None):,.2f}" if costs else "-")
+    con = console()
+    con.width = max(con.width, 140)
+    con.print(table)
+    echo("input tokens at 4 characters a token; output tokens at each request's max_tokens (an upper bound); "
+         "prompts before hygiene; re-asks and reasoning tokens not counted. Costs from the endpoints' prices "
+         "(per million tokens), with the Batch API's discount where batch: true.")
