@@ -177,6 +177,7 @@ def test_token_never_written_and_push_errors(tmp_path, monkeypatch):
     import huggingface_hub
 
     calls = []
+    monkeypatch.setattr(huggingface_hub.HfApi, "whoami", lambda self, *a, **kw: {"name": "me"})
     monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", lambda self, *a, **k: calls.append(("create", a, k)))
 
     def refused(self, **kw):  # the hub's answer we cannot cause here: a 401 that echoes the token
@@ -278,7 +279,8 @@ def test_rlaif_binarize_publishes_from_the_run_dir(tmp_path, capsys):
 def test_rlaif_binarize_push_to_hub(tmp_path, monkeypatch, capsys):
     """`rlaif binarize --push-to-hub REPO` uploads the new version in one commit with the token from
     HF_TOKEN, and pushes an unchanged version again when asked. The hub is the one thing faked (there
-    is none here): HfApi's two calls record what they were given; the second time the hub answers a
+    is none here): HfApi's token check (whoami, which the preflight calls) answers, and its two upload
+    calls record what they were given; the second time the hub answers a
     401 that quotes the token. The token lands in no file and on no console line."""
     import secrets
 
@@ -289,6 +291,7 @@ def test_rlaif_binarize_push_to_hub(tmp_path, monkeypatch, capsys):
     token = "hf_" + secrets.token_hex(16)
     monkeypatch.setenv("HF_TOKEN", token)
     calls = []
+    monkeypatch.setattr(huggingface_hub.HfApi, "whoami", lambda self, *a, **kw: {"name": "me"})
     monkeypatch.setattr(huggingface_hub.HfApi, "create_repo",
                         lambda self, repo_id, **kw: calls.append(("create", repo_id, kw, self.token)))
     monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", lambda self, **kw: calls.append(("upload", kw, self.token)))
