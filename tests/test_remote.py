@@ -140,7 +140,7 @@ def test_an_api_key_the_server_echoes_is_sent_and_lands_nowhere(tmp_path, monkey
             "generators": [{"name": "served", "model": "served", "sampling": {"max_tokens": 8}, "endpoint": endpoint}],
             "judge": {"name": "j", "model": "served", "endpoint": endpoint}}))
         out = tmp_path / "run"
-        assert main(["generate", str(recipe), "--out", str(out)]) == 0  # the 503 row is kept, failed
+        assert main(["generate", str(recipe), "--out", str(out)]) == 4  # the 503 row is kept, failed: exit 4
         (failed,) = [c for c in RunStore(out).read_manifest(manifest_of_run(out), Completion) if not c.ok]
         assert failed.retryable and failed.error.startswith("HTTP 503") and "***" in failed.error
         EchoesTheKey.refuse = True
