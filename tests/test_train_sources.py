@@ -7,6 +7,7 @@ import json
 import math
 import shutil
 
+import pytest
 import yaml
 from datasets import Dataset, DatasetDict
 
@@ -96,3 +97,19 @@ def test_dataset_split_and_eval_split_follow_the_handbook():
     assert DPOSpec().splits() == ("train_prefs", None)
     assert DPOSpec(eval_strategy="steps").splits() == ("train_prefs", "test_prefs")
     assert DPOSpec(dataset="hf:x/y", dataset_split="train", eval_strategy="epoch").splits() == ("train", "test")
+
+
+def test_every_rank_of_a_multi_gpu_launch_runs_and_the_first_holds_the_run(tmp_path, monkeypatch):
+    """`accelerate launch ... -m rlaif train`: ranks other than 0 must not fail on the run's lock."""
+    from rlaif.core.store import RunLocked, run_lock
+    from rlaif.flows.cli import Command, _run_locked
+
+    ran = []
+    spec = Command(lambda args: ran.append(1) or 0, lock=True)
+    with run_lock(tmp_path):  # rank 0 holds the run
+        monkeypatch.setenv("RANK", "1")
+        assert _run_locked(spec, None, tmp_path) == 0
+        monkeypatch.setenv("RANK", "0")
+        with pytest.raises(RunLocked):
+            _run_locked(spec, None, tmp_path)
+    assert ran == [1]

@@ -404,7 +404,8 @@ def _run_locked(spec: Command, args: argparse.Namespace, run_dir: Path | None) -
     reporter = RichReporter()
     set_reporter(reporter)
     try:
-        if spec.lock and run_dir is not None:
+        # under `accelerate launch` / torchrun every rank runs this command: the first holds the run
+        if spec.lock and run_dir is not None and os.environ.get("RANK", "0") == "0":
             with run_lock(run_dir):
                 clean_leftovers(run_dir)
                 return spec.run(args)

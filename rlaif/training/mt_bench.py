@@ -87,10 +87,14 @@ class Answerer(GeneratorSpec):
 
 # ----------------------------------------------------------------------------- which models, which questions
 def run_models(run_dir: str | Path, recipe: Any) -> list[ModelUnderTest]:
-    """base (train.sft.model, else train.dpo.model), dsft (<run>/sft), ddpo (<run>/dpo): those there are."""
+    """base (what dSFT started from: train.sft.model, else as <run>/sft records it, else train.dpo.model),
+    dsft (<run>/sft), ddpo (<run>/dpo): those there are."""
+    from rlaif.training.common import stage_state
+
     run = Path(run_dir)
     train = recipe.train
-    base = train.sft.model if train.sft is not None else train.dpo.model if train.dpo is not None else None
+    base = (train.sft.model if train.sft is not None else (stage_state(run / "sft") or {}).get("start_model")
+            or (train.dpo.model if train.dpo is not None else None))
     models = [ModelUnderTest("base", base)] if base else []
     for label, stage in (("dsft", "sft"), ("ddpo", "dpo")):
         if (run / stage / "config.json").exists():

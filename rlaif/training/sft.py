@@ -46,7 +46,8 @@ class SFTSpec(StageSpec):
 
 
 def train_sft(dataset_dir: str | Path, spec: SFTSpec, out_dir: str | Path) -> dict[str, Any]:
-    """Fine-tune `spec.model` on the run's SFT split and save it to `out_dir`; returns the metrics."""
+    """Fine-tune `spec.model` on the SFT split and save it to `out_dir`; returns the metrics and the
+    model it started from (as the recipe names it)."""
     from trl import SFTConfig, SFTTrainer
 
     from rlaif.engines.models import resolve_model
@@ -82,4 +83,4 @@ def train_sft(dataset_dir: str | Path, spec: SFTSpec, out_dir: str | Path) -> di
                          processing_class=tokenizer, peft_config=common.peft_config(spec))
     metrics = common.train_and_save(trainer, spec, out_dir, tokenizer)
     log.info("dSFT model saved to %s (%d steps)", out_dir, metrics["steps"])
-    return metrics
+    return {**metrics, "start_model": spec.model}
