@@ -24,6 +24,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from rlaif.core.errors import ConfigError, validation_message
 from rlaif.core.records import Judgement, PairJudgement, ScoreSource
 from rlaif.judges.scores import completion_scores
 
@@ -147,8 +148,8 @@ def agreement(a: Records, b: Records, names: tuple[str, str], source: ScoreSourc
 def load_human_labels(path: str | Path) -> list[HumanLabel]:
     """Read a JSONL file of human preferences; a bad row is an error naming the file, line and field."""
     path = Path(path)
-    if not path.exists():
-        raise ValueError(f"{path}: human label file not found")
+    if not path.is_file():
+        raise ConfigError(f"{path}: human label file not found")
     out = []
     for n, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():
@@ -156,8 +157,7 @@ def load_human_labels(path: str | Path) -> list[HumanLabel]:
         try:
             out.append(HumanLabel.model_validate(json.loads(line)))
         except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{n}: not JSON: {e}") from None
+            raise ConfigError(f"{path}, line {n}: not valid JSON ({e.msg} at column {e.colno})") from None
         except ValidationError as e:
-            err = e.errors()[0]
-            raise ValueError(f"{path}:{n}: field '{'.'.join(map(str, err['loc']))}': {err['msg']}") from None
+            raise ConfigError(validation_message(f"{path}, line {n}", e).splitlines()[0]) from None
     return out
