@@ -96,6 +96,7 @@ def test_dataset_split_and_eval_split_follow_the_handbook():
     assert SFTSpec(model="m").splits() == ("train_sft", None)
     assert DPOSpec().splits() == ("train_prefs", None)
     assert DPOSpec(eval_strategy="steps").splits() == ("train_prefs", "test_prefs")
+    assert DPOSpec(eval_strategy=False).splits() == ("train_prefs", None)  # YAML's bare `no`
     assert DPOSpec(dataset="hf:x/y", dataset_split="train", eval_strategy="epoch").splits() == ("train", "test")
 
 

@@ -88,7 +88,8 @@ class StageSpec(BaseModel):
         """(the split trained on, the held-out split evaluated on during training or None), as the
         handbook: `train_*` / `test_*`, the latter only when TRL's `eval_strategy` asks for it."""
         train = self.dataset_split or self.SPLIT
-        evaluates = str(self.get("eval_strategy", "no")).lower() not in ("no", "intervalstrategy.no")
+        strategy = self.get("eval_strategy", "no")  # YAML reads a bare `no` as False
+        evaluates = strategy not in (None, False) and str(getattr(strategy, "value", strategy)).lower() != "no"
         return train, (train.replace("train", "test", 1) if "train" in train else "test") if evaluates else None
 
 
