@@ -85,8 +85,10 @@ def test_rlaif_evaluate_mt_bench_on_a_run(tmp_path, smol_engine, tiny_model_dir)
         for label, s in result["models"].items():
             assert s["turns"] == 16 and s["graded"] + s["unparsed"] + s["failed"] + s["unanswered"] == 16
             assert s["graded"] >= 1 and 1 <= s["score"] <= 10
+            assert 1 <= s["expected"] <= 10  # from the rating token's probabilities (vLLM returns them)
         table = (out / "table.uf-smollm2.md").read_text()
-        assert table.startswith("| model | score | turn 1 | turn 2 | Writing |") and "| ddpo |" in table
+        assert table.startswith("| model | score | turn 1 | turn 2 | Writing |") and "| graded | expected |" in table
+        assert "| ddpo |" in table
         if all(len(s["categories"]) == 8 for s in result["models"].values()):
             assert (out / "radar.uf-smollm2.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -426,7 +426,7 @@ def self_preference_figure(data: BiasData, members: Mapping[str, str]) -> Any:
                         ha="center", va="bottom", fontsize=8)
         s = data.self_preference(members)
         diff = "no member on the judge's model" if s.difference is None else f"own minus others {s.difference:+.2f}"
-        ax.set(title=f"Mean score per member; red: the judge's model ({diff})")
+        ax.set_title(f"Mean score per member (red: the judge's model)\n{diff}", fontsize=10)
     else:
         ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
         ax.set(title="Mean score per member")

@@ -21,6 +21,9 @@ What happens, as FastChat's gen_model_answer.py, gen_judgment.py and show_result
   the rating the judge wrote, as FastChat's.
 - scores: per model, the mean over turn 1, over turn 2, and over both (`score`: MT-Bench's number),
   and per category over both turns; gradings that failed or did not parse are counted, never scored.
+  Beside it, `expected`: the mean of the judge's expected rating (from its rating token's
+  probabilities, where the engine returns them), which tells models apart when a small judge's
+  written ratings collapse onto one value.
 - `limit`: N questions taken round-robin over the 8 categories (8: one of each), for quick runs.
 
 Models of a run (`run_models`): `base` (what dSFT started from, train.sft.model), `dsft` (<run>/sft)
@@ -291,7 +294,9 @@ def model_scores(m: ModelUnderTest, questions: list[MTBenchQuestion], verdicts: 
             for q in questions for turn in (1, 2)]
     graded = [(qid, turn, r) for qid, turn, r in rows if r is not None]
     status = [verdicts.get(turn, {}).get(qid) for qid, turn, _ in rows]
+    expected = [j.aspects["overall"].expected for j in status if rating(j) is not None]
     return {"model": m.model, "score": _mean([r for *_, r in graded]),
+            "expected": _mean(expected) if None not in expected else None,
             "turn_1": _mean([r for _, t, r in graded if t == 1]), "turn_2": _mean([r for _, t, r in graded if t == 2]),
             "categories": category_scores(graded), "turns": len(rows), "graded": len(graded),
             "unparsed": sum(j is not None and j.status == "unparsed" for j in status),
@@ -305,9 +310,9 @@ def _fmt(x: float | None) -> str:
 
 def table_rows(scores: dict[str, dict]) -> tuple[list[str], list[list[str]]]:
     """The results table: one row per model (as show_result.py's, with the categories beside)."""
-    header = ["model", "score", "turn 1", "turn 2", *(LABELS[c] for c in CATEGORIES), "graded"]
+    header = ["model", "score", "turn 1", "turn 2", *(LABELS[c] for c in CATEGORIES), "graded", "expected"]
     rows = [[label, _fmt(s["score"]), _fmt(s["turn_1"]), _fmt(s["turn_2"]),
-             *(_fmt(s["categories"].get(c)) for c in CATEGORIES), f"{s['graded']}/{s['turns']}"]
+             *(_fmt(s["categories"].get(c)) for c in CATEGORIES), f"{s['graded']}/{s['turns']}", _fmt(s["expected"])]
             for label, s in scores.items()]
     return header, rows
 
