@@ -15,9 +15,10 @@
 the judge's records of them), streams the pairs into the splits, and writes the version under a
 temporary name that is renamed into place: a crash leaves no half version, and an empty dataset
 is never published. The numbers the card's plots and the judge's bias measures need
-(`judges.bias.BiasData`) are gathered from each chunk as it is binarized; no record is kept. Its inputs hash (`inputs_hash`) is the one place that says what a version is
-made of, whichever command publishes: inputs identical to the latest version's give that version
-back (and push it when asked) instead of writing a copy, unless `force`.
+(`judges.bias.BiasData`) are gathered from each chunk as it is binarized; no record is kept. Its
+inputs hash (`inputs_hash`) is the one place that says what a version is made of, whichever
+command publishes: inputs identical to the latest version's give that version back (and push it
+when asked) instead of writing a copy, unless `force`.
 """
 
 from __future__ import annotations

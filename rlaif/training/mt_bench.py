@@ -33,9 +33,9 @@ Everything is kept as shards under `out_dir` (a run's eval/mt_bench/), one per m
 a rerun computes only what is missing or failed transiently, whatever `limit` was before:
 completions/ (answers, each kept while its prompt, the model's files and its sampling are
 unchanged: a model retrained in place answers again; a turn-2 prompt holds the turn-1 answer) and
-judgements/<judge>/ (verdicts, each kept while the exact prompt it graded is unchanged). Results per judge: scores.<judge>.json, table.<judge>.md, radar.<judge>.png
-(one polygon per model over the 8 categories, FastChat's plot; drawn when every model has a score
-in each).
+judgements/<judge>/ (verdicts, each kept while the exact prompt it graded is unchanged). Results
+per judge: scores.<judge>.json, table.<judge>.md, radar.<judge>.png (one polygon per model over the
+8 categories, FastChat's plot; drawn when every model has a score in each).
 """
 
 from __future__ import annotations
