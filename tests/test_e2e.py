@@ -49,3 +49,15 @@ def test_quickstart_end_to_end(tmp_path, prefect_home):
     assert state["start_model"] == str(out / "sft")  # dDPO started from this run's dSFT output
     # every stage's records are on disk for a rerun or a second judge
     assert list((out / "completions").glob("shard-*.jsonl")) and list((out / "judgements" / "uf-smollm2").glob("*.jsonl"))
+    # the card shows the judge's biases: length, and self-preference (smollm2-135m answers on the judge's model)
+    card = (out / "dataset" / "README.md").read_text()
+    bias = json.loads((out / "dataset" / "manifest.json").read_text())["judge_bias"]
+    section = card[card.index("## The judge's biases"):card.index("## Plots")]
+    rho, n = bias["length"]["spearman_words"], bias["length"]["completions"]
+    shown = "n/a" if rho is None else f"{rho:.2f}"
+    assert 2 <= n <= 10 and f"| length: Spearman rho, score vs words | {shown} (n={n}) |" in section
+    assert bias["self_preference"]["own_members"] == ["smollm2-135m"]
+    assert "| self-preference: members on the judge's model | smollm2-135m |" in section
+    assert "| self-preference: own minus others |" in section
+    for png in ("plots/judge_length.png", "plots/judge_self_preference.png"):
+        assert f"]({png})" in card and (out / "dataset" / png).is_file()

@@ -9,6 +9,7 @@
     rlaif agreement RUN --judges A B [--human FILE]            how far two judges (and humans) agree
     rlaif train sft|dpo RECIPE [--out DIR] [--set ...]         one training stage of a recipe
     rlaif evaluate RUN [--no-win-rate]                         dDPO against its dSFT start
+    rlaif evaluate RUN --mt-bench [--limit N] [--judge NAME]   MT-Bench of base, dSFT, dDPO (or --model PATH)
     rlaif deploy RECIPE --cron "0 3 * * *" [--name N]          a scheduled refresh on the Prefect server
     rlaif serve [NAME ...]                                     run the refresh deployments' scheduled runs
     rlaif serve-model MODEL [--port 8000]                      vLLM's OpenAI-compatible server on 127.0.0.1
@@ -151,19 +152,27 @@ def cmd_binarize(args: argparse.Namespace) -> int:
 
 
 def cmd_agreement(args: argparse.Namespace) -> int:
+    import json
+
     from rich.table import Table
 
     from rlaif.core.store import RunStore
     from rlaif.flows.console import console
     from rlaif.judges.agreement import agreement, load_human_labels
+    from rlaif.judges.bias import bias_rows
     from rlaif.judges.stage import stored_judgements
+    from rlaif.preferences.judge_bias import run_judge_bias
 
     store = RunStore(args.run)
     a, b = args.judges
     records = [stored_judgements(store, a), stored_judgements(store, b)]
     human = load_human_labels(args.human) if args.human else None
     report = agreement(records[0], records[1], (a, b), args.score, human)
-    path = store.write_json(f"agreement/{a}__{b}.json", report.model_dump())
+    recipe = store.root / "recipe.json"
+    recipe_info = json.loads(recipe.read_text()) if recipe.exists() else None
+    bias = {name: run_judge_bias(store, name, recipe_info) for name in (a, b)}
+    path = store.write_json(f"agreement/{a}__{b}.json",
+                            {**report.model_dump(), "bias": {k: v.model_dump() for k, v in bias.items()}})
     table = Table(title=f"agreement: {a} vs {b}")
     table.add_column("measure")
     table.add_column("value")
@@ -171,6 +180,13 @@ def cmd_agreement(args: argparse.Namespace) -> int:
         if k != "judges":
             table.add_row(k, f"{v:.3f}" if isinstance(v, float) else str(v))
     console().print(table)
+    biases = Table(title="each judge's biases")
+    for col in ("measure", a, b):
+        biases.add_column(col)
+    rows = [dict(bias_rows(bias[a])), dict(bias_rows(bias[b]))]
+    for measure in dict.fromkeys([*rows[0], *rows[1]]):
+        biases.add_row(measure, rows[0].get(measure, ""), rows[1].get(measure, ""))
+    console().print(biases)
     echo(f"written to {path}")
     return 0
 
@@ -202,13 +218,39 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if not (run / "recipe.json").exists():
         raise RlaifError(f"{run}: no recipe.json; evaluate a run written by `rlaif run` or `rlaif train`")
     recipe = Recipe.model_validate_json((run / "recipe.json").read_text())
+    if args.mt_bench:
+        return mt_bench(args, run, recipe)
     beta = recipe.train.dpo.get("beta", 0.1) if recipe.train.dpo else 0.1
     tokens = args.max_tokens or max(g.sampling.max_tokens for g in recipe.generators)
     with session(recipe.seed) as s:  # the engines of this command (or of a test's or bench's shared pool)
-        metrics = evaluate_run(run, recipe.judge_spec(), beta, tokens, recipe.engine, recipe.seed,
+        metrics = evaluate_run(run, recipe.judge_spec(args.judge), beta, tokens, recipe.engine, recipe.seed,
                                win_rate=not args.no_win_rate, pool=s.pool)
     echo(json.dumps({k: v for k, v in metrics.items() if k != "plots"}, indent=2))
     echo(f"written to {run / 'eval'}")
+    return 0
+
+
+def mt_bench(args: argparse.Namespace, run: Path, recipe) -> int:
+    """MT-Bench of the run's models (or --model ones), graded by one of the recipe's judges."""
+    from rich.table import Table
+
+    from rlaif.flows.console import console
+    from rlaif.flows.pipeline import session
+    from rlaif.training.mt_bench import MAX_TOKENS, parse_models, run_mt_bench, run_models, table_rows
+
+    models = parse_models(args.model) if args.model else run_models(run, recipe)
+    with session(recipe.seed) as s:
+        result = run_mt_bench(run / "eval" / "mt_bench", models, recipe.judge_spec(args.judge), recipe.engine,
+                              recipe.seed, args.limit, args.max_tokens or MAX_TOKENS, s.pool, s.reporter)
+        s.reporter.stop()
+    header, rows = table_rows(result["models"])
+    table = Table(title=f"MT-Bench ({len(result['questions'])} questions), judge {result['judge']}", title_justify="left")
+    for col in header:
+        table.add_column(col)
+    for row in rows:
+        table.add_row(*row)
+    console().print(table)
+    echo(f"written to {result['table']}" + (f", {result['radar']}" if result["radar"] else f" ({result['radar_missing']})"))
     return 0
 
 
@@ -305,7 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
     a = add("agreement", Command(cmd_agreement, run_dir=lambda a: Path(a.run)),
             help="how far two judges of a run agree (and with human labels)",
             description="Spearman / Kendall correlation of scores, chosen agreement, Cohen's kappa on the binarized "
-                        "preference, order-swap rate of pairwise judges; written to RUN/agreement/A__B.json.")
+                        "preference, order-swap rate of pairwise judges, and each judge's biases (length, position, "
+                        "self-preference, score spread); written to RUN/agreement/A__B.json.")
     a.add_argument("run", help="run directory, e.g. runs/quickstart")
     a.add_argument("--judges", nargs=2, required=True, metavar=("A", "B"))
     a.add_argument("--human", help="JSONL of human labels: prompt_id, completion_a, completion_b, winner (a|b|tie)")
@@ -317,12 +360,23 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("stage", choices=["sft", "dpo"])
     recipe_args(t)
     e = add("evaluate", Command(cmd_evaluate, run_dir=lambda a: Path(a.run), lock=True),
-            help="compare the dDPO model with its dSFT start",
+            help="compare the dDPO model with its dSFT start, or MT-Bench the run's models",
             description="Implicit-reward and preference accuracy on test_prefs, judged win rate on the test "
-                        "prompts, training-curve plots; writes <run>/eval.")
+                        "prompts, training-curve plots; writes <run>/eval. With --mt-bench: MT-Bench scores "
+                        "per turn and category of base, dSFT and dDPO (a table and a radar plot in "
+                        "<run>/eval/mt_bench).")
     e.add_argument("run", help="run directory, e.g. runs/quickstart")
     e.add_argument("--no-win-rate", action="store_true", help="skip generating and judging answers")
-    e.add_argument("--max-tokens", type=int, help="answer length for the win rate (default: the run's generators')")
+    e.add_argument("--max-tokens", type=int, help="answer length (default: the run's generators' for the win "
+                                                  "rate, 1024 for MT-Bench)")
+    e.add_argument("--judge", metavar="NAME", help="which of the recipe's judges (default: binarize.judge, else the first)")
+    e.add_argument("--mt-bench", action="store_true",
+                   help="MT-Bench instead: both turns of the 80 questions, graded 1-10 with FastChat's prompts; "
+                        "writes <run>/eval/mt_bench/")
+    e.add_argument("--limit", type=int, help="MT-Bench: this many questions, round-robin over the categories")
+    e.add_argument("--model", action="append", default=[], metavar="[NAME=]PATH",
+                   help="MT-Bench these models (a dir, bundled name or hub id; repeatable) instead of the run's "
+                        "base, dSFT and dDPO")
     d = add("deploy", Command(cmd_deploy, quiet=False), help="register a scheduled refresh of a recipe's dataset",
             description="Create or update a deployment of the refresh flow on the server in PREFECT_API_URL. Each "
                         "run generates and judges only the prompts not seen before and writes the next version.")
@@ -397,7 +451,8 @@ def _run_locked(spec: Command, args: argparse.Namespace, run_dir: Path | None) -
     reporter = RichReporter()
     set_reporter(reporter)
     try:
-        if spec.lock and run_dir is not None:
+        # under `accelerate launch` / torchrun every rank runs this command: the first holds the run
+        if spec.lock and run_dir is not None and os.environ.get("RANK", "0") == "0":
             with run_lock(run_dir):
                 clean_leftovers(run_dir)
                 return spec.run(args)

@@ -300,19 +300,17 @@ def binarize_step(prompts: Manifest, hygiene: HygieneReport, completions: Manife
 
 
 def train_inputs(stage: str, recipe: Recipe, out: str) -> str:
-    """What a training stage is trained from: its block, its dataset (the run's version by inputs
-    hash, or the dataset it names) and, for dDPO from this run's dSFT, what dSFT was trained from."""
+    """What a training stage is trained from: its block, the data it reads (the run's version by
+    inputs hash, a local dataset by its files, hf:<id> by its Hub commit; and the split) and, for
+    dDPO from this run's dSFT, what dSFT was trained from."""
     from rlaif.core.records import content_hash
     from rlaif.training.common import stage_state
+    from rlaif.training.datasets import source_key
 
     spec = getattr(recipe.train, stage)
-    if spec.dataset:
-        data = spec.dataset
-    else:
-        link = Path(out) / "dataset"
-        if not (link / "manifest.json").exists():
-            raise RlaifError(f"{link}: no dataset version to train on; run `rlaif run` or `rlaif binarize` first")
-        data = version_manifest(link.resolve())["inputs_hash"]
+    split, eval_split = spec.splits()
+    run_dataset = Path(out) / "dataset"
+    data = [source_key(spec.dataset, s, run_dataset) for s in (split, eval_split) if s]
     upstream = (stage_state(Path(out) / "sft") or {}).get("inputs", "") if stage == "dpo" and spec.model is None else ""
     return content_hash(stage, spec, data, upstream)
 

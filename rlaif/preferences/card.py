@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from rlaif.core.store import write_atomic
+from rlaif.judges.bias import BiasReport, bias_rows
 from rlaif.preferences.rows import configs_yaml
 
 # ----------------------------------------------------------------------------- the card
@@ -83,7 +84,9 @@ def card_text(m: dict, plots: dict[str, str]) -> str:
         ["binarize (prompts)", c["prompts_after_hygiene"], c["prompts_paired"], _reasons(c["prompts_skipped"])],
         ["pairs", c["prompts_paired"], c["pairs"], ""]])
     out += ["The ids of every prompt left out, and what each duplicate or contaminated prompt matched, "
-            "are in `manifest.json` (`dropped`).", "", "## Plots", ""]
+            "are in `manifest.json` (`dropped`).", ""]
+    out += _bias_section(m.get("judge_bias"))
+    out += ["## Plots", ""]
     out += [f"![{title}]({path})\n" for title, path in plots.items()]
     out += ["## Loading", "", "```python", "from datasets import load_dataset, load_from_disk",
             'ds = load_from_disk("<this folder>")  # all four splits',
@@ -96,6 +99,21 @@ def card_text(m: dict, plots: dict[str, str]) -> str:
             "## Provenance", "", f"Inputs (content hashes): `{m['inputs']}`; inputs hash `{m['inputs_hash']}`; "
             f"libraries {m['libraries']}. The full recipe is in `manifest.json`.", ""]
     return "\n".join(out)
+
+
+def _bias_section(report: dict | None) -> list[str]:
+    """The judge's biases, measured on this version's judgements and pairs (judges/bias.py)."""
+    if not report:
+        return []
+    r = BiasReport.model_validate(report)
+    out = ["## The judge's biases", "",
+           f"Measured on judge `{r.judge}` (`{r.judge_model}`, kind `{r.kind}`) over this version's scored "
+           f"completions and pairs, score {r.aspect or 'mean of aspects'} ({r.score}). LLM judges tend to favour "
+           "longer answers, the answer shown first and their own model's answers: a length rho well above 0, "
+           "chosen answers mostly longer, or a positive own-minus-others score is a bias the pairs inherit "
+           "(`binarize.length_penalty` controls for length). Spearman rho is None with too little data.", ""]
+    out += _table(["measure", "value"], [list(row) for row in bias_rows(r)])
+    return out
 
 
 def write_card(version_dir: Path, manifest: dict, plots: dict[str, str], secrets: list[str] = ()) -> Path:

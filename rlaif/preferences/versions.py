@@ -5,16 +5,20 @@
         dataset_dict.json, <split>/   `DatasetDict.save_to_disk`: datasets.load_from_disk(dir)
         prefs/{train,test}_prefs-<inputs hash>.parquet   Parquet, as two configs (the card's
         sft/{train,test}_sft-<inputs hash>.parquet       metadata): datasets.load_dataset(dir[, "sft"])
-        plots/*.png               score distribution per model, margins, how often each model won
-        manifest.json             inputs' hashes, recipe, specs, counts, every dropped id and why
+        plots/*.png               score distribution per model, margins, how often each model won,
+                                  the judge's length bias and self-preference
+        manifest.json             inputs' hashes, recipe, specs, counts, the judge's biases
+                                  (`judge_bias`), every dropped id and why
     runs/<name>/dataset -> versions/0003   (a relative symlink to the latest)
 
 `publish` binarizes one prompt chunk at a time (a chunk's prompts, every completion of them, and
 the judge's records of them), streams the pairs into the splits, and writes the version under a
 temporary name that is renamed into place: a crash leaves no half version, and an empty dataset
-is never published. Its inputs hash (`inputs_hash`) is the one place that says what a version is
-made of, whichever command publishes: inputs identical to the latest version's give that version
-back (and push it when asked) instead of writing a copy, unless `force`.
+is never published. The numbers the card's plots and the judge's bias measures need
+(`judges.bias.BiasData`) are gathered from each chunk as it is binarized; no record is kept. Its
+inputs hash (`inputs_hash`) is the one place that says what a version is made of, whichever
+command publishes: inputs identical to the latest version's give that version back (and push it
+when asked) instead of writing a copy, unless `force`.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from rlaif.core.progress import NULL, Reporter
 from rlaif.core.records import Completion, Judgement, PairJudgement, PreferencePair, Prompt, content_hash
 from rlaif.core.store import Manifest, RunStore, write_json
 from rlaif.generation.prompt_sets import PROMPTS
+from rlaif.judges.bias import BiasData, write_bias_plots
 from rlaif.judges.scores import completion_scores
 from rlaif.preferences import card
 from rlaif.preferences.binarize import BinarizeReport, BinarizeSpec, binarize, select_judgements, test_ids
@@ -119,8 +124,8 @@ def publish(store: RunStore, recipe_info: dict, prompts: Manifest, hygiene_repor
     try:
         work = tmp / ".work"
         work.mkdir()
-        binarized, plot_data, judge_info = _binarize_chunks(store, prompts, completions, judgements, spec, pairwise,
-                                                           work / "pairs.jsonl", report)
+        binarized, plot_data, judge_info, bias = _binarize_chunks(store, prompts, completions, judgements, spec,
+                                                                 pairwise, work / "pairs.jsonl", report)
         if binarized.pairs == 0:
             raise EmptyDataset(f"no preference pairs: {binarized.prompts} prompts, none paired "
                                f"(skipped: {binarized.skipped or 'none'}; unusable judgements: "
@@ -132,8 +137,11 @@ def publish(store: RunStore, recipe_info: dict, prompts: Manifest, hygiene_repor
         shutil.rmtree(work)
         manifest = _manifest(recipe_info, inputs, h, spec, hygiene, hygiene_report, binarized, completions,
                              judgements, judge_info, counts)
+        members = members_of(recipe_info)
+        manifest["judge_bias"] = bias.report(members).model_dump()
         manifest = _redact(manifest, _secrets())
         plots = write_plots(tmp / "plots", plot_data, f"{spec.aspect or 'mean of aspects'}, {spec.score}")
+        plots.update(write_bias_plots(tmp / "plots", bias, members))
 
         def finish(n: int) -> None:
             manifest["version"] = n
@@ -178,12 +186,18 @@ def publish_records(run_dir: str | Path, recipe_info: dict, prompts: list[Prompt
                    pairwise, force, push)
 
 
+def members_of(recipe_info: dict | None) -> dict[str, str] | None:
+    """Each ensemble member's name -> its model id, from the recipe (None when there is none)."""
+    gens = (recipe_info or {}).get("generators")
+    return {g["name"]: g["model"] for g in gens} if gens else None
+
+
 def _binarize_chunks(store: RunStore, prompts: Manifest, completions: Manifest, judgements: Manifest,
                      spec: BinarizeSpec, pairwise: bool, out: Path, report: Reporter
-                     ) -> tuple[BinarizeReport, PlotData, dict]:
-    """Binarize each prompt chunk; pairs go to `out` (JSONL), counts and plot data are summed."""
+                     ) -> tuple[BinarizeReport, PlotData, dict, BiasData]:
+    """Binarize each prompt chunk; pairs go to `out` (JSONL), counts, plot and bias numbers are summed."""
     kind = PairJudgement if pairwise else Judgement
-    total, plot, judge_info = BinarizeReport(), PlotData(), {}
+    total, plot, judge_info, bias = BinarizeReport(), PlotData(), {}, BiasData(spec.score, spec.aspect)
     task = report.task("binarize", len(prompts.shards))
     with out.open("w") as f:
         for chunk in prompts.shards:
@@ -193,6 +207,7 @@ def _binarize_chunks(store: RunStore, prompts: Manifest, completions: Manifest, 
             pairs, r = binarize(ps, cs, js, spec)
             total.add(r)
             plot.add(cs, completion_scores(js, spec.score, spec.aspect), pairs)
+            bias.add(js, cs, pairs)
             j = next((j for j in js if j.status == "parsed"), js[0] if js else None)
             if j is not None and not judge_info:
                 judge_info = {"name": j.judge, "kind": j.kind, "model": j.judge_model, "template": j.template,
@@ -200,7 +215,7 @@ def _binarize_chunks(store: RunStore, prompts: Manifest, completions: Manifest, 
             for p in pairs:
                 f.write(p.model_dump_json() + "\n")
             task(1)
-    return total, plot, judge_info
+    return total, plot, judge_info, bias
 
 
 def _pairs(path: Path):

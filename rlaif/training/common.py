@@ -5,7 +5,10 @@ alignment-handbook passes YAML to TRL: every key is a TRL field name, declared n
 few of ours that are not training arguments:
 
     model               what to train (dDPO: default this run's dSFT output)
-    dataset             the run's dataset (default), a saved dataset dir, or hf:<id>
+    dataset             the run's dataset (default), a local dataset (a saved dir, a folder of
+                        parquet/jsonl/csv files, one such file), or hf:<id>; any known layout
+                        (training/datasets.py), mapped to TRL's explicit conversational form
+    dataset_split       the split to train on (default train_sft / train_prefs, else `train`)
     lora                LoRA adapters through peft ({r, alpha, dropout, target_modules, load_in_4bit})
     chat_template       (dSFT) a Jinja chat template for a base model that has none
     attn_implementation how transformers loads the model (e.g. flash_attention_2)
@@ -59,6 +62,7 @@ class StageSpec(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     TRL_CLASS: ClassVar[str] = ""
+    SPLIT: ClassVar[str] = ""  # the split trained on unless `dataset_split` names another
     DEFAULTS: ClassVar[dict[str, Any]] = {
         "num_train_epochs": 1, "per_device_train_batch_size": 2, "gradient_accumulation_steps": 1,
         "warmup_steps": 0.1,  # a float below 1 is a ratio of the total steps (transformers 5)
@@ -69,6 +73,7 @@ class StageSpec(BaseModel):
 
     model: str | None = None
     dataset: str | None = None
+    dataset_split: str | None = None
     lora: LoraSpec | None = None
     attn_implementation: str | None = None
     resume: bool = False
@@ -79,6 +84,14 @@ class StageSpec(BaseModel):
 
     def get(self, name: str, default: Any = None) -> Any:
         return self.trl().get(name, default)
+
+    def splits(self) -> tuple[str, str | None]:
+        """(the split trained on, the held-out split evaluated on during training or None), as the
+        handbook: `train_*` / `test_*`, the latter only when TRL's `eval_strategy` asks for it."""
+        train = self.dataset_split or self.SPLIT
+        strategy = self.get("eval_strategy", "no")  # YAML reads a bare `no` as False
+        evaluates = strategy not in (None, False) and str(getattr(strategy, "value", strategy)).lower() != "no"
+        return train, (train.replace("train", "test", 1) if "train" in train else "test") if evaluates else None
 
 
 def trl_fields(class_name: str) -> set[str]:

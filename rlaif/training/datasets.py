@@ -2,6 +2,7 @@
 
     load_preferences(source, split, run_dataset) -> Dataset[prompt, chosen, rejected]
     load_sft(source, split, run_dataset)         -> Dataset[prompt, completion] or Dataset[messages]
+    source_key(source, split, run_dataset)       -> what the data is, for a training stage's inputs hash
 
 `prompt` is the conversation up to the last user turn (a list of {role, content}); `chosen`,
 `rejected` and `completion` are one assistant message each, as a one-message list; `messages` is a
@@ -43,6 +44,12 @@ SFT layouts, in this order:
     Alpaca                           instruction, optional input, output strings
 Prompt + completion keeps TRL's loss on the answer only; whole `messages` train on every token
 (as Zephyr's dSFT does on UltraChat).
+
+What the data is (`source_key`), so a training stage retrains when its data changes and only then:
+a dataset version (the run's own, or any folder with rlaif's manifest.json) by its inputs hash;
+other local files by their paths, sizes and modification times (no bytes are read); `hf:<id>` by
+the Hub commit it resolves to (asked of the Hub, else read from the local Hugging Face cache; with
+neither, by its id alone, which is logged).
 
 Every row is checked as it is mapped; a bad one is a ConfigError naming the source, split, row and
 field. The mapped rows are written to datasets' temporary cache folder (removed when the process
@@ -422,3 +429,44 @@ def load_preferences(source: str | None, split: str, run_dataset: str | Path) ->
 def load_sft(source: str | None, split: str, run_dataset: str | Path) -> Any:
     """An SFT split as `prompt` + `completion` (loss on the answer) or `messages` (whole conversations)."""
     return _load(source, split, run_dataset, SFT_LAYOUTS, "SFT")
+
+
+# ----------------------------------------------------------------------------- what the data is
+def source_key(source: str | None, split: str, run_dataset: str | Path) -> str:
+    """A hash of what `load_preferences` / `load_sft` would read for (source, split): see the module doc."""
+    import json
+
+    from rlaif.core.records import content_hash
+
+    if source is not None and source.startswith("hf:"):
+        return content_hash("hf", source[3:], split, hub_revision(source[3:]))
+    path = Path(run_dataset if source is None else source).expanduser()
+    if not path.exists():
+        hint = "; run the binarize stage first" if source is None else ""
+        raise ConfigError(f"{path}: no dataset here{hint}")
+    path = path.resolve()
+    try:
+        return content_hash("version", json.loads((path / "manifest.json").read_text())["inputs_hash"], split)
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    return content_hash("files", split, [(str(p.relative_to(path.parent)), p.stat().st_size, p.stat().st_mtime_ns)
+                                         for p in files])
+
+
+def hub_revision(repo_id: str) -> str | None:
+    """The commit a Hub dataset's main branch is at: asked of the Hub, else the local cache's ref."""
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    try:
+        return huggingface_hub.HfApi().dataset_info(repo_id, timeout=10).sha
+    except Exception:  # noqa: BLE001 - offline, gated, or no such repo: the cache may still know
+        pass
+    ref = Path(constants.HF_HUB_CACHE) / f"datasets--{repo_id.replace('/', '--')}" / "refs" / "main"
+    try:
+        return ref.read_text().strip()
+    except OSError:
+        log.warning("hf:%s: no Hub revision known (offline, not in the cache); the training stage is keyed "
+                    "on its id alone", repo_id)
+        return None

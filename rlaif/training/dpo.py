@@ -13,9 +13,14 @@ once before training, which frees the reference model's memory), gradient checkp
 and QLoRA through peft (the reference is then the policy with adapters off, so no second copy);
 bf16 on GPU, float32 on CPU; checkpoints every `save_steps` and `resume: true`; several GPUs
 through `accelerate launch` (see recipes/zephyr-7b-beta/).
-Assumes: `train_prefs` in TRL's conversational form with an explicit prompt (`prompt` = messages up
-to the last user turn, `chosen` / `rejected` = one assistant message each), as rlaif.preferences
-writes it. The reference model is the starting policy unless `ref_model` is given in memory.
+Data: `dataset:` unset trains on the run's own dataset, else a local dataset or `hf:<id>` (e.g.
+hf:HuggingFaceH4/ultrafeedback_binarized), split `dataset_split` (default `train_prefs`, else
+`train`). Any layout `rlaif.training.datasets.load_preferences` knows is mapped to TRL's explicit
+conversational form (`prompt` = messages up to the last user turn, `chosen` / `rejected` = one
+assistant message each, as rlaif.preferences writes it) and named in the log; TRL 1.16's
+DPOTrainer fails on ultrafeedback_binarized as published. With TRL's `eval_strategy` set, the
+matching `test_*` split is the eval dataset, as in the handbook.
+Assumes: the reference model is the starting policy unless `ref_model` is given in memory.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ class DPOSpec(StageSpec):
     """The recipe's `train: dpo:` block: TRL's DPOConfig fields, plus ours."""
 
     TRL_CLASS: ClassVar[str] = "DPOConfig"
+    SPLIT: ClassVar[str] = "train_prefs"
     # beta: the Zephyr paper's (the handbook's later recipe uses 0.01); learning rate: the handbook's
     DEFAULTS: ClassVar[dict[str, Any]] = {**StageSpec.DEFAULTS, "beta": 0.1, "learning_rate": 5e-7, "max_length": 512}
 
@@ -68,6 +74,7 @@ def train_dpo(dataset_dir: str | Path, spec: DPOSpec, out_dir: str | Path,
     from trl import DPOTrainer
 
     from rlaif.training import common
+    from rlaif.training.datasets import load_preferences
 
     #######
     # Setup
@@ -86,15 +93,16 @@ def train_dpo(dataset_dir: str | Path, spec: DPOSpec, out_dir: str | Path,
     #########
     # Dataset
     #########
-    data = common.load_splits(spec.dataset or dataset_dir)
-    train = data["train_prefs"].select_columns(["prompt", "chosen", "rejected"])
+    split, eval_split = spec.splits()
+    train = load_preferences(spec.dataset, split, dataset_dir)
     if len(train) == 0:
-        raise ConfigError(f"{spec.dataset or dataset_dir}: train_prefs is empty; nothing to train on")
+        raise ConfigError(f"{spec.dataset or dataset_dir}: {split} is empty; nothing to train on")
+    evaluation = load_preferences(spec.dataset, eval_split, dataset_dir) if eval_split else None
 
     ##########
     # Training
     ##########
-    trainer = DPOTrainer(model=model, ref_model=ref_model, args=args, train_dataset=train,
+    trainer = DPOTrainer(model=model, ref_model=ref_model, args=args, train_dataset=train, eval_dataset=evaluation,
                          processing_class=tokenizer, peft_config=common.peft_config(spec))
     metrics = common.train_and_save(trainer, spec, out_dir, tokenizer)
     log.info("dDPO model saved to %s (%d steps, from %s)", out_dir, metrics["steps"], path)

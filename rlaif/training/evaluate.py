@@ -157,8 +157,9 @@ def evaluate_run(run_dir: str | Path, judge: Any = None, beta: float = 0.1, max_
     rows = test.select_columns(["prompt_id", "prompt", "chosen", "rejected"]).to_list()
 
     out = run / "eval"
-    if out.exists():  # the models may have been retrained in place: nothing old is reused
-        shutil.rmtree(out)
+    for old in out.iterdir() if out.exists() else ():  # the models may have been retrained in place:
+        if old.name != "mt_bench":  # nothing old is reused (MT-Bench keys its shards on the models' files)
+            shutil.rmtree(old) if old.is_dir() else old.unlink()
     metrics: dict[str, Any] = {"dpo_model": str(dpo_dir), "sft_model": sft_dir}
     metrics.update(preference_metrics(answer_logps(str(dpo_dir), rows), answer_logps(sft_dir, rows), beta))
     if win_rate and judge is not None:

@@ -12,10 +12,13 @@ max_length, packing, gradient_checkpointing, ...); full fine-tuning, LoRA and QL
 `lora.load_in_4bit`, GPU only) through peft; bf16 on GPU, float32 on CPU; checkpoints every
 `save_steps` and `resume: true` to continue from the last one; several GPUs through
 `accelerate launch` (see recipes/zephyr-7b-beta/).
-Assumes: the run's dataset (or `dataset:`) has `train_sft` in TRL's conversational prompt-completion
-form (`prompt` = the messages up to the last user turn, `completion` = the assistant's answer), so
-the loss is on the answer only, or whole `messages` conversations; without `train_sft` the chosen
-answers of `train_prefs` are used. The tokenizer has a chat template, or `chat_template:` gives one.
+Data: `dataset:` unset trains on the run's own dataset, else a local dataset or `hf:<id>`, split
+`dataset_split` (default `train_sft`; without it the chosen answers of `train_prefs`, else `train`).
+Any layout `rlaif.training.datasets.load_sft` knows is mapped to TRL's conversational form (and
+named in the log): prompt + completion (the loss on the answer only) or whole `messages`
+conversations (loss on every turn, as Zephyr's dSFT on UltraChat). With TRL's `eval_strategy` set,
+the matching `test_*` split is the eval dataset, as in the handbook.
+Assumes: the tokenizer has a chat template, or `chat_template:` gives one.
 The output dir holds a full model (LoRA adapters merged; the adapter in `adapter/`).
 """
 
@@ -35,44 +38,21 @@ class SFTSpec(StageSpec):
     """The recipe's `train: sft:` block: TRL's SFTConfig fields, plus ours."""
 
     TRL_CLASS: ClassVar[str] = "SFTConfig"
+    SPLIT: ClassVar[str] = "train_sft"
     DEFAULTS: ClassVar[dict[str, Any]] = {**StageSpec.DEFAULTS, "learning_rate": 2e-5, "max_length": 1024}
 
     model: str  # the base model to fine-tune
     chat_template: str | None = None  # Jinja chat template for a base model that has none
 
 
-def sft_rows(spec: SFTSpec, dataset_dir: str | Path) -> Any:
-    """`train_sft` as prompt + completion (loss on the answer), or as whole `messages` conversations
-    (loss on every token, as UltraChat is used in the Zephyr recipe); without `train_sft`, the chosen
-    answers of `train_prefs`."""
-    from rlaif.training.common import load_splits
-
-    if spec.dataset is None:
-        data = load_splits(dataset_dir)
-    elif spec.dataset.startswith("hf:"):
-        from datasets import load_dataset
-
-        data = load_dataset(spec.dataset[3:])
-    else:
-        data = load_splits(spec.dataset)
-    if "train_sft" in data:
-        split = data["train_sft"]
-        if {"prompt", "completion"} <= set(split.column_names):
-            return split.select_columns(["prompt", "completion"])
-        if "messages" in split.column_names:
-            return split.select_columns(["messages"])
-        raise ConfigError(f"{spec.dataset or dataset_dir}: train_sft has neither prompt + completion nor messages "
-                          f"(columns: {split.column_names})")
-    log.info("no train_sft split: dSFT on the chosen answers of train_prefs")
-    return data["train_prefs"].select_columns(["prompt", "chosen"]).rename_column("chosen", "completion")
-
-
 def train_sft(dataset_dir: str | Path, spec: SFTSpec, out_dir: str | Path) -> dict[str, Any]:
-    """Fine-tune `spec.model` on the run's SFT split and save it to `out_dir`; returns the metrics."""
+    """Fine-tune `spec.model` on the SFT split and save it to `out_dir`; returns the metrics and the
+    model it started from (as the recipe names it)."""
     from trl import SFTConfig, SFTTrainer
 
     from rlaif.engines.models import resolve_model
     from rlaif.training import common
+    from rlaif.training.datasets import load_sft
 
     #######
     # Setup
@@ -90,15 +70,17 @@ def train_sft(dataset_dir: str | Path, spec: SFTSpec, out_dir: str | Path) -> di
     #########
     # Dataset
     #########
-    train = sft_rows(spec, dataset_dir)
+    split, eval_split = spec.splits()
+    train = load_sft(spec.dataset, split, dataset_dir)
     if len(train) == 0:
-        raise ConfigError(f"{dataset_dir}: the SFT split is empty; nothing to train on")
+        raise ConfigError(f"{spec.dataset or dataset_dir}: the SFT split {split} is empty; nothing to train on")
+    evaluation = load_sft(spec.dataset, eval_split, dataset_dir) if eval_split else None
 
     ##########
     # Training
     ##########
-    trainer = SFTTrainer(model=model, args=args, train_dataset=train, processing_class=tokenizer,
-                         peft_config=common.peft_config(spec))
+    trainer = SFTTrainer(model=model, args=args, train_dataset=train, eval_dataset=evaluation,
+                         processing_class=tokenizer, peft_config=common.peft_config(spec))
     metrics = common.train_and_save(trainer, spec, out_dir, tokenizer)
     log.info("dSFT model saved to %s (%d steps)", out_dir, metrics["steps"])
-    return metrics
+    return {**metrics, "start_model": spec.model}
