@@ -23,6 +23,7 @@ that runs a flow) and loading a model (the judge's or a member's), each waiting 
 from __future__ import annotations
 
 import contextvars
+import logging
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -31,6 +32,7 @@ from typing import Any
 from rlaif.core.progress import Reporter, Task
 from rlaif.engines.pool import EnginePool, EngineSpec
 
+log = logging.getLogger(__name__)
 _direct = False  # set while a flow's body runs outside Prefect (pipeline.call reads it)
 
 
@@ -161,6 +163,7 @@ def prefect_server_in_background() -> Iterator[None]:
     if server.running:
         yield
         return
+    log.info("starting Prefect's temporary server in the background")
     failed: list[BaseException] = []
 
     def start() -> None:
