@@ -19,7 +19,8 @@ Python process: imports, model load, engine shutdown and exit all count):
             new user's first run.
   plain     `python bench/end_to_end_plain.py` (read it): one `LLM` load, two `LLM.chat` calls (seed 0,
             then seed 1), one `LLM.chat` call judging the 64 answers under the same JSON schema,
-            the results written to one JSONL file. No log-probs, no re-asks, nothing else.
+            the results written to one JSONL file. No log-probs, no re-asks, nothing else. Both sides print
+            the answers' output tokens: the two sample with different seeds, so their lengths differ a little.
 
 Both get the same vLLM CPU environment: VLLM_CPU_KVCACHE_SPACE=4 (the recipe's default) and
 VLLM_CPU_OMP_THREADS_BIND on every core this process may use (vLLM leaves one idle otherwise),
@@ -71,9 +72,11 @@ def timed(cmd: list[str], env: dict[str, str], log: Path) -> tuple[float, str]:
 
 def pipeline(tmp: Path, env: dict[str, str], run: Path) -> tuple[float, dict]:
     secs, _ = timed([sys.executable, "-m", "rlaif", "run", str(RECIPE), "--out", str(run)], env, tmp / "pipeline.log")
-    stages = {r["stage"]: round(r["seconds"], 1) for r in json.loads((run / "summary.json").read_text())}
+    summary = {r["stage"]: r for r in json.loads((run / "summary.json").read_text())}
     report = json.loads((run / "judgements" / JUDGE / "report.json").read_text())
-    return secs, {"stages": stages, "parsed": report["parsed"], "judged": report["total"], "retried": report["retried"]}
+    return secs, {"stages": {k: round(r["seconds"], 1) for k, r in summary.items()}, "parsed": report["parsed"],
+                  "judged": report["total"], "retried": report["retried"],
+                  "output_tokens": summary["generate"]["notes"]["output_tokens"]}
 
 
 def plain(tmp: Path, env: dict[str, str]) -> tuple[float, dict]:
@@ -110,11 +113,12 @@ def main() -> None:
     cores = len(os.sched_getaffinity(0))
     print(f"\n32 MT-Bench prompts x 2 answers (SmolLM2-135M, 256 tokens) + critique judge; {cores} cores; "
           f"each side a whole process")
-    print(f"{'round':>5s} {'pipeline s':>10s} {'plain s':>8s} {'ratio':>6s} {'parsed (pipeline)':>17s} "
-          f"{'parsed (plain)':>14s} {'rerun s':>8s} {'rerun/first':>11s}")
+    print(f"{'round':>5s} {'pipeline s':>10s} {'plain s':>8s} {'ratio':>6s} {'parsed: pipeline':>16s} {'plain':>8s} "
+          f"{'answer tokens: pipeline':>23s} {'plain':>6s} {'rerun s':>8s} {'rerun/first':>11s}")
     for i, ((p_s, p), (v_s, v), r_s) in enumerate(rows, 1):
-        print(f"{i:5d} {p_s:10.1f} {v_s:8.1f} {p_s / v_s:6.3f} {p['parsed']:>9d} of {p['judged']:<4d} "
-              f"{v['parsed']:>6d} of {v['judged']:<4d} {r_s:8.2f} {r_s / p_s:11.4f}")
+        print(f"{i:5d} {p_s:10.1f} {v_s:8.1f} {p_s / v_s:6.3f} {p['parsed']:>10d} of {p['judged']:<3d} "
+              f"{v['parsed']:>3d} of {v['judged']:<2d} {p['output_tokens']:>23d} {v['output_tokens']:>6d} "
+              f"{r_s:8.2f} {r_s / p_s:11.4f}")
     if len(rows) > 1:
         print(f"median ratio {statistics.median(p[0] / v[0] for p, v, _ in rows):.3f}, "
               f"median rerun/first {statistics.median(r / p[0] for p, _, r in rows):.4f}")

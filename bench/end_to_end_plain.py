@@ -36,17 +36,20 @@ def main() -> None:
     t_load = time.perf_counter()
 
     chats = [[{"role": "user", "content": q}] for q in questions]
-    answers = []
+    answers, gen_tokens = [], 0
     for seed in (0, 1):
         params = SamplingParams(temperature=0.7, max_tokens=256, seed=seed)
-        answers += [(q, o.outputs[0].text.strip()) for q, o in zip(questions, llm.chat(chats, params, use_tqdm=False))]
+        for q, o in zip(questions, llm.chat(chats, params, use_tqdm=False)):
+            answers.append((q, o.outputs[0].text.strip()))
+            gen_tokens += len(o.outputs[0].token_ids)
     t_gen = time.perf_counter()
 
     template = Template(open(template_file).read())
     judge_chats = [[{"role": "user", "content": template.render(instruction=q, response=a).strip()}] for q, a in answers]
     params = SamplingParams(temperature=0.0, max_tokens=160,
                             structured_outputs=StructuredOutputsParams(json=Critique.model_json_schema()))
-    verdicts = [o.outputs[0].text for o in llm.chat(judge_chats, params, use_tqdm=False)]
+    outputs = llm.chat(judge_chats, params, use_tqdm=False)
+    verdicts = [o.outputs[0].text for o in outputs]
     t_judge = time.perf_counter()
 
     parsed = 0
@@ -59,7 +62,8 @@ def main() -> None:
                 score = None
             f.write(json.dumps({"prompt": q, "answer": a, "verdict": v, "score": score}) + "\n")
     print(json.dumps({"load_s": t_load - t0, "generate_s": t_gen - t_load, "judge_s": t_judge - t_gen,
-                      "judged": len(verdicts), "parsed": parsed}), flush=True)
+                      "judged": len(verdicts), "parsed": parsed, "output_tokens": gen_tokens,
+                      "judge_tokens": sum(len(o.outputs[0].token_ids) for o in outputs)}), flush=True)
 
 
 if __name__ == "__main__":
