@@ -143,16 +143,18 @@ def test_the_engine_preloaded_is_the_one_the_pending_stage_uses_first(tmp_path):
 
 
 @pytest.mark.engine
-def test_a_command_uses_the_engine_it_preloaded(tmp_path, pool, prefect_harness):
-    """`rlaif generate` in-process with the session's engine in the pool: the engine preloaded for
-    the stage is that one, so nothing is loaded."""
+def test_members_with_different_sampling_and_the_judge_share_one_engine(tmp_path, pool, prefect_harness):
+    """`rlaif run` in-process on the tiny recipe: two members on SmolLM2 with different sampling, the
+    judge on SmolLM2 too. The pool holds the session's engine under the recipe's settings and counts
+    every load: all three use that one engine through generation and judging, so nothing is loaded."""
     from rlaif.flows.cli import main
     from rlaif.flows.pipeline import shared_engines
 
     write_prompts(tmp_path / "prompts.jsonl", ["Name a fruit that is red."])
     (tmp_path / "recipe.yaml").write_text(yaml.safe_dump({**TINY, "prompts": {"source": str(tmp_path / "prompts.jsonl")}}))
     with shared_engines(pool):
-        assert main(["generate", str(tmp_path / "recipe.yaml"), "--out", str(tmp_path / "run")]) == 0
+        assert main(["run", str(tmp_path / "recipe.yaml"), "--out", str(tmp_path / "run")]) == 0
     assert pool.loads == {}
     summary = {r["stage"]: r for r in json.loads((tmp_path / "run" / "summary.json").read_text())}
     assert summary["generate"]["count_out"] == 2 and not summary["generate"]["cached"]
+    assert summary["judge"]["count_in"] == 2 and not summary["judge"]["cached"]
