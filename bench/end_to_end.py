@@ -66,7 +66,7 @@ def timed(cmd: list[str], env: dict[str, str], log: Path) -> tuple[float, str]:
         proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=err, text=True)
     secs = time.perf_counter() - t
     if proc.returncode:
-        sys.exit(f"{' '.join(cmd)} exited with {proc.returncode}; see {log}\n{proc.stdout[-2000:]}")
+        sys.exit(f"{' '.join(cmd)} exited with {proc.returncode}:\n{proc.stdout[-2000:]}\n{log.read_text()[-3000:]}")
     return secs, proc.stdout
 
 
