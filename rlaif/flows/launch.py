@@ -33,6 +33,9 @@ from rlaif.core.progress import Reporter, Task
 from rlaif.engines.pool import EnginePool, EngineSpec
 
 log = logging.getLogger(__name__)
+# Prefect's 20 s for its temporary server to answer is too short while a model loads beside it on
+# 2 shared cores: the bench's first run timed out there (2026-11-24) with the engine already loaded.
+STARTUP_TIMEOUT = 300
 _direct = False  # set while a flow's body runs outside Prefect (pipeline.call reads it)
 
 
@@ -152,7 +155,8 @@ def first_engine(pending: Pending, recipe, pool: EnginePool) -> EngineSpec | Non
 def prefect_server_in_background() -> Iterator[None]:
     """Start Prefect's temporary server in a thread while the block runs, unless a server is set
     (`PREFECT_API_URL`) or the temporary one already runs; wait for it when the block ends."""
-    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_ALLOW_EPHEMERAL_MODE
+    from prefect.settings import (PREFECT_API_URL, PREFECT_SERVER_ALLOW_EPHEMERAL_MODE,
+                                  PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS)
 
     if PREFECT_API_URL.value() or not PREFECT_SERVER_ALLOW_EPHEMERAL_MODE.value():
         yield
@@ -168,7 +172,7 @@ def prefect_server_in_background() -> Iterator[None]:
 
     def start() -> None:
         try:
-            server.start()
+            server.start(timeout=max(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value(), STARTUP_TIMEOUT))
         except BaseException as e:  # raised in this thread when the block ends
             failed.append(e)
 
