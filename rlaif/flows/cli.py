@@ -14,6 +14,7 @@
     rlaif serve [NAME ...]                                     run the refresh deployments' scheduled runs
     rlaif serve-model MODEL [--port 8000]                      vLLM's OpenAI-compatible server on 127.0.0.1
     rlaif prepare-models [NAME ...]                            convert bundled GGUF models once
+    rlaif server start|stop|status [--port N]                  a local Prefect server commands reuse
 
 Every command that works on a run holds the run directory's lock, writes its full log to
 `<run>/logs/`, shows one progress display per stage and a closing table, and ends a failure with
@@ -61,7 +62,8 @@ def _out(args: argparse.Namespace) -> Path:
 
 
 def _preflight(recipe, out, stages, judges=None) -> None:
-    """Configuration mistakes, before any compute and before Prefect's server starts."""
+    """Configuration mistakes, before any compute and before Prefect's server starts (run_flow calls
+    it when there is work to do)."""
     from rlaif.flows.preflight import preflight
 
     preflight(recipe, out, stages, judges)
@@ -78,6 +80,7 @@ def _check_rows(reports, recipe) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from rlaif.core.store import write_atomic
     from rlaif.flows import pipeline
+    from rlaif.flows.launch import run_flow
 
     if getattr(args, "dry_run", False):
         from rlaif.flows.dry_run import estimate, print_estimate
@@ -99,10 +102,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 0
     stages = {"generate"} if args.command == "generate" else {
         "generate", "judge", "binarize", *(s for s in ("sft", "dpo") if getattr(recipe.train, s) is not None)}
-    _preflight(recipe, out, stages)
     write_atomic(Path(out) / "recipe.json", recipe.model_dump_json(indent=2))
     flow = pipeline.generate_flow if args.command == "generate" else pipeline.pipeline_flow
-    reports = flow(recipe, out)
+    reports = run_flow(flow, recipe, out, preflight=lambda: _preflight(recipe, out, stages))
     pipeline.write_summary(reports, out)
     pipeline.print_summary(reports, out)
     _check_rows(reports, recipe)
@@ -112,12 +114,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_judge(args: argparse.Namespace) -> int:
     """Judge the completions already in a run with one of the recipe's judges (the judge flow);
     a run without them is an error, never a reason to generate."""
+    from rlaif.flows.launch import run_flow
     from rlaif.flows.pipeline import judge_flow, print_summary, write_summary
 
     recipe, out = _recipe(args), str(_out(args))
     spec = recipe.judge_spec(args.judge)
-    _preflight(recipe, out, {"judge"}, [spec])
-    reports = judge_flow(recipe, out, spec.name)
+    reports = run_flow(judge_flow, recipe, out, spec.name, preflight=lambda: _preflight(recipe, out, {"judge"}, [spec]))
     write_summary(reports, out, f"judgements/{spec.name}/summary.json")
     print_summary(reports, out)
     n = reports[-1].notes
@@ -129,6 +131,7 @@ def cmd_judge(args: argparse.Namespace) -> int:
 
 def cmd_binarize(args: argparse.Namespace) -> int:
     """Publish a new dataset version from the completions and judgements already in the run dir."""
+    from rlaif.flows.launch import run_flow
     from rlaif.flows.pipeline import binarize_flow, print_summary, write_summary
     from rlaif.preferences.versions import version_manifest
 
@@ -136,8 +139,8 @@ def cmd_binarize(args: argparse.Namespace) -> int:
         args.set = [*args.set, f"binarize.push_to_hub={args.push_to_hub}"]
         args._recipe = None
     recipe, out = _recipe(args), str(_out(args))
-    _preflight(recipe, out, {"binarize"})
-    reports = binarize_flow(recipe, out, force=args.force)
+    reports = run_flow(binarize_flow, recipe, out, force=args.force,
+                       preflight=lambda: _preflight(recipe, out, {"binarize"}))
     write_summary(reports, out, "binarize_summary.json")
     print_summary(reports, out)
     version = Path(reports[-1].path)
@@ -194,15 +197,15 @@ def cmd_agreement(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     """One training stage into <run>/sft or <run>/dpo (a flow of one task)."""
     from rlaif.core.store import write_atomic
+    from rlaif.flows.launch import run_flow
     from rlaif.flows.pipeline import print_summary, train_flow
 
     recipe, out = _recipe(args), _out(args)
     if getattr(recipe.train, args.stage) is None:
         raise RlaifError(f"{args.recipe}: field 'train.{args.stage}': not set; nothing to train")
-    _preflight(recipe, out, {args.stage})
     if not (out / "recipe.json").exists():  # evaluate reads the recipe from the run
         write_atomic(out / "recipe.json", recipe.model_dump_json(indent=2))
-    reports = train_flow(recipe, str(out), args.stage)
+    reports = run_flow(train_flow, recipe, str(out), args.stage, preflight=lambda: _preflight(recipe, out, {args.stage}))
     print_summary(reports, str(out))
     return 0
 
@@ -274,6 +277,25 @@ def cmd_serve_model(args: argparse.Namespace) -> int:
     cmd = serve_command(args.model, args.host, args.port, args.vllm_args)
     print("starting:", " ".join(cmd), file=sys.stderr)
     os.execv(cmd[0], cmd)  # the server replaces this process: Ctrl-C stops it
+
+
+def cmd_server(args: argparse.Namespace) -> int:
+    from rlaif.flows import server
+
+    if args.action == "start":
+        state = server.start(args.port)
+        echo(f"Prefect server {'already ' if state.get('already') else ''}running at {state['url']} (pid "
+             f"{state['pid']}, UI at {state['url'].removesuffix('/api')}); rlaif commands use it until "
+             f"`rlaif server stop`")
+    elif args.action == "stop":
+        state = server.stop()
+        echo(f"stopped the Prefect server at {state['url']}" if state else "no Prefect server was running")
+    else:
+        state = server.status()
+        echo(f"running at {state['url']} (pid {state['pid']}, since {state['started']}; log {state['log']})"
+             if state else "not running; commands start Prefect's temporary server")
+        return 0 if state else 1
+    return 0
 
 
 def cmd_prepare_models(args: argparse.Namespace) -> int:
@@ -395,6 +417,12 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--host", default="127.0.0.1")
     m.add_argument("--port", type=int, default=8000)
     m.add_argument("vllm_args", nargs=argparse.REMAINDER, help="passed to vLLM's API server")
+    sv = add("server", Command(cmd_server), help="a long-lived local Prefect server that commands use (start|stop|status)",
+             description="Start, stop or show a Prefect server on 127.0.0.1 (state, database and log under "
+                         "$RLAIF_HOME/prefect-server). While it runs, commands send their flow runs to it instead of "
+                         "starting Prefect's temporary server (~10 s each). PREFECT_API_URL, when set, wins.")
+    sv.add_argument("action", choices=["start", "stop", "status"])
+    sv.add_argument("--port", type=int, help="start: the port (default: a free one)")
     p2 = add("prepare-models", Command(cmd_prepare_models), help="convert the bundled GGUF models into the cache",
              description="Convert bundled GGUF models into $RLAIF_HOME/models (once).")
     p2.add_argument("names", nargs="*", help="bundled model names (default: all)")

@@ -34,7 +34,7 @@ from rlaif.core.errors import RlaifError, StageError, stage_errors
 from rlaif.core.progress import NULL, Reporter
 from rlaif.core.store import Manifest, RunStore, write_json
 from rlaif.engines.pool import EnginePool
-from rlaif.flows import caching
+from rlaif.flows import caching, launch
 from rlaif.flows.failures import Failures, completion_failures, judgement_failures, no_usable_rows
 from rlaif.flows.recipe import Recipe
 from rlaif.generation.ensemble import STAGE as COMPLETIONS
@@ -77,6 +77,15 @@ def set_reporter(reporter: Reporter) -> None:
     """The command line's progress display; flows run elsewhere (a deployment) log instead."""
     global _reporter
     _reporter = reporter
+
+
+def reporter() -> Reporter:
+    return _reporter
+
+
+def shared_pool() -> EnginePool | None:
+    """The pool `shared_engines` set, if any."""
+    return _shared_pool
 
 
 @contextmanager
@@ -202,7 +211,13 @@ def call(t, out: str, *args: Any, remote: bool = False, recipe: Recipe | None = 
     `cached` means its stage had nothing to compute (a cache key exists only then).
     `remote`: the stage calls an endpoint, so retry with exponential backoff from the recipe."""
     key_fn = getattr(t, "cache_key_fn", None)
-    done = key_fn is not None and key_fn(None, _parameters(t, args)) is not None
+    params = _parameters(t, args) if key_fn is not None else {}
+    done = key_fn is not None and key_fn(None, params) is not None
+    if launch.direct():  # no flow: run the task's function only if its stage is done
+        if key_fn is not None and not done:
+            raise launch.Pending(t.name, params)
+        start = time.perf_counter()
+        return t.fn(*args), done, time.perf_counter() - start
     opts: dict[str, Any] = dict(result_storage=caching.result_storage(out))
     if remote and recipe is not None:
         f = recipe.flow

@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from rlaif.core.errors import validation_message
 from rlaif.core.records import Judgement, PairJudgement
 from rlaif.core.store import RunStore, write_json
+from rlaif.flows.launch import run_flow
 from rlaif.flows.pipeline import StageReport, current, judge_step, run_stages, session, write_summary
 from rlaif.flows.recipe import Recipe, RecipeError, read_yaml
 from rlaif.judges.agreement import agreement
@@ -80,6 +81,6 @@ def swap(recipe: Recipe, judge_file: str | Path, out: str | Path) -> tuple[list[
         raise RecipeError(f"{judge_file}: judge {spec.name!r} is the recipe's own judge; nothing to swap")
     recipe = with_judge(recipe, spec, str(judge_file))
     out = str(Path(out).resolve())
-    reports, report = judge_swap_flow(recipe, out, spec.name, previous)
+    reports, report = run_flow(judge_swap_flow, recipe, out, spec.name, previous)
     write_summary(reports, out, f"judge-swap/{spec.name}/summary.json")
     return reports, report

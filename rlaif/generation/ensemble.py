@@ -191,6 +191,12 @@ def _by_engine(todo: list[Unit], default: EngineSettings | None, engines: Engine
     return [groups[k] for k in sorted(groups, key=order)]
 
 
+def engine_order(todo: list[Unit], default: EngineSettings | None, engines: EnginePool,
+                 last: str | None) -> list[EngineSpec]:
+    """The engines `generate` uses for these pending units, in the order it uses them."""
+    return [group[0].spec.engine_spec(default) for group in _by_engine(todo, default, engines, last)]
+
+
 def _run_engine_group(units: list[Unit], generators: list[GeneratorSpec], store: RunStore, engines: EnginePool,
                       default: EngineSettings | None, models_per_prompt: int | None, seed: int,
                       report: Reporter) -> None:

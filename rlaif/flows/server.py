@@ -1,0 +1,155 @@
+"""A long-lived local Prefect server that commands use while it runs (`rlaif server start|stop|status`).
+
+Without a Prefect server, every command that runs a flow starts Prefect's temporary one (~10 s
+on 2 cores) and its flow runs are gone when it exits. `rlaif server start` starts
+`prefect server start` on 127.0.0.1 in the background, with its database, log and state under
+`$RLAIF_HOME/prefect-server/`; while it runs, every rlaif command sends its flow runs there
+(the UI at its address shows them) instead of starting a temporary server. `PREFECT_API_URL`, when
+set, wins; `RLAIF_USE_SERVER=0` makes commands ignore the server (a cold-start benchmark, tests).
+
+    rlaif server start [--port N]     start it (or say where it already runs)
+    rlaif server status               where it runs, or that it does not
+    rlaif server stop                 stop it; its database stays for the next start
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from rlaif.core.errors import RlaifError
+
+STATE = "server.json"  # pid, port, url of the running server
+
+
+def server_home() -> Path:
+    from rlaif.engines.models import rlaif_home
+
+    return rlaif_home() / "prefect-server"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _ours(pid: int) -> bool:
+    """The process is a Prefect server (not another process that got the pid of a dead one)."""
+    try:
+        return b"prefect" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except FileNotFoundError:
+        return not Path("/proc/self").exists() and _alive(pid)  # no /proc: trust the pid
+    except OSError:
+        return False
+
+
+def _healthy(url: str, timeout: float = 2.0) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=timeout) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def status() -> dict | None:
+    """The running server's state (pid, port, url), or None; a state left by a dead server is removed."""
+    path = server_home() / STATE
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not _ours(state["pid"]):
+        path.unlink(missing_ok=True)
+        return None
+    return state if _healthy(state["url"]) else None
+
+
+def api_url() -> str | None:
+    """The server a command should send its flow runs to: None when PREFECT_API_URL is set (it
+    wins), when RLAIF_USE_SERVER=0, or when no server runs."""
+    if os.environ.get("PREFECT_API_URL") or os.environ.get("RLAIF_USE_SERVER", "1") == "0":
+        return None
+    state = status()
+    return state["url"] if state else None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(port: int | None = None, timeout: float = 120) -> dict:
+    """Start the server in the background (its own session: it outlives this command)."""
+    running = status()
+    if running:
+        return {**running, "already": True}
+    home = server_home()
+    home.mkdir(parents=True, exist_ok=True)
+    port = port or _free_port()
+    url = f"http://127.0.0.1:{port}/api"
+    env = {**os.environ, "PREFECT_HOME": str(home / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "DO_NOT_TRACK": "1"}
+    env.pop("PREFECT_API_URL", None)
+    log = home / "server.log"
+    with log.open("a") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+                                 "--port", str(port)], env=env, stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + timeout
+    while not _healthy(url, timeout=1.0):
+        if proc.poll() is not None:
+            raise RlaifError(f"the Prefect server exited with code {proc.returncode} while starting; see {log}")
+        if time.monotonic() > deadline:
+            _stop_group(proc.pid)
+            raise RlaifError(f"the Prefect server did not answer on {url} within {timeout:.0f} s; see {log}")
+        time.sleep(0.3)
+    state = {"pid": proc.pid, "port": port, "url": url, "log": str(log), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    (home / STATE).write_text(json.dumps(state))
+    return state
+
+
+def _stop_group(pid: int, timeout: float = 20) -> None:
+    """SIGTERM the server's process group (it was started in a session of its own), then SIGKILL."""
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while _alive(pid) and time.monotonic() < deadline:
+        try:  # our child when started by this process: reap it
+            if os.waitpid(pid, os.WNOHANG)[0]:
+                return
+        except ChildProcessError:
+            pass
+        time.sleep(0.2)
+    if _alive(pid):
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def stop() -> dict | None:
+    """Stop the running server; returns the state it had, or None if none ran."""
+    path = server_home() / STATE
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if _ours(state["pid"]):
+        _stop_group(state["pid"])
+    path.unlink(missing_ok=True)
+    return state
