@@ -138,13 +138,16 @@ def chunks(store, prompts, size: int = 256):
 
 class FakeOpenAI(BaseHTTPRequestHandler):
     """Base of the tests' OpenAI-compatible servers on 127.0.0.1 (real HTTP, answers the tests
-    choose): a subclass's `reply(body)` returns the status and JSON payload of each request."""
+    choose): a subclass's `reply(body)` returns the status and JSON payload of each request, and
+    `models` are the ids GET /models lists (the preflight checks a recipe's models against them)."""
+
+    models: tuple[str, ...] = ("served",)
 
     def reply(self, body: dict) -> tuple[int, dict]:
         raise NotImplementedError
 
     def do_GET(self):  # noqa: N802 - /v1/models
-        self._send(200, {"object": "list", "data": [{"id": "served", "object": "model", "owned_by": "vllm"}]})
+        self._send(200, {"object": "list", "data": [{"id": m, "object": "model", "owned_by": "vllm"} for m in self.models]})
 
     def do_POST(self):  # noqa: N802
         self._send(*self.reply(json.loads(self.rfile.read(int(self.headers["Content-Length"])))))

@@ -27,6 +27,8 @@ class Served(FakeOpenAI):
     """Answers generation with the model's name; a judge request (it has a response_format) gets
     a rating: 5 for gen-a's answers, 3 for the others."""
 
+    models = ("gen-a", "gen-b", "served-judge")
+
     def reply(self, body):
         text = body["messages"][-1]["content"]
         if "response_format" in body:

@@ -69,6 +69,14 @@ def _preflight(recipe, out, stages, judges=None) -> None:
     preflight(recipe, out, stages, judges)
 
 
+def _same_recipe(recipe, out) -> bool:
+    """This recipe ran in this run directory before (its recipe.json is this one)."""
+    try:
+        return (Path(out) / "recipe.json").read_text() == recipe.model_dump_json(indent=2)
+    except OSError:
+        return False
+
+
 def _check_rows(reports, recipe) -> None:
     """Exit 4 with a table when more rows failed than the recipe allows (flows/failures.py)."""
     from rlaif.flows.failures import check_failed_rows
@@ -102,9 +110,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 0
     stages = {"generate"} if args.command == "generate" else {
         "generate", "judge", "binarize", *(s for s in ("sft", "dpo") if getattr(recipe.train, s) is not None)}
+    rerun = _same_recipe(recipe, out)
     write_atomic(Path(out) / "recipe.json", recipe.model_dump_json(indent=2))
     flow = pipeline.generate_flow if args.command == "generate" else pipeline.pipeline_flow
-    reports = run_flow(flow, recipe, out, preflight=lambda: _preflight(recipe, out, stages))
+    reports = run_flow(flow, recipe, out, preflight=lambda: _preflight(recipe, out, stages), rerun=rerun)
     pipeline.write_summary(reports, out)
     pipeline.print_summary(reports, out)
     _check_rows(reports, recipe)
@@ -119,7 +128,8 @@ def cmd_judge(args: argparse.Namespace) -> int:
 
     recipe, out = _recipe(args), str(_out(args))
     spec = recipe.judge_spec(args.judge)
-    reports = run_flow(judge_flow, recipe, out, spec.name, preflight=lambda: _preflight(recipe, out, {"judge"}, [spec]))
+    reports = run_flow(judge_flow, recipe, out, spec.name, preflight=lambda: _preflight(recipe, out, {"judge"}, [spec]),
+                       rerun=_same_recipe(recipe, out))
     write_summary(reports, out, f"judgements/{spec.name}/summary.json")
     print_summary(reports, out)
     n = reports[-1].notes
@@ -140,7 +150,7 @@ def cmd_binarize(args: argparse.Namespace) -> int:
         args._recipe = None
     recipe, out = _recipe(args), str(_out(args))
     reports = run_flow(binarize_flow, recipe, out, force=args.force,
-                       preflight=lambda: _preflight(recipe, out, {"binarize"}))
+                       preflight=lambda: _preflight(recipe, out, {"binarize"}), rerun=_same_recipe(recipe, out))
     write_summary(reports, out, "binarize_summary.json")
     print_summary(reports, out)
     version = Path(reports[-1].path)
@@ -203,9 +213,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     recipe, out = _recipe(args), _out(args)
     if getattr(recipe.train, args.stage) is None:
         raise RlaifError(f"{args.recipe}: field 'train.{args.stage}': not set; nothing to train")
+    rerun = _same_recipe(recipe, out)
     if not (out / "recipe.json").exists():  # evaluate reads the recipe from the run
         write_atomic(out / "recipe.json", recipe.model_dump_json(indent=2))
-    reports = run_flow(train_flow, recipe, str(out), args.stage, preflight=lambda: _preflight(recipe, out, {args.stage}))
+    reports = run_flow(train_flow, recipe, str(out), args.stage, preflight=lambda: _preflight(recipe, out, {args.stage}),
+                       rerun=rerun)
     print_summary(reports, str(out))
     return 0
 

@@ -99,15 +99,20 @@ def settled(flow, *args: Any, **kwargs: Any) -> Any:
         pipeline.set_reporter(outer)
 
 
-def run_flow(flow, recipe, *args: Any, preflight: Callable[[], None] | None = None, **kwargs: Any) -> Any:
+def run_flow(flow, recipe, *args: Any, preflight: Callable[[], None] | None = None, rerun: bool = False,
+             **kwargs: Any) -> Any:
     """Run `flow(recipe, *args, **kwargs)`: directly if nothing is left to do, else as a Prefect
     flow, with Prefect's temporary server starting while the first engine loads.
 
-    `preflight` (flows/preflight.py: models, endpoints, keys, prompts, lengths) runs only when
-    there is work, or when the direct attempt failed: an unchanged rerun does not pay for its
-    tokenizer loads, and a configuration mistake is still reported whole, before any compute."""
+    `preflight` (flows/preflight.py: models, endpoints, keys, prompts and their lengths) runs first,
+    before any compute, unless `rerun` (this recipe already ran in this run directory): then it
+    runs only if the direct attempt finds work or fails, so an unchanged rerun does not pay for its
+    tokenizer loads and a mistake is still reported whole before any engine loads."""
     from rlaif.flows import pipeline
 
+    if preflight is not None and not rerun:
+        preflight()
+        preflight = None
     try:
         return settled(flow, recipe, *args, **kwargs)
     except Pending as p:
