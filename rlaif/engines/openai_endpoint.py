@@ -31,6 +31,7 @@ class Endpoint(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     base_url: str  # e.g. http://127.0.0.1:8000/v1
+    base_urls: list[str] = Field(default_factory=list)  # more servers of the same model: balanced (engines/balanced.py)
     api_key_env: str | None = None  # name of the environment variable holding the key
     max_concurrency: int = Field(8, ge=1)
     max_retries: int = Field(4, ge=0)

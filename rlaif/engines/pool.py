@@ -36,8 +36,9 @@ class EngineSpec:
     @property
     def key(self) -> str:
         if self.endpoint is not None:  # never the key: only where and which model
-            return "endpoint-" + content_hash(self.endpoint.base_url, self.model)
-        return "local-" + content_hash(self.model, self.settings)
+            more = [self.endpoint.base_urls] if self.endpoint.base_urls else []
+            return "endpoint-" + content_hash(self.endpoint.base_url, self.model, *more)
+        return "local-" + content_hash(self.model, self.settings.engine_only())
 
     @property
     def local(self) -> bool:
@@ -63,6 +64,10 @@ class EnginePool:
             from rlaif.engines.vllm_offline import VLLMEngine
 
             engine: Engine = VLLMEngine(resolve_model(spec.model), spec.settings, seed=self.seed, label=spec.model)
+        elif spec.endpoint.base_urls:
+            from rlaif.engines.balanced import BalancedEngine
+
+            engine = BalancedEngine(spec.endpoint, spec.model)
         else:
             from rlaif.engines.openai_endpoint import EndpointEngine
 

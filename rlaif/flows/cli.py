@@ -227,6 +227,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------- the parser
+def ray_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ray", metavar="ADDRESS", help="run generation and judging on this Ray cluster (e.g. 10.0.0.5:6379, "
+                   "or `local` to start one here); default: RAY_ADDRESS, else in this process. See README 'Scale'")
+
+
 def recipe_args(p: argparse.ArgumentParser) -> None:
     """The options every recipe command takes: where the run lives, and field overrides."""
     p.add_argument("recipe", help="recipe YAML, e.g. recipes/quickstart.yaml")
@@ -249,14 +254,18 @@ def build_parser() -> argparse.ArgumentParser:
     r = add("run", Command(cmd_run, **in_recipe_run), help="run a recipe end to end (generate, judge, binarize, train)",
             description="Run a recipe end to end as one Prefect flow.")
     recipe_args(r)
+    ray_arg(r)
     r.add_argument("--judge", metavar="JUDGE_YAML",
                    help="judge swap: judge the run's completions with this judge, binarize, print the agreement")
-    recipe_args(add("generate", Command(cmd_run, **in_recipe_run), help="run the generation stage of a recipe alone",
-                    description="Generate completions for a recipe's prompts; finished shards are kept."))
+    g = add("generate", Command(cmd_run, **in_recipe_run), help="run the generation stage of a recipe alone",
+            description="Generate completions for a recipe's prompts; finished shards are kept.")
+    recipe_args(g)
+    ray_arg(g)
     j = add("judge", Command(cmd_judge, **in_recipe_run), help="judge a run's completions with one of the recipe's judges",
             description="Judge the completions already in a run with the judge NAME of the recipe, without "
                         "generating; its results sit beside other judges' in judgements/NAME.")
     recipe_args(j)
+    ray_arg(j)
     j.add_argument("--judge", required=True, metavar="NAME", help="a judge's name in the recipe's judges:")
     b = add("binarize", Command(cmd_binarize, **in_recipe_run), help="publish a new dataset version from a run's judgements",
             description="Binarize the completions and judgements already in the run directory into a new dataset "
@@ -349,6 +358,8 @@ def _run_locked(spec: Command, args: argparse.Namespace, run_dir: Path | None) -
 
     reporter = RichReporter()
     set_reporter(reporter)
+    if getattr(args, "ray", None):  # read by every flow run of this command (flows/cluster.py)
+        os.environ["RAY_ADDRESS"] = args.ray
     try:
         if spec.lock and run_dir is not None:
             with run_lock(run_dir):

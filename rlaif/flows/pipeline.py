@@ -65,6 +65,7 @@ class Session:
 
     pool: EnginePool
     reporter: Reporter
+    cluster: Any = None  # a flows.cluster.Cluster when the run goes to Ray (`--ray`, RAY_ADDRESS)
 
 
 _session: Session | None = None
@@ -97,19 +98,22 @@ def session(seed: int = 0) -> Iterator[Session]:
     if _session is not None:
         yield _session
         return
-    if _shared_pool is not None:
-        _session = Session(_shared_pool, _reporter)
-        try:
-            yield _session
-        finally:
-            _session = None
-        return
-    with EnginePool(seed=seed) as pool:
-        _session = Session(pool, _reporter)
-        try:
-            yield _session
-        finally:
-            _session = None
+    from rlaif.flows.cluster import address, cluster
+
+    with cluster(address()) as ray_cluster:
+        if _shared_pool is not None:
+            _session = Session(_shared_pool, _reporter, ray_cluster)
+            try:
+                yield _session
+            finally:
+                _session = None
+            return
+        with EnginePool(seed=seed) as pool:
+            _session = Session(pool, _reporter, ray_cluster)
+            try:
+                yield _session
+            finally:
+                _session = None
 
 
 def current() -> Session:
@@ -128,11 +132,18 @@ def prompts_task(recipe: Recipe, out: str) -> tuple[Manifest, HygieneReport]:
 
 
 @task(name="generate", cache_key_fn=caching.generate_key, **caching.CACHED)
-def generate_task(prompts: Manifest, recipe: Recipe, out: str, last: str | None = None) -> Manifest:
+def generate_task(prompts: Manifest, recipe: Recipe, out: str, last: str | None = None,
+                  judge: JudgeSpec | None = None) -> Manifest:
+    """`judge`: on a Ray cluster, judge each chunk as its completions are written (the judge stage
+    then finds those shards done)."""
     with stage_errors("generate"):
         s = current()
-        manifest = generate(prompts, recipe.generators, RunStore(out), s.pool, recipe.engine, recipe.models_per_prompt,
-                            recipe.seed, last, s.reporter)
+        if s.cluster is not None:
+            manifest = s.cluster.generate(prompts, recipe.generators, RunStore(out), recipe.engine,
+                                          recipe.models_per_prompt, recipe.seed, judge, s.reporter)
+        else:
+            manifest = generate(prompts, recipe.generators, RunStore(out), s.pool, recipe.engine,
+                                recipe.models_per_prompt, recipe.seed, last, s.reporter)
     _retry_transient_rows("generate", manifest)
     return manifest
 
@@ -141,6 +152,9 @@ def generate_task(prompts: Manifest, recipe: Recipe, out: str, last: str | None 
 def judge_task(prompts: Manifest, completions: Manifest, spec: JudgeSpec, recipe: Recipe, out: str) -> Manifest:
     with stage_errors("judge", spec.name):
         s = current()
+        if s.cluster is not None:
+            s.cluster.judge(prompts, completions, recipe.generators, RunStore(out), spec, recipe.engine, recipe.seed,
+                            s.reporter)
         manifest = run_judge(prompts, completions, spec, RunStore(out), s.pool, recipe.engine, recipe.seed, s.reporter)
     _retry_transient_rows("judge", manifest)
     return manifest
@@ -227,7 +241,7 @@ def prompts_step(recipe: Recipe, out: str) -> tuple[Manifest, HygieneReport, Sta
 
 
 def generate_step(prompts: Manifest, recipe: Recipe, out: str, last: str | None = None,
-                  require_done: bool = False) -> tuple[Manifest, StageReport]:
+                  require_done: bool = False, judge: JudgeSpec | None = None) -> tuple[Manifest, StageReport]:
     store = RunStore(out)
     if require_done:
         units = plan_generation(prompts, recipe.generators, store, recipe.models_per_prompt, recipe.seed)
@@ -237,7 +251,7 @@ def generate_step(prompts: Manifest, recipe: Recipe, out: str, last: str | None 
                              f"run `rlaif generate` (or `rlaif run`) first")
         return manifest_of(units), _generate_report(store, manifest_of(units), recipe, out, 0.0, True)
     remote = any(g.endpoint is not None for g in recipe.generators)
-    manifest, cached, secs = call(generate_task, out, prompts, recipe, out, last, remote=remote, recipe=recipe)
+    manifest, cached, secs = call(generate_task, out, prompts, recipe, out, last, judge, remote=remote, recipe=recipe)
     return manifest, _generate_report(store, manifest, recipe, out, secs, cached)
 
 
@@ -327,7 +341,8 @@ def run_stages(recipe: Recipe, out: str, until: str = "train", judge_name: str |
     rep.stage("generate")
     judge_engine = spec.engine_spec(recipe.engine)
     last = judge_engine.key if until != "generate" and judge_engine is not None else None
-    completions, r = generate_step(prompts, recipe, out, last, require_done="generate" in done)
+    completions, r = generate_step(prompts, recipe, out, last, require_done="generate" in done,
+                                   judge=spec if until != "generate" else None)
     reports.append(r)
     keep.update(prompts=prompts, hygiene=hy, completions=completions)
     if until == "generate":

@@ -57,7 +57,7 @@ class GeneratorSpec(BaseModel):
         return content_hash(self.name, self.model, where, self.format, self.system_prompt, template, self.sampling)
 
     def engine_spec(self, default: EngineSettings | None = None) -> EngineSpec:
-        return EngineSpec(self.model, self.endpoint, self.engine or default or EngineSettings())
+        return EngineSpec(self.model, self.endpoint, (self.engine or EngineSettings()).over(default))
 
 
 # ----------------------------------------------------------------------------- one request, one record
@@ -200,23 +200,41 @@ def _run_engine_group(units: list[Unit], generators: list[GeneratorSpec], store:
     by_chunk: dict[str, list[Unit]] = {}
     for u in units:
         by_chunk.setdefault(u.chunk.key, []).append(u)
-    share = min(models_per_prompt or len(generators), len(generators)) / len(generators)
-    total = sum(u.info.retryable if u.info else round(u.chunk.rows * share) for u in units)
-    names = "+".join(dict.fromkeys(u.spec.name for u in units))
-    advance = report.task(names, total)
+    advance = report.task("+".join(dict.fromkeys(u.spec.name for u in units)),
+                          rows_to_send(units, generators, models_per_prompt))
     for chunk_units in by_chunk.values():
         prompts = store.read(PROMPTS, chunk_units[0].chunk.key, Prompt)
-        assigned = assign(prompts, generators, models_per_prompt, seed)
-        jobs = []
-        for u in chunk_units:
-            old = store.read(STAGE, u.key, Completion) if u.info is not None else None
-            again = {c.prompt_id for c in old if c.retryable} if old is not None else None
-            jobs.append((u, [p for p in assigned[u.spec.name] if again is None or p.prompt_id in again], old))
-        results = iter(engine.generate([request(u.spec, p) for u, mine, _ in jobs for p in mine], advance))
-        for u, mine, old in jobs:
-            settings = u.spec.settings_hash()
-            new = [completion(u.spec, settings, p, next(results)) for p in mine]
-            if old is not None:  # only the failed rows went out again
-                redone = {c.prompt_id: c for c in new}
-                new = [redone.get(c.prompt_id, c) for c in old]
-            u.info = store.write(STAGE, u.key, new, group=u.chunk.key, name=u.spec.name)
+        old = [store.read(STAGE, u.key, Completion) if u.info is not None else None for u in chunk_units]
+        done = answer_chunk(engine, [u.spec for u in chunk_units], prompts, old, generators, models_per_prompt,
+                            seed, advance)
+        for u, records in zip(chunk_units, done):
+            u.info = store.write(STAGE, u.key, records, group=u.chunk.key, name=u.spec.name)
+
+
+def rows_to_send(units: list[Unit], generators: list[GeneratorSpec], models_per_prompt: int | None) -> int:
+    """About how many requests these units send: a progress bar's total."""
+    share = min(models_per_prompt or len(generators), len(generators)) / len(generators)
+    return sum(u.info.retryable if u.info else round(u.chunk.rows * share) for u in units)
+
+
+def answer_chunk(engine, specs: list[GeneratorSpec], prompts: list[Prompt], old: list[list[Completion] | None],
+                 generators: list[GeneratorSpec], models_per_prompt: int | None, seed: int,
+                 progress=None) -> list[list[Completion]]:
+    """One prompt chunk's shards for the members `specs` (all on `engine`, sent in one call, so
+    vLLM batches them together). `old[i]` is member i's shard from an earlier run, or None: then
+    only its rows that failed transiently are sent again, and the rest are kept as they were."""
+    assigned = assign(prompts, generators, models_per_prompt, seed)
+    jobs = []
+    for spec, before in zip(specs, old):
+        again = {c.prompt_id for c in before if c.retryable} if before is not None else None
+        jobs.append((spec, [p for p in assigned[spec.name] if again is None or p.prompt_id in again], before))
+    results = iter(engine.generate([request(spec, p) for spec, mine, _ in jobs for p in mine], progress))
+    out = []
+    for spec, mine, before in jobs:
+        settings = spec.settings_hash()
+        new = [completion(spec, settings, p, next(results)) for p in mine]
+        if before is not None:  # only the failed rows went out again
+            redone = {c.prompt_id: c for c in new}
+            new = [redone.get(c.prompt_id, c) for c in before]
+        out.append(new)
+    return out
