@@ -201,6 +201,15 @@ class Stats:
     by_node: dict[str, int] = field(default_factory=dict)
     worker_cpu_s: float = 0.0  # CPU time of the workers that finished normally
     busy_s: float = 0.0  # from the first job sent to the last shard written
+    noted: tuple[int, int, int] = (0, 0, 0)
+
+    def notes(self) -> dict[str, int]:
+        """For a stage's report: shards, nodes and re-sent jobs since the last call ({} if none)."""
+        shards, requeued, workers = self.shards - self.noted[0], self.requeued - self.noted[1], self.workers - self.noted[2]
+        self.noted = (self.shards, self.requeued, self.workers)
+        if not shards and not requeued:
+            return {}
+        return {"shards": shards, "nodes": len(self.by_node), "workers": workers, "re-queued": requeued}
 
 
 class Cluster:
@@ -328,27 +337,35 @@ class Run:
         return dict(num_cpus=cpus, num_gpus=gpus, resources=dict(s.resources))
 
     def plan_replicas(self) -> None:
-        """Each pool's replica count, after checking that one replica fits on some node."""
+        """Each pool's replica count, after checking that one replica fits on some node. "auto"
+        pools share what the fixed ones leave of the cluster; an endpoint's "auto" is one per server."""
         import ray
 
         nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
-        total = ray.cluster_resources()
-        autos = [p for p in self.pools.values() if self.settings(p).replicas == "auto"]
+        left = dict(ray.cluster_resources())
+        autos = []
         for pool in self.pools.values():
             need = self.needs(pool)
             if not any(all(n.get(r, 0) >= v for r, v in need.items()) for n in nodes):
-                raise ConfigError(f"{pool.label}: one replica needs {need}, and no node of the Ray cluster has it "
-                                  f"(largest: {max(nodes, key=lambda n: n.get('GPU', 0) + n.get('CPU', 0))}); "
-                                  f"lower tensor_parallel_size, num_cpus or resources in its engine: block")
+                biggest = {r: max(n.get(r, 0) for n in nodes) for r in need}
+                raise ConfigError(f"{pool.label}: one replica needs {need}, and no node of the Ray cluster has that "
+                                  f"much (the most on one node: {biggest}); lower tensor_parallel_size, num_cpus or "
+                                  f"resources in its engine: block")
             replicas = self.settings(pool).replicas
-            if replicas == "auto":
-                if pool.spec is not None and not pool.spec.local:
-                    replicas = 1 + len(pool.spec.endpoint.base_urls)  # type: ignore[union-attr]
-                else:
-                    fit = min(int(total.get(r, 0) // v) for r, v in need.items())
-                    replicas = max(1, fit // max(1, len(autos)))
-            chunks = len(self.waiting)
-            pool.replicas = max(1, min(int(replicas), chunks))
+            if replicas != "auto":
+                pool.replicas = replicas
+            elif pool.spec is not None and not pool.spec.local:
+                pool.replicas = 1 + len(pool.spec.endpoint.base_urls)  # type: ignore[union-attr]
+            else:
+                autos.append(pool)
+                continue
+            for r, v in need.items():
+                left[r] = left.get(r, 0) - v * pool.replicas
+        for pool in autos:
+            need = self.needs(pool)
+            pool.replicas = max(1, min(int(max(left.get(r, 0), 0) // v) for r, v in need.items()) // len(autos))
+        for pool in self.pools.values():  # more workers than chunks would load a model for nothing
+            pool.replicas = min(pool.replicas, max(1, len(self.waiting)))
 
     def settings(self, pool: Pool) -> EngineSettings:
         return pool.spec.settings if pool.spec is not None else EngineSettings()

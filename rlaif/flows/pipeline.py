@@ -222,6 +222,13 @@ def _parameters(t, args: tuple) -> dict[str, Any]:
     return dict(bound.arguments)
 
 
+def _ray_notes() -> dict[str, Any]:
+    """What the Ray cluster did since the last report (shards judged beside generation count there)."""
+    cluster = current().cluster
+    notes = cluster.stats.notes() if cluster is not None else {}
+    return {"ray": notes} if notes else {}
+
+
 def _failed_rows(store: RunStore, manifest: Manifest, limit: int = 10) -> list[Completion]:
     """The first failed completions, read from the shards that have any."""
     out: list[Completion] = []
@@ -261,7 +268,7 @@ def _generate_report(store: RunStore, m: Manifest, recipe: Recipe, out: str, sec
         rep.note(f"[yellow]failed[/] stage generate, model {c.model}, row {c.prompt_id}: {c.error}")
     per_model = {g.name: sum(s.ok for s in m.shards if s.name == g.name) for g in recipe.generators}
     notes = {"failed": m.total("failed"), "retried next run": m.total("retryable"), "per_model": per_model,
-             "output_tokens": m.counts().get("output_tokens", 0)}
+             "output_tokens": m.counts().get("output_tokens", 0), **_ray_notes()}
     return StageReport(stage="generate", count_in=m.total("rows"), count_out=m.total("ok"), seconds=secs,
                        cached=cached, notes=notes, path=str(Path(out) / COMPLETIONS))
 
@@ -279,7 +286,8 @@ def judge_step(prompts: Manifest, completions: Manifest, spec: JudgeSpec, recipe
                                       remote=spec.endpoint is not None, recipe=recipe)
     counts = manifest_counts(manifest)  # parsed / retried / unparsed / failed
     return manifest, StageReport(stage="judge", count_in=completions.total("rows"), count_out=counts["parsed"],
-                                 seconds=secs, cached=cached, notes={"judge": spec.name, "kind": spec.kind, **counts},
+                                 seconds=secs, cached=cached, notes={"judge": spec.name, "kind": spec.kind, **counts,
+                                                                     **_ray_notes()},
                                  path=str(Path(out) / manifest.stage))
 
 
