@@ -112,8 +112,8 @@ def connect(addr: str) -> None:
 class ShardWorker:
     """One replica of an engine: loads it on its first job, then makes shard after shard."""
 
-    def __init__(self, spec: EngineSpec | None, seed: int):
-        self.spec, self.seed = spec, seed
+    def __init__(self, spec: EngineSpec | None, seed: int, replica: int = 0, replicas: int = 1):
+        self.spec, self.seed, self.replica, self.replicas = spec, seed, replica, replicas
         self.pool = EnginePool(seed=seed)
 
     def where(self) -> dict[str, str]:
@@ -129,6 +129,13 @@ class ShardWorker:
         if spec.local and spec.settings.gpus > 1:  # vLLM's own processes inside this actor's GPUs
             extra = {"distributed_executor_backend": "mp", **spec.settings.extra}
             spec = EngineSpec(spec.model, None, spec.settings.model_copy(update={"extra": extra}))
+        if spec.endpoint is not None and spec.endpoint.base_urls and not self.pool.is_loaded(spec):
+            # replica i of R keeps servers i, i+R, ... busy; the others are its fallback
+            from rlaif.engines.balanced import BalancedEngine
+
+            n = 1 + len(spec.endpoint.base_urls)
+            own = list(range(self.replica % n, n, self.replicas)) if self.replicas < n else [self.replica % n]
+            self.pool.put(spec, BalancedEngine(spec.endpoint, spec.model, own=own))
         return self.pool.get(spec)
 
     def generate(self, specs: list[GeneratorSpec], prompts: list[Prompt], old: list, generators: list[GeneratorSpec],
@@ -157,6 +164,7 @@ class Job:
     shards: list[ShardInfo] = field(default_factory=list)  # judge: the chunk's completion shards
     rows: int = 0
     attempts: int = 0
+    sent: float = 0.0
 
     def describe(self) -> str:
         who = "+".join(u.spec.name for u in self.units) if self.units else "judge"
@@ -168,6 +176,7 @@ class Worker:
     handle: Any
     placed: Any  # the ref of its where(): ready once Ray has found it room
     started: float
+    replica: int = 0  # which of the pool's replicas (an endpoint replica's own servers follow from it)
     where: dict[str, str] | None = None
     busy: int = 0
 
@@ -201,6 +210,8 @@ class Stats:
     by_node: dict[str, int] = field(default_factory=dict)
     worker_cpu_s: float = 0.0  # CPU time of the workers that finished normally
     busy_s: float = 0.0  # from the first job sent to the last shard written
+    steady_rows: int = 0  # rows of the jobs sent once every worker was up and written before the queues ran dry...
+    steady_s: float = 0.0  # ...and the time between those two moments (bench/scale.py's throughput)
     noted: tuple[int, int, int] = (0, 0, 0)
 
     def notes(self) -> dict[str, int]:
@@ -250,6 +261,8 @@ class Run:
         self.chunk_units: dict[str, list[Unit]] = {}
         self.first_sent: float | None = None
         self.last_written = 0.0
+        self.all_up: float | None = None  # when every worker asked for had started
+        self.dry: float | None = None  # when the last job left the queues
 
     # ---- planning
     def run(self, prompts: Manifest, units: list[Unit]) -> None:
@@ -289,6 +302,8 @@ class Run:
         s = self.cluster.stats
         if self.first_sent is not None:
             s.busy_s += self.last_written - self.first_sent
+        if self.all_up is not None and self.dry is not None and s.steady_rows:
+            s.steady_s += self.dry - self.all_up
         nodes = ", ".join(f"{n[:8]}: {c}" for n, c in s.by_node.items())
         self.report.note(f"ray: {s.shards} shards on {len(s.by_node)} nodes ({nodes})"
                          + (f"; {s.requeued} sent again after a lost worker" if s.requeued else ""))
@@ -406,14 +421,19 @@ class Run:
                     raise RlaifError(f"{pool.label}: {pool.failed_starts} workers in a row died before starting "
                                      f"(last: {pool.last_error})")
                 # SPREAD: a pool's replicas on as many nodes as have room, not packed onto one
+                replica = min(set(range(pool.replicas)) - {w.replica for w in pool.workers})  # a lost one's place
                 worker = self.actor.options(**pool.options, max_restarts=0, scheduling_strategy="SPREAD").remote(
-                    pool.spec, self.seed)
-                pool.workers.append(Worker(worker, worker.where.remote(), time.monotonic()))
+                    pool.spec, self.seed, replica, pool.replicas)
+                pool.workers.append(Worker(worker, worker.where.remote(), time.monotonic(), replica))
                 self.cluster.stats.workers += 1
             for w in pool.workers:
                 while pool.queue and w.where is not None and w.busy < IN_FLIGHT:
                     job = pool.queue.popleft()
+                    job.sent = time.perf_counter()
                     self.in_flight[self.send(w, job)] = (pool, w, job)
+                    more = self.judge is not None and any(self.waiting.values())  # judge jobs still to come
+                    if not more and not any(p.queue for p in self.pools.values()):
+                        self.dry = self.dry or job.sent
                     w.busy += 1
                     self.first_sent = self.first_sent or time.perf_counter()
 
@@ -437,6 +457,9 @@ class Run:
         try:
             w.where = ray.get(ref)
             pool.failed_starts = 0
+            if self.all_up is None and all(len(p.workers) >= p.replicas and all(x.where for x in p.workers)
+                                           for p in self.pools.values() if p.queue or p.busy):
+                self.all_up = time.perf_counter()
         except ray.exceptions.RayError as e:  # died before it started: another one is made
             log.warning("%s: a worker could not start (%s)", pool.label, e)
             pool.failed_starts += 1
@@ -489,6 +512,8 @@ class Run:
                         name=self.judge.name, worker=where)  # type: ignore[union-attr]
             shards = 1
         stats.shards += shards
+        if self.all_up is not None and job.sent >= self.all_up and self.dry is None:
+            stats.steady_rows += job.rows
         node = where.get("node", "?")
         stats.by_node[node] = stats.by_node.get(node, 0) + shards
         self.last_written = time.perf_counter()
