@@ -148,13 +148,17 @@ def cmd_agreement(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     """One training stage into <run>/sft or <run>/dpo (a flow of one task)."""
     from rlaif.core.store import write_atomic
-    from rlaif.flows.pipeline import print_summary, train_flow
+    from rlaif.flows.pipeline import print_summary, train_flow, train_inputs, train_task
+    from rlaif.training.launch import is_main
 
     recipe, out = _recipe(args), _out(args)
     if getattr(recipe.train, args.stage) is None:
         raise RlaifError(f"{args.recipe}: field 'train.{args.stage}': not set; nothing to train")
-    if not (out / "recipe.json").exists():  # evaluate reads the recipe from the run
+    if is_main() and not (out / "recipe.json").exists():  # evaluate reads the recipe from the run
         write_atomic(out / "recipe.json", recipe.model_dump_json(indent=2))
+    if not is_main():  # another process of `accelerate launch`: trains its share; rank 0 records the run
+        train_task.fn(args.stage, recipe, str(out), train_inputs(args.stage, recipe, str(out)))
+        return 0
     reports = train_flow(recipe, str(out), args.stage)
     print_summary(reports, str(out))
     return 0
@@ -355,13 +359,14 @@ def _run_locked(spec: Command, args: argparse.Namespace, run_dir: Path | None) -
     from rlaif.core.store import clean_leftovers, run_lock
     from rlaif.flows.console import RichReporter
     from rlaif.flows.pipeline import set_reporter
+    from rlaif.training.launch import is_main
 
     reporter = RichReporter()
     set_reporter(reporter)
     if getattr(args, "ray", None):  # read by every flow run of this command (flows/cluster.py)
         os.environ["RAY_ADDRESS"] = args.ray
     try:
-        if spec.lock and run_dir is not None:
+        if spec.lock and run_dir is not None and is_main():  # a training launch's rank 0 holds it for all
             with run_lock(run_dir):
                 clean_leftovers(run_dir)
                 return spec.run(args)
