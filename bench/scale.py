@@ -139,7 +139,7 @@ def throughput(args) -> None:
         with tempfile.TemporaryDirectory() as tmp, StandIns(n, args.concurrency, args.delay) as gpus:
             store = RunStore(Path(tmp) / "run")
             source = prompts_file(Path(tmp) / "prompts.jsonl", args.per_worker * n)
-            pm, _ = prepare_prompts(str(source), "train", None, HygieneSpec(near_dup_threshold=None), store, 32)
+            pm, _ = prepare_prompts(str(source), "train", None, HygieneSpec(near_dup_threshold=None), store, 16)
             member = GeneratorSpec(name="a", model="a", endpoint=endpoint(gpus.urls, args.concurrency),
                                    engine={"replicas": n})
             cluster = Cluster("local")
@@ -244,7 +244,7 @@ def main() -> None:
     # the machine's CPU, not the scheduling, sets the 8-worker figure)
     ap.add_argument("--concurrency", type=int, default=4, help="a stand-in GPU's requests at a time")
     ap.add_argument("--delay", type=float, default=0.4, help="seconds a stand-in takes per request")
-    ap.add_argument("--per-worker", type=int, default=256, help="prompts per worker in the throughput runs")
+    ap.add_argument("--per-worker", type=int, default=320, help="prompts per worker in the throughput runs")
     ap.add_argument("--fast-workers", type=int, default=2)
     ap.add_argument("--fast-concurrency", type=int, default=32)
     ap.add_argument("--fast-delay", type=float, default=0.0)

@@ -210,7 +210,7 @@ class Stats:
     by_node: dict[str, int] = field(default_factory=dict)
     worker_cpu_s: float = 0.0  # CPU time of the workers that finished normally
     busy_s: float = 0.0  # from the first job sent to the last shard written
-    steady_rows: int = 0  # rows of the jobs sent once every worker was up and written before the queues ran dry...
+    steady_rows: int = 0  # rows written once every worker was up and before the queues ran dry...
     steady_s: float = 0.0  # ...and the time between those two moments (bench/scale.py's throughput)
     noted: tuple[int, int, int] = (0, 0, 0)
 
@@ -512,7 +512,7 @@ class Run:
                         name=self.judge.name, worker=where)  # type: ignore[union-attr]
             shards = 1
         stats.shards += shards
-        if self.all_up is not None and job.sent >= self.all_up and self.dry is None:
+        if self.all_up is not None and self.dry is None:  # written while every worker had work
             stats.steady_rows += job.rows
         node = where.get("node", "?")
         stats.by_node[node] = stats.by_node.get(node, 0) + shards
