@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -43,18 +43,50 @@ class Sampling(BaseModel):
 
 
 class EngineSettings(BaseModel):
-    """A local engine's settings (the recipe's `engine:` block, or a member's or judge's own);
-    None means 'pick for this machine'."""
+    """An engine's settings: the recipe's `engine:` block, or a member's or judge's own, whose fields
+    override the recipe's (`over`). None means 'pick for this machine'.
+
+    The first group configures vLLM; the last says how a Ray cluster places the engine (`--ray`):
+    each replica asks for tensor_parallel_size x pipeline_parallel_size GPUs (on a cluster that has
+    GPUs), `num_cpus` CPUs and any custom `resources`, and `replicas` data-parallel copies take
+    prompt chunks from one queue ("auto": as many as fit). Without Ray they are ignored.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
     dtype: str | None = None  # float32 on CPU, auto on GPU
+    quantization: str | None = None  # vLLM's: awq, gptq, fp8, bitsandbytes, ...
+    tensor_parallel_size: int = Field(1, ge=1)  # GPUs one replica shards each layer over
+    pipeline_parallel_size: int = Field(1, ge=1)  # GPUs one replica splits the layers over
     enforce_eager: bool | None = None  # True on CPU
-    gpu_memory_utilization: float | None = None  # 0.2 on CPU (the KV cache is sized by the env var)
-    max_model_len: int | None = None
+    gpu_memory_utilization: float | None = Field(None, gt=0, le=1)  # 0.2 on CPU (the KV cache is sized by the env var)
+    max_model_len: int | None = Field(None, ge=1)
     cpu_kv_cache_gb: int = 4
     cpu_threads_bind: str | None = None  # default: every core this process may use
     extra: dict[str, Any] = Field(default_factory=dict)  # passed to vllm.LLM as is
+    # placement on a Ray cluster
+    replicas: int | Literal["auto"] = 1
+    num_cpus: float | None = Field(None, ge=0)  # per replica; default 1 for a local engine, 0.25 for an endpoint
+    resources: dict[str, float] = Field(default_factory=dict)  # custom Ray resources per replica, e.g. {node2: 1}
+
+    def over(self, default: EngineSettings | None) -> EngineSettings:
+        """These settings where this block sets them, the recipe-wide `default` elsewhere."""
+        if default is None:
+            return self
+        return default.model_copy(update={k: getattr(self, k) for k in self.model_fields_set})
+
+    @property
+    def gpus(self) -> int:
+        """GPUs one replica needs (a tensor_parallel_size left in `extra` counts too)."""
+        tp = self.extra.get("tensor_parallel_size", self.tensor_parallel_size)
+        return int(tp) * int(self.extra.get("pipeline_parallel_size", self.pipeline_parallel_size))
+
+    def engine_only(self) -> dict[str, Any]:
+        """What makes two engines the same: everything but placement."""
+        return self.model_dump(exclude=PLACEMENT)
+
+
+PLACEMENT = {"replicas", "num_cpus", "resources"}
 
 
 @dataclass(frozen=True)

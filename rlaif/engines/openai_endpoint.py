@@ -57,6 +57,7 @@ class Endpoint(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     base_url: str  # e.g. http://127.0.0.1:8000/v1 or https://api.openai.com/v1
+    base_urls: list[str] = Field(default_factory=list)  # more servers of the same model: balanced (engines/balanced.py)
     api_key_env: str | None = None  # name of the environment variable holding the key
     provider: Literal["auto", "vllm", "openai", "other"] = "auto"  # auto: ask GET /models once
     max_concurrency: int = Field(8, ge=1)

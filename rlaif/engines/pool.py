@@ -39,7 +39,7 @@ class EngineSpec:
     def key(self) -> str:
         if self.endpoint is not None:  # never the key: where, which model, and how it is asked
             return "endpoint-" + content_hash(self.endpoint, self.model)
-        return "local-" + content_hash(self.model, self.settings)
+        return "local-" + content_hash(self.model, self.settings.engine_only())
 
     @property
     def local(self) -> bool:
@@ -71,6 +71,10 @@ class EnginePool:
             from rlaif.engines.models import rlaif_home
 
             engine = BatchEngine(spec.endpoint, spec.model, Path(run_dir or rlaif_home()) / "batches")
+        elif spec.endpoint.base_urls:
+            from rlaif.engines.balanced import BalancedEngine
+
+            engine = BalancedEngine(spec.endpoint, spec.model)
         else:
             from rlaif.engines.openai_endpoint import EndpointEngine
 

@@ -54,6 +54,12 @@ def llm_kwargs(model_path: str, settings: EngineSettings, seed: int, cpu: bool) 
         kwargs["gpu_memory_utilization"] = settings.gpu_memory_utilization or 0.2
     if settings.max_model_len:
         kwargs["max_model_len"] = settings.max_model_len
+    if settings.quantization:
+        kwargs["quantization"] = settings.quantization
+    if settings.tensor_parallel_size > 1:
+        kwargs["tensor_parallel_size"] = settings.tensor_parallel_size
+    if settings.pipeline_parallel_size > 1:
+        kwargs["pipeline_parallel_size"] = settings.pipeline_parallel_size
     kwargs.update(settings.extra)
     return kwargs
 

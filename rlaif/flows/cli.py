@@ -208,14 +208,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     """One training stage into <run>/sft or <run>/dpo (a flow of one task)."""
     from rlaif.core.store import write_atomic
     from rlaif.flows.launch import run_flow
-    from rlaif.flows.pipeline import print_summary, train_flow
+    from rlaif.flows.pipeline import print_summary, train_flow, train_inputs, train_task
+    from rlaif.training.launch import is_main
 
     recipe, out = _recipe(args), _out(args)
     if getattr(recipe.train, args.stage) is None:
         raise RlaifError(f"{args.recipe}: field 'train.{args.stage}': not set; nothing to train")
     rerun = _same_recipe(recipe, out)
-    if not (out / "recipe.json").exists():  # evaluate reads the recipe from the run
+    if is_main() and not (out / "recipe.json").exists():  # evaluate reads the recipe from the run
         write_atomic(out / "recipe.json", recipe.model_dump_json(indent=2))
+    if not is_main():  # another process of `accelerate launch`: trains its share; rank 0 records the run
+        train_task.fn(args.stage, recipe, str(out), train_inputs(args.stage, recipe, str(out)))
+        return 0
     reports = run_flow(train_flow, recipe, str(out), args.stage, preflight=lambda: _preflight(recipe, out, {args.stage}),
                        rerun=rerun)
     print_summary(reports, str(out))
@@ -336,6 +340,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------- the parser
+def ray_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ray", metavar="ADDRESS", help="run generation and judging on this Ray cluster (e.g. 10.0.0.5:6379, "
+                   "or `local` to start one here); default: RAY_ADDRESS, else in this process. See README 'Scale'")
+
+
 def recipe_args(p: argparse.ArgumentParser) -> None:
     """The options every recipe command takes: where the run lives, and field overrides."""
     p.add_argument("recipe", help="recipe YAML, e.g. recipes/quickstart.yaml")
@@ -360,16 +369,20 @@ def build_parser() -> argparse.ArgumentParser:
             help="run a recipe end to end (generate, judge, binarize, train)",
             description="Run a recipe end to end as one Prefect flow.")
     recipe_args(r)
+    ray_arg(r)
     r.add_argument("--judge", metavar="JUDGE_YAML",
                    help="judge swap: judge the run's completions with this judge, binarize, print the agreement")
     r.add_argument("--dry-run", action="store_true",
                    help="print requests, estimated tokens and cost per stage and model; send nothing, load no model")
-    recipe_args(add("generate", Command(cmd_run, **in_recipe_run), help="run the generation stage of a recipe alone",
-                    description="Generate completions for a recipe's prompts; finished shards are kept."))
+    g = add("generate", Command(cmd_run, **in_recipe_run), help="run the generation stage of a recipe alone",
+            description="Generate completions for a recipe's prompts; finished shards are kept.")
+    recipe_args(g)
+    ray_arg(g)
     j = add("judge", Command(cmd_judge, **in_recipe_run), help="judge a run's completions with one of the recipe's judges",
             description="Judge the completions already in a run with the judge NAME of the recipe, without "
                         "generating; its results sit beside other judges' in judgements/NAME.")
     recipe_args(j)
+    ray_arg(j)
     j.add_argument("--judge", required=True, metavar="NAME", help="a judge's name in the recipe's judges:")
     b = add("binarize", Command(cmd_binarize, **in_recipe_run), help="publish a new dataset version from a run's judgements",
             description="Binarize the completions and judgements already in the run directory into a new dataset "
@@ -487,12 +500,14 @@ def _run_locked(spec: Command, args: argparse.Namespace, run_dir: Path | None) -
     from rlaif.core.store import clean_leftovers, run_lock
     from rlaif.flows.console import RichReporter
     from rlaif.flows.pipeline import set_reporter
+    from rlaif.training.launch import is_main
 
     reporter = RichReporter()
     set_reporter(reporter)
+    if getattr(args, "ray", None):  # read by every flow run of this command (flows/cluster.py)
+        os.environ["RAY_ADDRESS"] = args.ray
     try:
-        # under `accelerate launch` / torchrun every rank runs this command: the first holds the run
-        if spec.lock and run_dir is not None and os.environ.get("RANK", "0") == "0":
+        if spec.lock and run_dir is not None and is_main():  # a training launch's rank 0 holds it for all
             with run_lock(run_dir):
                 clean_leftovers(run_dir)
                 return spec.run(args)

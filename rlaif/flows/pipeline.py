@@ -66,6 +66,7 @@ class Session:
 
     pool: EnginePool
     reporter: Reporter
+    cluster: Any = None  # a flows.cluster.Cluster when the run goes to Ray (`--ray`, RAY_ADDRESS)
 
 
 _session: Session | None = None
@@ -107,19 +108,22 @@ def session(seed: int = 0) -> Iterator[Session]:
     if _session is not None:
         yield _session
         return
-    if _shared_pool is not None:
-        _session = Session(_shared_pool, _reporter)
-        try:
-            yield _session
-        finally:
-            _session = None
-        return
-    with EnginePool(seed=seed) as pool:
-        _session = Session(pool, _reporter)
-        try:
-            yield _session
-        finally:
-            _session = None
+    from rlaif.flows.cluster import address, cluster
+
+    with cluster(address()) as ray_cluster:
+        if _shared_pool is not None:
+            _session = Session(_shared_pool, _reporter, ray_cluster)
+            try:
+                yield _session
+            finally:
+                _session = None
+            return
+        with EnginePool(seed=seed) as pool:
+            _session = Session(pool, _reporter, ray_cluster)
+            try:
+                yield _session
+            finally:
+                _session = None
 
 
 def current() -> Session:
@@ -138,11 +142,18 @@ def prompts_task(recipe: Recipe, out: str) -> tuple[Manifest, HygieneReport]:
 
 
 @task(name="generate", cache_key_fn=caching.generate_key, **caching.CACHED)
-def generate_task(prompts: Manifest, recipe: Recipe, out: str, last: str | None = None) -> Manifest:
+def generate_task(prompts: Manifest, recipe: Recipe, out: str, last: str | None = None,
+                  judge: JudgeSpec | None = None) -> Manifest:
+    """`judge`: on a Ray cluster, judge each chunk as its completions are written (the judge stage
+    then finds those shards done)."""
     with stage_errors("generate"):
         s = current()
-        manifest = generate(prompts, recipe.generators, RunStore(out), s.pool, recipe.engine, recipe.models_per_prompt,
-                            recipe.seed, last, s.reporter)
+        if s.cluster is not None:
+            manifest = s.cluster.generate(prompts, recipe.generators, RunStore(out), recipe.engine,
+                                          recipe.models_per_prompt, recipe.seed, judge, s.reporter)
+        else:
+            manifest = generate(prompts, recipe.generators, RunStore(out), s.pool, recipe.engine,
+                                recipe.models_per_prompt, recipe.seed, last, s.reporter)
     _retry_transient_rows("generate", manifest)
     return manifest
 
@@ -151,6 +162,9 @@ def generate_task(prompts: Manifest, recipe: Recipe, out: str, last: str | None 
 def judge_task(prompts: Manifest, completions: Manifest, spec: JudgeSpec, recipe: Recipe, out: str) -> Manifest:
     with stage_errors("judge", spec.name):
         s = current()
+        if s.cluster is not None:
+            s.cluster.judge(prompts, completions, recipe.generators, RunStore(out), spec, recipe.engine, recipe.seed,
+                            s.reporter)
         manifest = run_judge(prompts, completions, spec, RunStore(out), s.pool, recipe.engine, recipe.seed, s.reporter)
     _retry_transient_rows("judge", manifest)
     return manifest
@@ -237,6 +251,13 @@ def _parameters(t, args: tuple) -> dict[str, Any]:
     return dict(bound.arguments)
 
 
+def _ray_notes() -> dict[str, Any]:
+    """What the Ray cluster did since the last report (shards judged beside generation count there)."""
+    cluster = current().cluster
+    notes = cluster.stats.notes() if cluster is not None else {}
+    return {"ray": notes} if notes else {}
+
+
 # ----------------------------------------------------------------------------- the steps
 def prompts_step(recipe: Recipe, out: str) -> tuple[Manifest, HygieneReport, StageReport]:
     (manifest, hy), _, secs = call(prompts_task, out, recipe, out)
@@ -247,7 +268,7 @@ def prompts_step(recipe: Recipe, out: str) -> tuple[Manifest, HygieneReport, Sta
 
 
 def generate_step(prompts: Manifest, recipe: Recipe, out: str, last: str | None = None,
-                  require_done: bool = False) -> tuple[Manifest, StageReport]:
+                  require_done: bool = False, judge: JudgeSpec | None = None) -> tuple[Manifest, StageReport]:
     store = RunStore(out)
     if require_done:
         units = plan_generation(prompts, recipe.generators, store, recipe.models_per_prompt, recipe.seed)
@@ -257,7 +278,7 @@ def generate_step(prompts: Manifest, recipe: Recipe, out: str, last: str | None 
                              f"run `rlaif generate` (or `rlaif run`) first")
         return manifest_of(units), _generate_report(store, manifest_of(units), recipe, out, 0.0, True)
     remote = any(g.endpoint is not None for g in recipe.generators)
-    manifest, cached, secs = call(generate_task, out, prompts, recipe, out, last, remote=remote, recipe=recipe)
+    manifest, cached, secs = call(generate_task, out, prompts, recipe, out, last, judge, remote=remote, recipe=recipe)
     return manifest, _generate_report(store, manifest, recipe, out, secs, cached)
 
 
@@ -266,7 +287,7 @@ def _generate_report(store: RunStore, m: Manifest, recipe: Recipe, out: str, sec
     _note_failures(failures)
     per_model = {g.name: sum(s.ok for s in m.shards if s.name == g.name) for g in recipe.generators}
     notes = {"failed": m.total("failed"), "retried next run": m.total("retryable"), "per_model": per_model,
-             "output_tokens": m.counts().get("output_tokens", 0)}
+             "output_tokens": m.counts().get("output_tokens", 0), **_ray_notes()}
     return StageReport(stage="generate", count_in=m.total("rows"), count_out=m.total("ok"), seconds=secs,
                        cached=cached, notes=notes, path=str(Path(out) / COMPLETIONS), failures=failures)
 
@@ -296,7 +317,8 @@ def judge_step(prompts: Manifest, completions: Manifest, spec: JudgeSpec, recipe
     failures = judgement_failures(RunStore(out), manifest, spec.pairwise)
     _note_failures(failures)
     return manifest, StageReport(stage="judge", count_in=completions.total("rows"), count_out=counts["parsed"],
-                                 seconds=secs, cached=cached, notes={"judge": spec.name, "kind": spec.kind, **counts},
+                                 seconds=secs, cached=cached, notes={"judge": spec.name, "kind": spec.kind, **counts,
+                                                                     **_ray_notes()},
                                  path=str(Path(out) / manifest.stage), failures=failures)
 
 
@@ -358,7 +380,8 @@ def run_stages(recipe: Recipe, out: str, until: str = "train", judge_name: str |
     rep.stage("generate")
     judge_engine = spec.engine_spec(recipe.engine)
     last = judge_engine.key if until != "generate" and judge_engine is not None else None
-    completions, r = generate_step(prompts, recipe, out, last, require_done="generate" in done)
+    completions, r = generate_step(prompts, recipe, out, last, require_done="generate" in done,
+                                   judge=spec if until != "generate" else None)
     reports.append(r)
     keep.update(prompts=prompts, hygiene=hy, completions=completions)
     if r.count_out == 0:

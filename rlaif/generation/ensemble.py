@@ -57,7 +57,7 @@ class GeneratorSpec(BaseModel):
         return content_hash(self.name, self.model, where, self.format, self.system_prompt, template, self.sampling)
 
     def engine_spec(self, default: EngineSettings | None = None) -> EngineSpec:
-        return EngineSpec(self.model, self.endpoint, self.engine or default or EngineSettings())
+        return EngineSpec(self.model, self.endpoint, (self.engine or EngineSettings()).over(default))
 
 
 # ----------------------------------------------------------------------------- one request, one record
@@ -207,32 +207,59 @@ def _run_engine_group(units: list[Unit], generators: list[GeneratorSpec], store:
     by_chunk: dict[str, list[Unit]] = {}
     for u in units:
         by_chunk.setdefault(u.chunk.key, []).append(u)
-    share = min(models_per_prompt or len(generators), len(generators)) / len(generators)
-    total = sum(u.info.retryable if u.info else round(u.chunk.rows * share) for u in units)
-    names = "+".join(dict.fromkeys(u.spec.name for u in units))
-    advance = report.task(names, total)
-    wanted, jobs = window(engine), []
+    advance = report.task("+".join(dict.fromkeys(u.spec.name for u in units)),
+                          rows_to_send(units, generators, models_per_prompt))
+    wanted, jobs = window(engine), []  # (unit, prompts to send, its shard from an earlier run)
 
     def flush() -> None:
         if not jobs:
             return
         results = iter(engine.generate([request(u.spec, p) for u, mine, _ in jobs for p in mine], advance))
         for u, mine, old in jobs:
-            settings = u.spec.settings_hash()
-            new = [completion(u.spec, settings, p, next(results)) for p in mine]
-            if old is not None:  # only the failed rows went out again
-                redone = {c.prompt_id: c for c in new}
-                new = [redone.get(c.prompt_id, c) for c in old]
-            u.info = store.write(STAGE, u.key, new, group=u.chunk.key, name=u.spec.name)
+            u.info = store.write(STAGE, u.key, merged(u.spec, mine, old, results), group=u.chunk.key, name=u.spec.name)
         jobs.clear()
 
-    for chunk_units in by_chunk.values():
+    for chunk_units in by_chunk.values():  # chunks go out together up to the engine's window
         prompts = store.read(PROMPTS, chunk_units[0].chunk.key, Prompt)
         assigned = assign(prompts, generators, models_per_prompt, seed)
         for u in chunk_units:
             old = store.read(STAGE, u.key, Completion) if u.info is not None else None
-            again = {c.prompt_id for c in old if c.retryable} if old is not None else None
-            jobs.append((u, [p for p in assigned[u.spec.name] if again is None or p.prompt_id in again], old))
+            jobs.append((u, to_send(assigned[u.spec.name], old), old))
         if sum(len(mine) for _, mine, _ in jobs) >= wanted:
             flush()
     flush()
+
+
+def rows_to_send(units: list[Unit], generators: list[GeneratorSpec], models_per_prompt: int | None) -> int:
+    """About how many requests these units send: a progress bar's total."""
+    share = min(models_per_prompt or len(generators), len(generators)) / len(generators)
+    return sum(u.info.retryable if u.info else round(u.chunk.rows * share) for u in units)
+
+
+def to_send(mine: list[Prompt], old: list[Completion] | None) -> list[Prompt]:
+    """A member's prompts of a chunk: all of them, or with an earlier shard only its transiently failed rows."""
+    again = {c.prompt_id for c in old if c.retryable} if old is not None else None
+    return [p for p in mine if again is None or p.prompt_id in again]
+
+
+def merged(spec: GeneratorSpec, mine: list[Prompt], old: list[Completion] | None, results) -> list[Completion]:
+    """A member's shard: the answers to `mine` (taken from the `results` iterator), in place of the
+    failed rows of `old` when there is one."""
+    settings = spec.settings_hash()
+    new = [completion(spec, settings, p, next(results)) for p in mine]
+    if old is not None:  # only the failed rows went out again
+        redone = {c.prompt_id: c for c in new}
+        new = [redone.get(c.prompt_id, c) for c in old]
+    return new
+
+
+def answer_chunk(engine, specs: list[GeneratorSpec], prompts: list[Prompt], old: list[list[Completion] | None],
+                 generators: list[GeneratorSpec], models_per_prompt: int | None, seed: int,
+                 progress=None) -> list[list[Completion]]:
+    """One prompt chunk's shards for the members `specs` (all on `engine`, sent in one call, so
+    vLLM batches them together; a Ray worker's unit of work). `old[i]` is member i's shard from an
+    earlier run, or None: then only its rows that failed transiently are sent again."""
+    assigned = assign(prompts, generators, models_per_prompt, seed)
+    jobs = [(spec, to_send(assigned[spec.name], before), before) for spec, before in zip(specs, old)]
+    results = iter(engine.generate([request(spec, p) for spec, mine, _ in jobs for p in mine], progress))
+    return [merged(spec, mine, before, results) for spec, mine, before in jobs]

@@ -111,4 +111,4 @@ class JudgeSpec(BaseModel):
         """The text engine this judge runs on; None for a kind that brings its own (a reward model)."""
         if not self.impl.text:
             return None
-        return EngineSpec(self.model, self.endpoint, self.engine or default or EngineSettings())
+        return EngineSpec(self.model, self.endpoint, (self.engine or EngineSettings()).over(default))

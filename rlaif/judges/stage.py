@@ -139,9 +139,26 @@ def plan_judging(completions: Manifest, spec: JudgeSpec, store: RunStore, stage:
     stage, settings, kind = stage or judge_dir(spec.name), spec.settings_hash(), record_type(spec)
     units = []
     for group, shards in completions.by_group().items():
-        key = content_hash(settings, [s.sha for s in shards])
+        key = shard_key(settings, shards)
         units.append(Unit(group, key, store.info(stage, key, kind)))
     return units
+
+
+def shard_key(settings: str, shards: list[ShardInfo]) -> str:
+    """A judge's shard for one prompt chunk: its settings and the chunk's completion shards, in order."""
+    return content_hash(settings, [s.sha for s in shards])
+
+
+def judge_chunk(spec: JudgeSpec, engine: Engine | None, prompts: dict[str, Prompt], completions: list[Completion],
+                old: list[Judged] | None, seed: int, task: Task | None = None) -> list[Judged]:
+    """One prompt chunk's judge shard. `old` is the shard from an earlier run, or None: then only
+    its rows that failed transiently are judged again, and the rest are kept as they were."""
+    only = {record_unit(r) for r in old if r.retryable} if old is not None else None
+    records = judge_records(spec, engine, prompts, completions, seed, task, only)
+    if old is not None:
+        redone = {record_unit(r): r for r in records}
+        records = [redone.get(record_unit(r), r) for r in old]
+    return records
 
 
 def run_judge(prompts: Manifest, completions: Manifest, spec: JudgeSpec, store: RunStore,

@@ -16,12 +16,25 @@ generated, so no compute goes to prompts that will be dropped; the dataset card 
 `prepare_prompts` is the prompts stage: read the source, clean it (the result is kept in the run
 dir by the content of the prompts and settings, so an unchanged rerun does not embed again), and
 write the kept prompts as chunks.
+
+Memory: the stage streams the source (read again for each pass, never held): one pass hashes it,
+finds duplicate ids, exact duplicates and eval overlaps; on a cache miss with near-duplicate checks
+on, one pass embeds the prompts in batches into a file in the run dir, compared a block at a time;
+one pass writes the kept prompts as chunks. What stays in memory grows with the prompt count at
+about 100 bytes a prompt, and nothing else does: each id (a duplicate id is an error naming both
+lines), a 16-byte digest per distinct text (exact duplicates), the ids of the prompts embedded and
+one kept-flag each (near duplicates: an earlier prompt may match any later one), and the removed
+ids the card lists. The eval set is held whole (it is small, and every prompt is checked against it).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
+from collections.abc import Callable, Iterable, Iterator
 from functools import lru_cache
+from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -63,12 +76,17 @@ def _normal(text: str) -> str:
     return " ".join(text.lower().split())
 
 
-def exact_duplicates(prompts: list[Prompt]) -> dict[str, str]:
-    """removed id -> id of the earlier prompt it repeats."""
-    first: dict[str, str] = {}
+def text_digest(p: Prompt) -> bytes:
+    """What exact duplicates share: the normalized text, as 16 bytes."""
+    return hashlib.blake2b(_normal(prompt_text(p)).encode(), digest_size=16).digest()
+
+
+def exact_duplicates(prompts: Iterable[Prompt]) -> dict[str, str]:
+    """removed id -> id of the earlier prompt it repeats (memory: a digest per distinct text)."""
+    first: dict[bytes, str] = {}
     removed = {}
     for p in prompts:
-        key = _normal(prompt_text(p))
+        key = text_digest(p)
         if key in first:
             removed[p.prompt_id] = first[key]
         else:
@@ -91,25 +109,77 @@ def embed(texts: list[str]):
 def near_duplicates(prompts: list[Prompt], threshold: float, block: int = 1024) -> dict[str, str]:
     """removed id -> id of the earlier kept prompt it is at least `threshold` similar to.
 
-    Greedy in order: a prompt goes if it is close to an earlier prompt that stayed. Similarities
-    are computed a block of rows at a time, so memory is block x n, not n x n.
+    Greedy in order: a prompt goes if it is close to an earlier prompt that stayed.
     """
-    import numpy as np
-
     if len(prompts) < 2:
         return {}
     e = embed([prompt_text(p) for p in prompts])
-    kept = np.ones(len(prompts), dtype=bool)
-    removed = {}
-    for a in range(0, len(prompts), block):
-        b = min(a + block, len(prompts))
-        sims = e[a:b] @ e[:b].T
+    ids = [p.prompt_id for p in prompts]
+    return {ids[i]: ids[j] for i, j in greedy_near(lambda a, b: e[a:b], len(ids), threshold, block).items()}
+
+
+def greedy_near(rows: Callable[[int, int], object], n: int, threshold: float, block: int) -> dict[int, int]:
+    """removed index -> index of the first earlier kept row at least `threshold` similar to it, for
+    unit vectors `rows(a, b)` (rows a..b-1). Two blocks of rows are in memory at a time, never n x n."""
+    import numpy as np
+
+    kept = np.ones(n, dtype=bool)
+    removed: dict[int, int] = {}
+    for a in range(0, n, block):
+        b = min(a + block, n)
+        mine = rows(a, b)
+        first = np.full(b - a, -1)  # the first kept earlier row from an earlier block, per row
+        for c in range(0, a, block):
+            d = min(c + block, a)
+            hits = (mine @ rows(c, d).T >= threshold) & kept[c:d]
+            found = hits.any(axis=1) & (first < 0)
+            first[found] = c + hits[found].argmax(axis=1)
+        sims = mine @ mine.T
         for i in range(a, b):
-            close = np.nonzero((sims[i - a, :i] >= threshold) & kept[:i])[0]
-            if len(close):
-                kept[i] = False
-                removed[prompts[i].prompt_id] = prompts[int(close[0])].prompt_id
+            if first[i - a] >= 0:
+                j = int(first[i - a])
+            else:
+                close = np.nonzero((sims[i - a, : i - a] >= threshold) & kept[a:i])[0]
+                if not len(close):
+                    continue
+                j = a + int(close[0])
+            kept[i] = False
+            removed[i] = j
     return removed
+
+
+def near_duplicates_on_disk(prompts: Iterable[Prompt], threshold: float, folder: Path,
+                            batch: int = 1024, block: int = 2048) -> dict[str, str]:
+    """`near_duplicates` for any number of prompts: embedded a batch at a time into a file in
+    `folder`, compared two blocks at a time from it; memory: an id and a flag per prompt."""
+    import numpy as np
+
+    from rlaif.core.store import temp_name
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = temp_name(folder / "embeddings.f32")  # a killed run's leftover is cleaned like any temp file
+    ids: list[str] = []
+    texts: list[str] = []
+    try:
+        with open(path, "wb") as f:
+            for p in prompts:
+                ids.append(p.prompt_id)
+                texts.append(prompt_text(p))
+                if len(texts) == batch:
+                    f.write(np.ascontiguousarray(embed(texts), dtype=np.float32).tobytes())
+                    texts = []
+            if texts:
+                f.write(np.ascontiguousarray(embed(texts), dtype=np.float32).tobytes())
+        if len(ids) < 2:
+            return {}
+        dim = path.stat().st_size // 4 // len(ids)
+
+        def rows(a: int, b: int):
+            return np.fromfile(path, dtype=np.float32, count=(b - a) * dim, offset=a * dim * 4).reshape(b - a, dim)
+
+        return {ids[i]: ids[j] for i, j in greedy_near(rows, len(ids), threshold, block).items()}
+    finally:
+        path.unlink(missing_ok=True)
 
 
 def _words(text: str) -> list[str]:
@@ -120,25 +190,33 @@ def _grams(words: list[str], n: int) -> set[tuple[str, ...]]:
     return {tuple(words[i:i + n]) for i in range(len(words) - n + 1)}
 
 
-def eval_overlap(prompts: list[Prompt], eval_prompts: list[Prompt], n: int) -> dict[str, str]:
-    """removed id -> id of the eval prompt it shares an n-gram with (or equals, when short)."""
-    index: dict[tuple[str, ...], str] = {}
-    short: dict[tuple[str, ...], str] = {}
-    for q in eval_prompts:
-        words = _words(prompt_text(q))
-        if len(words) < n:
-            short.setdefault(tuple(words), q.prompt_id)
-        for g in _grams(words, n):
-            index.setdefault(g, q.prompt_id)
-    removed = {}
-    for p in prompts:
+class EvalIndex:
+    """An eval set's n-grams (and its prompts shorter than n words), to check prompts one at a time."""
+
+    def __init__(self, eval_prompts: Iterable[Prompt], n: int):
+        self.n = n
+        self.grams: dict[tuple[str, ...], str] = {}
+        self.short: dict[tuple[str, ...], str] = {}
+        for q in eval_prompts:
+            words = _words(prompt_text(q))
+            if len(words) < n:
+                self.short.setdefault(tuple(words), q.prompt_id)
+            for g in _grams(words, n):
+                self.grams.setdefault(g, q.prompt_id)
+
+    def hit(self, p: Prompt) -> str | None:
+        """The id of the eval prompt `p` shares an n-gram with (or equals, when short), or None."""
         words = _words(prompt_text(p))
-        hit = short.get(tuple(words))
+        hit = self.short.get(tuple(words))
         if hit is None:
-            hit = next((index[g] for g in _grams(words, n) if g in index), None)
-        if hit is not None:
-            removed[p.prompt_id] = hit
-    return removed
+            hit = next((self.grams[g] for g in _grams(words, self.n) if g in self.grams), None)
+        return hit
+
+
+def eval_overlap(prompts: Iterable[Prompt], eval_prompts: list[Prompt], n: int) -> dict[str, str]:
+    """removed id -> id of the eval prompt it shares an n-gram with (or equals, when short)."""
+    index = EvalIndex(eval_prompts, n)
+    return {p.prompt_id: hit for p in prompts if (hit := index.hit(p)) is not None}
 
 
 def clean_prompts(prompts: list[Prompt], spec: HygieneSpec,
@@ -170,30 +248,70 @@ def clean_prompts(prompts: list[Prompt], spec: HygieneSpec,
 
 def clean_source(source: str, split: str, limit: int | None, spec: HygieneSpec, store: RunStore,
                  report: Reporter = NULL) -> tuple[list[Prompt], HygieneReport]:
-    """The source's prompts and which of them hygiene keeps (the result is kept in the run dir,
-    keyed by the prompts' content, the settings and the eval set, so a rerun does not embed again)."""
-    from rlaif.generation.prompt_sets import PROMPTS, load_prompts
+    """The source's kept prompts as a list, and what hygiene removed (see `clean_stream`)."""
+    kept, hy = clean_stream(source, split, limit, spec, store, report)
+    return list(kept()), hy
 
-    prompts = load_prompts(source, limit, split)
-    eval_prompts = load_prompts(spec.eval_prompts) if spec.eval_prompts else None
-    key = content_hash([(p.prompt_id, p.hash) for p in prompts], spec,
-                       [(p.prompt_id, p.hash) for p in eval_prompts] if eval_prompts else None)
-    cached = store.root / PROMPTS / f"hygiene-{key}.json"
+
+def clean_stream(source: str, split: str, limit: int | None, spec: HygieneSpec, store: RunStore,
+                 report: Reporter = NULL) -> tuple[Callable[[], Iterator[Prompt]], HygieneReport]:
+    """Which of the source's prompts hygiene keeps, without holding them: returns a function that
+    reads the source again yielding the kept ones, and the report. The report is kept in the run
+    dir, keyed by the prompts' ids and content, the settings and the eval set, so a rerun reads
+    the source once to hash it and does not embed again."""
+    from rlaif.generation.prompt_sets import PROMPTS, iter_prompts
+
+    def read() -> Iterator[Prompt]:
+        return iter_prompts(source, limit, split)
+
+    index = None
+    digest = hashlib.sha256(json.dumps(spec.model_dump(mode="json")).encode())
+    if spec.eval_prompts:
+        evals = list(iter_prompts(spec.eval_prompts))
+        index = EvalIndex(evals, spec.ngram)
+        digest.update(json.dumps([(q.prompt_id, q.hash) for q in evals]).encode())
+    first: dict[bytes, str] = {}
+    exact: dict[str, str] = {}
+    overlaps: dict[str, str] = {}
+    n = 0
+    for p in read():  # pass 1: the key, exact duplicates, eval overlaps (applied after near duplicates)
+        n += 1
+        digest.update(f"{p.prompt_id}\t{p.hash}\n".encode())
+        if spec.exact_dedup:
+            key = text_digest(p)
+            if key in first:
+                exact[p.prompt_id] = first[key]
+                continue
+            first[key] = p.prompt_id
+        if index is not None and (hit := index.hit(p)) is not None:
+            overlaps[p.prompt_id] = hit
+    del first
+    cached = store.root / PROMPTS / f"hygiene-{digest.hexdigest()[:16]}.json"
     if cached.exists():
         hy = HygieneReport.model_validate_json(cached.read_text())
     else:
-        _, hy = clean_prompts(prompts, spec, eval_prompts)
-        store.write_json(f"{PROMPTS}/hygiene-{key}.json", hy.model_dump())
+        near = {}
+        if spec.near_dup_threshold and n - len(exact) > 1:  # pass 2: embed and compare, from a file
+            near = near_duplicates_on_disk((p for p in read() if p.prompt_id not in exact), spec.near_dup_threshold,
+                                           store.root / PROMPTS)
+        hy = HygieneReport(prompts_in=n)
+        for reason, gone in ((EXACT, exact), (NEAR, near), (EVAL, {k: v for k, v in overlaps.items() if k not in near})):
+            if gone:
+                hy.removed[reason] = list(gone)
+                hy.matched.update(gone)
+        hy.kept = n - sum(len(v) for v in hy.removed.values())
+        store.write_json(f"{PROMPTS}/{cached.name}", hy.model_dump())
     if hy.removed:
         report.note(f"hygiene: {hy.kept} of {hy.prompts_in} prompts kept (removed: {hy.counts})")
     gone = {i for ids in hy.removed.values() for i in ids}
-    return [p for p in prompts if p.prompt_id not in gone], hy
+    return (lambda: (p for p in read() if p.prompt_id not in gone)), hy
 
 
 def prepare_prompts(source: str, split: str, limit: int | None, spec: HygieneSpec, store: RunStore,
                     shard_size: int, report: Reporter = NULL) -> tuple[Manifest, HygieneReport]:
-    """The prompts stage: the source's prompts, cleaned, as chunks in the run dir."""
+    """The prompts stage: the source's prompts, cleaned, as chunks in the run dir (streamed: the
+    prompts are never all in memory)."""
     from rlaif.generation.prompt_sets import write_prompt_chunks
 
-    kept, hy = clean_source(source, split, limit, spec, store, report)
-    return write_prompt_chunks(kept, store, shard_size), hy
+    kept, hy = clean_stream(source, split, limit, spec, store, report)
+    return write_prompt_chunks(kept(), store, shard_size), hy

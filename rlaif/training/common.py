@@ -272,6 +272,11 @@ def resumable(spec: StageSpec, out_dir: str | Path, inputs: str) -> StageSpec:
 
 
 def mark_trained(out_dir: str | Path, inputs: str, metrics: dict[str, Any], **extra: Any) -> None:
-    """Written last: the stage is done for these inputs."""
+    """Written last: the stage is done for these inputs (by the first process of a launch, saying how
+    many trained it)."""
+    from rlaif.training.launch import is_main, world_size
+
+    if not is_main():
+        return
     numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
-    write_json(Path(out_dir) / STATE, {"inputs": inputs, "metrics": numbers, **extra})
+    write_json(Path(out_dir) / STATE, {"inputs": inputs, "metrics": numbers, "processes": world_size(), **extra})
