@@ -137,6 +137,8 @@ class SlowModel(FakeOpenAI):
     """Answers each request after DELAY_S: a completion names its model and prompt; a judge
     request (it carries a response_format) rates model a's answers 5 and others 3."""
 
+    models = ("a", "b", "judge")
+
     def reply(self, body):
         time.sleep(DELAY_S)
         text = body["messages"][-1]["content"]

@@ -504,6 +504,7 @@ def _run_locked(spec: Command, args: argparse.Namespace, run_dir: Path | None) -
 
     reporter = RichReporter()
     set_reporter(reporter)
+    ray_before = os.environ.get("RAY_ADDRESS")
     if getattr(args, "ray", None):  # read by every flow run of this command (flows/cluster.py)
         os.environ["RAY_ADDRESS"] = args.ray
     try:
@@ -515,6 +516,11 @@ def _run_locked(spec: Command, args: argparse.Namespace, run_dir: Path | None) -
     finally:
         reporter.stop()
         set_reporter(NULL)
+        if getattr(args, "ray", None):  # this command's cluster, not the next one's (in-process callers)
+            if ray_before is None:
+                os.environ.pop("RAY_ADDRESS", None)
+            else:
+                os.environ["RAY_ADDRESS"] = ray_before
 
 
 def _error(con, message: str, log: Path) -> None:
