@@ -213,7 +213,7 @@ def mt_bench_judge(spec: JudgeSpec) -> JudgeSpec:
         raise ConfigError(f"judge {spec.name!r} is a {spec.kind}: MT-Bench needs a judge that writes text")
     if spec.kind == MTBenchSingle.name:
         return spec
-    data = spec.model_dump(exclude={"kind", "template", "template_version", "sampling", "aspects"})
+    data = spec.model_dump(exclude={"kind", "template", "template_version", "sampling", "aspects", "mode"})
     # bounded by the regex when structured; free text needs room for the explanation before [[rating]]
     tokens = MTBenchSingle.max_tokens if spec.structured else MAX_TOKENS
     return JudgeSpec(**data, kind=MTBenchSingle.name, sampling=Sampling(temperature=0.0, max_tokens=tokens,
