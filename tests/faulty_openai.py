@@ -24,9 +24,10 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 
-from conftest import ROOT, SERVER_ERROR, FakeOpenAI, chat_completion
+from conftest import ROOT, SERVER_ERROR, FakeOpenAI, chat_completion, serving
 
 MESSAGES = {400: "prompt is malformed", 401: "Incorrect API key provided", 403: "forbidden", 404: "no such model"}
 
@@ -151,3 +152,12 @@ def stamps(root: Path, pattern: str) -> dict[str, tuple[int, int]]:
 
 def error_lines(text: str) -> list[str]:
     return [line for line in text.splitlines() if line.startswith("error:")]
+
+
+@pytest.fixture
+def url(prefect_harness):
+    """A fresh Faulty server on 127.0.0.1 for one test (imported by the fault and kill tests)."""
+    Faulty.reset()
+    with serving(Faulty) as u:
+        yield u
+    Faulty.release.set()

@@ -20,17 +20,8 @@ import pytest
 import yaml
 from datasets import load_from_disk
 
-from conftest import serving
-from faulty_openai import Faulty, error_lines, prefect_env, recipe, rlaif, sent, stamps, wait_for
+from faulty_openai import Faulty, error_lines, prefect_env, recipe, rlaif, sent, stamps, url, wait_for  # noqa: F401 - url: a fixture
 from rlaif.flows.cli import main
-
-
-@pytest.fixture
-def url(prefect_harness):
-    Faulty.reset()
-    with serving(Faulty) as u:
-        yield u
-    Faulty.release.set()
 
 
 def run(path, out, *extra) -> list[str]:

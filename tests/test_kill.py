@@ -15,16 +15,7 @@ import signal
 
 import pytest
 
-from conftest import serving
-from faulty_openai import Faulty, prefect_env, recipe, rlaif, sent, stamps, wait_for
-
-
-@pytest.fixture
-def url(prefect_harness):
-    Faulty.reset()
-    with serving(Faulty) as u:
-        yield u
-    Faulty.release.set()
+from faulty_openai import Faulty, prefect_env, recipe, rlaif, sent, stamps, url, wait_for  # noqa: F401 - url: a fixture
 
 
 def kill(proc) -> None:
