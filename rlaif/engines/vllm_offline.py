@@ -52,6 +52,11 @@ def llm_kwargs(model_path: str, settings: EngineSettings, seed: int, cpu: bool) 
     )
     if settings.gpu_memory_utilization or cpu:
         kwargs["gpu_memory_utilization"] = settings.gpu_memory_utilization or 0.2
+    if cpu:
+        # vLLM 0.32's CPU runner crashes ("CPU Generator does not use offset") when a seeded request's
+        # prefill is split over two steps, which happens as soon as one call's prompts exceed the
+        # step's token budget (two members x 32 MT-Bench prompts do): prefills are kept whole on CPU.
+        kwargs["enable_chunked_prefill"] = False
     if settings.max_model_len:
         kwargs["max_model_len"] = settings.max_model_len
     if settings.quantization:
