@@ -154,11 +154,13 @@ def metas(root: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in root.rglob("shard-*.meta.json")]
 
 
-def kill_a_worker_of(node: str, run: Path, killed: list[int], stop_looking: threading.Event) -> None:
-    """Once a shard made on `node` is written, kill the worker that made it (its next shard is in flight)."""
+def kill_a_worker_of(node: str, run: Path, killed: list[int], stop_looking: threading.Event, member: str = "b") -> None:
+    """Once `member`'s first shard made on `node` is written, kill the worker that made it. `b` has one
+    worker for its 8 shards, so its next shard is in flight then (an `a` replica there might have
+    none left on a loaded machine, and the re-queue would go unseen)."""
     while not stop_looking.is_set():
         for m in metas(run / "completions") if (run / "completions").is_dir() else []:
-            if m.get("worker", {}).get("node") == node:
+            if m.get("worker", {}).get("node") == node and m.get("name") == member:
                 pid = int(m["worker"]["pid"])
                 os.kill(pid, signal.SIGKILL)
                 killed.append(pid)
