@@ -111,9 +111,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     stages = {"generate"} if args.command == "generate" else {
         "generate", "judge", "binarize", *(s for s in ("sft", "dpo") if getattr(recipe.train, s) is not None)}
     rerun = _same_recipe(recipe, out)
+    if not rerun:  # a new run: its mistakes are found before its recipe.json marks it as having run
+        _preflight(recipe, out, stages)
     write_atomic(Path(out) / "recipe.json", recipe.model_dump_json(indent=2))
     flow = pipeline.generate_flow if args.command == "generate" else pipeline.pipeline_flow
-    reports = run_flow(flow, recipe, out, preflight=lambda: _preflight(recipe, out, stages), rerun=rerun)
+    reports = run_flow(flow, recipe, out, preflight=(lambda: _preflight(recipe, out, stages)) if rerun else None,
+                       rerun=rerun)
     pipeline.write_summary(reports, out)
     pipeline.print_summary(reports, out)
     _check_rows(reports, recipe)
