@@ -31,9 +31,14 @@ def on_cpu() -> bool:
     return current_platform.is_cpu()
 
 
+_USER_KV_CACHE = os.environ.get("VLLM_CPU_KVCACHE_SPACE")  # the user's own setting, if any, wins
+
+
 def cpu_environment(settings: EngineSettings) -> None:
-    """Set vLLM's CPU variables for this machine unless the user already did."""
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(settings.cpu_kv_cache_gb))
+    """Set vLLM's CPU variables for this machine unless the user already did. The KV cache size is
+    set again for each engine: a second engine in one process gets its own settings' size, not the
+    first one's (a 32k-context judge does not fit the cache a small member asked for)."""
+    os.environ["VLLM_CPU_KVCACHE_SPACE"] = _USER_KV_CACHE or str(settings.cpu_kv_cache_gb)
     cores = sorted(os.sched_getaffinity(0))
     contiguous = cores == list(range(cores[0], cores[-1] + 1))
     bind = settings.cpu_threads_bind or (f"{cores[0]}-{cores[-1]}" if contiguous else ",".join(map(str, cores)))
