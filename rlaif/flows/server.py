@@ -63,12 +63,19 @@ def _healthy(url: str, timeout: float = 2.0) -> bool:
         return False
 
 
+def _read_state() -> dict | None:
+    """What `start` wrote (pid, port, url), or None when there is no readable state."""
+    try:
+        return json.loads((server_home() / STATE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def status() -> dict | None:
     """The running server's state (pid, port, url), or None; a state left by a dead server is removed."""
     path = server_home() / STATE
-    try:
-        state = json.loads(path.read_text())
-    except (OSError, ValueError):
+    state = _read_state()
+    if state is None:
         return None
     if not _ours(state["pid"]):
         path.unlink(missing_ok=True)
@@ -145,9 +152,8 @@ def _stop_group(pid: int, timeout: float = 20) -> None:
 def stop() -> dict | None:
     """Stop the running server; returns the state it had, or None if none ran."""
     path = server_home() / STATE
-    try:
-        state = json.loads(path.read_text())
-    except (OSError, ValueError):
+    state = _read_state()
+    if state is None:
         return None
     if _ours(state["pid"]):
         _stop_group(state["pid"])
