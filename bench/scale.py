@@ -56,6 +56,13 @@ async def serve(ports: list[int], concurrency: int, delay: float) -> None:
                     length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
                                    if line.lower().startswith(b"content-length:")), 0)
                     body = json.loads(await reader.readexactly(length)) if length else {}
+                    if head.startswith(b"GET"):  # GET /v1/models: what the client's provider check asks
+                        models = [{"id": m, "object": "model", "owned_by": "vllm"} for m in ("a", "b", "judge")]
+                        data = json.dumps({"object": "list", "data": models}).encode()
+                        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+                                     + str(len(data)).encode() + b"\r\n\r\n" + data)
+                        await writer.drain()
+                        continue
                     async with gate:
                         await asyncio.sleep(delay)
                     text = body.get("messages", [{}])[-1].get("content", "")

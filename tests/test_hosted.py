@@ -121,6 +121,21 @@ def test_auto_recognises_the_server(srv):
     assert not Endpoint(base_url="http://vllm-judge:8000/v1").hosted and Endpoint(base_url=srv.base_url, provider="other").hosted
 
 
+def test_a_server_without_a_model_list_is_named_not_a_type_error():
+    """A server that answers GET /models with something else (here a chat completion) stops the stage
+    with a line that says so, instead of a bare TypeError from deep in the client."""
+    from conftest import FakeOpenAI, chat_completion, serving
+
+    class ChatEverywhere(FakeOpenAI):
+        def do_GET(self):  # noqa: N802
+            self._send(200, chat_completion("a", "hello"))
+
+    with serving(ChatEverywhere) as url:
+        engine = EndpointEngine(Endpoint(base_url=url, provider="auto"), "a")
+        with pytest.raises(EndpointRefused, match=r"/models answered without a model list"):
+            engine.generate([Request(key="k", sampling=Sampling(), seed=0, messages=[{"role": "user", "content": "hi"}])])
+
+
 # ----------------------------------------------------------------------------- every kind, chat and reasoning
 CASES = [(k, m) for k in KINDS for m in ("per_completion", "joint") if k == "ultrafeedback" or m == "per_completion"]
 

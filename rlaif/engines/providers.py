@@ -82,7 +82,11 @@ def detect(base_url: str, key: str, timeout: float) -> str:
         from openai import OpenAI
 
         with OpenAI(base_url=base_url, api_key=key, max_retries=2, timeout=timeout) as client:
-            models = [m.model_dump() for m in client.models.list().data]
+            data = client.models.list().data
+        if not isinstance(data, list):  # e.g. a server that answers every path with a chat completion
+            raise ValueError(f"GET {base_url}/models answered without a model list: not an OpenAI-compatible "
+                             "server, or set the endpoint's `provider`")
+        models = [m.model_dump() for m in data]
         _detected[base_url] = provider_of(models, base_url)
         log.info("%s: provider %s", base_url, _detected[base_url])
     return _detected[base_url]
