@@ -170,6 +170,7 @@ def pipeline_run(args) -> None:
     os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="rlaif-bench-prefect-")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     os.environ["RAY_ADDRESS"] = "local"
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "300")  # a busy machine takes > 20 s
     from prefect import flow
 
     from rlaif.flows.pipeline import run_stages, session
