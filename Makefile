@@ -29,7 +29,7 @@ run: models
 	$(BIN)/rlaif run recipes/quickstart.yaml
 
 test: models
-	$(BIN)/python -m pytest -q -ra tests
+	$(BIN)/python -m pytest -q -ra --durations=15 tests
 
 test-fast: models
 	$(BIN)/python -m pytest -q -ra -m "not engine" tests

@@ -32,7 +32,7 @@ import pytest  # noqa: E402
 
 SMOL = "smollm2-135m-instruct"
 GEMMA = "gemma3-270m"  # a base model: no chat template
-ENGINE_FIXTURES = {"smol_engine", "gemma_engine", "vllm_server"}  # using one of these loads a vLLM engine
+ENGINE_FIXTURES = {"smol_engine", "gemma_engine", "vllm_server", "trained_engines"}  # using one of these loads a vLLM engine
 
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects
@@ -79,6 +79,51 @@ def smol_engine(smollm2_dir):
 
 
 @pytest.fixture(scope="session")
+def vllm_server(smollm2_dir):
+    """`rlaif serve-model` (vLLM's own OpenAI server) for SmolLM2 on 127.0.0.1, one for the session:
+    waits for /v1/models; stops the process at the end."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    def stop(sig):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "rlaif", "serve-model", SMOL, "--port", str(port)], cwd=ROOT,
+                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"})
+    url = f"http://127.0.0.1:{port}/v1"
+    deadline = time.time() + 300
+    while True:
+        try:
+            with urllib.request.urlopen(url + "/models", timeout=5) as r:
+                if SMOL in r.read().decode():
+                    break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.time() > deadline:
+            stop(signal.SIGKILL)
+            pytest.fail(f"vLLM server did not come up (exit code {proc.poll()})")
+        time.sleep(2)
+    yield url
+    stop(signal.SIGTERM)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        stop(signal.SIGKILL)
+        proc.wait()
+
+
+@pytest.fixture(scope="session")
 def gemma_engine():
     """Gemma 3 270M, loaded once for the session by the first test that asks for it."""
     from rlaif.engines.models import prepare_bundled
@@ -122,6 +167,44 @@ def tiny_model_dir(tmp_path_factory, smollm2_dir) -> str:
     model.save_pretrained(out)
     AutoTokenizer.from_pretrained(smollm2_dir).save_pretrained(out)
     return str(out)
+
+
+@pytest.fixture(scope="session")
+def sft_then_dpo(tmp_path_factory, tiny_model_dir, prefect_harness):
+    """A run dir trained by the commands `rlaif train sft`, then `rlaif train dpo` (from the dSFT
+    output: train.dpo.model unset). dDPO's learning rate is tiny, so its weights are those it started
+    from, give or take rounding. The recipe's judge and engine are the session's SmolLM2 (for evaluate).
+    Returns the run and the two stages' state; tests read it, and write only under its eval/."""
+    import yaml
+
+    from rlaif.flows.cli import main
+    from rlaif.training import common
+    from test_training import FAST, write_dataset
+
+    run = tmp_path_factory.mktemp("run")
+    write_dataset(run)
+    recipe = run.parent / f"{run.name}.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "name": "trained", "generators": [{"name": "g", "model": SMOL}], "engine": SMOL_SETTINGS.model_dump(),
+        "judges": [{"name": "uf-smollm2", "model": SMOL, "sampling": {"temperature": 0.0, "max_tokens": 48}}],
+        "train": {"sft": {"model": tiny_model_dir, "max_steps": 3, **FAST},
+                  "dpo": {"max_steps": 3, "beta": 0.1, **{**FAST, "learning_rate": 1e-9}}}}))
+    for stage in ("sft", "dpo"):
+        assert main(["train", stage, str(recipe), "--out", str(run)]) == 0
+    return run, common.stage_state(run / "sft"), common.stage_state(run / "dpo")
+
+
+@pytest.fixture(scope="session")
+def trained_engines(sft_then_dpo):
+    """The trained run's dSFT and dDPO models loaded once for the session, by path as `rlaif evaluate`
+    names them (dDPO's start model, the run's dpo/); `rlaif evaluate` and MT-Bench tests borrow them."""
+    from rlaif.engines.vllm_offline import VLLMEngine
+
+    run, _, dpo = sft_then_dpo
+    paths = [dpo["start_model"], str(run / "dpo")]
+    with VLLMEngine(paths[0], SMOL_SETTINGS, label=paths[0]) as sft, \
+            VLLMEngine(paths[1], SMOL_SETTINGS, label=paths[1]) as ddpo:
+        yield {paths[0]: sft, paths[1]: ddpo}
 
 
 def write_prompts(path: Path, texts: list[str]) -> Path:

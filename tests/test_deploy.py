@@ -2,7 +2,7 @@
 
 `prefect server start` runs with its own home and SQLite database; `rlaif deploy` registers the
 deployment with a cron schedule; `rlaif serve` runs in a subprocess; flow runs are created through
-the server's API. The prompt file grows between the two runs: the second generates and judges only
+the server's API, and generate and judge through the session's vLLM server (`rlaif serve-model`). The prompt file grows between the two runs: the second generates and judges only
 the new prompt, writes version 0002, and leaves version 0001 as it was; a third, with no new
 prompt, computes nothing and writes no version.
 """
@@ -85,11 +85,17 @@ def trigger(env, name: str):
         return run_deployment(name, timeout=600, poll_interval=2)
 
 
-def test_deploy_serve_and_three_scheduled_refreshes(server, tmp_path, smollm2_dir):
+def test_deploy_serve_and_three_scheduled_refreshes(server, tmp_path, vllm_server):
     prompts = tmp_path / "prompts.jsonl"
     write_prompts(prompts, ["Name a fruit that is red.", "What is 2 + 2?"])
     recipe = tmp_path / "refresh.yaml"
-    recipe.write_text(yaml.safe_dump({**TINY, "name": "tiny-refresh", "prompts": {"source": str(prompts)}}))
+    # members and judge through the session's vLLM server: each refresh is a flow run in a process of
+    # its own, which would otherwise load SmolLM2 again (a minute a refresh on 2 cores)
+    served = {"base_url": vllm_server}
+    recipe.write_text(yaml.safe_dump({
+        **TINY, "name": "tiny-refresh", "prompts": {"source": str(prompts)},
+        "generators": [{**g, "endpoint": served} for g in TINY["generators"]],
+        "judge": {**TINY["judge"], "endpoint": served}}))
     out = tmp_path / "run"
 
     done = rlaif(server, "deploy", str(recipe), "--cron", CRON, "--out", str(out))

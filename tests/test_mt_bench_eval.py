@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from collections import Counter
 
 import pytest
@@ -56,10 +55,11 @@ class Recording:
         pass
 
 
-@pytest.mark.engine
-def test_rlaif_evaluate_mt_bench_on_a_run(tmp_path, smol_engine, tiny_model_dir):
+def test_rlaif_evaluate_mt_bench_on_a_run(tmp_path, smol_engine, sft_then_dpo, trained_engines):
     """`rlaif evaluate RUN --mt-bench --limit 8`: base (bundled SmolLM2, the session's engine, also the
-    judge), dSFT and dDPO (tiny models) answer both turns; table, radar, shards; a rerun asks nothing."""
+    judge), dSFT and dDPO (the session's trained tiny models, given by `--model`: the run's own are
+    found by test_models_of_a_run_and_given_models) answer both turns; table, radar, shards; a rerun
+    asks nothing."""
     from rlaif.engines.pool import EnginePool, EngineSpec
     from rlaif.flows.cli import main
     from rlaif.flows.pipeline import shared_engines
@@ -70,14 +70,16 @@ def test_rlaif_evaluate_mt_bench_on_a_run(tmp_path, smol_engine, tiny_model_dir)
         "judges.0.explanation_chars=24"])
     run.mkdir()
     (run / "recipe.json").write_text(recipe.model_dump_json())
-    for stage in ("sft", "dpo"):
-        shutil.copytree(tiny_model_dir, run / stage)
+    sft, dpo = trained_engines
+    models = ["--model", f"base={SMOL}", "--model", f"dsft={sft}", "--model", f"ddpo={dpo}"]
     tap = Recording(smol_engine)
     with EnginePool() as pool, shared_engines(pool):
         pool.put(EngineSpec(SMOL, None, SMOL_SETTINGS), tap)
-        assert main(["evaluate", str(run), "--mt-bench", "--limit", "8", "--max-tokens", "8"]) == 0
+        for path, engine in trained_engines.items():
+            pool.put(EngineSpec(path, None, SMOL_SETTINGS), engine)
+        assert main(["evaluate", str(run), "--mt-bench", "--limit", "8", "--max-tokens", "8", *models]) == 0
         loads = dict(pool.loads)
-        assert len(loads) == 2  # the two tiny models; the bundled one was the session's
+        assert loads == {}  # every model is the session's, found under the recipe's engine settings
 
         out = run / "eval" / "mt_bench"
         result = json.loads((out / "scores.uf-smollm2.json").read_text())
@@ -119,7 +121,7 @@ def test_rlaif_evaluate_mt_bench_on_a_run(tmp_path, smol_engine, tiny_model_dir)
 
         # a rerun computes nothing: no request, no model loaded
         sent = len(tap.requests)
-        assert main(["evaluate", str(run), "--mt-bench", "--limit", "8", "--max-tokens", "8"]) == 0
+        assert main(["evaluate", str(run), "--mt-bench", "--limit", "8", "--max-tokens", "8", *models]) == 0
         assert len(tap.requests) == sent and pool.loads == loads
         assert json.loads((out / "scores.uf-smollm2.json").read_text())["models"] == result["models"]
 

@@ -1,17 +1,10 @@
 """Generation through OpenAI-compatible endpoints: real HTTP servers on 127.0.0.1."""
 
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, SERVER_ERROR, FakeOpenAI, chat_completion, chunks, serving
+from conftest import SERVER_ERROR, FakeOpenAI, chat_completion, chunks, serving
 from rlaif.core.errors import ConfigError
 from rlaif.core.records import Completion
 from rlaif.core.store import RunStore
@@ -169,48 +162,6 @@ def test_missing_api_key_variable_is_a_clear_error(flaky, monkeypatch):
     monkeypatch.delenv("NO_SUCH_KEY", raising=False)
     with pytest.raises(ConfigError, match="NO_SUCH_KEY"):
         Endpoint(base_url=url, api_key_env="NO_SUCH_KEY").api_key()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def vllm_server(smollm2_dir):
-    """`rlaif serve-model` on 127.0.0.1: waits for /v1/models, then stops the process."""
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "rlaif", "serve-model", "smollm2-135m-instruct",
-                             "--port", str(port)], cwd=ROOT, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"})
-    url = f"http://127.0.0.1:{port}/v1"
-    deadline = time.time() + 300
-    while True:
-        try:
-            with urllib.request.urlopen(url + "/models", timeout=5) as r:
-                if "smollm2-135m-instruct" in r.read().decode():
-                    break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.time() > deadline:
-            stop(proc, signal.SIGKILL)
-            pytest.fail(f"vLLM server did not come up (exit code {proc.poll()})")
-        time.sleep(2)
-    yield url
-    stop(proc, signal.SIGTERM)
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        stop(proc, signal.SIGKILL)
-
-
-def stop(proc, sig):
-    try:
-        os.killpg(proc.pid, sig)
-    except ProcessLookupError:
-        pass
 
 
 @pytest.mark.engine

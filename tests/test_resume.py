@@ -1,7 +1,8 @@
 """A generation killed with SIGKILL mid-run recomputes none of its finished shards.
 
-The killed run is a `rlaif generate` process of its own; the rerun is the same command in this
-process, on the session's engine."""
+The killed run is a `rlaif generate` process of its own, generating through the session's vLLM
+server (`rlaif serve-model`: a real engine, not loaded again for this test); the rerun is the same
+command in this process, through the same server. tests/test_kill.py kills whole runs at each stage."""
 
 import os
 import signal
@@ -14,16 +15,15 @@ import yaml
 
 from conftest import ROOT, SMOL_SETTINGS
 from rlaif.flows.cli import main
-from rlaif.flows.pipeline import shared_engines
 
 pytestmark = pytest.mark.engine
 
 
-def test_kill_9_then_rerun_generates_only_what_was_missing(tmp_path, smollm2_dir, pool, capsys):
+def test_kill_9_then_rerun_generates_only_what_was_missing(tmp_path, vllm_server, capsys):
     recipe = {
         "name": "resume", "shard_size": 2, "prompts": {"source": "mt_bench", "limit": 8},
         "hygiene": {"near_dup_threshold": None},
-        "generators": [{"name": "smol", "model": "smollm2-135m-instruct",
+        "generators": [{"name": "smol", "model": "smollm2-135m-instruct", "endpoint": {"base_url": vllm_server},
                         "sampling": {"temperature": 0.7, "max_tokens": 96}}],
         "judge": {"name": "j", "model": "smollm2-135m-instruct"},
         "engine": SMOL_SETTINGS.model_dump(),
@@ -47,8 +47,7 @@ def test_kill_9_then_rerun_generates_only_what_was_missing(tmp_path, smollm2_dir
     before = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in shards.glob("shard-*.jsonl")}
     assert 1 <= len(before) < 4, before
 
-    with shared_engines(pool):  # the rerun, in this process: the session's engine, no second load
-        assert main(["generate", str(path), "--out", str(out)]) == 0
+    assert main(["generate", str(path), "--out", str(out)]) == 0  # the rerun, in this process
     assert f"smol: {len(before)} of 4 shards already done" in capsys.readouterr().err
     after = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in shards.glob("shard-*.jsonl")}
     assert len(after) == 4

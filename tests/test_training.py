@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, SMOL, SMOL_SETTINGS
+from conftest import ROOT, SMOL_SETTINGS
 from rlaif.core.errors import ConfigError
 from rlaif.flows.recipe import load_recipe
 from rlaif.training import common
@@ -57,28 +57,6 @@ def weights(model_dir: Path) -> dict:
 
 def distance(a: dict, b: dict) -> float:
     return sum(float((a[k].float() - b[k].float()).abs().sum()) for k in a)
-
-
-@pytest.fixture(scope="module")
-def sft_then_dpo(tmp_path_factory, tiny_model_dir, prefect_harness):
-    """A run dir trained by the commands `rlaif train sft`, then `rlaif train dpo` (from the dSFT
-    output: train.dpo.model unset). dDPO's learning rate is tiny, so its weights are those it started
-    from, give or take rounding. The recipe's judge and engine are the session's SmolLM2 (for evaluate)."""
-    import yaml
-
-    from rlaif.flows.cli import main
-
-    run = tmp_path_factory.mktemp("run")
-    write_dataset(run)
-    recipe = run.parent / f"{run.name}.yaml"
-    recipe.write_text(yaml.safe_dump({
-        "name": "trained", "generators": [{"name": "g", "model": SMOL}], "engine": SMOL_SETTINGS.model_dump(),
-        "judges": [{"name": "uf-smollm2", "model": SMOL, "sampling": {"temperature": 0.0, "max_tokens": 48}}],
-        "train": {"sft": {"model": tiny_model_dir, "max_steps": 3, **FAST},
-                  "dpo": {"max_steps": 3, "beta": 0.1, **{**FAST, "learning_rate": 1e-9}}}}))
-    for stage in ("sft", "dpo"):
-        assert main(["train", stage, str(recipe), "--out", str(run)]) == 0
-    return run, common.stage_state(run / "sft"), common.stage_state(run / "dpo")
 
 
 def test_sft_then_dpo_starts_from_the_sft_weights(sft_then_dpo, tiny_model_dir):
@@ -241,15 +219,18 @@ def test_zephyr_recipes_load(stage):
         assert spec.model == "mistralai/Mistral-7B-v0.1" and spec.get("learning_rate") == 2e-5
 
 
-@pytest.mark.engine
-def test_rlaif_evaluate_writes_metrics_win_rate_and_plots(sft_then_dpo, pool, capsys):
+def test_rlaif_evaluate_writes_metrics_win_rate_and_plots(sft_then_dpo, trained_engines, pool, capsys):
     """`rlaif evaluate`: real vLLM engines, both tiny models answer the test prompts, the run's judge compares."""
+    from rlaif.engines.pool import EngineSpec
     from rlaif.flows.cli import main
     from rlaif.flows.pipeline import shared_engines
 
     run, _, _ = sft_then_dpo
-    with shared_engines(pool):  # the judge is the session's engine; the two tiny models load
+    for path, engine in trained_engines.items():  # the session's: loaded once for evaluate and MT-Bench
+        pool.put(EngineSpec(path, None, SMOL_SETTINGS), engine)
+    with shared_engines(pool):  # the judge is the session's SmolLM2
         assert main(["evaluate", str(run), "--max-tokens", "12"]) == 0
+    assert pool.loads == {}  # both models were found under the paths the run's stage state names
     metrics = json.loads((run / "eval" / "metrics.json").read_text())
     assert f"written to {run / 'eval'}" in capsys.readouterr().err
     assert metrics["pairs"] == 3 and metrics["beta"] == 0.1 and metrics["sft_model"] == str(run / "sft")
