@@ -2,9 +2,10 @@
 
 `prefect server start` runs with its own home and SQLite database; `rlaif deploy` registers the
 deployment with a cron schedule; `rlaif serve` runs in a subprocess; flow runs are created through
-the server's API, and generate and judge through the session's vLLM server (`rlaif serve-model`). The prompt file grows between the two runs: the second generates and judges only
-the new prompt, writes version 0002, and leaves version 0001 as it was; a third, with no new
-prompt, computes nothing and writes no version.
+the server's API, and generate and judge through the session's vLLM server (`rlaif serve-model`).
+The prompt file grows between the two runs: the second generates and judges only the new prompt,
+writes version 0002, and leaves version 0001 as it was; a third, with no new prompt, computes
+nothing and writes no version.
 """
 
 import json
