@@ -42,6 +42,23 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.engine)
 
 
+EARLY_CLOSE: dict = {}  # session fixture name -> closes it; called once no test left to run uses it
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_teardown(item, nextitem):
+    """A session-wide engine or server is closed after the last test (in the order they run:
+    file, reversed or random) that uses it, so big ones do not pile up beside a test that loads its
+    own (the quickstart's subprocess needs a 4 GiB KV cache)."""
+    if not EARLY_CLOSE:
+        return
+    items = item.session.items
+    rest = items[items.index(item) + 1:]
+    for name in list(EARLY_CLOSE):
+        if not any(name in getattr(i, "fixturenames", ()) for i in rest):
+            EARLY_CLOSE.pop(name)()
+
+
 @pytest.fixture(scope="session", autouse=True)
 def home_untouched():
     """The session ends with a check that nothing in this process wrote to the user's home."""
@@ -114,13 +131,20 @@ def vllm_server(smollm2_dir):
             stop(signal.SIGKILL)
             pytest.fail(f"vLLM server did not come up (exit code {proc.poll()})")
         time.sleep(2)
+
+    def close():
+        if proc.poll() is None:
+            stop(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                stop(signal.SIGKILL)
+                proc.wait()
+
+    EARLY_CLOSE["vllm_server"] = close
     yield url
-    stop(signal.SIGTERM)
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        stop(signal.SIGKILL)
-        proc.wait()
+    EARLY_CLOSE.pop("vllm_server", None)
+    close()
 
 
 @pytest.fixture(scope="session")
@@ -129,8 +153,11 @@ def gemma_engine():
     from rlaif.engines.models import prepare_bundled
     from rlaif.engines.vllm_offline import VLLMEngine
 
-    with VLLMEngine(str(prepare_bundled(GEMMA)), GEMMA_SETTINGS, label=GEMMA) as engine:
-        yield engine
+    engine = VLLMEngine(str(prepare_bundled(GEMMA)), GEMMA_SETTINGS, label=GEMMA)
+    EARLY_CLOSE["gemma_engine"] = engine.close
+    yield engine
+    if EARLY_CLOSE.pop("gemma_engine", None):
+        engine.close()
 
 
 def _settings(max_model_len: int):
@@ -167,44 +194,6 @@ def tiny_model_dir(tmp_path_factory, smollm2_dir) -> str:
     model.save_pretrained(out)
     AutoTokenizer.from_pretrained(smollm2_dir).save_pretrained(out)
     return str(out)
-
-
-@pytest.fixture(scope="session")
-def sft_then_dpo(tmp_path_factory, tiny_model_dir, prefect_harness):
-    """A run dir trained by the commands `rlaif train sft`, then `rlaif train dpo` (from the dSFT
-    output: train.dpo.model unset). dDPO's learning rate is tiny, so its weights are those it started
-    from, give or take rounding. The recipe's judge and engine are the session's SmolLM2 (for evaluate).
-    Returns the run and the two stages' state; tests read it, and write only under its eval/."""
-    import yaml
-
-    from rlaif.flows.cli import main
-    from rlaif.training import common
-    from test_training import FAST, write_dataset
-
-    run = tmp_path_factory.mktemp("run")
-    write_dataset(run)
-    recipe = run.parent / f"{run.name}.yaml"
-    recipe.write_text(yaml.safe_dump({
-        "name": "trained", "generators": [{"name": "g", "model": SMOL}], "engine": SMOL_SETTINGS.model_dump(),
-        "judges": [{"name": "uf-smollm2", "model": SMOL, "sampling": {"temperature": 0.0, "max_tokens": 48}}],
-        "train": {"sft": {"model": tiny_model_dir, "max_steps": 3, **FAST},
-                  "dpo": {"max_steps": 3, "beta": 0.1, **{**FAST, "learning_rate": 1e-9}}}}))
-    for stage in ("sft", "dpo"):
-        assert main(["train", stage, str(recipe), "--out", str(run)]) == 0
-    return run, common.stage_state(run / "sft"), common.stage_state(run / "dpo")
-
-
-@pytest.fixture(scope="session")
-def trained_engines(sft_then_dpo):
-    """The trained run's dSFT and dDPO models loaded once for the session, by path as `rlaif evaluate`
-    names them (dDPO's start model, the run's dpo/); `rlaif evaluate` and MT-Bench tests borrow them."""
-    from rlaif.engines.vllm_offline import VLLMEngine
-
-    run, _, dpo = sft_then_dpo
-    paths = [dpo["start_model"], str(run / "dpo")]
-    with VLLMEngine(paths[0], SMOL_SETTINGS, label=paths[0]) as sft, \
-            VLLMEngine(paths[1], SMOL_SETTINGS, label=paths[1]) as ddpo:
-        yield {paths[0]: sft, paths[1]: ddpo}
 
 
 def write_prompts(path: Path, texts: list[str]) -> Path:

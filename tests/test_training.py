@@ -1,6 +1,7 @@
 """dSFT then dDPO with TRL on a written dataset (tiny 2-layer model) through `rlaif train` and
-`rlaif evaluate`; resume, LoRA, QLoRA's CPU error, loss types, a precomputed reference, gradient
-checkpointing, a hub-layout dataset, the stage's own state, recipes."""
+`rlaif evaluate` (metrics and win rate, and MT-Bench on the same trained models, loaded once);
+resume, LoRA, QLoRA's CPU error, loss types, a precomputed reference, gradient checkpointing, a
+hub-layout dataset, the stage's own state, recipes."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, SMOL_SETTINGS
+from conftest import ROOT, SMOL, SMOL_SETTINGS
 from rlaif.core.errors import ConfigError
 from rlaif.flows.recipe import load_recipe
+from rlaif.judges.mt_bench_data import load_mt_bench
 from rlaif.training import common
 from rlaif.training.dpo import DPOSpec, train_dpo
 from rlaif.training.sft import SFTSpec, train_sft
@@ -57,6 +59,43 @@ def weights(model_dir: Path) -> dict:
 
 def distance(a: dict, b: dict) -> float:
     return sum(float((a[k].float() - b[k].float()).abs().sum()) for k in a)
+
+
+@pytest.fixture(scope="module")
+def sft_then_dpo(tmp_path_factory, tiny_model_dir, prefect_harness):
+    """A run dir trained by the commands `rlaif train sft`, then `rlaif train dpo` (from the dSFT
+    output: train.dpo.model unset). dDPO's learning rate is tiny, so its weights are those it started
+    from, give or take rounding. The recipe's judge and engine are the session's SmolLM2 (for evaluate).
+    Returns the run and the two stages' state; tests read it, and write only under its eval/."""
+    import yaml
+
+    from rlaif.flows.cli import main
+
+    run = tmp_path_factory.mktemp("run")
+    write_dataset(run)
+    recipe = run.parent / f"{run.name}.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "name": "trained", "generators": [{"name": "g", "model": SMOL}], "engine": SMOL_SETTINGS.model_dump(),
+        "judges": [{"name": "uf-smollm2", "model": SMOL, "sampling": {"temperature": 0.0, "max_tokens": 48}}],
+        "train": {"sft": {"model": tiny_model_dir, "max_steps": 3, **FAST},
+                  "dpo": {"max_steps": 3, "beta": 0.1, **{**FAST, "learning_rate": 1e-9}}}}))
+    for stage in ("sft", "dpo"):
+        assert main(["train", stage, str(recipe), "--out", str(run)]) == 0
+    return run, common.stage_state(run / "sft"), common.stage_state(run / "dpo")
+
+
+@pytest.fixture(scope="module")
+def trained_engines(sft_then_dpo):
+    """The trained run's dSFT and dDPO models loaded once for this module, by path as `rlaif evaluate`
+    names them (dDPO's start model, the run's dpo/); the `rlaif evaluate` and MT-Bench tests borrow
+    them. Module scope: they are closed before any other module's test runs."""
+    from rlaif.engines.vllm_offline import VLLMEngine
+
+    run, _, dpo = sft_then_dpo
+    paths = [dpo["start_model"], str(run / "dpo")]
+    with VLLMEngine(paths[0], SMOL_SETTINGS, label=paths[0]) as sft, \
+            VLLMEngine(paths[1], SMOL_SETTINGS, label=paths[1]) as ddpo:
+        yield {paths[0]: sft, paths[1]: ddpo}
 
 
 def test_sft_then_dpo_starts_from_the_sft_weights(sft_then_dpo, tiny_model_dir):
@@ -249,3 +288,93 @@ def test_rlaif_evaluate_writes_metrics_win_rate_and_plots(sft_then_dpo, trained_
     assert win["judged"] >= 1 and win["judged"] + win["unjudged"] == 3  # answers were judged, not skipped
     assert win["ddpo_wins"] + win["dsft_wins"] + win["ties"] == win["judged"] and 0 <= win["ddpo_win_rate"] <= 1
     assert list((run / "eval" / "completions").glob("shard-*.jsonl"))
+
+
+class Recording:
+    """The session's real SmolLM2 engine, keeping every request it was sent."""
+
+    def __init__(self, engine):
+        self.engine, self.label, self.requests = engine, engine.label, []
+
+    def generate(self, requests, progress=None):
+        self.requests += list(requests)
+        return self.engine.generate(requests, progress)
+
+    def close(self):
+        pass
+
+
+def test_rlaif_evaluate_mt_bench_on_a_run(tmp_path, smol_engine, sft_then_dpo, trained_engines):
+    """`rlaif evaluate RUN --mt-bench --limit 8`: base (bundled SmolLM2, the session's engine, also the
+    judge), dSFT and dDPO (the session's trained tiny models, given by `--model`: the run's own are
+    found by test_models_of_a_run_and_given_models) answer both turns; table, radar, shards; a rerun
+    asks nothing."""
+    from rlaif.engines.pool import EnginePool, EngineSpec
+    from rlaif.flows.cli import main
+    from rlaif.flows.pipeline import shared_engines
+
+    run = tmp_path / "run"
+    recipe = load_recipe(ROOT / "recipes" / "quickstart.yaml", [
+        f"engine.max_model_len={SMOL_SETTINGS.max_model_len}", f"engine.cpu_kv_cache_gb={SMOL_SETTINGS.cpu_kv_cache_gb}",
+        "judges.0.explanation_chars=24"])
+    run.mkdir()
+    (run / "recipe.json").write_text(recipe.model_dump_json())
+    sft, dpo = trained_engines
+    models = ["--model", f"base={SMOL}", "--model", f"dsft={sft}", "--model", f"ddpo={dpo}"]
+    tap = Recording(smol_engine)
+    with EnginePool() as pool, shared_engines(pool):
+        pool.put(EngineSpec(SMOL, None, SMOL_SETTINGS), tap)
+        for path, engine in trained_engines.items():
+            pool.put(EngineSpec(path, None, SMOL_SETTINGS), engine)
+        assert main(["evaluate", str(run), "--mt-bench", "--limit", "8", "--max-tokens", "8", *models]) == 0
+        loads = dict(pool.loads)
+        assert loads == {}  # every model is the session's, found under the recipe's engine settings
+
+        out = run / "eval" / "mt_bench"
+        result = json.loads((out / "scores.uf-smollm2.json").read_text())
+        assert list(result["models"]) == ["base", "dsft", "ddpo"] and len(result["questions"]) == 8
+        for label, s in result["models"].items():
+            assert s["turns"] == 16 and s["graded"] + s["unparsed"] + s["failed"] + s["unanswered"] == 16
+            assert s["graded"] >= 1 and 1 <= s["score"] <= 10
+            assert 1 <= s["expected"] <= 10  # from the rating token's probabilities (vLLM returns them)
+        table = (out / "table.uf-smollm2.md").read_text()
+        assert table.startswith("| model | score | turn 1 | turn 2 | Writing |") and "| graded | expected |" in table
+        assert "| ddpo |" in table
+        if all(len(s["categories"]) == 8 for s in result["models"].values()):
+            assert (out / "radar.uf-smollm2.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+        # turn 2 follows the model's own turn-1 answer
+        from rlaif.core.records import Completion
+        from rlaif.core.store import RunStore
+
+        store = RunStore(out)
+        base = {c.prompt_id: c for k in store.keys("completions") for c in store.read("completions", k, Completion)
+                if c.model == "base"}
+        answers = [r for r in tap.requests if r.messages and r.messages[0]["role"] == "user"]
+        second = [r for r in answers if len(r.messages) == 3]
+        assert len(second) == 8
+        q81 = load_mt_bench()[81]
+        (r81,) = [r for r in second if r.messages[0]["content"] == q81.turns[0]]
+        assert r81.messages[1] == {"role": "assistant", "content": base["mt_bench-81-turn1"].text}
+        assert r81.messages[2] == {"role": "user", "content": q81.turns[1]}
+
+        # the math judge prompts hold GPT-4's reference answers (and turn 2 both turns' answers)
+        q111 = load_mt_bench()[111]
+        grading = [r.messages[1]["content"] for r in tap.requests if r.messages and r.messages[0]["role"] == "system"]
+        math = [g for g in grading if q111.turns[0] in g]
+        assert len(math) == 6  # three models, two turns
+        assert all("Start of Reference Answer" in g and q111.reference[0] in g for g in math)
+        two = [g for g in math if q111.turns[1] in g]
+        assert len(two) == 3 and all(q111.reference[1] in g for g in two)
+        assert any(base["mt_bench-111-turn1"].text in g and base["mt_bench-111-turn2"].text in g for g in two)
+
+        # a rerun computes nothing: no request, no model loaded
+        sent = len(tap.requests)
+        assert main(["evaluate", str(run), "--mt-bench", "--limit", "8", "--max-tokens", "8", *models]) == 0
+        assert len(tap.requests) == sent and pool.loads == loads
+        assert json.loads((out / "scores.uf-smollm2.json").read_text())["models"] == result["models"]
+
+        # any model by path or name, here the bundled one again under its own label
+        assert main(["evaluate", str(run), "--mt-bench", "--limit", "8", "--max-tokens", "8",
+                     "--model", f"smol={SMOL}"]) == 0
+        assert list(json.loads((out / "scores.uf-smollm2.json").read_text())["models"]) == ["smol"]
