@@ -34,9 +34,11 @@ class FlakyOpenAI(FakeOpenAI):
 
 @pytest.fixture
 def flaky():
-    FlakyOpenAI.seen, FlakyOpenAI.keys = [], []
-    with serving(FlakyOpenAI) as url:
-        yield FlakyOpenAI, url
+    """A server class of this test's own: a request still in flight from another test (its handler
+    thread outlives its server's shutdown) cannot land in this test's `seen`."""
+    handler = type("Flaky", (FlakyOpenAI,), {"seen": [], "keys": [], "statuses": [200]})
+    with serving(handler) as url:
+        yield handler, url
 
 
 def spec(url, retries):
