@@ -95,26 +95,46 @@ def smol_engine(smollm2_dir):
         yield engine
 
 
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 for a server a test starts."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stop_group(proc, timeout: float = 20) -> None:
+    """Stop a process started with `start_new_session=True` and all it started: SIGTERM to its group,
+    then SIGKILL if it has not exited within `timeout` seconds. Does nothing once it has exited."""
+    import signal
+    import subprocess
+
+    if proc.poll() is not None:
+        return
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            proc.wait(timeout)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+    proc.wait()
+
+
 @pytest.fixture(scope="session")
 def vllm_server(smollm2_dir):
     """`rlaif serve-model` (vLLM's own OpenAI server) for SmolLM2 on 127.0.0.1, one for the session:
-    waits for /v1/models; stops the process at the end."""
-    import signal
-    import socket
+    waits for /v1/models; stopped after the last test that uses it."""
     import subprocess
     import sys
     import time
     import urllib.request
 
-    def stop(sig):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            pass
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "rlaif", "serve-model", SMOL, "--port", str(port)], cwd=ROOT,
                             start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"})
@@ -128,23 +148,13 @@ def vllm_server(smollm2_dir):
         except OSError:
             pass
         if proc.poll() is not None or time.time() > deadline:
-            stop(signal.SIGKILL)
+            stop_group(proc, timeout=0)
             pytest.fail(f"vLLM server did not come up (exit code {proc.poll()})")
         time.sleep(2)
-
-    def close():
-        if proc.poll() is None:
-            stop(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                stop(signal.SIGKILL)
-                proc.wait()
-
-    EARLY_CLOSE["vllm_server"] = close
+    EARLY_CLOSE["vllm_server"] = lambda: stop_group(proc, timeout=30)
     yield url
     EARLY_CLOSE.pop("vllm_server", None)
-    close()
+    stop_group(proc, timeout=30)
 
 
 @pytest.fixture(scope="session")
@@ -156,8 +166,8 @@ def gemma_engine():
     engine = VLLMEngine(str(prepare_bundled(GEMMA)), GEMMA_SETTINGS, label=GEMMA)
     EARLY_CLOSE["gemma_engine"] = engine.close
     yield engine
-    if EARLY_CLOSE.pop("gemma_engine", None):
-        engine.close()
+    EARLY_CLOSE.pop("gemma_engine", None)
+    engine.close()  # a no-op when closed already
 
 
 def _settings(max_model_len: int):
@@ -194,6 +204,20 @@ def tiny_model_dir(tmp_path_factory, smollm2_dir) -> str:
     model.save_pretrained(out)
     AutoTokenizer.from_pretrained(smollm2_dir).save_pretrained(out)
     return str(out)
+
+
+class Recording:
+    """An engine that keeps the requests it passes on (a test reads what the stage sent)."""
+
+    def __init__(self, engine):
+        self.engine, self.label, self.requests = engine, engine.label, []
+
+    def generate(self, requests, progress=None):
+        self.requests += list(requests)
+        return self.engine.generate(requests, progress)
+
+    def close(self):
+        pass
 
 
 def write_prompts(path: Path, texts: list[str]) -> Path:

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT, SERVER_ERROR, FakeOpenAI, chat_completion, serving, write_prompts
+from conftest import ROOT, SERVER_ERROR, FakeOpenAI, chat_completion, free_port, serving, write_prompts
 from rlaif.core.records import Completion, Judgement
 from rlaif.core.store import RunStore
 from rlaif.engines.base import EngineSettings, Request, Sampling
@@ -35,14 +35,6 @@ from rlaif.flows.cli import main
 RAY_START = ("import sys; from rlaif.flows.cluster import keep_on_loopback; keep_on_loopback(); "
              "from ray.scripts.scripts import main; sys.argv = ['ray', *sys.argv[1:]]; main()")
 DELAY_S = 0.1  # each completion takes this long: the run lasts long enough to lose a worker in it
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def ray_start(*args: str, temp: str) -> subprocess.Popen:

@@ -10,8 +10,6 @@ nothing and writes no version.
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,27 +19,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT, write_prompts
+from conftest import ROOT, free_port, stop_group, write_prompts
 from test_flows import TINY, stamps
 
 pytestmark = pytest.mark.engine
 CRON = "0 3 * * *"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +51,7 @@ def server(tmp_path_factory):
                 time.sleep(0.5)
         yield {**env, "PREFECT_API_URL": url}
     finally:
-        stop(proc)
+        stop_group(proc)
 
 
 def rlaif(env, *args) -> subprocess.CompletedProcess:
@@ -133,7 +115,7 @@ def test_deploy_serve_and_three_scheduled_refreshes(server, tmp_path, vllm_serve
         assert run3.state.is_completed(), (tmp_path / "serve.log").read_text()[-5000:]
         third = {r["stage"]: r for r in json.loads((out / "refresh_summary.json").read_text())}
     finally:
-        stop(serve)
+        stop_group(serve)
     assert third["prompts"]["notes"]["new"] == 0 and third["generate"]["notes"]["shards generated"] == 0
     assert third["binarize"]["notes"]["new version"] is False and third["binarize"]["notes"]["version"] == "0002"
     assert stamps(out, "versions/**/*") | stamps(out, "completions/shard-*.jsonl") == after2

@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from conftest import GEMMA, GEMMA_SETTINGS, SMOL, SMOL_SETTINGS, FakeOpenAI, chat_completion, chunks, serving
+from conftest import GEMMA, GEMMA_SETTINGS, SMOL, SMOL_SETTINGS, FakeOpenAI, chat_completion, chunks, Recording, serving
 from rlaif.core.records import Completion, Judgement, PairJudgement, content_hash
 from rlaif.core.store import RunStore
 from rlaif.engines.base import Sampling
@@ -118,20 +118,6 @@ def test_pairwise_kinds_judge_both_orders(kind, pool, run):
         assert r.winner == (from_a[0] if not r.order_changed_verdict else "tie")
         assert 0.0 <= r.p_a <= 1.0
         assert r.p_a == pytest.approx((ab.p_first + 1 - ba.p_first) / 2)
-
-
-class Recording:
-    """An engine that keeps the requests it passes on."""
-
-    def __init__(self, engine):
-        self.engine, self.label, self.requests = engine, engine.label, []
-
-    def generate(self, requests, progress=None):
-        self.requests += requests
-        return self.engine.generate(requests, progress)
-
-    def close(self):
-        pass
 
 
 def test_a_base_model_judges_through_a_plain_transcript(gemma_engine, written):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, SMOL, SMOL_SETTINGS
+from conftest import ROOT, SMOL, SMOL_SETTINGS, Recording
 from rlaif.core.errors import ConfigError
 from rlaif.flows.recipe import load_recipe
 from rlaif.judges.mt_bench_data import load_mt_bench
@@ -265,7 +265,7 @@ def test_rlaif_evaluate_writes_metrics_win_rate_and_plots(sft_then_dpo, trained_
     from rlaif.flows.pipeline import shared_engines
 
     run, _, _ = sft_then_dpo
-    for path, engine in trained_engines.items():  # the session's: loaded once for evaluate and MT-Bench
+    for path, engine in trained_engines.items():  # this module's: loaded once for evaluate and MT-Bench
         pool.put(EngineSpec(path, None, SMOL_SETTINGS), engine)
     with shared_engines(pool):  # the judge is the session's SmolLM2
         assert main(["evaluate", str(run), "--max-tokens", "12"]) == 0
@@ -290,23 +290,9 @@ def test_rlaif_evaluate_writes_metrics_win_rate_and_plots(sft_then_dpo, trained_
     assert list((run / "eval" / "completions").glob("shard-*.jsonl"))
 
 
-class Recording:
-    """The session's real SmolLM2 engine, keeping every request it was sent."""
-
-    def __init__(self, engine):
-        self.engine, self.label, self.requests = engine, engine.label, []
-
-    def generate(self, requests, progress=None):
-        self.requests += list(requests)
-        return self.engine.generate(requests, progress)
-
-    def close(self):
-        pass
-
-
 def test_rlaif_evaluate_mt_bench_on_a_run(tmp_path, smol_engine, sft_then_dpo, trained_engines):
     """`rlaif evaluate RUN --mt-bench --limit 8`: base (bundled SmolLM2, the session's engine, also the
-    judge), dSFT and dDPO (the session's trained tiny models, given by `--model`: the run's own are
+    judge), dSFT and dDPO (this module's trained tiny models, given by `--model`: the run's own are
     found by test_models_of_a_run_and_given_models) answer both turns; table, radar, shards; a rerun
     asks nothing."""
     from rlaif.engines.pool import EnginePool, EngineSpec
@@ -328,7 +314,7 @@ def test_rlaif_evaluate_mt_bench_on_a_run(tmp_path, smol_engine, sft_then_dpo, t
             pool.put(EngineSpec(path, None, SMOL_SETTINGS), engine)
         assert main(["evaluate", str(run), "--mt-bench", "--limit", "8", "--max-tokens", "8", *models]) == 0
         loads = dict(pool.loads)
-        assert loads == {}  # every model is the session's, found under the recipe's engine settings
+        assert loads == {}  # every model was loaded already, found under the recipe's engine settings
 
         out = run / "eval" / "mt_bench"
         result = json.loads((out / "scores.uf-smollm2.json").read_text())

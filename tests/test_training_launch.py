@@ -5,21 +5,14 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import yaml
 
-from conftest import ROOT
+from conftest import ROOT, free_port
 from test_training import FAST, distance, weights, write_dataset
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_two_processes_train_dpo_together_over_gloo(tmp_path, tiny_model_dir, prefect_home):
