@@ -1,4 +1,4 @@
-"""Hosted judging benchmark: every judge kind against the strict OpenAI stand-in (tests/openai_server.py),
+"""Hosted judging benchmark: every judge kind against the strict OpenAI stand-in (rlaif/rehearsal/openai_server.py),
 with a chat model and a reasoning model: the share of verdicts parsed, the requests sent per prompt,
 and what the server refused. No model is loaded; the stand-in answers every request that follows the
 API's rules with a schema-valid document whose free text is a full sentence.
@@ -27,7 +27,7 @@ SENTENCE = ("The response addresses the question directly, gives one concrete ex
 
 
 def talkative(body: dict) -> str:
-    from openai_server import default_responder
+    from rlaif.rehearsal.openai_server import default_responder
 
     def fill(x):
         return {k: fill(v) for k, v in x.items()} if isinstance(x, dict) else SENTENCE if x == "short answer" else x
@@ -45,7 +45,7 @@ def main() -> None:
     ap.add_argument("--completions", type=int, default=4)
     args = ap.parse_args()
 
-    from openai_server import OpenAIServer
+    from rlaif.rehearsal.openai_server import OpenAIServer
 
     from rlaif.core.records import Completion
     from rlaif.core.store import Manifest, RunStore

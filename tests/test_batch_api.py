@@ -1,4 +1,4 @@
-"""The Batch API engine against the strict OpenAI stand-in (tests/openai_server.py) over real HTTP:
+"""The Batch API engine against the strict OpenAI stand-in (rlaif/rehearsal/openai_server.py) over real HTTP:
 results mapped back by custom id, expired and failed lines sent again, a batch created by a killed
 run found again, refusals, and `rlaif run` killed with SIGKILL while its batch is in progress,
 resumed by the rerun without sending any request twice. No model is loaded.
@@ -24,7 +24,7 @@ from rlaif.engines.batch_api import BatchEngine, custom_id
 from rlaif.engines.openai_endpoint import Endpoint, EndpointRefused
 
 sys.path.insert(0, str(Path(__file__).parent))
-from openai_server import OpenAIServer  # noqa: E402
+from rlaif.rehearsal.openai_server import OpenAIServer  # noqa: E402
 
 KEY = "sk-test-key-123456"
 

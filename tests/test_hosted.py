@@ -1,4 +1,4 @@
-"""Hosted judges against the strict OpenAI stand-in (tests/openai_server.py) over real HTTP: requests
+"""Hosted judges against the strict OpenAI stand-in (rlaif/rehearsal/openai_server.py) over real HTTP: requests
 shaped per provider, every judge kind with a chat and a reasoning model, joint UltraFeedback rating,
 a wrong key, rate limits and Retry-After, log-probs off, and `rlaif run --dry-run`. No model is loaded.
 """
@@ -28,7 +28,7 @@ from rlaif.judges.spec import JudgeSpec
 from rlaif.judges.stage import manifest_counts, run_judge
 
 sys.path.insert(0, str(Path(__file__).parent))
-from openai_server import OpenAIServer, check_strict_schema, default_responder  # noqa: E402
+from rlaif.rehearsal.openai_server import OpenAIServer, check_strict_schema, default_responder  # noqa: E402
 
 KEY = "sk-test-key-123456"
 KINDS = ["ultrafeedback", "critique", "mt_bench_single", "pairwise", "mt_bench_pairwise"]

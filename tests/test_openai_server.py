@@ -1,4 +1,4 @@
-"""The strict OpenAI stand-in (tests/openai_server.py) against the official `openai` client, over real HTTP.
+"""The strict OpenAI stand-in (rlaif/rehearsal/openai_server.py) against the official `openai` client, over real HTTP.
 
 These check the server itself: that it answers what the API answers and refuses what the API refuses,
 so the client tests written against it mean something. No vLLM here; every server is stopped on exit.
@@ -23,7 +23,7 @@ import pytest
 from openai import AsyncOpenAI, OpenAI
 
 sys.path.insert(0, str(Path(__file__).parent))
-from openai_server import OpenAIServer, check_strict_schema, mask_key, validate_batch_file  # noqa: E402
+from rlaif.rehearsal.openai_server import OpenAIServer, check_strict_schema, mask_key, validate_batch_file  # noqa: E402
 
 VERDICT = {"type": "object", "additionalProperties": False, "required": ["rationale", "verdict"],
            "properties": {"rationale": {"type": "string"}, "verdict": {"type": "string", "enum": ["A", "B", "tie"]}}}
@@ -353,7 +353,7 @@ def test_subprocess_survives_a_killed_client_and_a_restart(tmp_path):
     it still has the batch and the per-custom_id counts, and finishes the batch without answering a line twice."""
     state = tmp_path / "state"
     state.mkdir()
-    cmd = [sys.executable, str(Path(__file__).parent / "openai_server.py"), "--state-dir", str(state),
+    cmd = [sys.executable, "-m", "rlaif.rehearsal.openai_server", "--state-dir", str(state),
            "--batch-seconds", "0.2"]
 
     def start(*extra):

@@ -1,6 +1,6 @@
 """The package's shape: one import name in site-packages, and dependencies that point one way.
 
-    flows -> training -> preferences -> judges -> generation -> engines -> prompts -> core
+    flows -> rehearsal -> training -> preferences -> judges -> generation -> engines -> prompts -> core
 
 (each room imports only rooms to its right; the README says the same).
 """
@@ -13,7 +13,7 @@ from pathlib import Path
 
 from conftest import ROOT
 
-ROOMS = ["core", "prompts", "engines", "generation", "judges", "preferences", "training", "flows"]
+ROOMS = ["core", "prompts", "engines", "generation", "judges", "preferences", "training", "rehearsal", "flows"]
 
 
 def imports(path: Path) -> list[tuple[str, int]]:

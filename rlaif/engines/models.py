@@ -47,7 +47,9 @@ def rlaif_home() -> Path:
 
 
 def resolve_model(name: str) -> str:
-    """Return what an engine loads for `name`: a cache dir for a bundled model, else `name` itself."""
+    """Return what an engine loads for `name`: a cache dir for a bundled model, a local directory,
+    the snapshot folder of a hub id in the local Hugging Face cache (so every reader of its
+    config.json or tokenizer reads the files the engine will load), else the hub id itself."""
     if name in BUNDLED:
         return str(prepare_bundled(name))
     path = Path(name).expanduser()
@@ -55,7 +57,20 @@ def resolve_model(name: str) -> str:
         if not (path / "config.json").exists():
             raise ConfigError(f"model directory {path} has no config.json")
         return str(path.resolve())
-    return name  # a hub id, for users whose machine reaches a hub
+    return cached_snapshot(name) or name  # a hub id: downloaded by the engine where a hub is reached
+
+
+def cached_snapshot(repo_id: str) -> str | None:
+    """The folder of a hub model's snapshot in the local Hugging Face cache (the revision `refs/main`
+    names), or None when it is not there."""
+    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.errors import HFValidationError
+
+    try:
+        config = try_to_load_from_cache(repo_id, "config.json")
+    except HFValidationError:
+        return None
+    return str(Path(config).parent) if isinstance(config, str) else None
 
 
 def check_model(name: str, timeout: float = 5.0) -> None:

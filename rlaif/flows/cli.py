@@ -10,6 +10,7 @@
     rlaif train sft|dpo RECIPE [--out DIR] [--set ...]         one training stage of a recipe
     rlaif evaluate RUN [--no-win-rate]                         dDPO against its dSFT start
     rlaif evaluate RUN --mt-bench [--limit N] [--judge NAME]   MT-Bench of base, dSFT, dDPO (or --model PATH)
+    rlaif rehearse RECIPE [RECIPE ...] [--prompts N]          the whole chain on tiny stand-ins, on a CPU
     rlaif deploy RECIPE --cron "0 3 * * *" [--name N]          a scheduled refresh on the Prefect server
     rlaif serve [NAME ...]                                     run the refresh deployments' scheduled runs
     rlaif serve-model MODEL [--port 8000]                      vLLM's OpenAI-compatible server on 127.0.0.1
@@ -229,6 +230,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rehearse(args: argparse.Namespace) -> int:
+    from rlaif.flows.rehearse import rehearse
+
+    return rehearse(args.recipes, args.set, args.prompts, _rehearsal_dir(args))
+
+
+def _rehearsal_dir(args: argparse.Namespace) -> Path:
+    from rlaif.flows.recipe import load_recipe
+
+    if args.out:
+        return Path(args.out).resolve()
+    return (Path("runs") / "rehearsal" / load_recipe(args.recipes[-1], args.set).name).resolve()
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import json
 
@@ -409,6 +424,17 @@ def build_parser() -> argparse.ArgumentParser:
                         "it continues from the last checkpoint. Several GPUs: accelerate launch ... -m rlaif train ...")
     t.add_argument("stage", choices=["sft", "dpo"])
     recipe_args(t)
+    h = add("rehearse", Command(cmd_rehearse, run_dir=_rehearsal_dir),  # each command it runs locks the run
+            help="run a recipe's whole chain on tiny stand-ins, on this CPU, before renting GPUs",
+            description="Rehearse recipes (several: one chain, e.g. sft.yaml dpo.yaml) end to end: every hub "
+                        "model swapped for a tiny stand-in of its kind, every hub dataset for its first rows, "
+                        "every hosted endpoint for a local server that holds the OpenAI API's rules; a few "
+                        "prompts, one training step per stage; then evaluate and MT-Bench where the recipe "
+                        "has them. Checks first that each model and dataset exists and each key is set.")
+    h.add_argument("recipes", nargs="+", metavar="RECIPE", help="recipe YAML files, in the order the chain runs them")
+    h.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a field of every recipe")
+    h.add_argument("--prompts", type=int, default=4, help="prompts to generate for and judge (default 4)")
+    h.add_argument("--out", help="run directory (default runs/rehearsal/<name>)")
     e = add("evaluate", Command(cmd_evaluate, run_dir=lambda a: Path(a.run), lock=True),
             help="compare the dDPO model with its dSFT start, or MT-Bench the run's models",
             description="Implicit-reward and preference accuracy on test_prefs, judged win rate on the test "

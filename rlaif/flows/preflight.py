@@ -100,7 +100,8 @@ def preflight(recipe: Recipe, out: str | Path, stages: Iterable[str], judges: li
             local = [g for g in generators if g.endpoint is None and g.model not in bad_models]
             assigned = assign(prompts, generators, recipe.models_per_prompt, recipe.seed)
             for g in local:
-                problems.check(f"generator {g.name!r}: ", too_long, g, assigned[g.name], g.engine or recipe.engine)
+                problems.check(f"generator {g.name!r}: ", too_long, g, assigned[g.name],
+                               g.engine_spec(recipe.engine).settings)  # its own block over the recipe's
     for stage in ("sft", "dpo"):
         spec = getattr(recipe.train, stage)
         if stage in stages and spec is not None:

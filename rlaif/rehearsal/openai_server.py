@@ -1,4 +1,4 @@
-"""A strict local stand-in for the hosted OpenAI API, for tests (stdlib only on the server side).
+"""A strict local stand-in for the hosted OpenAI API, for tests and rehearsals (stdlib only on the server side).
 
 No hosted API is reachable from the test machines, so this server is what "the OpenAI API as it
 really is" means to the test suite: a real HTTP server on 127.0.0.1 that answers like the API and,

@@ -1,0 +1,85 @@
+"""What a CPU needs to run a GPU recipe: `--set` overrides, each with the reason it is allowed.
+
+A rehearsal runs a recipe's own commands with these appended and nothing else changed: the prompt
+count, the dtype, parallelism of 1, the KV cache, answer and sequence lengths, one training step,
+QLoRA's 4-bit base (bitsandbytes needs CUDA), and hosted endpoints pointed at the local strict
+server. Anything a recipe gets wrong beyond these shows up as it would on the GPU machine: a
+misspelled model, a missing split, a field TRL rejects, an unset key variable.
+
+`cpu_overrides(recipe, ...)` reads the validated recipe (flows/recipe.py `Recipe`) and returns the
+`key.path=value` strings for `--set`, and the lines that say what was swapped.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+GEN_TOKENS = 24  # answer length of a rehearsal's members: enough to exercise parsing and training
+JUDGE_TOKENS = 256  # a judge's structured verdict needs its room
+TRAIN_LENGTH = 256
+ENGINE = {"dtype": "float32", "tensor_parallel_size": 1, "pipeline_parallel_size": 1,
+          "gpu_memory_utilization": None, "quantization": None, "cpu_kv_cache_gb": 1}
+TRAIN = {"max_steps": 1, "per_device_train_batch_size": 2, "gradient_accumulation_steps": 1,
+         "dataset_num_proc": None, "logging_steps": 1}
+
+
+def _set(key: str, value: Any) -> str:
+    return f"{key}={json.dumps(value)}"  # JSON is YAML: --set reads it back as the same value
+
+
+def engine_overrides(prefix: str, engine: Any) -> list[str]:
+    """CPU settings for one engine block (the recipe's, or a member's or judge's own)."""
+    out = [_set(f"{prefix}.{k}", v) for k, v in ENGINE.items()
+           if prefix == "engine" or k in engine.model_fields_set]
+    if prefix == "engine" and engine.max_model_len and engine.max_model_len > 2048:
+        out.append(_set(f"{prefix}.max_model_len", 2048))
+    parallel = {k for k in engine.extra if k in ("tensor_parallel_size", "pipeline_parallel_size", "data_parallel_size")}
+    if parallel:
+        out.append(_set(f"{prefix}.extra", {k: v for k, v in engine.extra.items() if k not in parallel}))
+    return out
+
+
+def cpu_overrides(recipe: Any, prompts: int, base_url: str | None, stages: set[str]) -> tuple[list[str], list[str]]:
+    """(the `--set` strings, what they swap in words) for `stages` of "data", "sft", "dpo"."""
+    sets, said = [], []
+    if "data" in stages and recipe.generators:
+        sets += [_set("prompts.limit", min(prompts, recipe.prompts.limit or prompts))]
+        said.append(f"prompts: the first {prompts} of {recipe.prompts.source}")
+        sets += engine_overrides("engine", recipe.engine)
+        for i, g in enumerate(recipe.generators):
+            if g.sampling.max_tokens > GEN_TOKENS:
+                sets.append(_set(f"generators.{i}.sampling.max_tokens", GEN_TOKENS))
+            if g.engine is not None:
+                sets += engine_overrides(f"generators.{i}.engine", g.engine)
+        said.append(f"answers: at most {GEN_TOKENS} tokens; engines: float32, one device, 1 GiB of KV cache")
+        if recipe.binarize.test_fraction < 0.5:  # a few prompts: half held out, so evaluate has a test split
+            sets.append(_set("binarize.test_fraction", 0.5))
+        if recipe.binarize.push_to_hub:
+            sets.append(_set("binarize.push_to_hub", None))
+            said.append(f"binarize.push_to_hub {recipe.binarize.push_to_hub}: not pushed")
+    for i, j in enumerate(recipe.judges if "data" in stages or "eval" in stages else []):
+        if j.sampling is not None and j.sampling.max_tokens > JUDGE_TOKENS and j.endpoint is None:
+            sets.append(_set(f"judges.{i}.sampling.max_tokens", JUDGE_TOKENS))
+        if j.engine is not None:
+            sets += engine_overrides(f"judges.{i}.engine", j.engine)
+    for i, member in [(f"generators.{i}", g) for i, g in enumerate(recipe.generators)] + \
+                     [(f"judges.{i}", j) for i, j in enumerate(recipe.judges)]:
+        if member.endpoint is not None and base_url is not None:
+            sets += [_set(f"{i}.endpoint.base_url", base_url), _set(f"{i}.endpoint.base_urls", [])]
+            if member.endpoint.batch:
+                sets.append(_set(f"{i}.endpoint.batch_poll_s", 0.5))
+            said.append(f"{member.name}: {member.endpoint.base_url} -> the local strict server ({member.model})")
+    for stage in ("sft", "dpo"):
+        spec = getattr(recipe.train, stage)
+        if stage not in stages or spec is None:
+            continue
+        trl = spec.trl()
+        sets += [_set(f"train.{stage}.{k}", v) for k, v in TRAIN.items() if trl.get(k) != v]
+        if (trl.get("max_length") or TRAIN_LENGTH + 1) > TRAIN_LENGTH:
+            sets.append(_set(f"train.{stage}.max_length", TRAIN_LENGTH))
+        if spec.lora is not None and spec.lora.load_in_4bit:
+            sets.append(_set(f"train.{stage}.lora.load_in_4bit", False))
+            said.append(f"train.{stage}: QLoRA's 4-bit base needs CUDA; plain LoRA instead")
+        said.append(f"train.{stage}: one step of 2 rows, {TRAIN_LENGTH} tokens, float32 on CPU")
+    return sets, said
