@@ -182,12 +182,11 @@ def dataset_splits(repo: str) -> list[str]:
 # ----------------------------------------------------------------------------- the rehearsal's own home
 def build_home(home: Path, plan: Plan, prompts: int) -> dict[str, str]:
     """Stand-ins in `home`'s Hugging Face cache; the environment the commands run in."""
-    from rlaif.rehearsal.standins import add_dataset, add_model, tiny_model
+    from rlaif.rehearsal.standins import add_dataset, add_model, seed_of, tiny_model
 
     hf = home / "hf"
-    tiny = {kind: tiny_model(home / f"tiny-{kind}", kind) for kind in ("chat", "base")}
-    for model, kind in plan.models.items():
-        add_model(hf, model, tiny[kind])
+    for i, (model, kind) in enumerate(plan.models.items()):
+        add_model(hf, model, tiny_model(home / "models" / str(i), kind, seed_of(model)))
         echo(f"swapped  model {model} -> a tiny {kind} model under the same id")
     rows = max(prompts, DATASET_ROWS)
     for repo, splits in plan.datasets.items():

@@ -17,7 +17,7 @@ machine (hub ids, not local paths), at a size a CPU runs in seconds.
 The models are of two kinds, as recipes use them: `chat` (a chat template: instruct models, judges)
 and `base` (none: pretrained models, which answer through URIAL and get a template in dSFT). Both
 are SmolLM2-135M-Instruct's config and tokenizer (the bundled model) cut to 2 narrow layers, with
-seeded random weights: they load, generate, judge under guided decoding and train like the real
+random weights seeded by the id (`seed_of`): they load, generate, judge under guided decoding and train like the real
 ones, and say nothing about quality.
 """
 
@@ -39,8 +39,9 @@ def revision(repo_id: str) -> str:
     return hashlib.sha1(f"rehearsal:{repo_id}".encode()).hexdigest()
 
 
-def tiny_model(out: Path, kind: Kind) -> Path:
-    """A tiny model of `kind` in `out` (made once; later calls return it)."""
+def tiny_model(out: Path, kind: Kind, seed: int = 0) -> Path:
+    """A tiny model of `kind` in `out` (made once; later calls return it). Stand-ins for different
+    ids get different seeds: identical members would answer alike and every judgement would tie."""
     out = Path(out)
     if (out / "config.json").exists():
         return out
@@ -53,7 +54,7 @@ def tiny_model(out: Path, kind: Kind) -> Path:
     config = AutoConfig.from_pretrained(source)
     config.update({"num_hidden_layers": 2, "hidden_size": 128, "intermediate_size": 256,
                    "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 64})
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     work = out.with_name(out.name + ".partial")
     shutil.rmtree(work, ignore_errors=True)
@@ -74,6 +75,10 @@ def tiny_model(out: Path, kind: Kind) -> Path:
 
 def _repo_dir(hf_home: Path, kind: str, repo_id: str) -> Path:
     return Path(hf_home) / "hub" / f"{kind}--{repo_id.replace('/', '--')}"
+
+
+def seed_of(repo_id: str) -> int:
+    return int(revision(repo_id)[:8], 16)
 
 
 def add_model(hf_home: Path, repo_id: str, model_dir: Path) -> Path:
