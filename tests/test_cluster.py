@@ -18,6 +18,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -82,6 +83,14 @@ def stop(proc: subprocess.Popen) -> None:
 @pytest.fixture(scope="module")
 def ray_cluster():
     """(address, {"head": node id, "node2": node id}, pids): pids collects the workers to stop."""
+    with two_nodes() as cluster:
+        yield cluster
+
+
+@contextmanager
+def two_nodes():
+    """A head and a second node (resource `node2`) on 127.0.0.1, in this process's environment (which
+    their workers inherit); everything they started is stopped at the end."""
     import ray
 
     from rlaif.flows.cluster import connect

@@ -27,6 +27,7 @@ import pytest
 import yaml
 
 from conftest import ROOT, free_port
+from test_cluster import two_nodes
 from rlaif.rehearsal.openai_server import OpenAIServer
 
 pytestmark = pytest.mark.engine
@@ -154,7 +155,7 @@ def test_ultrafeedback_gpt4o_as_its_readme_says(tmp_path, user_cache, hosted, pr
     assert lines == ["rlaif run recipes/ultrafeedback-gpt4o.yaml --dry-run",
                      "OPENAI_API_KEY=sk-... rlaif run recipes/ultrafeedback-gpt4o.yaml"]
     dry = subprocess.run(on_cpu(lines[0], {}, hosted.base_url), cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
-    assert dry.returncode == 0 and "$" in dry.stdout, dry.stderr[-2000:]
+    assert dry.returncode == 0 and "total (rlaif run)" in dry.stdout + dry.stderr, dry.stderr[-2000:]
     words = lines[1].split(" ", 1)[1]
     proc = subprocess.run(on_cpu(words, {}, hosted.base_url), cwd=cwd, env={**env, "OPENAI_API_KEY": "sk-user-key"},
                           capture_output=True, text=True, timeout=900)
@@ -238,3 +239,35 @@ def test_rehearse_runs_a_user_recipe_end_to_end(tmp_path, user_cache, prefect_ho
     assert json.loads((run / "dpo" / "rlaif-stage.json").read_text())["start_model"] == str(run / "sft")
     assert (run / "eval" / "metrics.json").exists()
     assert "sk-mine-never-sent" not in "".join(p.read_text(errors="replace") for p in run.rglob("*") if p.is_file())
+
+
+@pytest.fixture
+def user_cluster(user_cache, monkeypatch):
+    """Two Ray nodes on 127.0.0.1 whose workers see the user's Hugging Face cache, as each machine of
+    a real cluster has its own."""
+    monkeypatch.setenv("HF_HOME", str(user_cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
+    with two_nodes() as cluster:
+        yield cluster
+
+
+def test_zephyr_data_step_on_a_two_node_ray_cluster(tmp_path, user_cache, hosted, prefect_home, user_cluster):
+    """Step 1 of the Zephyr README again, with `--ray` on a two-node cluster on 127.0.0.1: the four
+    members and the judge run as vLLM engines inside Ray actors, and every row is there once."""
+    address, nodes, pids = user_cluster
+    cwd = user_dir(tmp_path)
+    env = {k: v for k, v in user_env(user_cache, prefect_home).items() if k != "RAY_ADDRESS"}
+    step = readme_commands(RECIPES / "zephyr-7b-beta" / "README.md")[2]
+    assert step == "rlaif run $R/dpo.yaml --set train.dpo=null"
+    cmd = on_cpu(step, {"R": "recipes/zephyr-7b-beta"}, hosted.base_url) + ["--ray", address]
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    run = cwd / "runs" / "zephyr-7b-beta"
+    workers = [json.loads(p.read_text()).get("worker") for p in run.rglob("shard-*.meta.json")]
+    pids.update(int(w["pid"]) for w in workers if w)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    stages = {r["stage"]: r for r in json.loads((run / "summary.json").read_text())}
+    assert stages["generate"]["count_out"] == 4 * PROMPTS and stages["judge"]["count_in"] == 4 * PROMPTS
+    assert stages["generate"]["notes"]["ray"]
+    assert workers and all(workers)  # every shard was made by a Ray worker
+    assert {w["node"] for w in workers} <= set(nodes.values())
