@@ -107,7 +107,8 @@ def test_a_qlora_dsft_is_saved_as_a_plain_model_that_ddpo_starts_from(tmp_path, 
     monkeypatch.setattr(common, "load_model", load_unquantized)
     run = tmp_path / "run"
     write_dataset(run)
-    recipe = write_recipe(tmp_path / "r.yaml", {"sft": {"model": tiny_model_dir, "max_steps": 1, "lora": {**LORA, "load_in_4bit": True}, **FAST},
+    qlora = {**LORA, "load_in_4bit": True}
+    recipe = write_recipe(tmp_path / "r.yaml", {"sft": {"model": tiny_model_dir, "max_steps": 1, "lora": qlora, **FAST},
                                                 "dpo": {"max_steps": 1, "lora": LORA, **FAST}})
     assert main(["train", "sft", str(recipe), "--out", str(run)]) == 0
     assert (run / "sft" / "adapter" / "adapter_config.json").exists()

@@ -283,7 +283,7 @@ def train_and_save(trainer: Any, spec: StageSpec, out_dir: Path, tokenizer: Any,
     if moved < MIN_MOVED:
         raise WeightsUnchanged(
             f"the weights did not change: {moved:.1%} of the sampled trainable weights moved in "
-            f"{result.global_step} steps (learning_rate {spec.get('learning_rate')}); nothing was saved")
+            f"{result.global_step} steps at learning_rate {spec.get('learning_rate')}; the stage is not marked trained")
     trainable = count_trainable(trainer.model)
     main = trainer.accelerator.is_main_process
     if spec.lora is None:
