@@ -64,6 +64,8 @@ def _values(param: Any) -> Any:
 
 
 def _values_of(data: Any) -> Any:
+    if hasattr(data, "full_tensor"):  # a DTensor (FSDP2): gathered on every rank, as the gather is collective
+        data = data.full_tensor()
     flat = data.reshape(-1)
     step = max(1, flat.numel() // PER_TENSOR)
     return flat[::step][:PER_TENSOR].detach().to("cpu", copy=True)
