@@ -86,7 +86,7 @@ def worker(side: str, cfg: dict) -> dict:
 
         gpu = torch.cuda.is_available()
         tok = AutoTokenizer.from_pretrained(cfg["model"])
-        model = AutoModelForCausalLM.from_pretrained(cfg["model"], dtype=torch.bfloat16 if gpu else torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(cfg["model"], dtype=torch.float32)  # bf16 autocast on GPU, as ours
         args = DPOConfig(output_dir=str(out), beta=cfg["beta"], learning_rate=cfg["lr"], max_steps=cfg["steps"],
                          per_device_train_batch_size=cfg["batch"], max_length=cfg["max_length"],
                          warmup_steps=0, lr_scheduler_type="linear", logging_steps=1, seed=cfg["seed"],

@@ -252,6 +252,7 @@ def test_zephyr_recipes_load(stage):
     recipe = load_recipe(ROOT / "recipes" / "zephyr-7b-beta" / f"{stage}.yaml")
     spec = getattr(recipe.train, stage)
     assert spec is not None and spec.get("gradient_checkpointing")
+    assert not spec.resume  # a cut-short run of the same inputs resumes without it; other inputs never do
     if stage == "dpo":
         assert spec.model is None and spec.get("learning_rate") == 5e-7 and spec.get("beta") == 0.01
     else:

@@ -420,8 +420,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--score", default="auto", choices=["auto", "expected", "sampled"])
     t = add("train", Command(cmd_train, **in_recipe_run), help="run one training stage (dSFT or dDPO) of a recipe",
             description="Train one stage of a recipe on the run's dataset: sft writes <run>/sft; dpo writes "
-                        "<run>/dpo, from <run>/sft unless train.dpo.model is set. With train.<stage>.resume: true "
-                        "it continues from the last checkpoint. Several GPUs: accelerate launch ... -m rlaif train ...")
+                        "<run>/dpo, from <run>/sft unless train.dpo.model is set. A run cut short continues from its last "
+                        "checkpoint when rerun with the same inputs. Several GPUs: accelerate launch ... -m rlaif train ...")
     t.add_argument("stage", choices=["sft", "dpo"])
     recipe_args(t)
     h = add("rehearse", Command(cmd_rehearse, run_dir=_rehearsal_dir),  # each command it runs locks the run

@@ -127,6 +127,10 @@ class RichTask(Task):
         super().grow(n)
         self.progress.update(self.id, total=self.total)
 
+    def status(self, text: str) -> None:
+        super().status(text)
+        self.progress.update(self.id, description=f"{self.label} ({text})")
+
 
 def _rate_column():
     from rich.progress import ProgressColumn

@@ -180,7 +180,7 @@ def publish_task(prompts: Manifest, hygiene: HygieneReport, completions: Manifes
 
 @task(name="train", cache_key_fn=caching.train_key, **caching.CACHED)
 def train_task(stage: str, recipe: Recipe, out: str, inputs: str) -> dict[str, Any]:
-    from rlaif.training.common import is_trained, mark_trained, resumable, stage_state
+    from rlaif.training.common import is_trained, mark_trained, stage_state
 
     spec = getattr(recipe.train, stage)
     path = Path(out) / stage
@@ -191,7 +191,8 @@ def train_task(stage: str, recipe: Recipe, out: str, inputs: str) -> dict[str, A
             from rlaif.training.sft import train_sft as train
         else:
             from rlaif.training.dpo import train_dpo as train
-        metrics = train(Path(out) / "dataset", resumable(spec, path, inputs), path)
+        rep = _session.reporter if _session is not None else _reporter  # other ranks of a launch: no session
+        metrics = train(Path(out) / "dataset", spec, path, inputs=inputs, reporter=rep)
         mark_trained(path, inputs, metrics, start_model=metrics.get("start_model"), resumed_from=metrics.get("resumed_from"))
     return stage_state(path)
 

@@ -12,18 +12,23 @@ few of ours that are not training arguments:
     lora                LoRA adapters through peft ({r, alpha, dropout, target_modules, load_in_4bit})
     chat_template       (dSFT) a Jinja chat template for a base model that has none
     attn_implementation how transformers loads the model (e.g. flash_attention_2)
-    resume              continue from the last checkpoint in the output dir
+    resume              (library calls) continue from the last checkpoint in the output dir; a stage
+                        that rlaif runs resumes a cut-short try of the same inputs by itself and
+                        never a checkpoint of other inputs, whatever this says
 
 A key that is neither ours nor a field of TRL's config is an error naming the file and the field.
 The names are checked against a table of TRL's fields cached per TRL version under
 `$RLAIF_HOME/cache/` (reading TRL's classes imports torch, which a recipe check should not pay for
 on every command); TRL itself checks the values when the stage builds its config, before any model
 loads. `DEFAULTS` are the values we use where a recipe says nothing; `output_dir`, `use_cpu`,
-`bf16` and `report_to` are set for the machine.
+`bf16` and `report_to` are set for the machine: on a GPU full fine-tuning keeps float32 weights and
+computes in bf16 (training/weights.py says why).
 
 A stage's output folder says whether it is done: `rlaif-stage.json`, written last, holds the hash
-of what the stage was trained from; a rerun with the same inputs finds it and trains nothing
-(LoRA and QLoRA outputs included, which have no `model.safetensors` of their own).
+of what the stage was trained from; a rerun with the same inputs finds it and trains nothing.
+`rlaif-started.json`, written when training starts, says what the checkpoints beside it are of: a
+rerun with the same inputs resumes from them, one with other inputs removes them and starts over.
+A stage fails (exit 3, no `rlaif-stage.json`) when training left its weights where they were.
 """
 
 from __future__ import annotations
@@ -36,12 +41,18 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from rlaif.core.errors import ConfigError
+from rlaif.core.errors import EXIT_STAGE, ConfigError, RlaifError
 from rlaif.core.store import write_json
 
 log = logging.getLogger(__name__)
 STATE = "rlaif-stage.json"
 STARTED = "rlaif-started.json"  # written before training: what the checkpoints in the folder are of
+
+
+class WeightsUnchanged(RlaifError):
+    """Training ran and left the weights where they were: the stage failed, whatever TRL reported."""
+
+    exit_code = EXIT_STAGE
 
 
 class LoraSpec(BaseModel):
@@ -139,12 +150,15 @@ def trl_config(spec: StageSpec, config_cls: type, out_dir: Path, where: str) -> 
 
 
 def load_model(path: str, spec: StageSpec) -> Any:
-    """The policy in float32 on CPU, bfloat16 on GPU, or 4-bit NF4 for QLoRA (GPU only)."""
+    """The policy in float32 (on GPU too, for full fine-tuning), bfloat16 on GPU for LoRA and under
+    DeepSpeed, or 4-bit NF4 for QLoRA (GPU only): `weights.weights_dtype`."""
     import torch
     from transformers import AutoModelForCausalLM
 
+    from rlaif.training.weights import weights_dtype
+
     gpu = on_gpu()
-    kwargs: dict[str, Any] = {"dtype": torch.bfloat16 if gpu else torch.float32}
+    kwargs: dict[str, Any] = {"dtype": weights_dtype(spec, gpu)}
     if spec.attn_implementation:
         kwargs["attn_implementation"] = spec.attn_implementation
     if spec.lora is not None and spec.lora.load_in_4bit:
@@ -212,25 +226,72 @@ def last_checkpoint(out_dir: Path) -> str | None:
     return None
 
 
-def train_and_save(trainer: Any, spec: StageSpec, out_dir: Path, tokenizer: Any) -> dict[str, Any]:
-    """Train (from the last checkpoint when `resume`), then save a full model vLLM can load.
+def drop_checkpoints(out_dir: Path) -> None:
+    """Remove the checkpoints in `out_dir`: they were trained from other inputs (or unknown ones)."""
+    import shutil
 
-    With LoRA the adapter is saved to `out_dir/adapter` and merged into the base for `out_dir`, so the
-    next stage and the evaluation load a plain model either way (QLoRA: the adapter is the output).
+    for path in sorted(out_dir.glob("checkpoint-*")) if out_dir.is_dir() else ():
+        log.warning("removing %s: a checkpoint of other inputs (the block, the data or the start model changed)", path)
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def resume_point(trainer: Any, spec: StageSpec, out_dir: Path, inputs: str | None) -> str | None:
+    """The checkpoint to continue from. A stage run by rlaif (`inputs` given): the last one of an
+    earlier try with the same inputs that was cut short (killed, or the machine went down), whatever
+    the recipe says; checkpoints of other inputs are removed, never resumed (resuming a finished run
+    of other data would train nothing and mark the new inputs trained). A library call without
+    `inputs`: the last checkpoint in the folder when `spec.resume`.
+
+    Every process of a launch reads the marker before the first one rewrites it, so all of them
+    make the same choice."""
+    if inputs is None:
+        return last_checkpoint(out_dir) if spec.resume else None
+    marker = out_dir / STARTED
+    try:
+        same = json.loads(marker.read_text()).get("inputs") == inputs
+    except (OSError, ValueError):
+        same = False
+    accelerator = trainer.accelerator
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        if not same:
+            drop_checkpoints(out_dir)
+        write_json(marker, {"inputs": inputs})
+    accelerator.wait_for_everyone()
+    found = last_checkpoint(out_dir) if same else None
+    if found:
+        log.info("an earlier try with the same inputs was cut short: resuming from %s", found)
+    return found
+
+
+def train_and_save(trainer: Any, spec: StageSpec, out_dir: Path, tokenizer: Any, base: str,
+                   inputs: str | None = None) -> dict[str, Any]:
+    """Train (resuming as `resume_point` says), check that the weights moved, then save a full model
+    that the next stage, `rlaif evaluate` and vLLM load.
+
+    With LoRA or QLoRA the adapter is saved to `out_dir/adapter` and merged into the base (`base`,
+    reloaded unquantized) for `out_dir`, so the next stage and the evaluation load a plain model
+    whatever the stage trained.
     """
-    resume = last_checkpoint(out_dir) if spec.resume else None
-    if spec.resume:
-        log.info("resuming from %s", resume or "scratch (no checkpoint yet)")
+    from rlaif.training.weights import MIN_MOVED, Sample, merge_adapter
+
+    resume = resume_point(trainer, spec, out_dir, inputs)
+    sample = Sample.of(trainer.model)
     result = trainer.train(resume_from_checkpoint=resume)
+    moved = sample.moved(trainer.model)
+    log.info("training moved %.1f%% of the sampled trainable weights", 100 * moved)
+    if moved < MIN_MOVED:
+        raise WeightsUnchanged(
+            f"the weights did not change: {moved:.1%} of the sampled trainable weights moved in "
+            f"{result.global_step} steps at learning_rate {spec.get('learning_rate')}; the stage is not marked trained")
     trainable = count_trainable(trainer.model)
     main = trainer.accelerator.is_main_process
     if spec.lora is None:
         trainer.save_model(str(out_dir))  # on every rank: under ZeRO-3 it gathers the shards
     else:
         trainer.save_model(str(out_dir / "adapter"))
-        if main and not spec.lora.load_in_4bit:  # a 4-bit base is not merged: the adapter is the output
-            merged = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
-            merged.save_pretrained(str(out_dir))
+        if main:
+            merge_adapter(base, out_dir / "adapter", out_dir)
     if main:
         tokenizer.save_pretrained(str(out_dir))
         trainer.state.save_to_json(str(out_dir / "trainer_state.json"))
@@ -253,22 +314,6 @@ def stage_state(out_dir: str | Path) -> dict | None:
 def is_trained(out_dir: str | Path, inputs: str) -> bool:
     state = stage_state(out_dir)
     return state is not None and state.get("inputs") == inputs
-
-
-def resumable(spec: StageSpec, out_dir: str | Path, inputs: str) -> StageSpec:
-    """The block to train with: `resume` on when an earlier try with the same inputs was cut short
-    (killed, or the machine went down), so its checkpoints are used whatever the recipe says.
-    Checkpoints of other inputs are never resumed unless the recipe asks (`resume: true`)."""
-    started = Path(out_dir) / STARTED
-    try:
-        same = json.loads(started.read_text()).get("inputs") == inputs
-    except (OSError, ValueError):
-        same = False
-    write_json(started, {"inputs": inputs})
-    if same and not spec.resume:
-        log.info("an earlier try with the same inputs was cut short: resuming from its last checkpoint")
-        return spec.model_copy(update={"resume": True})
-    return spec
 
 
 def mark_trained(out_dir: str | Path, inputs: str, metrics: dict[str, Any], **extra: Any) -> None:

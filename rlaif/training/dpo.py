@@ -10,9 +10,12 @@ any model `rlaif.engines.models.resolve_model` can load; every field of TRL's `D
 of the block: beta, every DPO loss TRL offers through `loss_type` (sigmoid, ipo, hinge, robust, ...,
 or a list combined with `loss_weights`), `precompute_ref_log_probs` (reference log-probs computed
 once before training, which frees the reference model's memory), gradient checkpointing, ...; LoRA
-and QLoRA through peft (the reference is then the policy with adapters off, so no second copy);
-bf16 on GPU, float32 on CPU; checkpoints every `save_steps` and `resume: true`; several GPUs
-through `accelerate launch` (see recipes/zephyr-7b-beta/).
+and QLoRA through peft (the reference is then the policy with adapters off, so no second copy; the
+output is the adapter merged into the unquantized base, a plain model); on GPU float32 weights with
+bf16 compute (bf16 weights for LoRA, QLoRA and DeepSpeed), float32 on CPU; checkpoints every
+`save_steps`, from which a rerun of the same inputs continues; several GPUs through
+`accelerate launch` (see recipes/zephyr-7b-beta/). Starting from a LoRA or QLoRA dSFT works like
+any other: its output dir holds a merged plain model.
 Data: `dataset:` unset trains on the run's own dataset, else a local dataset or `hf:<id>` (e.g.
 hf:HuggingFaceH4/ultrafeedback_binarized), split `dataset_split` (default `train_prefs`, else
 `train`). Any layout `rlaif.training.datasets.load_preferences` knows is mapped to TRL's explicit
@@ -30,6 +33,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from rlaif.core.errors import ConfigError
+from rlaif.core.progress import NULL, Reporter
 from rlaif.training.common import StageSpec
 
 log = logging.getLogger(__name__)
@@ -68,13 +72,15 @@ def dpo_config(spec: DPOSpec, out_dir: Path) -> tuple[DPOSpec, Any]:
     return spec, common.trl_config(spec, DPOConfig, out_dir, "train.dpo")
 
 
-def train_dpo(dataset_dir: str | Path, spec: DPOSpec, out_dir: str | Path,
-              model: Any = None, ref_model: Any = None) -> dict[str, Any]:
-    """Train and save to `out_dir`; returns the final training metrics and the model it started from."""
+def train_dpo(dataset_dir: str | Path, spec: DPOSpec, out_dir: str | Path, model: Any = None,
+              ref_model: Any = None, inputs: str | None = None, reporter: Reporter = NULL) -> dict[str, Any]:
+    """Train and save to `out_dir`; returns the final training metrics and the model it started from.
+    `inputs` and `reporter` as for `train_sft`."""
     from trl import DPOTrainer
 
     from rlaif.training import common
     from rlaif.training.datasets import load_preferences
+    from rlaif.training.progress import StepProgress
 
     #######
     # Setup
@@ -103,7 +109,8 @@ def train_dpo(dataset_dir: str | Path, spec: DPOSpec, out_dir: str | Path,
     # Training
     ##########
     trainer = DPOTrainer(model=model, ref_model=ref_model, args=args, train_dataset=train, eval_dataset=evaluation,
-                         processing_class=tokenizer, peft_config=common.peft_config(spec))
-    metrics = common.train_and_save(trainer, spec, out_dir, tokenizer)
+                         processing_class=tokenizer, peft_config=common.peft_config(spec),
+                         callbacks=[StepProgress(reporter)])
+    metrics = common.train_and_save(trainer, spec, out_dir, tokenizer, path, inputs)
     log.info("dDPO model saved to %s (%d steps, from %s)", out_dir, metrics["steps"], path)
     return {**metrics, "start_model": path}

@@ -9,9 +9,9 @@ Usage:
 Supports: any model `rlaif.engines.models.resolve_model` can load (bundled, local dir, hub id);
 every field of TRL's `SFTConfig` as a key of the block (learning_rate, num_train_epochs, max_steps,
 max_length, packing, gradient_checkpointing, ...); full fine-tuning, LoRA and QLoRA (`lora:`,
-`lora.load_in_4bit`, GPU only) through peft; bf16 on GPU, float32 on CPU; checkpoints every
-`save_steps` and `resume: true` to continue from the last one; several GPUs through
-`accelerate launch` (see recipes/zephyr-7b-beta/).
+`lora.load_in_4bit`, GPU only) through peft; on GPU float32 weights with bf16 compute (bf16 weights
+for LoRA, QLoRA and DeepSpeed), float32 on CPU; checkpoints every `save_steps`, from which a rerun
+of the same inputs continues; several GPUs through `accelerate launch` (see recipes/zephyr-7b-beta/).
 Data: `dataset:` unset trains on the run's own dataset, else a local dataset or `hf:<id>`, split
 `dataset_split` (default `train_sft`; without it the chosen answers of `train_prefs`, else `train`).
 Any layout `rlaif.training.datasets.load_sft` knows is mapped to TRL's conversational form (and
@@ -19,7 +19,8 @@ named in the log): prompt + completion (the loss on the answer only) or whole `m
 conversations (loss on every turn, as Zephyr's dSFT on UltraChat). With TRL's `eval_strategy` set,
 the matching `test_*` split is the eval dataset, as in the handbook.
 Assumes: the tokenizer has a chat template, or `chat_template:` gives one.
-The output dir holds a full model (LoRA adapters merged; the adapter in `adapter/`).
+The output dir holds a full model (LoRA and QLoRA adapters merged into the unquantized base; the
+adapter in `adapter/`). Steps and loss show on the command's progress display (`reporter`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from rlaif.core.errors import ConfigError
+from rlaif.core.progress import NULL, Reporter
 from rlaif.training.common import StageSpec
 
 log = logging.getLogger(__name__)
@@ -45,14 +47,17 @@ class SFTSpec(StageSpec):
     chat_template: str | None = None  # Jinja chat template for a base model that has none
 
 
-def train_sft(dataset_dir: str | Path, spec: SFTSpec, out_dir: str | Path) -> dict[str, Any]:
+def train_sft(dataset_dir: str | Path, spec: SFTSpec, out_dir: str | Path, inputs: str | None = None,
+              reporter: Reporter = NULL) -> dict[str, Any]:
     """Fine-tune `spec.model` on the SFT split and save it to `out_dir`; returns the metrics and the
-    model it started from (as the recipe names it)."""
+    model it started from (as the recipe names it). `inputs`: what the stage is trained from (the
+    flow's hash), which says which checkpoints in `out_dir` may be resumed (common.resume_point)."""
     from trl import SFTConfig, SFTTrainer
 
     from rlaif.engines.models import resolve_model
     from rlaif.training import common
     from rlaif.training.datasets import load_sft
+    from rlaif.training.progress import StepProgress
 
     #######
     # Setup
@@ -80,7 +85,8 @@ def train_sft(dataset_dir: str | Path, spec: SFTSpec, out_dir: str | Path) -> di
     # Training
     ##########
     trainer = SFTTrainer(model=model, args=args, train_dataset=train, eval_dataset=evaluation,
-                         processing_class=tokenizer, peft_config=common.peft_config(spec))
-    metrics = common.train_and_save(trainer, spec, out_dir, tokenizer)
+                         processing_class=tokenizer, peft_config=common.peft_config(spec),
+                         callbacks=[StepProgress(reporter)])
+    metrics = common.train_and_save(trainer, spec, out_dir, tokenizer, path, inputs)
     log.info("dSFT model saved to %s (%d steps)", out_dir, metrics["steps"])
     return {**metrics, "start_model": spec.model}
