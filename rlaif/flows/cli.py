@@ -260,6 +260,11 @@ def mt_bench(args: argparse.Namespace, run: Path, recipe) -> int:
     from rlaif.flows.pipeline import session
     from rlaif.training.mt_bench import MAX_TOKENS, parse_models, run_mt_bench, run_models, table_rows
 
+    if not args.model:  # the run's own models: was their data kept clean of MT-Bench's questions?
+        from rlaif.preferences.hygiene import contamination_note
+
+        if note := contamination_note(recipe.training_data(run)):
+            echo(note)
     models = parse_models(args.model) if args.model else run_models(run, recipe)
     with session(recipe.seed) as s:
         result = run_mt_bench(run / "eval" / "mt_bench", models, recipe.judge_spec(args.judge), recipe.engine,

@@ -27,7 +27,7 @@ from rlaif.training.sft import SFTSpec
 class PromptSource(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    source: str = "mt_bench"  # a bundled set, a .jsonl file, a saved dataset dir, or hf:<id>
+    source: str = "starter"  # a bundled set, a .jsonl file, a saved dataset dir, or hf:<id>
     split: str = "train"
     limit: int | None = Field(None, ge=1)
 
@@ -76,6 +76,14 @@ class Recipe(BaseModel):
         return data
 
     @model_validator(mode="after")
+    def _prompts_are_not_an_eval_set(self) -> Recipe:
+        if self.prompts.source in self.hygiene.eval_prompts:
+            raise ValueError(f"field 'prompts.source': {self.prompts.source!r} is an evaluation set that "
+                             f"hygiene.eval_prompts keeps out of the data, so every prompt would be removed; use "
+                             f"another source (e.g. the bundled 'starter' set) or set hygiene.eval_prompts: []")
+        return self
+
+    @model_validator(mode="after")
     def _judge_names(self) -> Recipe:
         names = [j.name for j in self.judges]
         if len(set(names)) != len(names):
@@ -91,6 +99,12 @@ class Recipe(BaseModel):
         if len(set(names)) != len(names):
             raise ValueError(f"generator names must be unique, got {names}")
         return generators
+
+    def training_data(self, run: Path) -> list[str]:
+        """What the run's models were trained on: each training stage's dataset (unset: the run's
+        own), or the run's own dataset when the recipe trains nothing (it was trained by another)."""
+        specs = [s for s in (self.train.sft, self.train.dpo) if s is not None]
+        return list(dict.fromkeys(s.dataset or str(run / "dataset") for s in specs)) or [str(run / "dataset")]
 
     def judge_spec(self, name: str | None = None) -> JudgeSpec:
         """The judge named `name`, else the one binarization uses (binarize.judge, or the first)."""
