@@ -109,7 +109,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         _check_rows(reports, recipe)
         return 0
     stages = {"generate"} if args.command == "generate" else {
-        "generate", "judge", "binarize", *(s for s in ("sft", "dpo") if getattr(recipe.train, s) is not None)}
+        *(("generate", "judge", "binarize") if recipe.makes_data else ()),  # a recipe may only train
+        *(s for s in ("sft", "dpo") if getattr(recipe.train, s) is not None)}
     rerun = _same_recipe(recipe, out)
     if not rerun:  # a new run: its mistakes are found before its recipe.json marks it as having run
         _preflight(recipe, out, stages)

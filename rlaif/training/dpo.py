@@ -106,4 +106,4 @@ def train_dpo(dataset_dir: str | Path, spec: DPOSpec, out_dir: str | Path,
                          processing_class=tokenizer, peft_config=common.peft_config(spec))
     metrics = common.train_and_save(trainer, spec, out_dir, tokenizer)
     log.info("dDPO model saved to %s (%d steps, from %s)", out_dir, metrics["steps"], path)
-    return {**metrics, "start_model": path}
+    return {**metrics, "start_model": path, "rows": len(train)}  # rows: the pairs the closing table counts in
