@@ -112,7 +112,7 @@ def test_a_refused_line_stops_the_stage(srv, tmp_path, monkeypatch):
 # ----------------------------------------------------------------------------- kill -9 and resume
 def run_recipe(tmp_path: Path, srv) -> Path:
     recipe = {
-        "name": "batch", "shard_size": 2, "prompts": {"source": "mt_bench", "limit": 6},
+        "name": "batch", "shard_size": 2, "prompts": {"source": "starter", "limit": 6},
         "hygiene": {"near_dup_threshold": None},
         "generators": [{"name": f"g{i}", "model": "gpt-4o-mini", "sampling": {"temperature": 1.0, "max_tokens": 24, "seed": i},
                         "endpoint": {"base_url": srv.base_url, "api_key_env": "TEST_OPENAI_KEY"}} for i in range(3)],

@@ -278,7 +278,7 @@ def test_dry_run_prints_the_bill_and_sends_nothing(srv, tmp_path):
     from rlaif.flows.recipe import load_recipe
 
     recipe = ROOT / "recipes" / "ultrafeedback-gpt4o.yaml"
-    sets = ["prompts.source=mt_bench", "prompts.limit=10", f"judges.0.endpoint.base_url={srv.base_url}",
+    sets = ["prompts.source=starter", "prompts.limit=10", f"judges.0.endpoint.base_url={srv.base_url}",
             f"judges.1.endpoint.base_url={srv.base_url}"]
     rows = {(e.stage, e.name): e for e in estimate(load_recipe(recipe, sets))}
     uf = rows[("judge", "uf-gpt4o")]

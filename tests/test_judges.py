@@ -285,7 +285,8 @@ def test_rlaif_judge_adds_a_judge_to_a_run_and_agreement_compares(run, pool, tmp
     judge(JudgeSpec(name="ultrafeedback", model=SMOL), run, pool)  # the recipe's first judge has judged
     recipe = tmp_path / "r.yaml"
     recipe.write_text(json.dumps({
-        "name": "t", "prompts": {"source": "mt_bench", "limit": 3}, "hygiene": {"near_dup_threshold": None},
+        "name": "t", "prompts": {"source": "mt_bench", "limit": 3},  # the prompts `run` answered
+        "hygiene": {"near_dup_threshold": None, "eval_prompts": None},  # MT-Bench's own: not decontaminated
         "generators": [g.model_dump(mode="json", exclude_none=True) for g in GENERATORS],
         "judges": [{"name": "ultrafeedback", "model": SMOL},
                    {"name": "crit", "kind": "critique", "model": SMOL, "sampling": {"temperature": 0, "max_tokens": 120}}],

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.engine
 def test_kill_9_then_rerun_generates_only_what_was_missing(tmp_path, vllm_server, capsys):
     recipe = {
         "name": "resume", "shard_size": 2, "prompts": {"source": "mt_bench", "limit": 8},
-        "hygiene": {"near_dup_threshold": None},
+        "hygiene": {"near_dup_threshold": None, "eval_prompts": None},  # MT-Bench's questions, kept
         "generators": [{"name": "smol", "model": "smollm2-135m-instruct", "endpoint": {"base_url": vllm_server},
                         "sampling": {"temperature": 0.7, "max_tokens": 96}}],
         "judge": {"name": "j", "model": "smollm2-135m-instruct"},

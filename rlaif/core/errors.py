@@ -112,5 +112,8 @@ def validation_message(source: str, e, prefix: tuple = ()) -> str:
     for err in e.errors():
         field = ".".join(str(x) for x in (*prefix, *err["loc"]))
         msg = "unknown field" if err["type"] == "extra_forbidden" else err["msg"]
-        lines.append(f"{source}: field '{field}': {msg}")
+        if field:
+            lines.append(f"{source}: field '{field}': {msg}")
+        else:  # a check of the whole block (a model validator): its message names the fields
+            lines.append(f"{source}: {msg.removeprefix('Value error, ')}")
     return "\n".join(lines)

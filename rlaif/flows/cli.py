@@ -110,7 +110,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         _check_rows(reports, recipe)
         return 0
     stages = {"generate"} if args.command == "generate" else {
-        "generate", "judge", "binarize", *(s for s in ("sft", "dpo") if getattr(recipe.train, s) is not None)}
+        *(("generate", "judge", "binarize") if recipe.makes_data else ()),  # a recipe may only train
+        *(s for s in ("sft", "dpo") if getattr(recipe.train, s) is not None)}
     rerun = _same_recipe(recipe, out)
     if not rerun:  # a new run: its mistakes are found before its recipe.json marks it as having run
         _preflight(recipe, out, stages)
@@ -275,6 +276,11 @@ def mt_bench(args: argparse.Namespace, run: Path, recipe) -> int:
     from rlaif.flows.pipeline import session
     from rlaif.training.mt_bench import MAX_TOKENS, parse_models, run_mt_bench, run_models, table_rows
 
+    if not args.model:  # the run's own models: was their data kept clean of MT-Bench's questions?
+        from rlaif.preferences.hygiene import contamination_note
+
+        if note := contamination_note(recipe.training_data(run)):
+            echo(note)
     models = parse_models(args.model) if args.model else run_models(run, recipe)
     with session(recipe.seed) as s:
         result = run_mt_bench(run / "eval" / "mt_bench", models, recipe.judge_spec(args.judge), recipe.engine,

@@ -21,7 +21,7 @@ from prefect.types.entrypoint import EntrypointType
 
 from rlaif.core.errors import RlaifError
 from rlaif.core.store import default_run_dir
-from rlaif.flows.recipe import load_recipe
+from rlaif.flows.recipe import RecipeError, load_recipe
 from rlaif.flows.refresh import refresh_flow
 
 FLOW = "rlaif-refresh"
@@ -33,6 +33,8 @@ def deploy(recipe_path: str | Path, cron: str, name: str | None = None, out: str
            overrides: list[str] | None = None) -> UUID:
     """Register the refresh deployment with the server in PREFECT_API_URL; returns its id."""
     recipe = load_recipe(recipe_path, overrides)  # a bad recipe fails here, not at 3 a.m.
+    if not recipe.makes_data:
+        raise RecipeError(f"{recipe_path}: no generators: a refresh makes data, and this recipe only trains")
     params = {"recipe_path": str(Path(recipe_path).resolve()),
               "out": str(Path(out or default_run_dir(recipe.name)).resolve()), "overrides": list(overrides or [])}
     deployment = refresh_flow.to_deployment(

@@ -62,6 +62,8 @@ def _chars(messages: list[dict] | None, prompt: str | None) -> int:
 
 def estimate(recipe: Recipe) -> list[Estimate]:
     """Every stage that sends requests, per member and judge, as `rlaif run` would send them."""
+    if not recipe.makes_data:  # a recipe that only trains sends no requests
+        return []
     p = recipe.prompts
     prompts = load_prompts(p.source, p.limit, p.split)
     assigned = assign(prompts, recipe.generators, recipe.models_per_prompt, recipe.seed)

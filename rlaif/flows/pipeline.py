@@ -359,7 +359,8 @@ def train_step(stage: str, recipe: Recipe, out: str) -> StageReport:
     state, cached, secs = call(train_task, out, stage, recipe, out, inputs)
     metrics = state.get("metrics", {})
     notes = {k: round(metrics[k], 4) for k in ("train_loss", "train_samples_per_second") if k in metrics}
-    return StageReport(stage=f"train-{stage}", count_in=0, count_out=int(metrics.get("steps", 0)), seconds=secs,
+    return StageReport(stage=f"train-{stage}", count_in=int(metrics.get("rows", 0)), count_out=int(metrics.get("steps", 0)),
+                       seconds=secs,
                        cached=cached, path=str(Path(out) / stage), notes={**notes, "inputs": inputs})
 
 
@@ -372,6 +373,11 @@ def run_stages(recipe: Recipe, out: str, until: str = "train", judge_name: str |
     `keep`, if given, receives the stages' manifests."""
     keep = {} if keep is None else keep
     rep = current().reporter
+    if not recipe.makes_data:  # a recipe that only trains, on a dataset made elsewhere
+        if until != "train":
+            raise RlaifError(f"recipe {recipe.name!r} has no generators, so nothing to {until}: it only trains "
+                             f"(`rlaif run` or `rlaif train`)")
+        return train_stages(recipe, out)
     spec = recipe.judge_spec(judge_name)
     rep.stage("prompts")
     prompts, hy, r = prompts or prompts_step(recipe, out)
@@ -403,11 +409,16 @@ def run_stages(recipe: Recipe, out: str, until: str = "train", judge_name: str |
     reports.append(r)
     if until == "binarize":
         return reports
+    return reports + train_stages(recipe, out)
+
+
+def train_stages(recipe: Recipe, out: str) -> list[StageReport]:
+    """dSFT then dDPO, those the recipe has."""
+    reports = []
     for stage in ("sft", "dpo"):
         if getattr(recipe.train, stage) is not None:
-            rep.stage(f"train-{stage}")
+            current().reporter.stage(f"train-{stage}")
             reports.append(train_step(stage, recipe, out))
-            reports[-1].count_in = r.notes["train_sft" if stage == "sft" else "train_prefs"]
     return reports
 
 

@@ -94,8 +94,8 @@ def preflight(recipe: Recipe, out: str | Path, stages: Iterable[str], judges: li
     if stages & {"generate", "judge", "binarize"}:
         p = recipe.prompts
         prompts = problems.check("", read_prompts, p.source, p.limit, p.split)
-        if recipe.hygiene.eval_prompts:
-            problems.check("hygiene.eval_prompts: ", read_prompts, recipe.hygiene.eval_prompts, None, "train")
+        for source in recipe.hygiene.eval_prompts:
+            problems.check("hygiene.eval_prompts: ", read_prompts, source, None, "train")
         if prompts and generators:
             local = [g for g in generators if g.endpoint is None and g.model not in bad_models]
             assigned = assign(prompts, generators, recipe.models_per_prompt, recipe.seed)

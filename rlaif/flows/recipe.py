@@ -3,6 +3,10 @@
 Each block is the settings model of the stage it drives, so a recipe can hold nothing a stage
 does not understand: an unknown or mistyped field is an error that names the file and the field,
 before anything runs. The training blocks are TRL's own config fields (see training/common.py).
+
+A recipe makes data (`generators:` and `judges:`), trains (`train:`), or both. A recipe with only
+`train:` trains on a dataset it names (`train.<stage>.dataset`) or on the run's `dataset`; `rlaif
+run` then runs only its training stages.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from rlaif.training.sft import SFTSpec
 class PromptSource(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    source: str = "mt_bench"  # a bundled set, a .jsonl file, a saved dataset dir, or hf:<id>
+    source: str = "starter"  # a bundled set, a .jsonl file, a saved dataset dir, or hf:<id>
     split: str = "train"
     limit: int | None = Field(None, ge=1)
 
@@ -59,9 +63,9 @@ class Recipe(BaseModel):
     shard_size: int = Field(256, ge=1)  # prompts per chunk: the unit of skipping and resuming
     prompts: PromptSource = Field(default_factory=PromptSource)
     hygiene: HygieneSpec = Field(default_factory=HygieneSpec)  # dedup and eval decontamination, before generating
-    generators: list[GeneratorSpec] = Field(min_length=1)
+    generators: list[GeneratorSpec] = Field(default_factory=list)  # none: a recipe that only trains
     models_per_prompt: int | None = Field(None, ge=1)  # K members drawn per prompt; None: every member
-    judges: list[JudgeSpec] = Field(min_length=1)  # side by side in the run; binarize.judge picks one
+    judges: list[JudgeSpec] = Field(default_factory=list)  # side by side in the run; binarize.judge picks one
     binarize: BinarizeSpec = Field(default_factory=BinarizeSpec)
     train: TrainSpec = Field(default_factory=TrainSpec)
     engine: EngineSettings = Field(default_factory=EngineSettings)  # default for every member and judge
@@ -74,6 +78,32 @@ class Recipe(BaseModel):
             data = {**data, "judges": [data["judge"]]}  # a single `judge:` block is a list of one
             del data["judge"]
         return data
+
+    @property
+    def makes_data(self) -> bool:
+        """The recipe generates, judges and binarizes; False: it only trains."""
+        return bool(self.generators)
+
+    @property
+    def trains(self) -> bool:
+        return self.train.sft is not None or self.train.dpo is not None
+
+    @model_validator(mode="after")
+    def _something_to_do(self) -> Recipe:
+        if not self.generators and not self.trains:
+            raise ValueError("nothing to do: give generators and judges (to make a preference dataset), "
+                             "a train: block with sft or dpo (to train on one), or both")
+        if self.generators and not self.judges:
+            raise ValueError("field 'judges': generators need at least one judge to rate their answers")
+        return self
+
+    @model_validator(mode="after")
+    def _prompts_are_not_an_eval_set(self) -> Recipe:
+        if self.generators and self.prompts.source in self.hygiene.eval_prompts:
+            raise ValueError(f"field 'prompts.source': {self.prompts.source!r} is an evaluation set that "
+                             f"hygiene.eval_prompts keeps out of the data, so every prompt would be removed; use "
+                             f"another source (e.g. the bundled 'starter' set) or set hygiene.eval_prompts: []")
+        return self
 
     @model_validator(mode="after")
     def _judge_names(self) -> Recipe:
@@ -92,8 +122,17 @@ class Recipe(BaseModel):
             raise ValueError(f"generator names must be unique, got {names}")
         return generators
 
+    def training_data(self, run: Path) -> list[str]:
+        """What the run's models were trained on: each training stage's dataset (unset: the run's
+        own), or the run's own dataset when the recipe trains nothing (it was trained by another)."""
+        specs = [s for s in (self.train.sft, self.train.dpo) if s is not None]
+        return list(dict.fromkeys(s.dataset or str(run / "dataset") for s in specs)) or [str(run / "dataset")]
+
     def judge_spec(self, name: str | None = None) -> JudgeSpec:
         """The judge named `name`, else the one binarization uses (binarize.judge, or the first)."""
+        if not self.judges:
+            raise RecipeError("this recipe has no judges: add a judges: block (a judge grades answers for "
+                              "binarize, evaluate's win rate and MT-Bench)")
         name = name or self.binarize.judge or self.judges[0].name
         for j in self.judges:
             if j.name == name:

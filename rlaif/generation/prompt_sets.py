@@ -1,4 +1,4 @@
-"""Prompt sets: the bundled MT-Bench questions, any JSONL file, or a Hugging Face dataset.
+"""Prompt sets: a bundled set (MT-Bench's questions, our starter set), any JSONL file, or a Hugging Face dataset.
 
 Every source becomes `Prompt` records, read one row at a time. Bad input fails with a
 `PromptSetError` that names the file, the line (or row) and the field, before any model is
@@ -30,7 +30,11 @@ PROMPTS = "prompts"  # the run dir's folder of prompt chunks
 BUNDLED_SETS = {
     # FastChat's MT-Bench questions (80, two turns each; Apache-2.0). We use the first turn: the
     # second refers to an answer of the model under test, which a preference pair does not have.
+    # An evaluation set: hygiene keeps it out of every recipe's data by default (preferences/hygiene.py).
     "mt_bench": "sets/mt_bench.jsonl",
+    # 40 short instruction prompts of our own, 5 in each of MT-Bench's 8 categories, in turn (so any
+    # limit gets a mix), sharing no 8-gram with MT-Bench: the quickstart's prompts.
+    "starter": "sets/starter.jsonl",
 }
 
 
@@ -48,7 +52,7 @@ def iter_prompts(source: str, limit: int | None = None, split: str = "train") ->
     """Prompts from a bundled set name, a .jsonl path, a saved dataset dir, or `hf:<id>`, one at a
     time, each checked; a duplicate id fails naming both lines. Memory: one id per prompt."""
     if source in BUNDLED_SETS:
-        rows = _mt_bench_rows(source)
+        rows = _bundled_rows(source)
     elif source.startswith("hf:") or Path(source).is_dir():
         rows = _dataset_rows(source, split)
     elif Path(source).suffix == ".jsonl":
@@ -73,13 +77,18 @@ def load_prompts(source: str, limit: int | None = None, split: str = "train") ->
     return list(iter_prompts(source, limit, split))
 
 
+def bundled_questions(name: str) -> list[dict]:
+    """A bundled set's rows, in FastChat's question format: question_id, category, turns."""
+    return [json.loads(line) for line in data_file(BUNDLED_SETS[name]).read_text().splitlines() if line.strip()]
+
+
 def mt_bench_questions() -> list[dict]:
     """FastChat's MT-Bench questions as published: question_id, category, turns (and references)."""
-    return [json.loads(line) for line in data_file(BUNDLED_SETS["mt_bench"]).read_text().splitlines() if line.strip()]
+    return bundled_questions("mt_bench")
 
 
-def _mt_bench_rows(source: str) -> Iterator[tuple[int, Prompt]]:
-    for n, row in enumerate(mt_bench_questions(), start=1):
+def _bundled_rows(source: str) -> Iterator[tuple[int, Prompt]]:
+    for n, row in enumerate(bundled_questions(source), start=1):
         yield n, Prompt(prompt_id=f"{source}-{row['question_id']}",
                         messages=[Message(role="user", content=row["turns"][0])], source=f"{source}:{row['category']}")
 

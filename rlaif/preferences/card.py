@@ -13,6 +13,7 @@ from pathlib import Path
 
 from rlaif.core.store import write_atomic
 from rlaif.judges.bias import BiasReport, bias_rows
+from rlaif.preferences.hygiene import EVAL, eval_sets
 from rlaif.preferences.rows import configs_yaml
 
 # ----------------------------------------------------------------------------- the card
@@ -39,6 +40,18 @@ def _reasons(d: dict) -> str:
     return ", ".join(f"{k}: {v}" for k, v in d.items()) or "none"
 
 
+def _decontamination(h: dict, c: dict) -> str:
+    """What was kept out of the data for an evaluation's sake, or that nothing was."""
+    sets = eval_sets(h)
+    if not sets:
+        return ("**Decontamination**: none. `hygiene.eval_prompts` was empty, so these prompts were not checked "
+                "against any evaluation set: a benchmark (MT-Bench included) may hold some of them.")
+    n = c["hygiene_removed"].get(EVAL, 0)
+    return (f"**Decontamination**: {n} prompt{'' if n == 1 else 's'} removed for sharing {h['ngram']} consecutive "
+            f"words with a prompt of {', '.join(f'`{s}`' for s in sets)}; their ids, and the evaluation prompt each "
+            f"matched, are in `manifest.json` (`dropped.hygiene[\"{EVAL}\"]`, `dropped.hygiene_matched`).")
+
+
 def card_text(m: dict, plots: dict[str, str]) -> str:
     r, c, b, h = m["recipe"], m["counts"], m["binarize"], m["hygiene"]
     gens = r.get("generators", [])
@@ -63,8 +76,8 @@ def card_text(m: dict, plots: dict[str, str]) -> str:
             "completions of a prompt are on the same side of the train/test split.", "",
             "## How it was made", "", f"**Prompts**: `{src.get('source', '?')}` (split `{src.get('split', '')}`, "
             f"limit {src.get('limit')}). Hygiene: exact dedup {h['exact_dedup']}, near-duplicate "
-            f"threshold {h['near_dup_threshold']} (all-MiniLM-L6-v2 cosine), eval set "
-            f"`{h['eval_prompts']}` ({h['ngram']}-gram overlap).", "", "**Models and sampling**:", ""]
+            f"threshold {h['near_dup_threshold']} (all-MiniLM-L6-v2 cosine).", "",
+            _decontamination(h, c), "", "**Models and sampling**:", ""]
     out += _table(["name", "model", "format", "temperature", "top_p", "max_tokens", "seed"],
                   [[g.get("name"), g.get("model"), g.get("format"), *(g.get("sampling", {}).get(k) for k in
                     ("temperature", "top_p", "max_tokens", "seed"))] for g in gens])

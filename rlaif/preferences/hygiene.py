@@ -11,6 +11,11 @@ a group, and says which prompt each removed one matched, so the dataset card can
     overlaps eval set  shares a word n-gram (n = `ngram`) with a prompt of `eval_prompts`; a prompt
                        or eval prompt shorter than n words overlaps only if the two are equal
 
+`eval_prompts` is MT-Bench unless a recipe says otherwise: every recipe is evaluated on it (`rlaif
+evaluate --mt-bench`), so its questions are kept out of every recipe's data by default. A recipe
+names other sets (a list), or opts out with `eval_prompts: []` (or null), which the prompts stage
+and the dataset card say.
+
 The recipe's `hygiene:` block is `HygieneSpec`. The checks run on the prompts before anything is
 generated, so no compute goes to prompts that will be dropped; the dataset card still lists them.
 `prepare_prompts` is the prompts stage: read the source, clean it (the result is kept in the run
@@ -36,13 +41,14 @@ from collections.abc import Callable, Iterable, Iterator
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from rlaif.core.progress import NULL, Reporter
 from rlaif.core.records import Prompt, content_hash
 from rlaif.core.store import Manifest, RunStore
 
 EXACT, NEAR, EVAL = "exact duplicate", "near duplicate", "overlaps eval set"
+DEFAULT_EVAL_SETS = ("mt_bench",)  # what `rlaif evaluate --mt-bench` asks, so no recipe trains on it
 
 
 class HygieneSpec(BaseModel):
@@ -52,8 +58,15 @@ class HygieneSpec(BaseModel):
 
     exact_dedup: bool = True
     near_dup_threshold: float | None = Field(0.95, gt=0, le=1)  # None: no near-duplicate check
-    eval_prompts: str | None = None  # a prompt source (bundled name, .jsonl, dataset dir) to keep clean
+    # prompt sources (bundled name, .jsonl, dataset dir) kept out of the data; one name or a list;
+    # [] or null: none (the data is then not decontaminated, and the run and the card say so)
+    eval_prompts: list[str] = Field(default_factory=lambda: list(DEFAULT_EVAL_SETS))
     ngram: int = Field(8, ge=1)  # words per n-gram for the eval-overlap check
+
+    @field_validator("eval_prompts", mode="before")
+    @classmethod
+    def _as_list(cls, value: object) -> object:
+        return [] if value is None else [value] if isinstance(value, str) else value
 
 
 class HygieneReport(BaseModel):
@@ -65,6 +78,41 @@ class HygieneReport(BaseModel):
     @property
     def counts(self) -> dict[str, int]:
         return {k: len(v) for k, v in self.removed.items()}
+
+
+NOT_DECONTAMINATED = ("hygiene: eval_prompts is empty, so this data is not decontaminated against any evaluation "
+                      "set; MT-Bench scores of models trained on it (rlaif evaluate --mt-bench) may be inflated")
+
+
+def eval_sets(hygiene: dict | None) -> list[str]:
+    """The eval sets a `hygiene` block (as a manifest or recipe.json holds it, of any version of
+    rlaif: a name, a list or null) kept out of the data."""
+    value = (hygiene or {}).get("eval_prompts")
+    return [] if value is None else [value] if isinstance(value, str) else list(value)
+
+
+def contamination_note(sources: Iterable[str], eval_set: str = "mt_bench") -> str | None:
+    """A line naming the training data that was not decontaminated against `eval_set`, or None.
+
+    A dataset rlaif published (a folder with its manifest.json) says what its hygiene kept out;
+    any other data (hf:<id>, files made elsewhere) was not checked by rlaif. A local source that
+    does not exist was not trained on, and is left out."""
+    unclean = []
+    for source in dict.fromkeys(sources):
+        path = Path(source)
+        manifest = path / "manifest.json"
+        if source.startswith("hf:"):
+            unclean.append(f"{source} (not made by rlaif)")
+        elif manifest.is_file():
+            sets = eval_sets(json.loads(manifest.read_text()).get("hygiene"))
+            if eval_set not in sets:
+                unclean.append(f"{source} (hygiene.eval_prompts: {sets or 'none'})")
+        elif path.exists():
+            unclean.append(f"{source} (not made by rlaif)")
+    if not unclean:
+        return None
+    return (f"note: the data these models were trained on was not decontaminated against {eval_set}: "
+            f"{', '.join(unclean)}; their scores on it may be inflated")
 
 
 def prompt_text(p: Prompt) -> str:
@@ -229,7 +277,7 @@ def clean_prompts(prompts: list[Prompt], spec: HygieneSpec,
 
     report = HygieneReport(prompts_in=len(prompts))
     if eval_prompts is None and spec.eval_prompts:
-        eval_prompts = load_prompts(spec.eval_prompts)
+        eval_prompts = [q for source in spec.eval_prompts for q in load_prompts(source)]
     checks = [(EXACT, exact_duplicates if spec.exact_dedup else None),
               (NEAR, (lambda ps: near_duplicates(ps, spec.near_dup_threshold)) if spec.near_dup_threshold else None),
               (EVAL, (lambda ps: eval_overlap(ps, eval_prompts, spec.ngram)) if eval_prompts else None)]
@@ -267,7 +315,7 @@ def clean_stream(source: str, split: str, limit: int | None, spec: HygieneSpec, 
     index = None
     digest = hashlib.sha256(json.dumps(spec.model_dump(mode="json")).encode())
     if spec.eval_prompts:
-        evals = list(iter_prompts(spec.eval_prompts))
+        evals = [q for source in spec.eval_prompts for q in iter_prompts(source)]
         index = EvalIndex(evals, spec.ngram)
         digest.update(json.dumps([(q.prompt_id, q.hash) for q in evals]).encode())
     first: dict[bytes, str] = {}
@@ -303,6 +351,8 @@ def clean_stream(source: str, split: str, limit: int | None, spec: HygieneSpec, 
         store.write_json(f"{PROMPTS}/{cached.name}", hy.model_dump())
     if hy.removed:
         report.note(f"hygiene: {hy.kept} of {hy.prompts_in} prompts kept (removed: {hy.counts})")
+    if not spec.eval_prompts:
+        report.note(NOT_DECONTAMINATED)
     gone = {i for ids in hy.removed.values() for i in ids}
     return (lambda: (p for p in read() if p.prompt_id not in gone)), hy
 

@@ -1,7 +1,7 @@
 """The prompts that ship with rlaif: versioned templates, bundled prompt sets, MT-Bench's judge prompts.
 
     templates/<name>.<version>.<ext>   judge and URIAL templates (jinja or plain text)
-    sets/                              bundled prompt sets (MT-Bench's questions, GPT-4's reference answers)
+    sets/                              bundled prompt sets (our starter set; MT-Bench's questions, GPT-4's reference answers)
     judges/                            FastChat's MT-Bench judge prompts, unchanged
 
 A template's name, version and content hash travel into every record it shaped, so editing a

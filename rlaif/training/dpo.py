@@ -113,4 +113,4 @@ def train_dpo(dataset_dir: str | Path, spec: DPOSpec, out_dir: str | Path, model
                          callbacks=[StepProgress(reporter)])
     metrics = common.train_and_save(trainer, spec, out_dir, tokenizer, path, inputs)
     log.info("dDPO model saved to %s (%d steps, from %s)", out_dir, metrics["steps"], path)
-    return {**metrics, "start_model": path}
+    return {**metrics, "start_model": path, "rows": len(train)}  # rows: the pairs the closing table counts in

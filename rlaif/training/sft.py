@@ -89,4 +89,4 @@ def train_sft(dataset_dir: str | Path, spec: SFTSpec, out_dir: str | Path, input
                          callbacks=[StepProgress(reporter)])
     metrics = common.train_and_save(trainer, spec, out_dir, tokenizer, path, inputs)
     log.info("dSFT model saved to %s (%d steps)", out_dir, metrics["steps"])
-    return {**metrics, "start_model": spec.model}
+    return {**metrics, "start_model": spec.model, "rows": len(train)}  # rows: what the closing table counts in
