@@ -59,7 +59,7 @@ from rlaif.judges.base import Answer, Ask, pointwise_judgement
 from rlaif.judges.kinds.mt_bench import MTBenchSingle
 from rlaif.judges.mt_bench_data import (CATEGORIES, LABELS, MTBenchQuestion, category_scores, load_mt_bench,
                                         single_judge_messages, write_radar)
-from rlaif.judges.parsing import bracket_format
+from rlaif.judges.parsing import rating_format
 from rlaif.judges.spec import JudgeSpec
 from rlaif.judges.stage import ask
 
@@ -69,7 +69,6 @@ log = logging.getLogger(__name__)
 TEMPERATURE = {"writing": 0.7, "roleplay": 0.7, "extraction": 0.0, "math": 0.0, "coding": 0.0, "reasoning": 0.0,
                "stem": 0.1, "humanities": 0.1}
 MAX_TOKENS = 1024  # FastChat's max_new_tokens
-RATINGS = tuple(str(i) for i in range(1, 11))
 ANSWERS = "completions"
 
 
@@ -237,7 +236,7 @@ def grade(store: RunStore, answers: dict[str, dict[int, list[Completion]]], mode
           seed: int, report: Reporter = NULL) -> dict[str, dict[int, dict[int, Judgement]]]:
     """label -> turn -> question id -> the verdict; only asks never answered (or failed transiently) go out."""
     stage, settings = f"judgements/{spec.name}", spec.settings_hash()
-    fmt = bracket_format(RATINGS, spec.explanation_chars)
+    fmt = rating_format(*MTBenchSingle.scale, spec.explanation_chars)
     by_id = {q.question_id: q for q in questions}
     gradings = []
     for m in models:
