@@ -135,24 +135,34 @@ def select_questions(limit: int | None = None) -> list[MTBenchQuestion]:
 
 
 def model_key(model: str) -> str:
-    """What a model's files are: names, sizes and modification times of its folder's files (a hub id
-    not downloaded here: its id)."""
-    from rlaif.engines.models import resolve_model
+    """What a model's files are: names, sizes and modification times of its folder's files (a hub id:
+    of its snapshot in the local Hugging Face cache; one not downloaded here: its id)."""
+    from rlaif.engines.models import model_files
 
-    path = Path(resolve_model(model))
-    if not path.is_dir():
+    path = model_files(model)
+    if path is None:
         return model
     skip = {"rlaif-stage.json", "trainer_state.json"}  # written after the weights, never read to answer
     return content_hash([(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(path.iterdir())
                          if p.is_file() and p.name not in skip])
 
 
-def has_chat_template(model: str) -> bool:
-    """Whether the model's tokenizer has a chat template (a hub id not downloaded here: assumed so)."""
-    from rlaif.engines.models import resolve_model
+TOKENIZER_CONFIG = ("tokenizer_config.json", "chat_template.jinja", "chat_template.json")  # where a template is
 
-    path = Path(resolve_model(model))
-    if not path.is_dir() or (path / "chat_template.jinja").exists() or (path / "chat_template.json").exists():
+
+def has_chat_template(model: str) -> bool:
+    """Whether the model's tokenizer has a chat template, read from its files wherever they are
+    (bundled, a local directory, a hub id in the local Hugging Face cache or fetched from the hub:
+    only those small files); a base model without one answers through URIAL. A model whose files
+    cannot be read here is assumed to have one, with a warning."""
+    from rlaif.engines.models import model_files
+
+    path = model_files(model, fetch=TOKENIZER_CONFIG)
+    if path is None:
+        log.warning("%s: its tokenizer files are not on this machine nor on a hub in reach; "
+                    "assumed to have a chat template", model)
+        return True
+    if (path / "chat_template.jinja").exists() or (path / "chat_template.json").exists():
         return True
     try:
         return bool(json.loads((path / "tokenizer_config.json").read_text()).get("chat_template"))
