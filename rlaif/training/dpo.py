@@ -70,7 +70,8 @@ def dpo_config(spec: DPOSpec, out_dir: Path) -> tuple[DPOSpec, Any]:
 
 def train_dpo(dataset_dir: str | Path, spec: DPOSpec, out_dir: str | Path,
               model: Any = None, ref_model: Any = None) -> dict[str, Any]:
-    """Train and save to `out_dir`; returns the final training metrics and the model it started from."""
+    """Train and save to `out_dir`; returns the final training metrics, the model it started from and
+    the beta it trained with."""
     from trl import DPOTrainer
 
     from rlaif.training import common
@@ -106,4 +107,4 @@ def train_dpo(dataset_dir: str | Path, spec: DPOSpec, out_dir: str | Path,
                          processing_class=tokenizer, peft_config=common.peft_config(spec))
     metrics = common.train_and_save(trainer, spec, out_dir, tokenizer)
     log.info("dDPO model saved to %s (%d steps, from %s)", out_dir, metrics["steps"], path)
-    return {**metrics, "start_model": path}
+    return {**metrics, "start_model": path, "beta": args.beta}  # beta: recorded with the model (evaluate reads it)
