@@ -17,8 +17,11 @@ SMALL = ["prompts.limit=5", "generators.0.sampling.max_tokens=32", "generators.1
 
 
 def test_quickstart_end_to_end(tmp_path, prefect_home):
-    out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "rlaif", "run", str(ROOT / "recipes" / "quickstart.yaml"), "--out", str(out)]
+    """`rlaif run` of the quickstart, through tests/trainer_probe.py (the same command, with a look
+    around as each trainer starts: the GPU hand-off from the judge's engine to dSFT, then to dDPO)."""
+    out, probe = tmp_path / "run", tmp_path / "trainers.jsonl"
+    cmd = [sys.executable, str(ROOT / "tests" / "trainer_probe.py"), str(probe),
+           "run", str(ROOT / "recipes" / "quickstart.yaml"), "--out", str(out)]
     for s in SMALL:
         cmd += ["--set", s]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1200,
@@ -46,6 +49,9 @@ def test_quickstart_end_to_end(tmp_path, prefect_home):
     assert row["prompt"][-1]["role"] == "user" and row["chosen"][0]["role"] == "assistant"
     assert row["score_chosen"] > row["score_rejected"]
     assert stages["train-sft"]["count_out"] == 1 and stages["train-dpo"]["count_out"] == 1
+    # each trainer had the machine to itself: no engine held, no vLLM process left, dSFT's model gone
+    free = {"engines": [], "vllm_processes": [], "earlier_models_alive": 0}
+    assert [json.loads(line) for line in probe.read_text().splitlines()] == [free, free]
     state = json.loads((out / "dpo" / "rlaif-stage.json").read_text())
     assert state["start_model"] == str(out / "sft")  # dDPO started from this run's dSFT output
     # every stage's records are on disk for a rerun or a second judge

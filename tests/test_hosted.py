@@ -173,6 +173,21 @@ def test_every_kind_parses_its_verdicts_on_the_hosted_api(srv, tmp_path, kind, m
             assert any(a.order != sorted(a.order) for r in records for a in r.aspects.values())
 
 
+def test_free_text_mt_bench_ratings_are_read_as_fastchat_reads_them(srv, tmp_path):
+    """An unstructured MT-Bench judge writes what FastChat's show_result.py counts: a rating between
+    the whole ones ([[7.5]]) and the single-bracket form ("Rating: [7]"); both are scores here."""
+    written = iter(["Helpful, but terse. Rating: [[7.5]]", "Accurate. Rating: [7]"] * 2)
+    srv.responder = lambda body: next(written)
+    store, pm, cm = completions_run(tmp_path, prompts=2, per_prompt=2)
+    spec = JudgeSpec(name="mt", kind="mt_bench_single", model="gpt-4o-mini", endpoint=endpoint(srv, max_concurrency=1),
+                     structured=False, logprobs=False, retries=0)
+    records = list(store.read_manifest(run_judge(pm, cm, spec, store), Judgement))
+    assert all(r.status == "parsed" for r in records) and len(records) == 4
+    assert sorted(r.aspects["overall"].rating for r in records) == [7.0, 7.0, 7.5, 7.5]
+    assert sorted(r.score() for r in records) == [7.0, 7.0, 7.5, 7.5]
+    assert all("response_format" not in r["body"] for r in srv.requests if r["path"].endswith("/chat/completions"))
+
+
 def test_a_failed_joint_request_is_sent_again_alone(srv, tmp_path):
     store, pm, cm = completions_run(tmp_path, prompts=3, per_prompt=4)
     spec = JudgeSpec(name="uf", model="gpt-4o-mini", endpoint=endpoint(srv, max_retries=0, max_concurrency=1))

@@ -8,7 +8,7 @@ from rlaif.core.records import AspectRating, Completion, Judgement, Message, Pro
 from rlaif.preferences.binarize import BinarizeSpec, binarize, split_pairs
 from rlaif.judges.kinds.critique import CRITIQUE
 from rlaif.judges.kinds.ultrafeedback import RATING
-from rlaif.judges.parsing import bracket_format, expected_value, parse_output, token_distribution
+from rlaif.judges.parsing import bracket_format, expected_value, parse_output, rating_format, token_distribution
 
 
 def rating_distribution(tokens):
@@ -71,6 +71,24 @@ def test_ten_written_as_two_tokens_takes_its_share_of_the_first_digit():
 ])
 def test_mt_bench_brackets(text, value):
     assert parse_output(bracket_format(tuple(str(i) for i in range(1, 11)), 100), text).value == value
+
+
+@pytest.mark.parametrize("text, value", [  # FastChat's reading (llm_judge/common.py, run_judge_single)
+    ("Good, though terse. Rating: [[7.5]]", "7.5"),
+    ("Rating: [[8]]", "8"),
+    ("Mostly right. Rating: [7]", "7"),  # its single-bracket fallback
+    ("[7]", "7"),
+    ("Cites [2] of the list. Rating: [[6]]", "6"),  # [[x]] anywhere comes before a first [x]
+    ("Rating: [[10]]", "10"),
+    ("Rating: [[0]]", None),  # off MT-Bench's scale: unparsed (FastChat would keep it)
+    ("The answer is helpful and accurate.", None),  # no rating: unparsed, never made up
+    ('{"explanation": "it cites [2]", "verdict": "', None),  # cut JSON: no [x] taken from its explanation
+])
+def test_mt_bench_ratings_are_read_as_fastchat_reads_them(text, value):
+    r = parse_output(rating_format(1, 10, 100), text)
+    assert r.value == value and r.raw == text
+    if value == "7.5":  # the rating-token probabilities are over the whole ratings: none for 7.5
+        assert r.probs is None and r.text == "Good, though terse. Rating:"
 
 
 def test_critique_json_and_its_fallback():

@@ -61,25 +61,30 @@ def distance(a: dict, b: dict) -> float:
     return sum(float((a[k].float() - b[k].float()).abs().sum()) for k in a)
 
 
+BETA = 0.01  # the Zephyr recipe's dDPO beta
+
+
 @pytest.fixture(scope="module")
 def sft_then_dpo(tmp_path_factory, tiny_model_dir, prefect_harness):
-    """A run dir trained by the commands `rlaif train sft`, then `rlaif train dpo` (from the dSFT
-    output: train.dpo.model unset). dDPO's learning rate is tiny, so its weights are those it started
-    from, give or take rounding. The recipe's judge and engine are the session's SmolLM2 (for evaluate).
-    Returns the run and the two stages' state; tests read it, and write only under its eval/."""
+    """A run dir trained as the Zephyr chain trains it: `rlaif train sft` with a recipe that has no
+    dDPO block (so the run's recipe.json has none, as after `rlaif run ... --set train.dpo=null`), then
+    `rlaif train dpo` (from the dSFT output: train.dpo.model unset) with beta BETA from another recipe.
+    dDPO's learning rate is tiny, so its weights are those it started from, give or take rounding.
+    The recipes' judge and engine are the session's SmolLM2 (for evaluate). Returns the run and the
+    two stages' state; tests read it, and write only under its eval/."""
     import yaml
 
     from rlaif.flows.cli import main
 
     run = tmp_path_factory.mktemp("run")
     write_dataset(run)
-    recipe = run.parent / f"{run.name}.yaml"
-    recipe.write_text(yaml.safe_dump({
-        "name": "trained", "generators": [{"name": "g", "model": SMOL}], "engine": SMOL_SETTINGS.model_dump(),
-        "judges": [{"name": "uf-smollm2", "model": SMOL, "sampling": {"temperature": 0.0, "max_tokens": 48}}],
-        "train": {"sft": {"model": tiny_model_dir, "max_steps": 3, **FAST},
-                  "dpo": {"max_steps": 3, "beta": 0.1, **{**FAST, "learning_rate": 1e-9}}}}))
-    for stage in ("sft", "dpo"):
+    base = {"name": "trained", "generators": [{"name": "g", "model": SMOL}], "engine": SMOL_SETTINGS.model_dump(),
+            "judges": [{"name": "uf-smollm2", "model": SMOL, "sampling": {"temperature": 0.0, "max_tokens": 48}}]}
+    sft = {"model": tiny_model_dir, "max_steps": 3, **FAST}
+    dpo = {"max_steps": 3, "beta": BETA, **{**FAST, "learning_rate": 1e-9}}
+    for stage, train in (("sft", {"sft": sft}), ("dpo", {"sft": sft, "dpo": dpo})):
+        recipe = run.parent / f"{run.name}-{stage}.yaml"
+        recipe.write_text(yaml.safe_dump({**base, "train": train}))
         assert main(["train", stage, str(recipe), "--out", str(run)]) == 0
     return run, common.stage_state(run / "sft"), common.stage_state(run / "dpo")
 
@@ -259,21 +264,51 @@ def test_zephyr_recipes_load(stage):
         assert spec.model == "mistralai/Mistral-7B-v0.1" and spec.get("learning_rate") == 2e-5
 
 
-def test_rlaif_evaluate_writes_metrics_win_rate_and_plots(sft_then_dpo, trained_engines, pool, capsys):
-    """`rlaif evaluate`: real vLLM engines, both tiny models answer the test prompts, the run's judge compares."""
+def test_rlaif_evaluate_writes_metrics_win_rate_and_plots(sft_then_dpo, trained_engines, pool, capsys, monkeypatch):
+    """`rlaif evaluate`: real vLLM engines, both tiny models answer the test prompts, the run's judge
+    compares. The log-probs' HF models are gone, and their memory handed back, before it asks for an
+    engine; beta is the one dDPO trained with, not recipe.json's (which has no dDPO block)."""
+    import weakref
+
+    from transformers import AutoModelForCausalLM
+
+    from rlaif.engines import pool as engine_pool
     from rlaif.engines.pool import EngineSpec
     from rlaif.flows.cli import main
     from rlaif.flows.pipeline import shared_engines
 
-    run, _, _ = sft_then_dpo
+    run, _, dpo = sft_then_dpo
+    assert dpo["beta"] == BETA and json.loads((run / "recipe.json").read_text())["train"]["dpo"] is None
+    events, hf_models = [], []
+    load_hf, hand_off, get = AutoModelForCausalLM.from_pretrained, engine_pool.free_accelerator, pool.get
+
+    def spy_load(*args, **kwargs):  # spies: they record and call the real ones
+        hf_models.append(weakref.ref(model := load_hf(*args, **kwargs)))
+        events.append("hf model")
+        return model
+
+    def spy_hand_off(*args, **kwargs):
+        events.append("hand-off")
+        return hand_off(*args, **kwargs)
+
+    def spy_get(*args, **kwargs):
+        if "engine" not in events:
+            assert [r() for r in hf_models] == [None, None], "an HF model is alive as the first engine is asked for"
+        events.append("engine")
+        return get(*args, **kwargs)
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", spy_load)
+    monkeypatch.setattr(engine_pool, "free_accelerator", spy_hand_off)
+    monkeypatch.setattr(pool, "get", spy_get)
     for path, engine in trained_engines.items():  # this module's: loaded once for evaluate and MT-Bench
         pool.put(EngineSpec(path, None, SMOL_SETTINGS), engine)
     with shared_engines(pool):  # the judge is the session's SmolLM2
         assert main(["evaluate", str(run), "--max-tokens", "12"]) == 0
+    assert events[:4] == ["hf model", "hf model", "hand-off", "engine"]
     assert pool.loads == {}  # both models were found under the paths the run's stage state names
     metrics = json.loads((run / "eval" / "metrics.json").read_text())
     assert f"written to {run / 'eval'}" in capsys.readouterr().err
-    assert metrics["pairs"] == 3 and metrics["beta"] == 0.1 and metrics["sft_model"] == str(run / "sft")
+    assert metrics["pairs"] == 3 and metrics["beta"] == BETA and metrics["sft_model"] == str(run / "sft")
     reward = metrics["dpo_implicit_reward"]
     assert 0 <= reward["accuracy"] <= 1 and math.isfinite(reward["margin"])
     assert reward["margin"] == pytest.approx(reward["chosen"] - reward["rejected"])

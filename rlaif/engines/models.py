@@ -73,6 +73,22 @@ def cached_snapshot(repo_id: str) -> str | None:
     return str(Path(config).parent) if isinstance(config, str) else None
 
 
+def model_files(name: str, fetch: tuple[str, ...] = ()) -> Path | None:
+    """The folder holding a model's files on this machine: a bundled model's, a local directory, or a
+    hub id's snapshot in the local Hugging Face cache (what vLLM and transformers load it from). A
+    hub id whose files are not here: None, unless `fetch` names file patterns (a tokenizer's small
+    files) to download first from a hub this machine reaches."""
+    path = Path(resolve_model(name))
+    if path.is_dir():
+        return path
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(name, allow_patterns=list(fetch) or None, local_files_only=not fetch))
+    except Exception:  # not a hub id, not in the cache, no hub in reach: nothing here to read
+        return None
+
+
 def check_model(name: str, timeout: float = 5.0) -> None:
     """Raise ConfigError unless `name` can be loaded here, without loading it: a bundled model whose
     package is installed, a local directory with config.json, or a hub id that is in the local

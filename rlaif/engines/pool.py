@@ -11,10 +11,14 @@ with `batch: true` is a Batch API engine, which keeps its batch ids in the run d
     with EnginePool() as pool:
         engine = pool.get(EngineSpec("smollm2-135m-instruct", None, settings))
         results = engine.generate(requests)
+
+Before something else takes the accelerator in the same process (a training stage, evaluate's HF
+models), `free_accelerator(pool)` releases every engine and returns the memory (see there).
 """
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -91,6 +95,10 @@ class EnginePool:
     def is_loaded(self, spec: EngineSpec) -> bool:
         return spec.key in self._engines
 
+    def held(self) -> list[str]:
+        """The labels of the engines it holds now (borrowed ones included)."""
+        return [e.label for e in self._engines.values()]
+
     def release(self, key: str) -> None:
         engine = self._engines.pop(key, None)
         if key in self._borrowed:
@@ -108,3 +116,24 @@ class EnginePool:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def free_accelerator(pool: EnginePool | None = None) -> None:
+    """Hand the accelerator to what runs next in this process (a trainer, HF models): every engine of
+    `pool` released (a vLLM engine closed, its engine processes ended; borrowed ones only let go),
+    what only reference cycles kept alive collected (a finished trainer holds its model and optimizer
+    in cycles), and CUDA's cached blocks given back, so the next user finds the memory free: a vLLM
+    engine takes `gpu_memory_utilization` of the whole GPU and leaves a trainer the rest."""
+    if pool is not None:
+        held = pool.held()
+        pool.close()
+        if held:
+            log.info("released %s for what runs next", ", ".join(held))
+    gc.collect()
+    try:
+        import torch
+    except ImportError:  # no torch, no CUDA memory to give back
+        return
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()

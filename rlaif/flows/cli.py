@@ -258,10 +258,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     recipe = Recipe.model_validate_json((run / "recipe.json").read_text())
     if args.mt_bench:
         return mt_bench(args, run, recipe)
-    beta = recipe.train.dpo.get("beta", 0.1) if recipe.train.dpo else 0.1
-    tokens = args.max_tokens or max(g.sampling.max_tokens for g in recipe.generators)
+    tokens = args.max_tokens or max((g.sampling.max_tokens for g in recipe.generators), default=256)
+    judge = recipe.judge_spec(args.judge) if recipe.judges or args.judge else None
+    if judge is None and not args.no_win_rate:
+        echo("note: the recipe has no judge, so no judged win rate (a training-only recipe)")
     with session(recipe.seed) as s:  # the engines of this command (or of a test's or bench's shared pool)
-        metrics = evaluate_run(run, recipe.judge_spec(args.judge), beta, tokens, recipe.engine, recipe.seed,
+        # beta: the one dDPO trained with (its stage state), not recipe.json's, which may predate it
+        metrics = evaluate_run(run, judge, None, tokens, recipe.engine, recipe.seed,
                                win_rate=not args.no_win_rate, pool=s.pool)
     echo(json.dumps({k: v for k, v in metrics.items() if k != "plots"}, indent=2))
     echo(f"written to {run / 'eval'}")

@@ -33,7 +33,7 @@ from pydantic import BaseModel, Field
 from rlaif.core.errors import RlaifError, StageError, stage_errors
 from rlaif.core.progress import NULL, Reporter
 from rlaif.core.store import Manifest, RunStore, write_json
-from rlaif.engines.pool import EnginePool
+from rlaif.engines.pool import EnginePool, free_accelerator
 from rlaif.flows import caching, launch
 from rlaif.flows.failures import Failures, completion_failures, judgement_failures, no_usable_rows
 from rlaif.flows.recipe import Recipe
@@ -187,6 +187,7 @@ def train_task(stage: str, recipe: Recipe, out: str, inputs: str) -> dict[str, A
     if is_trained(path, inputs):  # the stage's own state, whatever Prefect's cache holds
         return stage_state(path)
     with stage_errors(f"train-{stage}", spec.model):
+        free_accelerator(_session.pool if _session is not None else None)  # the GPU to the trainer alone
         if stage == "sft":
             from rlaif.training.sft import train_sft as train
         else:

@@ -8,7 +8,8 @@ and its expected value (as G-Eval and the RLAIF paper do).
 Each judge kind declares an `OutputFormat`: a pydantic model whose JSON schema drives structured
 decoding, the field holding the verdict, its allowed values, and a tolerant pattern for endpoints
 that ignore the constraint. MT-Bench's "[[rating]]" prompts have a regex for engines that take one
-and the same verdict as JSON for those that do not (a hosted API's strict schemas). A joint format
+and the same verdict as JSON for those that do not (a hosted API's strict schemas); in free text an
+MT-Bench rating is read as FastChat reads it (`rating_format`). A joint format
 (`joint_format`) asks for several completions' verdicts in one JSON object, `text_1`, `text_2`, ...
 as UltraFeedback's prompts did. Parsing never invents a verdict: text it cannot read gives
 `value=None` and keeps the raw text.
@@ -19,6 +20,7 @@ text and the top candidates' (text, logprob) pairs, whichever engine ran the req
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -45,6 +47,8 @@ class OutputFormat:
     quoted: bool = False  # the JSON verdict is a string
     items: int = 0  # a joint format: the verdicts of `items` texts, as {"text_1": {...}, ...}
     item_model: type[BaseModel] | None = None  # a joint format: one text's verdict
+    fallback: re.Pattern[str] | None = None  # free text without a `tolerant` match: this one (group 1)
+    number: tuple[float, float] | None = None  # the verdict is any number in this range, not only `values`
 
     def schema(self) -> dict | None:
         return self.json_model.model_json_schema() if self.json_model else None
@@ -87,6 +91,23 @@ def bracket_format(values: tuple[str, ...], explanation_chars: int) -> OutputFor
     return OutputFormat(values=values, key=re.compile(r"\[\[$"), tolerant=re.compile(rf"\[\[\s*({alts})\s*\]\]"),
                         regex=rf"[^\[\]]{{0,{explanation_chars}}}\[\[({alts})\]\]", json_model=model,
                         value_field="verdict", text_field="explanation", quoted=True)
+
+
+# FastChat's llm_judge/common.py (run_judge_single): the first [[x]] in the judgment, else the first [x]
+FASTCHAT_RATING = re.compile(r"\[\[(\d+\.?\d*)\]\]")
+FASTCHAT_RATING_BACKUP = re.compile(r"\[(\d+\.?\d*)\]")
+
+
+@lru_cache(maxsize=32)
+def rating_format(low: int, high: int, explanation_chars: int) -> OutputFormat:
+    """MT-Bench's single-answer format: the whole ratings low..high in [[ ]] for the regex and the JSON
+    (constrained decoding stays on integers), and free text read as FastChat reads a rating, so that
+    every verdict its show_result.py counts is counted here: the first `[[x]]`, else the first `[x]`
+    ("Rating: [7]"), x any number ("[[7.5]]"). One departure: a number outside low..high is unparsed
+    (FastChat keeps it): the records carry the scale, and the judge card's histogram bins on it."""
+    fmt = bracket_format(tuple(str(i) for i in range(low, high + 1)), explanation_chars)
+    return dataclasses.replace(fmt, tolerant=FASTCHAT_RATING, fallback=FASTCHAT_RATING_BACKUP,
+                               number=(float(low), float(high)))
 
 
 @lru_cache(maxsize=64)
@@ -172,19 +193,31 @@ def parse_output(fmt: OutputFormat, text: str, tokens: TokenLogprobs | None = No
             pass
     if value is None:  # no constraint honoured, or truncated JSON: read the free text
         value, explanation = _tolerant_read(fmt, text)
-    probs = token_distribution(tokens, key, fmt.values) if value is not None else None
+    # a rating between the values (7.5) is not one the token probabilities are over
+    usable = value is not None and (fmt.number is None or value in fmt.values)
+    probs = token_distribution(tokens, key, fmt.values) if usable else None
     return Parsed(value=value, text=explanation, probs=probs, raw=text)
 
 
 def _tolerant_read(fmt: OutputFormat, text: str) -> tuple[str | None, str | None]:
     m = fmt.tolerant.search(text)
-    if not m or m.group(1).upper() not in {v.upper() for v in fmt.values}:
+    if m is None and fmt.fallback is not None and not text.lstrip().startswith("{"):  # not in (cut) JSON
+        m = fmt.fallback.search(text)
+    value = _allowed(fmt, m.group(1)) if m else None
+    if value is None:
         return None, None
-    value = next(v for v in fmt.values if v.upper() == m.group(1).upper())
     if fmt.regex is None and fmt.text_field:
         r = re.search(rf'{fmt.text_field}"?\s*[:=]\s*"?([^"\n]*)', text, re.IGNORECASE)
         return value, r.group(1).strip() if r else None
     return value, text[: m.start()].strip() or None
+
+
+def _allowed(fmt: OutputFormat, written: str) -> str | None:
+    """The verdict as the format spells it, or None if it is not one the format allows."""
+    if fmt.number is not None:
+        x = float(written)
+        return format(x, "g") if fmt.number[0] <= x <= fmt.number[1] else None
+    return next((v for v in fmt.values if v.upper() == written.upper()), None)
 
 
 def _parse_joint(fmt: OutputFormat, text: str, tokens: TokenLogprobs | None) -> Parsed:

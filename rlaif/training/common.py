@@ -25,7 +25,7 @@ loads. `DEFAULTS` are the values we use where a recipe says nothing; `output_dir
 computes in bf16 (training/weights.py says why).
 
 A stage's output folder says whether it is done: `rlaif-stage.json`, written last, holds the hash
-of what the stage was trained from; a rerun with the same inputs finds it and trains nothing.
+of what the stage was trained from (and dDPO's beta, which `rlaif evaluate` reads); a rerun with the same inputs finds it and trains nothing.
 `rlaif-started.json`, written when training starts, says what the checkpoints beside it are of: a
 rerun with the same inputs resumes from them, one with other inputs removes them and starts over.
 A stage fails (exit 3, no `rlaif-stage.json`) when training left its weights where they were.
@@ -47,6 +47,9 @@ from rlaif.core.store import write_json
 log = logging.getLogger(__name__)
 STATE = "rlaif-stage.json"
 STARTED = "rlaif-started.json"  # written before training: what the checkpoints in the folder are of
+# settings a stage returns beside its metrics that the model's users need (evaluate: the implicit
+# reward is dDPO's beta times its log-ratio), recorded in the state beside the metrics, not among them
+TRAINED_WITH = ("beta",)
 
 
 class WeightsUnchanged(RlaifError):
@@ -323,5 +326,7 @@ def mark_trained(out_dir: str | Path, inputs: str, metrics: dict[str, Any], **ex
 
     if not is_main():
         return
-    numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
-    write_json(Path(out_dir) / STATE, {"inputs": inputs, "metrics": numbers, "processes": world_size(), **extra})
+    numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and k not in TRAINED_WITH}
+    settings = {k: metrics[k] for k in TRAINED_WITH if k in metrics}
+    write_json(Path(out_dir) / STATE, {"inputs": inputs, "metrics": numbers, "processes": world_size(),
+                                       **settings, **extra})

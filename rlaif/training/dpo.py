@@ -74,8 +74,8 @@ def dpo_config(spec: DPOSpec, out_dir: Path) -> tuple[DPOSpec, Any]:
 
 def train_dpo(dataset_dir: str | Path, spec: DPOSpec, out_dir: str | Path, model: Any = None,
               ref_model: Any = None, inputs: str | None = None, reporter: Reporter = NULL) -> dict[str, Any]:
-    """Train and save to `out_dir`; returns the final training metrics and the model it started from.
-    `inputs` and `reporter` as for `train_sft`."""
+    """Train and save to `out_dir`; returns the final training metrics, the model it started from and
+    the beta it trained with. `inputs` and `reporter` as for `train_sft`."""
     from trl import DPOTrainer
 
     from rlaif.training import common
@@ -113,4 +113,5 @@ def train_dpo(dataset_dir: str | Path, spec: DPOSpec, out_dir: str | Path, model
                          callbacks=[StepProgress(reporter)])
     metrics = common.train_and_save(trainer, spec, out_dir, tokenizer, path, inputs)
     log.info("dDPO model saved to %s (%d steps, from %s)", out_dir, metrics["steps"], path)
-    return {**metrics, "start_model": path, "rows": len(train)}  # rows: the pairs the closing table counts in
+    # rows: the pairs the closing table counts in; beta: recorded with the model (evaluate reads it)
+    return {**metrics, "start_model": path, "rows": len(train), "beta": args.beta}

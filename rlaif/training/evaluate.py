@@ -12,7 +12,8 @@ normally `<run>/sft`: the dSFT model). Metrics, on the pairs of `test_prefs` (ne
 - log pi(y|x): the sum of the model's token log-probabilities of answer y after prompt x, rendered
   with the model's chat template (the quantity DPO's loss is built from).
 - implicit reward of the dDPO model (`dpo_implicit_reward`), with the dSFT model as reference:
-  r(x, y) = beta * (log pi_dDPO(y|x) - log pi_dSFT(y|x)), beta the recipe's `train.dpo.beta`.
+  r(x, y) = beta * (log pi_dDPO(y|x) - log pi_dSFT(y|x)), beta the one the dDPO model was trained
+  with (its `rlaif-stage.json`, whatever recipe.json says: a chain's first step may have had none).
   `accuracy` = share of pairs with r(x, chosen) > r(x, rejected), a tie counting half; `margin` =
   mean of r(x, chosen) - r(x, rejected); `chosen` / `rejected` = mean rewards. These are TRL's
   rewards/* metrics computed on held-out pairs.
@@ -139,10 +140,25 @@ def plot_curves(run: Path, out: Path) -> list[str]:
     return written
 
 
-def evaluate_run(run_dir: str | Path, judge: Any = None, beta: float = 0.1, max_tokens: int = 256,
+def trained_beta(dpo_dir: Path) -> float:
+    """The beta the dDPO model in `dpo_dir` was trained with, as its stage state records it; a model
+    trained before the state recorded it gets TRL's default, with a warning."""
+    from rlaif.training.common import STATE, stage_state
+    from rlaif.training.dpo import DPOSpec
+
+    beta = (stage_state(dpo_dir) or {}).get("beta")
+    if beta is None:
+        beta = DPOSpec.DEFAULTS["beta"]
+        log.warning("%s records no beta (trained before it was recorded): the implicit reward uses %s; "
+                    "train the stage again to record the one it used", dpo_dir / STATE, beta)
+    return float(beta)
+
+
+def evaluate_run(run_dir: str | Path, judge: Any = None, beta: float | None = None, max_tokens: int = 256,
                  engine: Any = None, seed: int = 0, win_rate: bool = True, pool: Any = None) -> dict[str, Any]:
     """Compute, write and return the run's evaluation (see the module docstring). `judge` (a
-    JudgeSpec) decides the win rate; `beta` is the dDPO beta; `max_tokens` the answers' length."""
+    JudgeSpec) decides the win rate; `beta` the implicit reward's (default: the one dDPO trained
+    with); `max_tokens` the answers' length."""
     from rlaif.core.errors import ConfigError
     from rlaif.training.common import load_splits, stage_state
 
@@ -151,6 +167,7 @@ def evaluate_run(run_dir: str | Path, judge: Any = None, beta: float = 0.1, max_
     if not (dpo_dir / "config.json").exists():
         raise ConfigError(f"{dpo_dir}: no dDPO model; run `rlaif train dpo` first")
     sft_dir = (stage_state(dpo_dir) or {}).get("start_model") or str(run / "sft")
+    beta = trained_beta(dpo_dir) if beta is None else beta
     test = load_splits(run / "dataset")["test_prefs"]
     if len(test) == 0:
         raise ConfigError(f"{run / 'dataset'}: test_prefs is empty; nothing to evaluate on")
@@ -163,6 +180,9 @@ def evaluate_run(run_dir: str | Path, judge: Any = None, beta: float = 0.1, max_
     metrics: dict[str, Any] = {"dpo_model": str(dpo_dir), "sft_model": sft_dir}
     metrics.update(preference_metrics(answer_logps(str(dpo_dir), rows), answer_logps(sft_dir, rows), beta))
     if win_rate and judge is not None:
+        from rlaif.engines.pool import free_accelerator
+
+        free_accelerator()  # the HF models' memory back before vLLM measures what it may take
         metrics["win_rate"] = judged_win_rate(run, judge, rows, str(dpo_dir), sft_dir, max_tokens, engine, seed, pool)
     metrics["plots"] = plot_curves(run, out / "plots")
     out.mkdir(parents=True, exist_ok=True)

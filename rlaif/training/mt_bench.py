@@ -59,7 +59,7 @@ from rlaif.judges.base import Answer, Ask, pointwise_judgement
 from rlaif.judges.kinds.mt_bench import MTBenchSingle
 from rlaif.judges.mt_bench_data import (CATEGORIES, LABELS, MTBenchQuestion, category_scores, load_mt_bench,
                                         single_judge_messages, write_radar)
-from rlaif.judges.parsing import bracket_format
+from rlaif.judges.parsing import rating_format
 from rlaif.judges.spec import JudgeSpec
 from rlaif.judges.stage import ask
 
@@ -69,7 +69,6 @@ log = logging.getLogger(__name__)
 TEMPERATURE = {"writing": 0.7, "roleplay": 0.7, "extraction": 0.0, "math": 0.0, "coding": 0.0, "reasoning": 0.0,
                "stem": 0.1, "humanities": 0.1}
 MAX_TOKENS = 1024  # FastChat's max_new_tokens
-RATINGS = tuple(str(i) for i in range(1, 11))
 ANSWERS = "completions"
 
 
@@ -136,24 +135,34 @@ def select_questions(limit: int | None = None) -> list[MTBenchQuestion]:
 
 
 def model_key(model: str) -> str:
-    """What a model's files are: names, sizes and modification times of its folder's files (a hub id
-    not downloaded here: its id)."""
-    from rlaif.engines.models import resolve_model
+    """What a model's files are: names, sizes and modification times of its folder's files (a hub id:
+    of its snapshot in the local Hugging Face cache; one not downloaded here: its id)."""
+    from rlaif.engines.models import model_files
 
-    path = Path(resolve_model(model))
-    if not path.is_dir():
+    path = model_files(model)
+    if path is None:
         return model
     skip = {"rlaif-stage.json", "trainer_state.json"}  # written after the weights, never read to answer
     return content_hash([(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(path.iterdir())
                          if p.is_file() and p.name not in skip])
 
 
-def has_chat_template(model: str) -> bool:
-    """Whether the model's tokenizer has a chat template (a hub id not downloaded here: assumed so)."""
-    from rlaif.engines.models import resolve_model
+TOKENIZER_CONFIG = ("tokenizer_config.json", "chat_template.jinja", "chat_template.json")  # where a template is
 
-    path = Path(resolve_model(model))
-    if not path.is_dir() or (path / "chat_template.jinja").exists() or (path / "chat_template.json").exists():
+
+def has_chat_template(model: str) -> bool:
+    """Whether the model's tokenizer has a chat template, read from its files wherever they are
+    (bundled, a local directory, a hub id in the local Hugging Face cache or fetched from the hub:
+    only those small files); a base model without one answers through URIAL. A model whose files
+    cannot be read here is assumed to have one, with a warning."""
+    from rlaif.engines.models import model_files
+
+    path = model_files(model, fetch=TOKENIZER_CONFIG)
+    if path is None:
+        log.warning("%s: its tokenizer files are not on this machine nor on a hub in reach; "
+                    "assumed to have a chat template", model)
+        return True
+    if (path / "chat_template.jinja").exists() or (path / "chat_template.json").exists():
         return True
     try:
         return bool(json.loads((path / "tokenizer_config.json").read_text()).get("chat_template"))
@@ -237,7 +246,7 @@ def grade(store: RunStore, answers: dict[str, dict[int, list[Completion]]], mode
           seed: int, report: Reporter = NULL) -> dict[str, dict[int, dict[int, Judgement]]]:
     """label -> turn -> question id -> the verdict; only asks never answered (or failed transiently) go out."""
     stage, settings = f"judgements/{spec.name}", spec.settings_hash()
-    fmt = bracket_format(RATINGS, spec.explanation_chars)
+    fmt = rating_format(*MTBenchSingle.scale, spec.explanation_chars)
     by_id = {q.question_id: q for q in questions}
     gradings = []
     for m in models:

@@ -6,7 +6,8 @@
 
 A second-turn prompt (a conversation with an earlier answer) uses the `-multi-turn` variant. The
 prompts file is FastChat's judge_prompts.jsonl, unchanged (prompts/judges/, Apache-2.0). The output
-is held to the format by a regex on engines that take one; elsewhere the tolerant parser reads it.
+is held to the format by a regex on engines that take one; elsewhere the tolerant parser reads it, a
+rating as FastChat reads it ([[7.5]], or "Rating: [7]" when no [[ ]] is there).
 
 Reference: Zheng et al., 2023, "Judging LLM-as-a-Judge with MT-Bench and Chatbot Arena".
 """
@@ -17,7 +18,7 @@ import json
 from functools import lru_cache
 
 from rlaif.judges.base import PairwiseKind, PointwiseKind
-from rlaif.judges.parsing import bracket_format
+from rlaif.judges.parsing import bracket_format, rating_format
 from rlaif.prompts import Template, data_file
 
 FILE = "mt_bench_judge_prompts.jsonl"
@@ -71,7 +72,7 @@ class MTBenchSingle(PointwiseKind):
         return (spec.explanation_chars,)
 
     def output_format(self, spec):
-        return bracket_format(tuple(str(i) for i in range(1, 11)), spec.explanation_chars)
+        return rating_format(*self.scale, spec.explanation_chars)
 
     def completion_asks(self, spec, prompt, c):
         return [("overall", messages(spec, prompt, answer=c.text))]
