@@ -179,7 +179,7 @@ USER_RECIPE = {  # written from the README's recipe fields: one hub member, a ho
     "prompts": {"source": "hf:HuggingFaceH4/ultrafeedback_binarized", "split": "train_prefs"},
     "generators": [
         {"name": "qwen", "model": "Qwen/Qwen2.5-7B-Instruct", "sampling": {"max_tokens": 512}},
-        {"name": "smol", "model": "smollm2-135m-instruct", "sampling": {"max_tokens": 512}},
+        {"name": "phi", "model": "microsoft/Phi-3.5-mini-instruct", "sampling": {"max_tokens": 512}},
     ],
     "judges": [{"name": "uf-gpt4o", "kind": "ultrafeedback", "model": "gpt-4o-2024-08-06", "mode": "joint",
                 "endpoint": {"base_url": "https://api.openai.com/v1", "api_key_env": "MY_OPENAI_KEY",

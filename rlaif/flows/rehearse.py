@@ -1,9 +1,8 @@
 """`rlaif rehearse RECIPE [RECIPE ...]`: a recipe's whole chain on a laptop, before renting GPUs.
 
 A Zephyr-size job that fails at hour six on a config mistake is the failure this prevents. The
-rehearsal runs the same commands a user runs (`rlaif run`, then `rlaif evaluate` and `rlaif evaluate
---mt-bench` where the recipes train dDPO or have an MT-Bench judge), as subprocesses through the
-same code paths, with three things swapped:
+rehearsal runs the same commands a user runs (`rlaif run`, then `rlaif evaluate --no-win-rate` where
+the recipes train dDPO, `rlaif evaluate --mt-bench` where they have an MT-Bench judge), as subprocesses through the same code paths, with three things swapped:
 
     models     every hub model id (generators, judges, training) by a tiny stand-in of its kind,
                chat or base (rehearsal/standins.py), under the same id in a Hugging Face cache of
@@ -236,8 +235,8 @@ def chain(paths: list[str], recipes: list[Any], overrides: list[str], prompts: i
         sets, lines = cpu_overrides(recipe, prompts, base_url, stages)
         said += lines
         steps.append(rlaif + ["run", path, "--out", str(out)] + [a for s in overrides + sets for a in ("--set", s)])
-    if any(r.train.dpo is not None for r in recipes):
-        steps.append(rlaif + ["evaluate", str(out)])
+    if any(r.train.dpo is not None for r in recipes):  # the win rate's answers: MT-Bench's step serves them too
+        steps.append(rlaif + ["evaluate", str(out), "--no-win-rate"])
     mt_bench = [j.name for j in recipes[-1].judges if j.kind == "mt_bench_single"]
     if mt_bench and any(r.train.dpo is not None or r.train.sft is not None for r in recipes):
         steps.append(rlaif + ["evaluate", str(out), "--mt-bench", "--limit", "1", "--judge", mt_bench[0]])
