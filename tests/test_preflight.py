@@ -187,3 +187,36 @@ def test_dpo_alone_without_a_sft_model_says_what_to_run_first(url, tmp_path, cap
     (line,) = error_lines(capsys.readouterr().err)
     assert "train.dpo.model is unset, so dDPO starts from this run's dSFT model" in line
     assert "run `rlaif train sft` first" in line
+
+
+def test_a_cached_hub_model_is_checked_with_the_recipe_wide_engine_defaults(tmp_path, monkeypatch, smollm2_dir):
+    """A member given as a hub id in the local Hugging Face cache, with an `engine:` block of its own
+    that does not set max_model_len (the Zephyr recipe's `{replicas: auto}`): its context is the
+    recipe's `engine.max_model_len`, and its config and tokenizer are read from the cache's
+    snapshot, not from `<hub id>/config.json` as a path."""
+    from huggingface_hub import constants
+
+    from rlaif.rehearsal.standins import add_model
+
+    add_model(tmp_path / "hf", "mistralai/Mistral-7B-Instruct-v0.2", smollm2_dir)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"prompt_id": "long", "prompt": "word " * 80}) + "\n"
+                       + json.dumps({"prompt_id": "short", "prompt": "Hi"}) + "\n")
+    recipe = load_recipe(_write(tmp_path / "r.yaml", {
+        "name": "hub", "prompts": {"source": str(prompts)}, "hygiene": {"eval_prompts": None},
+        "generators": [{"name": "m", "model": "mistralai/Mistral-7B-Instruct-v0.2", "engine": {"replicas": "auto"}}],
+        "judge": {"name": "j", "model": SMOL}, "engine": {"max_model_len": 64}}))
+    with pytest.raises(ConfigError) as e:
+        preflight(recipe, tmp_path / "run", {"generate"})
+    (line,) = str(e.value).splitlines()
+    assert line.startswith("generator 'm': 1 prompts too long for mistralai/Mistral-7B-Instruct-v0.2 (a context of 64 "
+                           "tokens): long (")
+    # without a max_model_len anywhere, the context is the cached config's (8192): nothing is too long
+    preflight(load_recipe(tmp_path / "r.yaml", ["engine.max_model_len=null"]), tmp_path / "run", {"generate"})
+
+
+def _write(path, data):
+    path.write_text(yaml.safe_dump(data))
+    return path
