@@ -137,7 +137,8 @@ def test_set_binarize_seed_reruns_only_binarize_and_what_follows(run_copy, tiny_
 
     recipe_path, out, _ = run_copy
     data = yaml.safe_load(recipe_path.read_text())
-    data["train"] = {"sft": {"model": tiny_model_dir, "max_steps": 1, "per_device_train_batch_size": 2, "max_length": 64}}
+    data["train"] = {"sft": {"model": tiny_model_dir, "max_steps": 1, "warmup_steps": 0,  # lr 0 on a warmup step
+                           "per_device_train_batch_size": 2, "max_length": 64}}
     recipe_path.write_text(yaml.safe_dump(data))
     assert main(["run", str(recipe_path), "--out", str(out)]) == 0  # dSFT on version 0001
     trained = stage_state(out / "sft")

@@ -263,7 +263,8 @@ def test_zephyr_data_step_on_a_two_node_ray_cluster(tmp_path, user_cache, hosted
     cmd = on_cpu(step, {"R": "recipes/zephyr-7b-beta"}, hosted.base_url) + ["--ray", address]
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
     run = cwd / "runs" / "zephyr-7b-beta"
-    workers = [json.loads(p.read_text()).get("worker") for p in run.rglob("shard-*.meta.json")]
+    workers = [json.loads(p.read_text()).get("worker") for d in ("completions", "judgements")
+               for p in (run / d).rglob("shard-*.meta.json")]
     pids.update(int(w["pid"]) for w in workers if w)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     stages = {r["stage"]: r for r in json.loads((run / "summary.json").read_text())}

@@ -20,7 +20,9 @@ JUDGE_TOKENS = 256  # a judge's structured verdict needs its room
 TRAIN_LENGTH = 256
 ENGINE = {"dtype": "float32", "tensor_parallel_size": 1, "pipeline_parallel_size": 1,
           "gpu_memory_utilization": None, "quantization": None, "cpu_kv_cache_gb": 1}
-TRAIN = {"max_steps": 1, "per_device_train_batch_size": 2, "gradient_accumulation_steps": 1,
+# one step: no room for warmup (a warmup ratio of one step trains it at learning rate 0, and a stage
+# whose weights did not move fails)
+TRAIN = {"max_steps": 1, "warmup_steps": 0, "per_device_train_batch_size": 2, "gradient_accumulation_steps": 1,
          "dataset_num_proc": None, "logging_steps": 1}
 
 
