@@ -59,8 +59,8 @@ def rehearse(paths: list[str], overrides: list[str], prompts: int, out: Path) ->
     from rlaif.flows.recipe import load_recipe
 
     recipes = [load_recipe(p, overrides) for p in paths]
-    plan = plan_for(paths, recipes)
-    check(plan, paths, recipes)
+    plan = plan_for(recipes)
+    check(plan, paths)
     for line in plan.checked:
         echo(f"checked  {line}")
     with tempfile.TemporaryDirectory(prefix="rlaif-rehearsal-") as home:
@@ -75,35 +75,34 @@ def rehearse(paths: list[str], overrides: list[str], prompts: int, out: Path) ->
 
 
 # ----------------------------------------------------------------------------- what to swap
-def plan_for(paths: list[str], recipes: list[Any]) -> Plan:
-    from rlaif.engines.models import BUNDLED
+def plan_for(recipes: list[Any]) -> Plan:
+    from rlaif.engines.providers import REASONING_MODEL
 
     plan = Plan()
     for recipe in recipes:
-        members = [(f"generators.{i}", g, "base" if g.format == "urial" else None) for i, g in enumerate(recipe.generators)]
-        members += [(f"judges.{i}", j, None) for i, j in enumerate(recipe.judges)]
-        for key, m, hint in members:
+        members = [(g, "base" if g.format == "urial" else None) for g in recipe.generators]
+        for m, hint in members + [(j, None) for j in recipe.judges]:
             if m.endpoint is not None:
-                plan.served[m.model] = bool(m.endpoint.reasoning) or _reasoning_name(m.model)
+                reasoning = m.endpoint.reasoning
+                plan.served[m.model] = bool(REASONING_MODEL.match(m.model)) if reasoning is None else reasoning
                 if m.endpoint.api_key_env:
                     plan.keys.add(m.endpoint.api_key_env)
             else:
-                _add_model(plan, f"{key}.model", m.model, hint)
+                _add_model(plan, m.model, hint)
         for stage in ("sft", "dpo"):
             spec = getattr(recipe.train, stage)
             if spec is None:
                 continue
             if spec.model:
-                _add_model(plan, f"train.{stage}.model", spec.model, "base" if getattr(spec, "chat_template", None) else None)
+                _add_model(plan, spec.model, "base" if getattr(spec, "chat_template", None) else None)
             if spec.dataset and spec.dataset.startswith("hf:"):
                 plan.datasets.setdefault(spec.dataset[3:], set()).add(spec.splits()[0])
         if recipe.generators and recipe.prompts.source.startswith("hf:"):
             plan.datasets.setdefault(recipe.prompts.source[3:], set()).add(recipe.prompts.split)
-    plan.models = {m: k for m, k in plan.models.items() if m not in BUNDLED}
     return plan
 
 
-def _add_model(plan: Plan, key: str, model: str, hint: str | None) -> None:
+def _add_model(plan: Plan, model: str, hint: str | None) -> None:
     from rlaif.engines.models import BUNDLED
 
     if model in BUNDLED:
@@ -114,12 +113,8 @@ def _add_model(plan: Plan, key: str, model: str, hint: str | None) -> None:
         plan.models.setdefault(model, hint or "")
 
 
-def _reasoning_name(model: str) -> bool:
-    return model.startswith(("o1", "o3", "o4", "gpt-5"))
-
-
 # ----------------------------------------------------------------------------- what the real world says
-def check(plan: Plan, paths: list[str], recipes: list[Any]) -> None:
+def check(plan: Plan, paths: list[str]) -> None:
     """Every model id exists, every dataset has its split, every key variable is set: all problems
     at once, one line each, before anything runs."""
     from rlaif.engines.models import check_model
