@@ -18,6 +18,7 @@ from typing import Any
 GEN_TOKENS = 24  # answer length of a rehearsal's members: enough to exercise parsing and training
 JUDGE_TOKENS = 256  # a judge's structured verdict needs its room
 TRAIN_LENGTH = 256
+CONTEXT = 4096  # an engine's context at most: 1 GiB of KV cache holds it for the bundled and stand-in models
 ENGINE = {"dtype": "float32", "tensor_parallel_size": 1, "pipeline_parallel_size": 1,
           "gpu_memory_utilization": None, "quantization": None, "cpu_kv_cache_gb": 1}
 # one step: no room for warmup (a warmup ratio of one step trains it at learning rate 0, and a stage
@@ -34,8 +35,8 @@ def engine_overrides(prefix: str, engine: Any) -> list[str]:
     """CPU settings for one engine block (the recipe's, or a member's or judge's own)."""
     out = [_set(f"{prefix}.{k}", v) for k, v in ENGINE.items()
            if prefix == "engine" or k in engine.model_fields_set]
-    if prefix == "engine" and engine.max_model_len and engine.max_model_len > 2048:
-        out.append(_set(f"{prefix}.max_model_len", 2048))
+    if (prefix == "engine" or "max_model_len" in engine.model_fields_set) and not 0 < (engine.max_model_len or 0) <= CONTEXT:
+        out.append(_set(f"{prefix}.max_model_len", CONTEXT))
     parallel = {k for k in engine.extra if k in ("tensor_parallel_size", "pipeline_parallel_size", "data_parallel_size")}
     if parallel:
         out.append(_set(f"{prefix}.extra", {k: v for k, v in engine.extra.items() if k not in parallel}))
@@ -54,7 +55,8 @@ def cpu_overrides(recipe: Any, prompts: int, base_url: str | None, stages: set[s
                 sets.append(_set(f"generators.{i}.sampling.max_tokens", GEN_TOKENS))
             if g.engine is not None:
                 sets += engine_overrides(f"generators.{i}.engine", g.engine)
-        said.append(f"answers: at most {GEN_TOKENS} tokens; engines: float32, one device, 1 GiB of KV cache")
+        said.append(f"answers: at most {GEN_TOKENS} tokens; engines: float32, one device, 1 GiB of KV cache, "
+                    f"a context of at most {CONTEXT}")
         if recipe.binarize.test_fraction < 0.5:  # a few prompts: half held out, so evaluate has a test split
             sets.append(_set("binarize.test_fraction", 0.5))
         if recipe.binarize.push_to_hub:
