@@ -61,6 +61,8 @@ def main() -> None:
     for name, seconds, code in rows:
         print(f"{name:<22} {seconds:>8.0f} {code:>5}")
     print(f"cores: {os.cpu_count()}")
+    if any(code for _, _, code in rows):
+        sys.exit(1)
 
 
 if __name__ == "__main__":
