@@ -249,8 +249,8 @@ def run_steps(steps: list[list[str]], env: dict[str, str], out: Path) -> int:
     table = Table("command", "exit", "seconds", title=f"rehearsal -> {out}")
     total = time.perf_counter()
     for cmd in steps:
-        shown = "rlaif " + " ".join(shlex.quote(a) for a in cmd[3:] if not a.startswith("--set"))
-        shown = shown.split(" --out ")[0] if " run " in f" {shown} " else shown
+        words = cmd[3:cmd.index("--out")] if "--out" in cmd else cmd[3:]  # the command as the user types it
+        shown = "rlaif " + shlex.join(words)
         echo(f"rehearse {shown}")
         start = time.perf_counter()
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
