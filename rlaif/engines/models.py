@@ -89,6 +89,22 @@ def model_files(name: str, fetch: tuple[str, ...] = ()) -> Path | None:
         return None
 
 
+TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json")  # where transformers 5 saves a template
+TOKENIZER_FILES = ("tokenizer_config.json", *TEMPLATE_FILES)  # the small files that say whether there is one
+
+
+def chat_template_in(path: Path) -> bool:
+    """Whether the model files in `path` carry a chat template (a base model's carry none)."""
+    import json
+
+    if any((path / name).exists() for name in TEMPLATE_FILES):
+        return True
+    try:
+        return bool(json.loads((path / "tokenizer_config.json").read_text()).get("chat_template"))
+    except (OSError, ValueError):
+        return False
+
+
 def check_model(name: str, timeout: float = 5.0) -> None:
     """Raise ConfigError unless `name` can be loaded here, without loading it: a bundled model whose
     package is installed, a local directory with config.json, or a hub id that is in the local

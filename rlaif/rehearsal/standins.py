@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Literal
 
 Kind = Literal["chat", "base"]
-TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json")
 
 
 def revision(repo_id: str) -> str:
@@ -48,7 +47,7 @@ def tiny_model(out: Path, kind: Kind, seed: int = 0) -> Path:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from rlaif.engines.models import prepare_bundled
+    from rlaif.engines.models import TEMPLATE_FILES, prepare_bundled
 
     source = prepare_bundled("smollm2-135m-instruct")
     config = AutoConfig.from_pretrained(source)
@@ -123,29 +122,12 @@ def add_dataset(hf_home: Path, repo_id: str, splits: dict[str, list[dict]]) -> N
 def model_kind(repo_id: str, hint: Kind | None = None) -> Kind:
     """Whether a hub model is a chat or a base model: from its tokenizer files where the local cache
     or the hub has them (small files only), else `hint`, else from its name."""
-    found = _template_in_files(repo_id)
-    if found is not None:
-        return "chat" if found else "base"
+    from rlaif.engines.models import TOKENIZER_FILES, chat_template_in, model_files
+
+    path = model_files(repo_id, fetch=TOKENIZER_FILES)
+    if path is not None:
+        return "chat" if chat_template_in(path) else "base"
     if hint is not None:
         return hint
     name = repo_id.lower()
     return "chat" if any(w in name for w in ("instruct", "chat", "-it", "zephyr", "-sft", "-dpo", "tulu")) else "base"
-
-
-def _template_in_files(repo_id: str) -> bool | None:
-    """True / False where the tokenizer files say; None where they cannot be read here."""
-    from huggingface_hub import hf_hub_download
-
-    try:
-        config = Path(hf_hub_download(repo_id, "tokenizer_config.json", etag_timeout=5))
-    except Exception:  # noqa: BLE001 - offline, gated, or not there: the caller falls back
-        return None
-    if json.loads(config.read_text()).get("chat_template"):
-        return True
-    for name in TEMPLATE_FILES:
-        try:
-            hf_hub_download(repo_id, name, etag_timeout=5)
-            return True
-        except Exception:  # noqa: BLE001
-            continue
-    return False

@@ -40,7 +40,6 @@ per judge: scores.<judge>.json, table.<judge>.md, radar.<judge>.png (one polygon
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections import defaultdict
@@ -147,27 +146,19 @@ def model_key(model: str) -> str:
                          if p.is_file() and p.name not in skip])
 
 
-TOKENIZER_CONFIG = ("tokenizer_config.json", "chat_template.jinja", "chat_template.json")  # where a template is
-
-
 def has_chat_template(model: str) -> bool:
     """Whether the model's tokenizer has a chat template, read from its files wherever they are
     (bundled, a local directory, a hub id in the local Hugging Face cache or fetched from the hub:
     only those small files); a base model without one answers through URIAL. A model whose files
     cannot be read here is assumed to have one, with a warning."""
-    from rlaif.engines.models import model_files
+    from rlaif.engines.models import TOKENIZER_FILES, chat_template_in, model_files
 
-    path = model_files(model, fetch=TOKENIZER_CONFIG)
+    path = model_files(model, fetch=TOKENIZER_FILES)
     if path is None:
         log.warning("%s: its tokenizer files are not on this machine nor on a hub in reach; "
                     "assumed to have a chat template", model)
         return True
-    if (path / "chat_template.jinja").exists() or (path / "chat_template.json").exists():
-        return True
-    try:
-        return bool(json.loads((path / "tokenizer_config.json").read_text()).get("chat_template"))
-    except (OSError, ValueError):
-        return False
+    return chat_template_in(path)
 
 
 # ----------------------------------------------------------------------------- answering
