@@ -33,7 +33,8 @@ def main() -> None:
     from rlaif.engines.models import resolve_model
     from rlaif.engines.pool import EnginePool
     from rlaif.engines.vllm_offline import VLLMEngine, on_cpu
-    from rlaif.generation.ensemble import GeneratorSpec, generate
+    from rlaif.generation.ensemble import GeneratorSpec
+    from rlaif.generation.stage import generate
     from rlaif.generation.prompt_sets import write_prompt_chunks
     from rlaif.generation.prompt_sets import load_prompts
 

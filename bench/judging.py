@@ -93,7 +93,8 @@ def compare_modes(judge_model: str, prompts: int, per_prompt: int, score: str, t
     from rlaif.engines.models import resolve_model
     from rlaif.engines.pool import EnginePool
     from rlaif.engines.vllm_offline import VLLMEngine
-    from rlaif.generation.ensemble import GeneratorSpec, generate
+    from rlaif.generation.ensemble import GeneratorSpec
+    from rlaif.generation.stage import generate
     from rlaif.generation.prompt_sets import load_prompts, write_prompt_chunks
     from rlaif.judges.agreement import agreement
     from rlaif.judges.spec import JudgeSpec
@@ -145,10 +146,12 @@ def main() -> None:
     from rlaif.engines.models import resolve_model
     from rlaif.engines.pool import EnginePool
     from rlaif.engines.vllm_offline import VLLMEngine
-    from rlaif.generation.ensemble import GeneratorSpec, generate
+    from rlaif.generation.ensemble import GeneratorSpec
+    from rlaif.generation.stage import generate
     from rlaif.generation.prompt_sets import load_prompts, write_prompt_chunks
     from rlaif.judges.spec import JudgeSpec
-    from rlaif.judges.stage import manifest_counts, run_judge
+    from rlaif.judges.stage import JudgeStage, manifest_counts
+    from rlaif.runners.local import LocalExecutor
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-judging-"))
     prompts = load_prompts("mt_bench", limit=args.prompts)
@@ -171,7 +174,8 @@ def main() -> None:
                 with EnginePool() as pool:
                     pool.put(spec.engine_spec(), eng)
                     t = time.perf_counter()
-                    m = run_judge(pm, cm, spec, gen_store, pool, stage=f"judgements/{judge_model}/{kind}")
+                    folder = f"judgements/{judge_model}/{kind}"
+                    m = LocalExecutor(pool).run(JudgeStage(cm, spec, folder=folder), gen_store)
                     stage_s = time.perf_counter() - t
                 counts = manifest_counts(m)
                 plain_s, lengths = plain(eng, spec, asks, 0, constrained=True)

@@ -133,8 +133,9 @@ def endpoint(urls: list[str], concurrency: int) -> dict:
 # ----------------------------------------------------------------------------- throughput
 def throughput(args) -> None:
     from rlaif.core.store import RunStore
-    from rlaif.flows.cluster import Cluster
     from rlaif.generation.ensemble import GeneratorSpec
+    from rlaif.generation.stage import GenerateStage
+    from rlaif.runners.ray import RayExecutor
     from rlaif.preferences.hygiene import HygieneSpec, prepare_prompts
 
     rate = args.concurrency / args.delay
@@ -149,10 +150,10 @@ def throughput(args) -> None:
             pm, _ = prepare_prompts(str(source), "train", None, HygieneSpec(near_dup_threshold=None), store, 16)
             member = GeneratorSpec(name="a", model="a", endpoint=endpoint(gpus.urls, args.concurrency),
                                    engine={"replicas": n})
-            cluster = Cluster("local")
+            executor = RayExecutor("local")
             t = time.perf_counter()
-            cluster.generate(pm, [member], store, None, None, 0)
-            s = cluster.stats
+            executor.run(GenerateStage(pm, [member]), store)
+            s = executor.stats
             per_s = s.steady_rows / s.steady_s
             base = base or per_s
             print(f"{n:8d} {args.per_worker * n:8d} {per_s:14.1f} {per_s / n:11.1f} {per_s / (n * rate):9.2f} "
@@ -173,7 +174,8 @@ def pipeline_run(args) -> None:
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "300")  # a busy machine takes > 20 s
     from prefect import flow
 
-    from rlaif.flows.pipeline import run_stages, session
+    from rlaif.flows.context import flow_run
+    from rlaif.flows.pipeline import run_stages
     from rlaif.flows.recipe import Recipe
 
     @flow(name="warm-up")
@@ -182,10 +184,10 @@ def pipeline_run(args) -> None:
 
     @flow(name="bench-scale")
     def run(recipe, out):  # no annotations: `Recipe` is imported in this function, out of Prefect's sight
-        with session(recipe.seed) as s:
-            reports = run_stages(recipe, out, "binarize")
+        with flow_run(recipe, out) as ctx:
+            reports = run_stages(ctx, "binarize").reports
             return {"pairs": reports[-1].count_out, "completions": reports[1].count_out,
-                    "worker_cpu_s": s.cluster.stats.worker_cpu_s}
+                    "worker_cpu_s": ctx.executor.stats.worker_cpu_s}
 
     warm_up()
     with tempfile.TemporaryDirectory() as tmp, StandIns(args.workers, args.concurrency, args.delay) as gpus:

@@ -32,8 +32,8 @@ from rlaif.engines.balanced import BalancedEngine
 from rlaif.engines.openai_endpoint import Endpoint
 from rlaif.flows.cli import main
 
-# `ray start` with Ray kept on 127.0.0.1 (rlaif.flows.cluster.keep_on_loopback)
-RAY_START = ("import sys; from rlaif.flows.cluster import keep_on_loopback; keep_on_loopback(); "
+# `ray start` with Ray kept on 127.0.0.1 (rlaif.runners.ray.keep_on_loopback)
+RAY_START = ("import sys; from rlaif.runners.ray import keep_on_loopback; keep_on_loopback(); "
              "from ray.scripts.scripts import main; sys.argv = ['ray', *sys.argv[1:]]; main()")
 DELAY_S = 0.1  # each completion takes this long: the run lasts long enough to lose a worker in it
 
@@ -93,7 +93,7 @@ def two_nodes():
     their workers inherit); everything they started is stopped at the end."""
     import ray
 
-    from rlaif.flows.cluster import connect
+    from rlaif.runners.ray import connect
 
     temp = tempfile.mkdtemp(prefix="rlaif-ray-", dir="/tmp")  # Ray's socket paths must stay short
     env = pytest.MonkeyPatch()

@@ -242,19 +242,22 @@ def write_judged_shards(recipe: Path, run: Path) -> None:
     """The corpus's completions and judgements, where `rlaif generate` and `rlaif judge` would put them."""
     from rlaif.core.store import RunStore
     from rlaif.flows.recipe import load_recipe
-    from rlaif.generation.ensemble import STAGE, manifest_of, plan_generation
-    from rlaif.judges.stage import judge_dir, plan_judging
+    from rlaif.generation.stage import GenerateStage
+    from rlaif.judges.stage import JudgeStage
     from rlaif.preferences.hygiene import prepare_prompts
 
     _, completions, judgements = corpus()
     r, store = load_recipe(recipe), RunStore(run)
     pm, _ = prepare_prompts(r.prompts.source, "train", None, r.hygiene, store, r.shard_size)
-    for u in plan_generation(pm, r.generators, store):
-        store.write(STAGE, u.key, [c for c in completions if c.model == u.spec.name and c.prompt_id != "dup"],
-                    group=u.chunk.key, name=u.spec.name)
-    cm = manifest_of(plan_generation(pm, r.generators, store))
-    for u in plan_judging(cm, r.judges[0], store):
-        store.write(judge_dir("uf"), u.key, [j for j in judgements if j.prompt_id != "dup"], group=u.group, name="uf")
+    generation = GenerateStage(pm, r.generators)
+    for job in generation.plan(store):
+        for s in job.shards:
+            store.write(s.stage, s.key, [c for c in completions if c.model == s.name and c.prompt_id != "dup"],
+                        group=job.group, name=s.name)
+    cm = generation.manifest(generation.plan(store))
+    for job in JudgeStage(cm, r.judges[0]).plan(store):
+        (s,) = job.shards
+        store.write(s.stage, s.key, [j for j in judgements if j.prompt_id != "dup"], group=job.group, name="uf")
 
 
 def test_rlaif_binarize_publishes_from_the_run_dir(tmp_path, capsys):

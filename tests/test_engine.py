@@ -8,7 +8,8 @@ from rlaif.core.store import RunStore
 from rlaif.engines.base import Sampling
 from rlaif.engines.pool import EnginePool
 from rlaif.generation import ensemble
-from rlaif.generation.ensemble import GeneratorSpec, answer, generate
+from rlaif.generation.ensemble import GeneratorSpec, answer
+from rlaif.generation.stage import generate
 from rlaif.generation.prompt_sets import load_prompts
 
 pytestmark = pytest.mark.engine

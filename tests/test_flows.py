@@ -21,7 +21,9 @@ from rlaif.core.errors import StageError
 from rlaif.core.records import Judgement, Message, Prompt
 from rlaif.core.store import RunStore
 from rlaif.flows.cli import main
-from rlaif.flows.pipeline import call, generate_task, pipeline_flow, session, shared_engines
+from rlaif.flows.context import flow_run, using
+from rlaif.flows.pipeline import pipeline_flow, run_step
+from rlaif.flows.steps import generate_step
 from rlaif.flows.recipe import load_recipe
 from rlaif.generation.prompt_sets import write_prompt_chunks
 
@@ -54,7 +56,7 @@ def built(tmp_path_factory, smol_engine, prefect_harness):
     tmp = tmp_path_factory.mktemp("flows")
     write_prompts(tmp / "prompts.jsonl", ["Name a fruit that is red.", "What is 2 + 2?"])
     (tmp / "recipe.yaml").write_text(yaml.safe_dump({**TINY, "prompts": {"source": str(tmp / "prompts.jsonl")}}))
-    with EnginePool() as pool, shared_engines(pool):
+    with EnginePool() as pool, using(pool=pool):
         pool.put(EngineSpec(SMOL, None, SMOL_SETTINGS), smol_engine)
         reports = pipeline_flow(load_recipe(tmp / "recipe.yaml"), str(tmp / "run"))
     return tmp, by_stage(reports)
@@ -68,7 +70,7 @@ def run_copy(built, tmp_path, pool):
         shutil.copy(src / name, tmp_path / name)
     (tmp_path / "recipe.yaml").write_text((src / "recipe.yaml").read_text().replace(str(src), str(tmp_path)))
     shutil.copytree(src / "run", tmp_path / "run", symlinks=True)
-    with shared_engines(pool):
+    with using(pool=pool):
         yield tmp_path / "recipe.yaml", tmp_path / "run", stages
 
 
@@ -168,7 +170,7 @@ def test_models_per_prompt_draws_k_members_per_prompt(tmp_path, pool):
     recipe.write_text(yaml.safe_dump({**TINY, "prompts": {"source": str(prompts)}, "generators": members,
                                       "models_per_prompt": 2}))
     out = tmp_path / "run"
-    with shared_engines(pool):
+    with using(pool=pool):
         assert main(["generate", str(recipe), "--out", str(out)]) == 0
     store = RunStore(out)
     got: dict[str, set[str]] = {}
@@ -232,11 +234,12 @@ def until(recipe, out: str, stage: str, prompts=None):
     """The stages up to `stage`; with `prompts`, generation alone on those records."""
     from rlaif.flows.pipeline import run_stages
 
-    with session(recipe.seed):
+    with flow_run(recipe, out) as ctx:
         if prompts is None:
-            return run_stages(recipe, out, stage)
+            return run_stages(ctx, stage).reports
         pm = write_prompt_chunks(prompts, RunStore(out), recipe.shard_size)
-        return call(generate_task, out, pm, recipe, out, None, remote=True, recipe=recipe)
+        manifest, report = run_step(generate_step(ctx, pm), ctx)
+        return manifest, report.cached, report.seconds
 
 
 def test_remote_rows_are_retried_by_prefect_with_backoff_then_kept(tmp_path, endpoint, prefect_harness):

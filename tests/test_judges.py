@@ -15,11 +15,12 @@ from rlaif.engines.base import Sampling
 from rlaif.engines.openai_endpoint import Endpoint
 from rlaif.engines.pool import EnginePool, EngineSpec
 from rlaif.flows.cli import main as cli
-from rlaif.generation.ensemble import GeneratorSpec, generate
+from rlaif.generation.ensemble import GeneratorSpec
+from rlaif.generation.stage import generate
 from rlaif.generation.prompt_sets import load_prompts
 from rlaif.judges.agreement import agreement
 from rlaif.judges.spec import JudgeSpec
-from rlaif.judges.stage import judge_counts, judge_dir, run_judge, stored_judgements
+from rlaif.judges.stage import judge_dir, run_judge, stored_judgements
 
 GENERATORS = [GeneratorSpec(name=n, model=SMOL, sampling=Sampling(temperature=1.0, max_tokens=40, seed=s))
               for n, s in (("a", 1), ("b", 2))]
@@ -56,10 +57,25 @@ def written(prompts, tmp_path_factory):
     return store, pm, cm, completions
 
 
-def judge(spec, run, pool=None, **kw):
-    """Run the judge stage on the run's completions; returns its records."""
+
+def judge_counts(records) -> dict[str, int]:
+    """The stage's counts (`manifest_counts`) for records in memory."""
+    status = [r.status for r in records]
+    return {"total": len(records), "parsed": status.count("parsed"), "retried": sum(r.retries > 0 for r in records),
+            "unparsed": status.count("unparsed"), "failed": status.count("failed")}
+
+
+def judge(spec, run, pool=None, stage=None):
+    """Run the judge stage on the run's completions (into `stage`, default its own folder); returns its records."""
+    from rlaif.judges.stage import JudgeStage
+    from rlaif.runners.local import LocalExecutor
+
     store, pm, cm, _ = run
-    m = run_judge(pm, cm, spec, store, pool, SMOL_SETTINGS, **kw)
+    if stage is None:
+        m = run_judge(pm, cm, spec, store, pool, SMOL_SETTINGS)
+    else:
+        with LocalExecutor(pool) as executor:
+            m = executor.run(JudgeStage(cm, spec, SMOL_SETTINGS, folder=stage), store)
     return list(store.read_manifest(m, PairJudgement if spec.pairwise else Judgement))
 
 
@@ -279,7 +295,7 @@ def test_rlaif_agreement_with_human_labels(written, tmp_path, capsys):
 
 
 def test_rlaif_judge_adds_a_judge_to_a_run_and_agreement_compares(run, pool, tmp_path, capsys):
-    from rlaif.flows.pipeline import shared_engines
+    from rlaif.flows.context import using
 
     store = run[0]
     judge(JudgeSpec(name="ultrafeedback", model=SMOL), run, pool)  # the recipe's first judge has judged
@@ -294,7 +310,7 @@ def test_rlaif_judge_adds_a_judge_to_a_run_and_agreement_compares(run, pool, tmp
     }))
     before = sorted((store.root / "completions").iterdir())
     texts = [p.read_text() for p in before]
-    with shared_engines(pool):  # the CLI's flow uses the session's engine instead of loading one
+    with using(pool=pool):  # the CLI's flow uses the session's engine instead of loading one
         assert cli(["judge", str(recipe), "--judge", "crit", "--out", str(store.root)]) == 0
     assert [p.read_text() for p in sorted((store.root / "completions").iterdir())] == texts  # nothing generated
     crit = stored_judgements(store, "crit")

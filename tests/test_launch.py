@@ -126,8 +126,9 @@ def test_the_engine_preloaded_is_the_one_the_pending_stage_uses_first(tmp_path):
     """Planning only: no engine is loaded. Members on two models with the judge on one of them: the
     other model goes first (the judge's is used last, so judging finds it loaded)."""
     from rlaif.engines.pool import EnginePool, EngineSpec
-    from rlaif.flows.launch import Pending, first_engine, settled
-    from rlaif.flows.pipeline import pipeline_flow
+    from rlaif.flows.context import using
+    from rlaif.flows.launch import first_engine, without_prefect
+    from rlaif.flows.pipeline import Pending, pipeline_flow
     from rlaif.flows.recipe import load_recipe
 
     write_prompts(tmp_path / "prompts.jsonl", ["Name a fruit that is red."])
@@ -137,10 +138,10 @@ def test_the_engine_preloaded_is_the_one_the_pending_stage_uses_first(tmp_path):
         (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(data))
         recipe = load_recipe(tmp_path / "recipe.yaml")
         with pytest.raises(Pending) as pending:
-            settled(pipeline_flow, recipe, str(tmp_path / "run"))
-        assert pending.value.task == "generate"
-        with EnginePool() as pool:
-            assert first_engine(pending.value, recipe, pool) == EngineSpec(first, None, SMOL_SETTINGS)
+            without_prefect(pipeline_flow, recipe, str(tmp_path / "run"))
+        assert pending.value.step.name == "generate"
+        with EnginePool() as pool, using(pool=pool):
+            assert first_engine(pending.value, recipe, str(tmp_path / "run")) == EngineSpec(first, None, SMOL_SETTINGS)
             assert pool.loads == {}
 
 
@@ -150,11 +151,11 @@ def test_members_with_different_sampling_and_the_judge_share_one_engine(tmp_path
     judge on SmolLM2 too. The pool holds the session's engine under the recipe's settings and counts
     every load: all three use that one engine through generation and judging, so nothing is loaded."""
     from rlaif.flows.cli import main
-    from rlaif.flows.pipeline import shared_engines
+    from rlaif.flows.context import using
 
     write_prompts(tmp_path / "prompts.jsonl", ["Name a fruit that is red."])
     (tmp_path / "recipe.yaml").write_text(yaml.safe_dump({**TINY, "prompts": {"source": str(tmp_path / "prompts.jsonl")}}))
-    with shared_engines(pool):
+    with using(pool=pool):
         assert main(["run", str(tmp_path / "recipe.yaml"), "--out", str(tmp_path / "run")]) == 0
     assert pool.loads == {}
     summary = {r["stage"]: r for r in json.loads((tmp_path / "run" / "summary.json").read_text())}

@@ -10,7 +10,8 @@ from rlaif.core.records import Completion
 from rlaif.core.store import RunStore
 from rlaif.engines.base import Sampling
 from rlaif.engines.openai_endpoint import Endpoint, EndpointEngine, EndpointRefused
-from rlaif.generation.ensemble import STAGE, GeneratorSpec, answer, generate
+from rlaif.generation.ensemble import STAGE, GeneratorSpec, answer
+from rlaif.generation.stage import generate
 from rlaif.generation.prompt_sets import load_prompts
 
 

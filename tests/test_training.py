@@ -275,7 +275,7 @@ def test_rlaif_evaluate_writes_metrics_win_rate_and_plots(sft_then_dpo, trained_
     from rlaif.engines import pool as engine_pool
     from rlaif.engines.pool import EngineSpec
     from rlaif.flows.cli import main
-    from rlaif.flows.pipeline import shared_engines
+    from rlaif.flows.context import using
 
     run, _, dpo = sft_then_dpo
     assert dpo["beta"] == BETA and json.loads((run / "recipe.json").read_text())["train"]["dpo"] is None
@@ -302,7 +302,7 @@ def test_rlaif_evaluate_writes_metrics_win_rate_and_plots(sft_then_dpo, trained_
     monkeypatch.setattr(pool, "get", spy_get)
     for path, engine in trained_engines.items():  # this module's: loaded once for evaluate and MT-Bench
         pool.put(EngineSpec(path, None, SMOL_SETTINGS), engine)
-    with shared_engines(pool):  # the judge is the session's SmolLM2
+    with using(pool=pool):  # the judge is the session's SmolLM2
         assert main(["evaluate", str(run), "--max-tokens", "12"]) == 0
     assert events[:4] == ["hf model", "hf model", "hand-off", "engine"]
     assert pool.loads == {}  # both models were found under the paths the run's stage state names
@@ -333,7 +333,7 @@ def test_rlaif_evaluate_mt_bench_on_a_run(tmp_path, smol_engine, sft_then_dpo, t
     asks nothing."""
     from rlaif.engines.pool import EnginePool, EngineSpec
     from rlaif.flows.cli import main
-    from rlaif.flows.pipeline import shared_engines
+    from rlaif.flows.context import using
 
     run = tmp_path / "run"
     recipe = load_recipe(ROOT / "recipes" / "quickstart.yaml", [
@@ -344,7 +344,7 @@ def test_rlaif_evaluate_mt_bench_on_a_run(tmp_path, smol_engine, sft_then_dpo, t
     sft, dpo = trained_engines
     models = ["--model", f"base={SMOL}", "--model", f"dsft={sft}", "--model", f"ddpo={dpo}"]
     tap = Recording(smol_engine)
-    with EnginePool() as pool, shared_engines(pool):
+    with EnginePool() as pool, using(pool=pool):
         pool.put(EngineSpec(SMOL, None, SMOL_SETTINGS), tap)
         for path, engine in trained_engines.items():
             pool.put(EngineSpec(path, None, SMOL_SETTINGS), engine)

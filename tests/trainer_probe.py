@@ -30,7 +30,7 @@ def vllm_processes() -> list[str]:
 def install(out: str) -> None:
     from transformers import Trainer, TrainerCallback
 
-    from rlaif.flows import pipeline
+    from rlaif.flows.context import run_context
 
     models: list[weakref.ref] = []  # each trainer's model, in the order the trainers were built
 
@@ -39,7 +39,7 @@ def install(out: str) -> None:
             self.earlier = earlier
 
         def on_train_begin(self, args, state, control, **kwargs):
-            look = {"engines": pipeline.current().pool.held(), "vllm_processes": vllm_processes(),
+            look = {"engines": run_context().pool.held(), "vllm_processes": vllm_processes(),
                     "earlier_models_alive": sum(r() is not None for r in self.earlier)}
             with open(out, "a") as f:
                 f.write(json.dumps(look) + "\n")

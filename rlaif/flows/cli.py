@@ -90,6 +90,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from rlaif.core.store import write_atomic
     from rlaif.flows import pipeline
     from rlaif.flows.launch import run_flow
+    from rlaif.flows.report import print_summary, write_summary
 
     if getattr(args, "dry_run", False):
         from rlaif.flows.dry_run import estimate, print_estimate
@@ -102,7 +103,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         _preflight(recipe, out, {"judge", "binarize"}, [load_judge(args.judge)])
         reports, report = swap(recipe, args.judge, out)
-        pipeline.print_summary(reports, out)
+        print_summary(reports, out)
         fmt = lambda v: "n/a" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)  # noqa: E731
         echo(f"agreement with {report['previous']}: spearman={fmt(report['spearman'])} kendall={fmt(report['kendall'])} "
               f"chosen_agreement={fmt(report['chosen_agreement'])} kappa={fmt(report['cohen_kappa'])} "
@@ -119,8 +120,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     flow = pipeline.generate_flow if args.command == "generate" else pipeline.pipeline_flow
     reports = run_flow(flow, recipe, out, preflight=(lambda: _preflight(recipe, out, stages)) if rerun else None,
                        rerun=rerun)
-    pipeline.write_summary(reports, out)
-    pipeline.print_summary(reports, out)
+    write_summary(reports, out)
+    print_summary(reports, out)
     _check_rows(reports, recipe)
     return 0
 
@@ -129,7 +130,8 @@ def cmd_judge(args: argparse.Namespace) -> int:
     """Judge the completions already in a run with one of the recipe's judges (the judge flow);
     a run without them is an error, never a reason to generate."""
     from rlaif.flows.launch import run_flow
-    from rlaif.flows.pipeline import judge_flow, print_summary, write_summary
+    from rlaif.flows.pipeline import judge_flow
+    from rlaif.flows.report import print_summary, write_summary
 
     recipe, out = _recipe(args), str(_out(args))
     spec = recipe.judge_spec(args.judge)
@@ -147,7 +149,8 @@ def cmd_judge(args: argparse.Namespace) -> int:
 def cmd_binarize(args: argparse.Namespace) -> int:
     """Publish a new dataset version from the completions and judgements already in the run dir."""
     from rlaif.flows.launch import run_flow
-    from rlaif.flows.pipeline import binarize_flow, print_summary, write_summary
+    from rlaif.flows.pipeline import binarize_flow
+    from rlaif.flows.report import print_summary, write_summary
     from rlaif.preferences.versions import version_manifest
 
     if args.push_to_hub:
@@ -213,7 +216,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     """One training stage into <run>/sft or <run>/dpo (a flow of one task)."""
     from rlaif.core.store import write_atomic
     from rlaif.flows.launch import run_flow
-    from rlaif.flows.pipeline import print_summary, train_flow, train_inputs, train_task
+    from rlaif.flows.context import using
+    from rlaif.flows.pipeline import train_flow
+    from rlaif.flows.report import print_summary
+    from rlaif.flows.steps import train, train_inputs
     from rlaif.training.launch import is_main
 
     recipe, out = _recipe(args), _out(args)
@@ -223,7 +229,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if is_main() and not (out / "recipe.json").exists():  # evaluate reads the recipe from the run
         write_atomic(out / "recipe.json", recipe.model_dump_json(indent=2))
     if not is_main():  # another process of `accelerate launch`: trains its share; rank 0 records the run
-        train_task.fn(args.stage, recipe, str(out), train_inputs(args.stage, recipe, str(out)))
+        with using(recipe=recipe, out=str(out)) as ctx:
+            train(ctx, args.stage, train_inputs(args.stage, recipe, str(out)))
         return 0
     reports = run_flow(train_flow, recipe, str(out), args.stage, preflight=lambda: _preflight(recipe, out, {args.stage}),
                        rerun=rerun)
@@ -248,7 +255,7 @@ def _rehearsal_dir(args: argparse.Namespace) -> Path:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import json
 
-    from rlaif.flows.pipeline import session
+    from rlaif.flows.context import flow_run
     from rlaif.flows.recipe import Recipe
     from rlaif.training.evaluate import evaluate_run
 
@@ -262,7 +269,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     judge = recipe.judge_spec(args.judge) if recipe.judges or args.judge else None
     if judge is None and not args.no_win_rate:
         echo("note: the recipe has no judge, so no judged win rate (a training-only recipe)")
-    with session(recipe.seed) as s:  # the engines of this command (or of a test's or bench's shared pool)
+    with flow_run(recipe, str(run)) as s:  # the engines of this command (or of a test's or bench's shared pool)
         # beta: the one dDPO trained with (its stage state), not recipe.json's, which may predate it
         metrics = evaluate_run(run, judge, None, tokens, recipe.engine, recipe.seed,
                                win_rate=not args.no_win_rate, pool=s.pool)
@@ -276,7 +283,7 @@ def mt_bench(args: argparse.Namespace, run: Path, recipe) -> int:
     from rich.table import Table
 
     from rlaif.flows.console import console
-    from rlaif.flows.pipeline import session
+    from rlaif.flows.context import flow_run
     from rlaif.training.mt_bench import MAX_TOKENS, parse_models, run_mt_bench, run_models, table_rows
 
     if not args.model:  # the run's own models: was their data kept clean of MT-Bench's questions?
@@ -285,7 +292,7 @@ def mt_bench(args: argparse.Namespace, run: Path, recipe) -> int:
         if note := contamination_note(recipe.training_data(run)):
             echo(note)
     models = parse_models(args.model) if args.model else run_models(run, recipe)
-    with session(recipe.seed) as s:
+    with flow_run(recipe, str(run)) as s:
         result = run_mt_bench(run / "eval" / "mt_bench", models, recipe.judge_spec(args.judge), recipe.engine,
                               recipe.seed, args.limit, args.max_tokens or MAX_TOKENS, s.pool, s.reporter)
         s.reporter.stop()
@@ -534,31 +541,22 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run_locked(spec: Command, args: argparse.Namespace, run_dir: Path | None) -> int:
-    from rlaif.core.progress import NULL
     from rlaif.core.store import clean_leftovers, run_lock
     from rlaif.flows.console import RichReporter
-    from rlaif.flows.pipeline import set_reporter
+    from rlaif.flows.context import using
     from rlaif.training.launch import is_main
 
     reporter = RichReporter()
-    set_reporter(reporter)
-    ray_before = os.environ.get("RAY_ADDRESS")
-    if getattr(args, "ray", None):  # read by every flow run of this command (flows/cluster.py)
-        os.environ["RAY_ADDRESS"] = args.ray
-    try:
-        if spec.lock and run_dir is not None and is_main():  # a training launch's rank 0 holds it for all
-            with run_lock(run_dir):
-                clean_leftovers(run_dir)
-                return spec.run(args)
-        return spec.run(args)
-    finally:
-        reporter.stop()
-        set_reporter(NULL)
-        if getattr(args, "ray", None):  # this command's cluster, not the next one's (in-process callers)
-            if ray_before is None:
-                os.environ.pop("RAY_ADDRESS", None)
-            else:
-                os.environ["RAY_ADDRESS"] = ray_before
+    # every flow run of this command shows its progress here and runs on `--ray`'s cluster, if given
+    with using(reporter=reporter, ray_address=getattr(args, "ray", None)):
+        try:
+            if spec.lock and run_dir is not None and is_main():  # a training launch's rank 0 holds it for all
+                with run_lock(run_dir):
+                    clean_leftovers(run_dir)
+                    return spec.run(args)
+            return spec.run(args)
+        finally:
+            reporter.stop()
 
 
 def _error(con, message: str, log: Path) -> None:

@@ -30,28 +30,17 @@ from contextlib import contextmanager, nullcontext
 from typing import Any
 
 from rlaif.core.progress import Reporter, Task
-from rlaif.engines.pool import EnginePool, EngineSpec
+from rlaif.engines.pool import EnginePool
+from rlaif.flows.context import run_context, using
+from rlaif.flows.pipeline import Pending
 
 log = logging.getLogger(__name__)
 # Prefect's 20 s for its temporary server to answer is too short while a model loads beside it on
 # 2 shared cores: the bench's first run timed out there (2026-11-24) with the engine already loaded.
 STARTUP_TIMEOUT = 300
-_direct = False  # set while a flow's body runs outside Prefect (pipeline.call reads it)
 
 
-class Pending(Exception):
-    """A task whose stage has work: the flow must run. Carries the task and its parameters."""
-
-    def __init__(self, task: str, params: dict[str, Any]):
-        super().__init__(task)
-        self.task, self.params = task, params
-
-
-def direct() -> bool:
-    return _direct
-
-
-class Held(Reporter):
+class HeldReporter(Reporter):
     """A reporter that keeps what it is told, to pass on (`replay`) once the attempt succeeds."""
 
     def __init__(self) -> None:
@@ -76,27 +65,19 @@ class Held(Reporter):
                 getattr(to, kind)(value)
 
 
-def settled(flow, *args: Any, **kwargs: Any) -> Any:
+def without_prefect(flow, *args: Any, **kwargs: Any) -> Any:
     """The flow's result computed without Prefect if every stage it runs is done; else `Pending`."""
-    from rlaif.flows import pipeline
-
-    global _direct
-    outer, held = pipeline.reporter(), Held()
-    pipeline.set_reporter(held)
-    _direct = True
-    try:
-        result = flow.fn(*args, **kwargs)
-    except Pending:
-        raise  # the flow runs and shows all of it
-    except BaseException:
-        held.replay(outer)  # what led to the error, as the flow would have shown it
-        raise
-    else:
-        held.replay(outer)
-        return result
-    finally:
-        _direct = False
-        pipeline.set_reporter(outer)
+    outer, held = run_context().reporter, HeldReporter()
+    with using(reporter=held, attempt=True):
+        try:
+            result = flow.fn(*args, **kwargs)
+        except Pending:
+            raise  # the flow runs and shows all of it
+        except BaseException:
+            held.replay(outer)  # what led to the error, as the flow would have shown it
+            raise
+    held.replay(outer)
+    return result
 
 
 def run_flow(flow, recipe, *args: Any, preflight: Callable[[], None] | None = None, rerun: bool = False,
@@ -108,13 +89,11 @@ def run_flow(flow, recipe, *args: Any, preflight: Callable[[], None] | None = No
     before any compute, unless `rerun` (this recipe already ran in this run directory): then it
     runs only if the direct attempt finds work or fails, so an unchanged rerun does not pay for its
     tokenizer loads and a mistake is still reported whole before any engine loads."""
-    from rlaif.flows import pipeline
-
     if preflight is not None and not rerun:
         preflight()
         preflight = None
     try:
-        return settled(flow, recipe, *args, **kwargs)
+        return without_prefect(flow, recipe, *args, **kwargs)
     except Pending as p:
         pending = p
     except Exception:
@@ -123,14 +102,24 @@ def run_flow(flow, recipe, *args: Any, preflight: Callable[[], None] | None = No
         raise
     if preflight is not None:
         preflight()
-    outer = pipeline.shared_pool()
+    outer = run_context().pool
     with (nullcontext(outer) if outer is not None else EnginePool(seed=recipe.seed)) as pool, \
-            pipeline.shared_engines(pool), long_lived_server():
+            using(pool=pool), long_lived_server():
         with prefect_server_in_background():
-            engine = first_engine(pending, recipe, pool)
+            engine = first_engine(pending, recipe, *args)
             if engine is not None:
                 pool.get(engine)
         return flow(recipe, *args, **kwargs)
+
+
+def first_engine(pending: Pending, recipe, out: str, *_: Any):
+    """The local engine the pending stage loads first, as that stage orders its work."""
+    from rlaif.flows.context import ray_address
+
+    if ray_address():
+        return None  # the cluster's workers load their own
+    with using(recipe=recipe, out=out) as ctx:
+        return pending.step.first_engine(ctx)
 
 
 @contextmanager
@@ -146,24 +135,6 @@ def long_lived_server() -> Iterator[None]:
 
     with temporary_settings({PREFECT_API_URL: url}):
         yield
-
-
-def first_engine(pending: Pending, recipe, pool: EnginePool) -> EngineSpec | None:
-    """The local engine the pending stage loads first, as that stage orders its work."""
-    p = pending.params
-    if pending.task == "generate":
-        from rlaif.core.store import RunStore
-        from rlaif.generation.ensemble import engine_order, plan_generation
-
-        units = plan_generation(p["prompts"], recipe.generators, RunStore(p["out"]), recipe.models_per_prompt,
-                                recipe.seed)
-        order = engine_order([u for u in units if u.todo], recipe.engine, pool, p.get("last"))
-        spec = order[0] if order else None
-    elif pending.task == "judge":
-        spec = p["spec"].engine_spec(recipe.engine)
-    else:
-        spec = None
-    return spec if spec is not None and spec.local else None
 
 
 @contextmanager

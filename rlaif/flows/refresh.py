@@ -21,10 +21,12 @@ from prefect import flow
 from rlaif.core.records import Prompt
 from rlaif.core.store import Manifest, RunStore, clean_leftovers, default_run_dir, run_lock
 from rlaif.flows.failures import check_failed_rows
-from rlaif.flows.pipeline import StageReport, current, run_stages, session, write_summary
+from rlaif.flows.context import flow_run, run_context
+from rlaif.flows.pipeline import run_stages
+from rlaif.flows.report import StageReport, write_summary
+from rlaif.flows.steps import generate_step
 from rlaif.flows.preflight import preflight
 from rlaif.flows.recipe import Recipe, load_recipe
-from rlaif.generation.ensemble import plan_generation
 from rlaif.generation.prompt_sets import PROMPTS, write_prompt_chunks
 from rlaif.preferences.hygiene import clean_source
 from rlaif.preferences.versions import latest_version
@@ -47,7 +49,7 @@ def prompt_batches(store: RunStore, prompts: list[Prompt]) -> tuple[list[list[Pr
 def batched_prompts(recipe: Recipe, out: str) -> tuple[Manifest, object, StageReport, int]:
     store = RunStore(out)
     p = recipe.prompts
-    kept, hy = clean_source(p.source, p.split, p.limit, recipe.hygiene, store, current().reporter)
+    kept, hy = clean_source(p.source, p.split, p.limit, recipe.hygiene, store, run_context().reporter)
     batches, new = prompt_batches(store, kept)
     current_ids = {(q.prompt_id, q.hash) for q in kept}  # a prompt edited or dropped since is left out
     shards = []
@@ -69,12 +71,11 @@ def refresh_flow(recipe_path: str, out: str | None = None, overrides: list[str] 
     with run_lock(out):  # as every command: one run at a time, and what a killed one left is removed
         clean_leftovers(out)
         preflight(recipe, out, {"generate", "judge", "binarize"})  # a deployment's run: before any compute
-        with session(recipe.seed):
+        with flow_run(recipe, out) as ctx:
             prompts, hy, report, new = batched_prompts(recipe, out)
-            todo = sum(u.todo for u in plan_generation(prompts, recipe.generators, RunStore(out),
-                                                       recipe.models_per_prompt, recipe.seed))
+            todo = sum(s.todo for j in generate_step(ctx, prompts).plan(ctx) for s in j.shards)
             before = latest_version(out)
-            reports = run_stages(recipe, out, "binarize", prompts=(prompts, hy, report))
+            reports = run_stages(ctx, "binarize", prompts=(prompts, hy, report)).reports
         published = reports[-1]
         written = before is None or Path(published.path) != before
         reports[1].notes["shards generated"] = todo

@@ -21,7 +21,9 @@ from rlaif.core.errors import validation_message
 from rlaif.core.records import Judgement, PairJudgement
 from rlaif.core.store import RunStore, write_json
 from rlaif.flows.launch import run_flow
-from rlaif.flows.pipeline import StageReport, current, judge_step, run_stages, session, write_summary
+from rlaif.flows.context import flow_run
+from rlaif.flows.pipeline import judge, run_stages
+from rlaif.flows.report import StageReport, write_summary
 from rlaif.flows.recipe import Recipe, RecipeError, read_yaml
 from rlaif.judges.agreement import agreement
 from rlaif.judges.spec import JudgeSpec
@@ -56,17 +58,16 @@ def with_judge(recipe: Recipe, spec: JudgeSpec, source: str = "") -> Recipe:
 @flow(name="rlaif-judge-swap", log_prints=False)
 def judge_swap_flow(recipe: Recipe, out: str, judge_name: str, previous: str) -> tuple[list[StageReport], dict]:
     """Judge the stored completions with `judge_name`, binarize, and compare with `previous`."""
-    with session(recipe.seed):
-        m: dict = {}
-        reports = run_stages(recipe, out, "binarize", judge_name, done=("generate",), keep=m)
-        current().reporter.stage(f"judge ({previous}, for comparison)")
+    with flow_run(recipe, out) as ctx:
+        made = run_stages(ctx, "binarize", judge_name, read_only=("generate",))
+        ctx.reporter.stage(f"judge ({previous}, for comparison)")
         old_spec = recipe.judge_spec(previous)
-        old, r = judge_step(m["prompts"], m["completions"], old_spec, recipe, out)
-    reports.append(r.model_copy(update={"stage": "judge (previous)"}))
+        old, r = judge(ctx, made.completions, old_spec)
+    reports = made.reports + [r.model_copy(update={"stage": "judge (previous)"})]
     store = RunStore(out)
     kind = lambda spec: PairJudgement if spec.pairwise else Judgement  # noqa: E731
     records_old = list(store.read_manifest(old, kind(old_spec)))
-    records_new = list(store.read_manifest(m["judgements"], kind(recipe.judge_spec(judge_name))))
+    records_new = list(store.read_manifest(made.judgements, kind(recipe.judge_spec(judge_name))))
     full = agreement(records_old, records_new, (previous, judge_name), recipe.binarize.score).model_dump()
     report = {"judge": judge_name, "previous": previous, **full, "completions": full["completions_scored_by_both"],
               "prompts": full["prompts_compared"]}

@@ -4,8 +4,11 @@ Each member has its own prompt format (the model's chat template, or URIAL's in-
 prompt for a base model), an optional system prompt, its own sampling, and optionally its own
 engine settings. The stage:
 
-    plan_generation(prompts, generators, ...)   which shards exist, hold rows to send again, or are missing
-    generate(prompts, generators, store, ...)   compute what is not done; returns the completions' Manifest
+    request(spec, prompt) / completion(...)    one member's request for a prompt, and its record
+    assign(prompts, generators, K, seed)         which members answer which prompts
+    shard_key(spec, chunk, ...)                  a member's shard of a prompt chunk
+
+The stage itself (what is done, what to send, in which order) is `generation/stage.py`.
 
 Prompts come as a manifest of prompt chunks (see `prompt_sets.write_prompt_chunks`). A member's
 shard for a chunk is keyed by the member's settings hash and the chunk's content hash, so planning
@@ -19,18 +22,15 @@ earlier run are sent again; every other row is kept.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from rlaif.core.progress import NULL, Reporter
 from rlaif.core.records import Completion, Prompt, content_hash, derive_seed
-from rlaif.core.store import Manifest, RunStore, ShardInfo
-from rlaif.engines.base import EngineSettings, Request, Result, Sampling, window
+from rlaif.core.store import ShardInfo
+from rlaif.engines.base import EngineSettings, Request, Result, Sampling
 from rlaif.engines.openai_endpoint import Endpoint
-from rlaif.engines.pool import EnginePool, EngineSpec
-from rlaif.generation.prompt_sets import PROMPTS
+from rlaif.engines.pool import EngineSpec
 from rlaif.prompts import load_template
 
 STAGE = "completions"
@@ -127,115 +127,6 @@ def shard_key(spec: GeneratorSpec, chunk: ShardInfo, generators: list[GeneratorS
     return content_hash(spec.settings_hash(), chunk.sha, draw)
 
 
-@dataclass
-class Unit:
-    """One member's shard for one prompt chunk, and its state."""
-
-    spec: GeneratorSpec
-    chunk: ShardInfo
-    key: str
-    info: ShardInfo | None  # None: missing
-
-    @property
-    def todo(self) -> bool:
-        return self.info is None or self.info.retryable > 0
-
-
-def plan_generation(prompts: Manifest, generators: list[GeneratorSpec], store: RunStore,
-                    models_per_prompt: int | None = None, seed: int = 0) -> list[Unit]:
-    """Every (chunk, member) shard with its state, from the shards' metadata alone."""
-    units = []
-    for chunk in prompts.shards:
-        for spec in generators:
-            key = shard_key(spec, chunk, generators, models_per_prompt, seed)
-            units.append(Unit(spec, chunk, key, store.info(STAGE, key, Completion)))
-    return units
-
-
-def manifest_of(units: list[Unit]) -> Manifest:
-    return Manifest(stage=STAGE, shards=[u.info for u in units if u.info is not None])
-
-
-def generate(prompts: Manifest, generators: list[GeneratorSpec], store: RunStore, engines: EnginePool | None = None,
-             default_engine: EngineSettings | None = None, models_per_prompt: int | None = None, seed: int = 0,
-             last: str | None = None, report: Reporter = NULL) -> Manifest:
-    """Answer every prompt chunk with its members; returns the completions' manifest."""
-    units = plan_generation(prompts, generators, store, models_per_prompt, seed)
-    todo = [u for u in units if u.todo]
-    for spec in generators:
-        mine = [u for u in units if u.spec is spec]
-        report.note(f"{spec.name}: {len(mine) - sum(u.todo for u in mine)} of {len(mine)} shards already done")
-    if todo:
-        own = engines is None
-        engines = engines or EnginePool(seed=seed)
-        try:
-            for group in _by_engine(todo, default_engine, engines, last):
-                _run_engine_group(group, generators, store, engines, default_engine, models_per_prompt, seed, report)
-        finally:
-            if own:
-                engines.close()
-    return manifest_of(units)
-
-
-def _by_engine(todo: list[Unit], default: EngineSettings | None, engines: EnginePool,
-               last: str | None) -> list[list[Unit]]:
-    """Units grouped by the engine they run on: an engine already loaded first, `last` at the end."""
-    groups: dict[str, list[Unit]] = {}
-    for u in todo:
-        groups.setdefault(u.spec.engine_spec(default).key, []).append(u)
-
-    def order(key: str) -> int:
-        spec = groups[key][0].spec.engine_spec(default)
-        return 2 if key == last else 0 if engines.is_loaded(spec) else 1
-
-    return [groups[k] for k in sorted(groups, key=order)]
-
-
-def engine_order(todo: list[Unit], default: EngineSettings | None, engines: EnginePool,
-                 last: str | None) -> list[EngineSpec]:
-    """The engines `generate` uses for these pending units, in the order it uses them."""
-    return [group[0].spec.engine_spec(default) for group in _by_engine(todo, default, engines, last)]
-
-
-def _run_engine_group(units: list[Unit], generators: list[GeneratorSpec], store: RunStore, engines: EnginePool,
-                      default: EngineSettings | None, models_per_prompt: int | None, seed: int,
-                      report: Reporter) -> None:
-    """All pending shards of one engine, chunk by chunk (memory: one chunk); each chunk's members
-    go to the engine in one call (several chunks in one call for an engine with a `window`, such
-    as the Batch API's)."""
-    engine = engines.get(units[0].spec.engine_spec(default), store.root)
-    by_chunk: dict[str, list[Unit]] = {}
-    for u in units:
-        by_chunk.setdefault(u.chunk.key, []).append(u)
-    advance = report.task("+".join(dict.fromkeys(u.spec.name for u in units)),
-                          rows_to_send(units, generators, models_per_prompt))
-    wanted, jobs = window(engine), []  # (unit, prompts to send, its shard from an earlier run)
-
-    def flush() -> None:
-        if not jobs:
-            return
-        results = iter(engine.generate([request(u.spec, p) for u, mine, _ in jobs for p in mine], advance))
-        for u, mine, old in jobs:
-            u.info = store.write(STAGE, u.key, merged(u.spec, mine, old, results), group=u.chunk.key, name=u.spec.name)
-        jobs.clear()
-
-    for chunk_units in by_chunk.values():  # chunks go out together up to the engine's window
-        prompts = store.read(PROMPTS, chunk_units[0].chunk.key, Prompt)
-        assigned = assign(prompts, generators, models_per_prompt, seed)
-        for u in chunk_units:
-            old = store.read(STAGE, u.key, Completion) if u.info is not None else None
-            jobs.append((u, to_send(assigned[u.spec.name], old), old))
-        if sum(len(mine) for _, mine, _ in jobs) >= wanted:
-            flush()
-    flush()
-
-
-def rows_to_send(units: list[Unit], generators: list[GeneratorSpec], models_per_prompt: int | None) -> int:
-    """About how many requests these units send: a progress bar's total."""
-    share = min(models_per_prompt or len(generators), len(generators)) / len(generators)
-    return sum(u.info.retryable if u.info else round(u.chunk.rows * share) for u in units)
-
-
 def to_send(mine: list[Prompt], old: list[Completion] | None) -> list[Prompt]:
     """A member's prompts of a chunk: all of them, or with an earlier shard only its transiently failed rows."""
     again = {c.prompt_id for c in old if c.retryable} if old is not None else None
@@ -251,15 +142,3 @@ def merged(spec: GeneratorSpec, mine: list[Prompt], old: list[Completion] | None
         redone = {c.prompt_id: c for c in new}
         new = [redone.get(c.prompt_id, c) for c in old]
     return new
-
-
-def answer_chunk(engine, specs: list[GeneratorSpec], prompts: list[Prompt], old: list[list[Completion] | None],
-                 generators: list[GeneratorSpec], models_per_prompt: int | None, seed: int,
-                 progress=None) -> list[list[Completion]]:
-    """One prompt chunk's shards for the members `specs` (all on `engine`, sent in one call, so
-    vLLM batches them together; a Ray worker's unit of work). `old[i]` is member i's shard from an
-    earlier run, or None: then only its rows that failed transiently are sent again."""
-    assigned = assign(prompts, generators, models_per_prompt, seed)
-    jobs = [(spec, to_send(assigned[spec.name], before), before) for spec, before in zip(specs, old)]
-    results = iter(engine.generate([request(spec, p) for spec, mine, _ in jobs for p in mine], progress))
-    return [merged(spec, mine, before, results) for spec, mine, before in jobs]

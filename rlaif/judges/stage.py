@@ -1,7 +1,7 @@
 """The judge stage: every completion (or pair of completions) judged by one judge, chunk by chunk.
 
-    plan_judging(completions, spec, store)               each chunk's judge shard and its state
-    run_judge(prompts, completions, spec, store, ...)    judge what is not done; returns the Manifest
+    JudgeStage(completions, spec, ...)                   the stage: each chunk's judge shard (runners/jobs.py)
+    run_judge(prompts, completions, spec, store, ...)    judge what is not done, here; returns the Manifest
     compare_pairs(prompts, pairs, spec, store, ...)      PairJudgement records for given pairs
     stored_judgements(store, judge)                      a judge's records as its last run left them
 
@@ -20,19 +20,20 @@ next run; the rest are kept. Two judges sit side by side in `judgements/<name>/`
 from __future__ import annotations
 
 import json
-from collections import Counter
 from dataclasses import dataclass
 
 from rlaif.core.errors import RlaifError
 from rlaif.core.progress import NULL, Reporter, Task
 from rlaif.core.records import Completion, Judged, Judgement, PairJudgement, Prompt, content_hash, derive_seed
 from rlaif.core.store import Manifest, RunStore, ShardInfo
-from rlaif.engines.base import Engine, EngineSettings, Request, window
+from rlaif.engines.base import Engine, EngineSettings, Request
 from rlaif.engines.pool import EnginePool
+from rlaif.generation.ensemble import STAGE as COMPLETIONS
 from rlaif.generation.prompt_sets import PROMPTS
 from rlaif.judges.base import Answer, Ask, pair_judgement, record_unit
 from rlaif.judges.parsing import parse_output
 from rlaif.judges.spec import JudgeSpec
+from rlaif.runners.jobs import Job, Shard
 
 STAGE = "judgements"
 
@@ -111,8 +112,6 @@ def judge_jobs(spec: JudgeSpec, engine: Engine | None, jobs: list[ChunkJob], see
     if not kind.text:
         return [kind.judge_group(spec, j.prompts, j.completions, seed) for j in jobs]
     flat = [a for j in jobs for a in j.plan(spec)]
-    if task is not None:
-        task.grow(len(flat))
     answers = ask(spec, engine, flat, seed, task) if flat else {}
     return [j.records(spec, answers) for j in jobs]
 
@@ -124,89 +123,93 @@ def judge_records(spec: JudgeSpec, engine: Engine | None, prompts: dict[str, Pro
 
 
 # ----------------------------------------------------------------------------- the stage
-@dataclass
-class Unit:
-    group: str  # the prompt chunk
-    key: str
-    info: ShardInfo | None
-
-    @property
-    def todo(self) -> bool:
-        return self.info is None or self.info.retryable > 0
-
-
-def plan_judging(completions: Manifest, spec: JudgeSpec, store: RunStore, stage: str | None = None) -> list[Unit]:
-    stage, settings, kind = stage or judge_dir(spec.name), spec.settings_hash(), record_type(spec)
-    units = []
-    for group, shards in completions.by_group().items():
-        key = shard_key(settings, shards)
-        units.append(Unit(group, key, store.info(stage, key, kind)))
-    return units
-
-
 def shard_key(settings: str, shards: list[ShardInfo]) -> str:
     """A judge's shard for one prompt chunk: its settings and the chunk's completion shards, in order."""
     return content_hash(settings, [s.sha for s in shards])
 
 
-def judge_chunk(spec: JudgeSpec, engine: Engine | None, prompts: dict[str, Prompt], completions: list[Completion],
-                old: list[Judged] | None, seed: int, task: Task | None = None) -> list[Judged]:
-    """One prompt chunk's judge shard. `old` is the shard from an earlier run, or None: then only
-    its rows that failed transiently are judged again, and the rest are kept as they were."""
-    only = {record_unit(r) for r in old if r.retryable} if old is not None else None
-    records = judge_records(spec, engine, prompts, completions, seed, task, only)
-    if old is not None:
-        redone = {record_unit(r): r for r in records}
-        records = [redone.get(record_unit(r), r) for r in old]
-    return records
+def merge_old(records: list[Judged], old: list[Judged] | None) -> list[Judged]:
+    """A shard made again from an earlier one: its rows judged again in place of the old ones."""
+    if old is None:
+        return records
+    redone = {record_unit(r): r for r in records}
+    return [redone.get(record_unit(r), r) for r in old]
+
+
+@dataclass
+class JudgeStage:
+    """One judge over a completions manifest (or, on Ray, chunk by chunk as completions are written)."""
+
+    completions: Manifest | None
+    spec: JudgeSpec
+    default_engine: EngineSettings | None = None
+    seed: int = 0
+    folder: str | None = None  # default judgements/<judge name>
+    name: str = "judge"
+    follows: str | None = "generate"
+
+    @property
+    def stage(self) -> str:
+        return self.folder or judge_dir(self.spec.name)
+
+    def plan(self, store: RunStore) -> list[Job]:
+        assert self.completions is not None
+        return [self.plan_group(store, group, shards) for group, shards in self.completions.by_group().items()]
+
+    def plan_group(self, store: RunStore, group: str, before: list[ShardInfo]) -> Job:
+        """The chunk's judge shard, keyed by the judge's settings and the chunk's completion shards."""
+        key = shard_key(self.spec.settings_hash(), before)
+        info = store.info(self.stage, key, record_type(self.spec))
+        return Job(group, self.spec.engine_spec(self.default_engine), [Shard(self.stage, key, self.spec.name, info)],
+                   rows=info.retryable if info else sum(s.rows for s in before), detail=before)
+
+    def notes(self, jobs: list[Job]) -> list[str]:
+        return [f"judge {self.spec.name}: {sum(not j.todo for j in jobs)} of {len(jobs)} shards already done"]
+
+    def inputs(self, store: RunStore, job: Job) -> tuple[ChunkJob, list[Judged] | None]:
+        """The chunk's prompts and completions, and its shard from an earlier run (then only that
+        shard's rows that failed transiently are judged again)."""
+        (shard,) = job.shards
+        by_id = {p.prompt_id: p for p in store.iter(PROMPTS, job.group, Prompt)}
+        comps = [c for s in job.detail for c in store.iter(COMPLETIONS, s.key, Completion)]
+        old = store.read(shard.stage, shard.key, record_type(self.spec)) if shard.info is not None else None
+        return ChunkJob(by_id, comps, {record_unit(r) for r in old if r.retryable} if old is not None else None), old
+
+    def size(self, job: Job, inputs: tuple[ChunkJob, list[Judged] | None]) -> int:
+        chunk, _ = inputs
+        return len(chunk.plan(self.spec)) if self.spec.impl.text else len(chunk.completions)
+
+    def compute(self, engine: Engine | None, batch: list[tuple[Job, tuple]], task: Task | None = None) -> list[list]:
+        chunks = [chunk for _, (chunk, _) in batch]
+        if task is not None:  # the bar counts requests: asks, re-asks aside
+            task.grow(sum(self.size(j, i) for j, i in batch) - sum(j.rows for j, _ in batch))
+        records = judge_jobs(self.spec, engine, chunks, self.seed, task)
+        if task is not None and not self.spec.impl.text:
+            task(sum(len(c.completions) for c in chunks))
+        return [[merge_old(r, old)] for r, (_, (_, old)) in zip(records, batch)]
+
+    def manifest(self, jobs: list[Job]) -> Manifest:
+        return Manifest(stage=self.stage, shards=[s.info for j in jobs for s in j.shards if s.info is not None])
+
+    def write_report(self, store: RunStore, manifest: Manifest) -> None:
+        """`judgements/<name>/report.json`: the judge, its counts and its manifest (what `stored_manifest` reads)."""
+        spec = self.spec
+        store.write_json(f"{self.stage}/report.json", {"judge": spec.name, "kind": spec.kind,
+                                                       "settings_hash": spec.settings_hash(),
+                                                       "spec": spec.model_dump(mode="json", exclude={"endpoint"}),
+                                                       **manifest_counts(manifest), "manifest": manifest.model_dump()})
 
 
 def run_judge(prompts: Manifest, completions: Manifest, spec: JudgeSpec, store: RunStore,
-              engines: EnginePool | None = None, default_engine: EngineSettings | None = None, seed: int = 0,
-              report: Reporter = NULL, stage: str | None = None) -> Manifest:
-    """Judge every chunk of completions not judged yet with these settings; returns the manifest."""
-    stage = stage or judge_dir(spec.name)
-    units = plan_judging(completions, spec, store, stage)
-    todo = [u for u in units if u.todo]
-    report.note(f"judge {spec.name}: {len(units) - len(todo)} of {len(units)} shards already done")
-    if todo:
-        own = engines is None
-        engines = engines or EnginePool(seed=seed)
-        try:
-            engine_spec = spec.engine_spec(default_engine)
-            engine = engines.get(engine_spec, store.root) if engine_spec is not None else None
-            task = report.task(spec.name, 0)
-            wanted, pending, asks = window(engine), [], 0  # chunks whose asks go to the engine together
+              engines: EnginePool | None = None, default_engine: EngineSettings | None = None, seed: int = 0) -> Manifest:
+    """Judge every chunk of completions not judged yet with these settings, here; returns the manifest.
+    (`prompts` are read from the store by chunk: the argument says which run's prompts they are.)"""
+    from rlaif.runners.local import LocalExecutor
 
-            def flush() -> None:
-                if not pending:
-                    return
-                for (u, old, _), records in zip(pending, judge_jobs(spec, engine, [j for *_, j in pending], seed, task)):
-                    if old is not None:  # only the rows that failed transiently were judged again
-                        redone = {record_unit(r): r for r in records}
-                        records = [redone.get(record_unit(r), r) for r in old]
-                    u.info = store.write(stage, u.key, records, group=u.group, name=spec.name)
-                pending.clear()
-
-            for u in todo:
-                by_id = {p.prompt_id: p for p in store.iter(PROMPTS, u.group, Prompt)}
-                comps = list(store.read_manifest(completions, Completion, u.group))
-                old = store.read(stage, u.key, record_type(spec)) if u.info is not None else None
-                only = {record_unit(r) for r in old if r.retryable} if old is not None else None
-                job = ChunkJob(by_id, comps, only)
-                pending.append((u, old, job))
-                asks += len(job.plan(spec)) if spec.impl.text else len(comps)
-                if asks >= wanted:
-                    flush()
-                    asks = 0
-            flush()
-        finally:
-            if own:
-                engines.close()
-    manifest = Manifest(stage=stage, shards=[u.info for u in units if u.info is not None])
-    store.write_json(f"{stage}/report.json", {"judge": spec.name, "kind": spec.kind, "settings_hash": spec.settings_hash(),
-                                              "spec": spec.model_dump(mode="json", exclude={"endpoint"}),
-                                              **manifest_counts(manifest), "manifest": manifest.model_dump()})
+    stage = JudgeStage(completions, spec, default_engine, seed)
+    with LocalExecutor(engines, seed) as executor:
+        manifest = executor.run(stage, store)
+    stage.write_report(store, manifest)
     return manifest
 
 
@@ -215,13 +218,6 @@ def manifest_counts(m: Manifest) -> dict[str, int]:
     c = m.counts()
     return {"total": m.total("rows"), "parsed": c.get("parsed", 0), "retried": c.get("retried", 0),
             "unparsed": c.get("unparsed", 0), "failed": c.get("failed", 0)}
-
-
-def judge_counts(records: list[Judged]) -> dict[str, int]:
-    """The same counts for records in memory."""
-    status = Counter(r.status for r in records)
-    return {"total": len(records), "parsed": status["parsed"], "retried": sum(r.retries > 0 for r in records),
-            "unparsed": status["unparsed"], "failed": status["failed"]}
 
 
 def stored_manifest(store: RunStore, judge: str) -> tuple[dict, Manifest]:

@@ -16,7 +16,7 @@ the judge's records of them), streams the pairs into the splits, and writes the 
 temporary name that is renamed into place: a crash leaves no half version, and an empty dataset
 is never published. The numbers the card's plots and the judge's bias measures need
 (`judges.bias.BiasData`) are gathered from each chunk as it is binarized; no record is kept. Its
-inputs hash (`inputs_hash`) is the one place that says what a version is made of, whichever
+inputs hash (`VersionInputs.hash`) is the one place that says what a version is made of, whichever
 command publishes: inputs identical to the latest version's give that version back (and push it
 when asked) instead of writing a copy, unless `force`.
 """
@@ -28,6 +28,7 @@ import os
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -66,13 +67,27 @@ def version_manifest(version: Path) -> dict:
     return json.loads((version / "manifest.json").read_text())
 
 
-def inputs_hash(prompts: Manifest, completions: Manifest, judgements: Manifest, hygiene_report: HygieneReport,
-                spec: BinarizeSpec, hygiene: HygieneSpec) -> tuple[dict, str]:
-    """What a version is made of, and its hash: the same whichever command publishes."""
-    inputs = {"prompts": prompts.hash, "completions": completions.hash, "judgements": judgements.hash,
-              "hygiene": content_hash(hygiene_report)}
-    settings = spec.model_dump(exclude={"push_to_hub"} | ({"length_penalty"} if not spec.length_penalty else set()))
-    return inputs, content_hash(inputs, settings, hygiene)
+@dataclass(frozen=True)
+class VersionInputs:
+    """What a dataset version is made of: the stages' manifests and the settings that binarize them."""
+
+    prompts: Manifest
+    hygiene_report: HygieneReport
+    completions: Manifest
+    judgements: Manifest
+    spec: BinarizeSpec  # `spec.judge` names the judge whose records `judgements` holds
+    hygiene: HygieneSpec
+    pairwise: bool  # the judge is a pairwise kind
+
+    def parts(self) -> dict:
+        return {"prompts": self.prompts.hash, "completions": self.completions.hash,
+                "judgements": self.judgements.hash, "hygiene": content_hash(self.hygiene_report)}
+
+    def hash(self) -> str:
+        """The same whichever command publishes."""
+        spec = self.spec
+        settings = spec.model_dump(exclude={"push_to_hub"} | ({"length_penalty"} if not spec.length_penalty else set()))
+        return content_hash(self.parts(), settings, self.hygiene)
 
 
 def _secrets() -> list[str]:
@@ -97,18 +112,18 @@ def point_latest(run_dir: Path, version: Path) -> None:
     os.replace(tmp, link)
 
 
-def publish(store: RunStore, recipe_info: dict, prompts: Manifest, hygiene_report: HygieneReport,
-            completions: Manifest, judgements: Manifest, spec: BinarizeSpec, hygiene: HygieneSpec,
-            pairwise: bool, force: bool = False, push: bool = True, report: Reporter = NULL) -> Path:
+def publish(store: RunStore, recipe_info: dict, made: VersionInputs, force: bool = False, push: bool = True,
+            report: Reporter = NULL) -> Path:
     """Binarize, split, and write a new dataset version with its card, plots and manifest.
 
     Returns the version's folder (runs/<name>/versions/NNNN), which `runs/<name>/dataset` then
-    points at. `recipe_info` is the recipe as a dict (for the card). `spec.judge` names the judge
-    whose records `judgements` holds (`pairwise`: a pairwise kind). Pushes to `spec.push_to_hub`
+    points at. `recipe_info` is the recipe as a dict (for the card). Pushes to `spec.push_to_hub`
     when set and `push`, also when the version already existed.
     """
     run_dir = store.root
-    inputs, h = inputs_hash(prompts, completions, judgements, hygiene_report, spec, hygiene)
+    prompts, completions, judgements, spec = made.prompts, made.completions, made.judgements, made.spec
+    hygiene, hygiene_report, pairwise = made.hygiene, made.hygiene_report, made.pairwise
+    inputs, h = made.parts(), made.hash()
     latest = latest_version(run_dir)
     if latest and not force and (latest / "manifest.json").exists() and version_manifest(latest).get("inputs_hash") == h:
         point_latest(run_dir, latest)
@@ -182,8 +197,8 @@ def publish_records(run_dir: str | Path, recipe_info: dict, prompts: list[Prompt
         js = [j for j in judgements if chunk_of.get(j.prompt_id) == s.key]
         cm.shards.append(store.write(cm.stage, content_hash("records", [c.completion_id for c in cs]), cs, group=s.key))
         jm.shards.append(store.write(jm.stage, content_hash("records", [j.judgement_id for j in js]), js, group=s.key))
-    return publish(store, recipe_info, pm, hy, cm, jm, spec.model_copy(update={"judge": spec.judge or judge}), hygiene,
-                   pairwise, force, push)
+    made = VersionInputs(pm, hy, cm, jm, spec.model_copy(update={"judge": spec.judge or judge}), hygiene, pairwise)
+    return publish(store, recipe_info, made, force, push)
 
 
 def members_of(recipe_info: dict | None) -> dict[str, str] | None:

@@ -200,7 +200,8 @@ def judged_win_rate(run: Path, judge: Any, rows: list[dict], dpo_dir: str, sft_d
     from rlaif.core.store import RunStore
     from rlaif.engines.base import Sampling
     from rlaif.engines.pool import EnginePool
-    from rlaif.generation.ensemble import GeneratorSpec, generate
+    from rlaif.generation.ensemble import GeneratorSpec
+    from rlaif.generation.stage import generate
     from rlaif.generation.prompt_sets import write_prompt_chunks
     from rlaif.judges.stage import compare_pairs
 

@@ -1,8 +1,12 @@
-"""Ray: the same recipe on a cluster, one shard at a time, members and judge side by side.
+"""The Ray executor: any sharded stage's jobs on a cluster, members and judge side by side.
 
 `rlaif run RECIPE --ray ADDRESS` (or RAY_ADDRESS in the environment; `--ray local` starts a Ray on
-this machine) runs the generation and judge stages here instead of in the flow's process. Without
-it nothing changes: the stages run in-process, as always.
+this machine) runs the jobs of the generation and judge stages (runners/jobs.py) here instead of in
+the flow's process (runners/local.py). Without it nothing changes: the stages run in-process. It
+runs the same jobs as the in-process executor, with the same `compute`: nothing here knows what a
+stage makes.
+
+Why our own actors and not Ray Data's `ray.data.llm` processors: see `WHY_ACTORS` below.
 
 Why Ray directly, under the Prefect flow, and not prefect-ray's task runner: a worker must load its
 model once and then take shard after shard (a 72B judge loads in minutes), which is a Ray actor;
@@ -14,9 +18,10 @@ one task per stage (its cache and retries unchanged) and that task drives the cl
                when they match): `replicas` Ray actors (`EngineSettings.replicas`, "auto": as many
                as fit), each asking for the engine's GPUs (tensor x pipeline parallel), `num_cpus`
                and custom `resources`; each actor loads its model on its first shard, then keeps it.
-    jobs       one shard each: a prompt chunk for the members of one engine, or a chunk for the
-               judge once all of its completion shards are written, so judging starts while other
-               chunks are still being generated. Each pool's actors take jobs from its queue.
+    jobs       the stage's jobs (a prompt chunk for the members of one engine; a chunk for the judge),
+               and a following stage's job for a chunk (`follower`: the judge) once all of the
+               chunk's shards are written, so judging starts while other chunks are still being
+               generated. Each pool's actors take jobs from its queue.
     the store  this process reads a job's inputs from the run directory, sends them with the job,
                and writes what comes back (atomically, as every shard), with the node and process
                that made it in the shard's metadata (`ShardInfo.worker`). Nodes need no shared disk.
@@ -39,35 +44,33 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 from rlaif.core.errors import ConfigError, RlaifError
 from rlaif.core.progress import NULL, Reporter, Task
-from rlaif.core.records import Completion, Prompt
-from rlaif.core.store import Manifest, RunStore, ShardInfo
+from rlaif.core.store import Manifest, RunStore
 from rlaif.engines.base import EngineSettings
 from rlaif.engines.pool import EnginePool, EngineSpec
-from rlaif.generation.ensemble import STAGE as COMPLETIONS
-from rlaif.generation.ensemble import GeneratorSpec, Unit, answer_chunk, manifest_of, plan_generation, rows_to_send
-from rlaif.generation.prompt_sets import PROMPTS
-from rlaif.judges.spec import JudgeSpec
-from rlaif.judges.stage import judge_chunk, judge_dir, record_type, shard_key
+from rlaif.runners.jobs import Job, ShardedStage, shards_by_group, write
 
 log = logging.getLogger(__name__)
 
-ADDRESS_ENV = "RAY_ADDRESS"
+WHY_ACTORS = """Ray 2.60's `ray.data.llm` (vLLM processors with data-parallel replicas, placement groups,
+error rows, streaming between stages) covers batch inference over one dataset. This pipeline needs
+what it does not give: each shard written atomically where the run lives, with its sidecar, as the
+shard is finished, so a killed run resumes shard by shard (Ray Data writes a dataset's blocks when
+its write stage runs, into its own file names); one loaded engine serving several stages (a member
+and the judge on one model) and several members with their own sampling in one call; the judge's
+job for a chunk planned from the content hashes of that chunk's shards as they are written; and
+the stage's own `compute` (re-asks of unparsed verdicts at another temperature, token log-probs and
+guided decoding per request, the Batch API and endpoint fallbacks), unchanged from the in-process
+executor. So the executor keeps its own actors: one per engine replica, loaded once."""
+
 IN_FLIGHT = 2  # jobs sent to one worker at a time: the next is there when the last ends
 ATTEMPTS = 3  # times a shard may be lost with its worker before the stage stops
 RELEASE_AFTER_S = 2.0  # a worker waiting this long for room makes idle pools give theirs back
 ENDPOINT_CPUS = 0.25  # a worker that only talks HTTP
-
-
-def address(cli: str | None = None) -> str | None:
-    """The cluster to use: `--ray ADDRESS`, else RAY_ADDRESS, else None (run in this process)."""
-    return cli or os.environ.get(ADDRESS_ENV) or None
 
 
 def loopback(addr: str) -> bool:
@@ -138,12 +141,9 @@ class ShardWorker:
             self.pool.put(spec, BalancedEngine(spec.endpoint, spec.model, own=own))
         return self.pool.get(spec)
 
-    def generate(self, specs: list[GeneratorSpec], prompts: list[Prompt], old: list, generators: list[GeneratorSpec],
-                 models_per_prompt: int | None) -> list[list[Completion]]:
-        return answer_chunk(self._engine(), specs, prompts, old, generators, models_per_prompt, self.seed)
-
-    def judge(self, spec: JudgeSpec, prompts: dict[str, Prompt], completions: list[Completion], old: list | None) -> list:
-        return judge_chunk(spec, self._engine(), prompts, completions, old, self.seed)
+    def compute(self, stage: ShardedStage, job: Job, inputs: Any) -> list:
+        """One job's shards, computed by the stage itself (the driver writes them)."""
+        return stage.compute(self._engine(), [(job, inputs)])[0]
 
     def cpu_seconds(self) -> float:
         t = os.times()
@@ -155,20 +155,17 @@ class ShardWorker:
 
 # ----------------------------------------------------------------------------- what the driver keeps
 @dataclass
-class Job:
-    kind: str  # "generate" or "judge"
-    chunk: ShardInfo  # the prompt chunk
-    units: list[Unit] = field(default_factory=list)  # generate: the members' shards on this pool's engine
-    key: str = ""  # judge: its shard
-    info: ShardInfo | None = None  # judge: the shard as an earlier run left it
-    shards: list[ShardInfo] = field(default_factory=list)  # judge: the chunk's completion shards
-    rows: int = 0
+class Sent:
+    """A job as the driver keeps it: which stage it is of, and how often it was lost with a worker."""
+
+    stage: ShardedStage
+    job: Job
     attempts: int = 0
     sent: float = 0.0
 
-    def describe(self) -> str:
-        who = "+".join(u.spec.name for u in self.units) if self.units else "judge"
-        return f"{who} shard of prompt chunk {self.chunk.key}"
+    @property
+    def rows(self) -> int:
+        return self.job.rows
 
 
 @dataclass
@@ -190,7 +187,7 @@ class Pool:
     replicas: int
     queue: deque = field(default_factory=deque)
     workers: list[Worker] = field(default_factory=list)
-    judge: bool = False  # takes judge jobs, which keep coming while chunks are generated
+    follower: bool = False  # takes a following stage's jobs, which keep coming while chunks are made
     task: Task | None = None
     failed_starts: int = 0
     last_error: str = ""
@@ -223,75 +220,74 @@ class Stats:
         return {"shards": shards, "nodes": len(self.by_node), "workers": workers, "re-queued": requeued}
 
 
-class Cluster:
-    """The flow run's connection to Ray (made on first use) and its stage runs."""
+class RayExecutor:
+    """A flow run's connection to Ray (made on first use) and the stage runs on it."""
+
+    distributed = True
 
     def __init__(self, addr: str):
         self.address = addr
         self.stats = Stats()
 
-    # ---- the stages
-    def generate(self, prompts: Manifest, generators: list[GeneratorSpec], store: RunStore,
-                 default_engine: EngineSettings | None, models_per_prompt: int | None, seed: int,
-                 judge: JudgeSpec | None = None, report: Reporter = NULL) -> Manifest:
-        """Generation (and, given `judge`, judging as chunks complete); returns the completions' manifest."""
-        units = plan_generation(prompts, generators, store, models_per_prompt, seed)
-        Run(self, store, generators, default_engine, models_per_prompt, seed, judge, report).run(prompts, units)
-        return manifest_of(units)
+    def run(self, stage: ShardedStage, store: RunStore, reporter: Reporter = NULL, jobs: list[Job] | None = None,
+            follower: ShardedStage | None = None) -> Manifest:
+        """Make every shard of `stage` not done yet and, given `follower`, the follower's shard of
+        each chunk as soon as the chunk's shards are all written; returns `stage`'s manifest."""
+        jobs = stage.plan(store) if jobs is None else jobs
+        for line in stage.notes(jobs):
+            reporter.note(line)
+        Run(self, store, reporter).run(stage, jobs, follower)
+        return stage.manifest(jobs)
 
-    def judge(self, prompts: Manifest, completions: Manifest, generators: list[GeneratorSpec], store: RunStore,
-              spec: JudgeSpec, default_engine: EngineSettings | None, seed: int, report: Reporter = NULL) -> None:
-        """Judge every chunk of `completions` not judged yet (the judge stage then finds them done)."""
-        units = [Unit(None, chunk, s.key, s) for chunk in prompts.shards  # type: ignore[arg-type]
-                 for s in completions.by_group().get(chunk.key, [])]
-        Run(self, store, generators, default_engine, None, seed, spec, report).run(prompts, units)
+    def notes(self) -> dict[str, int]:
+        return self.stats.notes()
+
+    def __enter__(self) -> RayExecutor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """The connection is closed at the end (a `local` Ray stops with it)."""
+        import sys
+
+        ray = sys.modules.get("ray")
+        if ray is not None and ray.is_initialized():
+            ray.shutdown()
 
 
 class Run:
-    """One stage run on the cluster: pools, their queues, and the loop that feeds them."""
+    """One stage run on the cluster (and its follower's): pools, their queues, and the loop that feeds them."""
 
-    def __init__(self, cluster: Cluster, store: RunStore, generators: list[GeneratorSpec],
-                 default: EngineSettings | None, models_per_prompt: int | None, seed: int,
-                 judge: JudgeSpec | None, report: Reporter):
-        self.cluster, self.store, self.generators, self.default = cluster, store, generators, default
-        self.models_per_prompt, self.seed, self.judge, self.report = models_per_prompt, seed, judge, report
+    def __init__(self, executor: RayExecutor, store: RunStore, report: Reporter):
+        self.executor, self.store, self.report = executor, store, report
+        self.follower: ShardedStage | None = None
         self.pools: dict[str, Pool] = {}
-        self.in_flight: dict[Any, tuple[Pool, Worker, Job]] = {}
-        self.waiting: dict[str, int] = {}  # chunk -> generation jobs not written yet
-        self.chunk_units: dict[str, list[Unit]] = {}
+        self.in_flight: dict[Any, tuple[Pool, Worker, Sent]] = {}
+        self.waiting: dict[str, int] = {}  # chunk -> the stage's jobs not written yet
+        self.jobs: list[Job] = []
         self.first_sent: float | None = None
         self.last_written = 0.0
         self.all_up: float | None = None  # when every worker asked for had started
         self.dry: float | None = None  # when the last job left the queues
 
     # ---- planning
-    def run(self, prompts: Manifest, units: list[Unit]) -> None:
-        for u in units:
-            self.chunk_units.setdefault(u.chunk.key, []).append(u)
-        gen_jobs: list[tuple[str, Job]] = []
-        for chunk in prompts.shards:
-            by_engine: dict[str, list[Unit]] = {}
-            for u in self.chunk_units.get(chunk.key, []):
-                if u.spec is not None and u.todo:
-                    by_engine.setdefault(u.spec.engine_spec(self.default).key, []).append(u)
-            for key, mine in by_engine.items():
-                gen_jobs.append((key, Job("generate", chunk, mine, rows=rows_to_send(mine, self.generators,
-                                                                                   self.models_per_prompt))))
-            self.waiting[chunk.key] = len(by_engine)
-        judge_jobs = [j for chunk in prompts.shards if self.waiting[chunk.key] == 0 and chunk.key in self.chunk_units
-                      and (j := self.judge_job(chunk)) is not None]
-        if not gen_jobs and not judge_jobs:
+    def run(self, stage: ShardedStage, jobs: list[Job], follower: ShardedStage | None) -> None:
+        self.jobs, self.follower, self.seed = jobs, follower, getattr(stage, "seed", 0)
+        todo = [j for j in jobs if j.todo]
+        for j in jobs:
+            self.waiting[j.group] = self.waiting.get(j.group, 0) + j.todo
+        following = [sent for group, n in self.waiting.items() if n == 0 and (sent := self.follow(group)) is not None]
+        if not todo and not following:
             return
-        connect(self.cluster.address)
+        connect(self.executor.address)
         import ray
 
         self.actor = ray.remote(ShardWorker)
-        for key, job in gen_jobs:
-            self.pool_for(key, job.units[0].spec.engine_spec(self.default), job.units[0].spec.name).queue.append(job)
-        if self.judge is not None:
-            self.judge_pool()
-        for job in judge_jobs:
-            self.add_judge_job(job)
+        for job in todo:
+            self.pool_for(job).queue.append(Sent(stage, job))
+        if follower is not None and any(self.waiting.values()):
+            self.follower_pool(follower)
+        for sent in following:
+            self.add_following(sent)
         self.plan_replicas()
         for pool in self.pools.values():
             pool.task = self.report.task(f"{pool.label} (ray, {pool.replicas} workers)", sum(j.rows for j in pool.queue))
@@ -299,7 +295,7 @@ class Run:
             self.loop()
         finally:
             self.shutdown()
-        s = self.cluster.stats
+        s = self.executor.stats
         if self.first_sent is not None:
             s.busy_s += self.last_written - self.first_sent
         if self.all_up is not None and self.dry is not None and s.steady_rows:
@@ -308,38 +304,37 @@ class Run:
         self.report.note(f"ray: {s.shards} shards on {len(s.by_node)} nodes ({nodes})"
                          + (f"; {s.requeued} sent again after a lost worker" if s.requeued else ""))
 
-    def judge_job(self, chunk: ShardInfo) -> Job | None:
-        """The judge's job for a chunk whose completion shards are all written; None if done already."""
-        if self.judge is None:
+    def follow(self, group: str) -> Sent | None:
+        """The follower's job for a chunk whose shards are all written; None if it is done already."""
+        if self.follower is None:
             return None
-        shards = [u.info for u in self.chunk_units.get(chunk.key, []) if u.info is not None]
-        key = shard_key(self.judge.settings_hash(), shards)
-        info = self.store.info(judge_dir(self.judge.name), key, record_type(self.judge))
-        if info is not None and not info.retryable:
-            return None
-        return Job("judge", chunk, key=key, info=info, shards=shards,
-                   rows=info.retryable if info else sum(s.rows for s in shards))
+        job = self.follower.plan_group(self.store, group, shards_by_group(self.jobs).get(group, []))
+        return Sent(self.follower, job) if job is not None and job.todo else None
 
-    def judge_pool(self) -> Pool:
-        spec = self.judge.engine_spec(self.default)  # type: ignore[union-attr]
-        key = spec.key if spec is not None else f"judge-{self.judge.name}"  # type: ignore[union-attr]
-        pool = self.pool_for(key, spec, self.judge.name)  # type: ignore[union-attr]
-        pool.judge = True
+    def follower_pool(self, follower: ShardedStage, job: Job | None = None) -> Pool:
+        if job is None:  # its pool before its first job: the engine every job of the follower runs on
+            job = follower.plan_group(self.store, "", [])
+        pool = self.pool_for(job)
+        pool.follower = True
         return pool
 
-    def add_judge_job(self, job: Job) -> None:
-        pool = self.judge_pool()
-        pool.queue.appendleft(job)  # a judged chunk is a finished row: before more generation
+    def add_following(self, sent: Sent) -> None:
+        pool = self.follower_pool(sent.stage, sent.job)
+        pool.queue.appendleft(sent)  # a judged chunk is a finished row: before more generation
         if pool.task is not None:
-            pool.task.grow(job.rows)
+            pool.task.grow(sent.rows)
 
-    def pool_for(self, key: str, spec: EngineSpec | None, name: str) -> Pool:
+    def pool_for(self, job: Job) -> Pool:
+        spec = job.engine
+        key = spec.key if spec is not None else f"none-{job.label}"
         pool = self.pools.get(key)
         if pool is None:
             settings = spec.settings if spec is not None else EngineSettings()
-            pool = self.pools[key] = Pool(key, spec, name, self.demand(spec, settings), 0)
-        elif name not in pool.label.split("+"):
-            pool.label += "+" + name
+            pool = self.pools[key] = Pool(key, spec, job.label, self.demand(spec, settings), 0)
+        else:
+            for name in job.label.split("+"):
+                if name not in pool.label.split("+"):
+                    pool.label += "+" + name
         return pool
 
     def demand(self, spec: EngineSpec | None, s: EngineSettings) -> dict[str, Any]:
@@ -413,7 +408,6 @@ class Run:
             self.release()
 
     def dispatch(self) -> None:
-        import ray
 
         for pool in self.pools.values():
             while pool.queue and len(pool.workers) < pool.replicas:
@@ -425,31 +419,21 @@ class Run:
                 worker = self.actor.options(**pool.options, max_restarts=0, scheduling_strategy="SPREAD").remote(
                     pool.spec, self.seed, replica, pool.replicas)
                 pool.workers.append(Worker(worker, worker.where.remote(), time.monotonic(), replica))
-                self.cluster.stats.workers += 1
+                self.executor.stats.workers += 1
             for w in pool.workers:
                 while pool.queue and w.where is not None and w.busy < IN_FLIGHT:
                     job = pool.queue.popleft()
                     job.sent = time.perf_counter()
                     self.in_flight[self.send(w, job)] = (pool, w, job)
-                    more = self.judge is not None and any(self.waiting.values())  # judge jobs still to come
+                    more = self.follower is not None and any(self.waiting.values())  # follower jobs still to come
                     if not more and not any(p.queue for p in self.pools.values()):
                         self.dry = self.dry or job.sent
                     w.busy += 1
                     self.first_sent = self.first_sent or time.perf_counter()
 
-    def send(self, w: Worker, job: Job):
+    def send(self, w: Worker, sent: Sent):
         """The job's inputs, read here from the run directory, go with it."""
-        store = self.store
-        if job.kind == "generate":
-            prompts = store.read(PROMPTS, job.chunk.key, Prompt)
-            old = [store.read(COMPLETIONS, u.key, Completion) if u.info is not None else None for u in job.units]
-            return w.handle.generate.remote([u.spec for u in job.units], prompts, old, self.generators,
-                                            self.models_per_prompt)
-        prompts = {p.prompt_id: p for p in store.iter(PROMPTS, job.chunk.key, Prompt)}
-        completions = [c for s in job.shards for c in store.iter(COMPLETIONS, s.key, Completion)]
-        stage = judge_dir(self.judge.name)  # type: ignore[union-attr]
-        old = store.read(stage, job.key, record_type(self.judge)) if job.info is not None else None  # type: ignore[arg-type]
-        return w.handle.judge.remote(self.judge, prompts, completions, old)
+        return w.handle.compute.remote(sent.stage, sent.job, sent.stage.inputs(self.store, sent.job))
 
     def placed(self, pool: Pool, w: Worker, ref) -> None:
         import ray
@@ -483,34 +467,28 @@ class Run:
         if pool.task is not None:
             pool.task(job.rows)
 
-    def lost(self, pool: Pool, w: Worker, job: Job, error: BaseException) -> None:
+    def lost(self, pool: Pool, w: Worker, job: Sent, error: BaseException) -> None:
         import ray
 
         job.attempts += 1
-        self.cluster.stats.requeued += 1
+        self.executor.stats.requeued += 1
         if job.attempts >= ATTEMPTS:
-            raise RlaifError(f"{pool.label}: the {job.describe()} was lost with its worker {job.attempts} times "
+            raise RlaifError(f"{pool.label}: the {job.job.describe()} was lost with its worker {job.attempts} times "
                              f"(last: {type(error).__name__}); see the Ray logs of node {(w.where or {}).get('node')}")
         log.warning("%s: worker %s lost (%s); its %s goes back to the queue", pool.label, w.where,
-                    type(error).__name__, job.describe())
+                    type(error).__name__, job.job.describe())
         if w in pool.workers:
             pool.workers.remove(w)
             ray.kill(w.handle, no_restart=True)
         pool.queue.appendleft(job)
 
-    def write(self, job: Job, result: list, where: dict[str, str]) -> None:
-        store, stats = self.store, self.cluster.stats
-        if job.kind == "generate":
-            for u, records in zip(job.units, result):
-                u.info = store.write(COMPLETIONS, u.key, records, group=job.chunk.key, name=u.spec.name, worker=where)
-            self.waiting[job.chunk.key] -= 1
-            if self.waiting[job.chunk.key] == 0 and (judging := self.judge_job(job.chunk)) is not None:
-                self.add_judge_job(judging)
-            shards = len(job.units)
-        else:
-            store.write(judge_dir(self.judge.name), job.key, result, group=job.chunk.key,  # type: ignore[union-attr]
-                        name=self.judge.name, worker=where)  # type: ignore[union-attr]
-            shards = 1
+    def write(self, sent: Sent, result: list, where: dict[str, str]) -> None:
+        stats, job = self.executor.stats, sent.job
+        shards = write(self.store, job, result, where)
+        if sent.stage is not self.follower:
+            self.waiting[job.group] -= 1
+            if self.waiting[job.group] == 0 and (following := self.follow(job.group)) is not None:
+                self.add_following(following)
         stats.shards += shards
         if self.all_up is not None and self.dry is None:  # written while every worker had work
             stats.steady_rows += job.rows
@@ -528,7 +506,7 @@ class Run:
         for pool in self.pools.values():
             if pool.queue or pool.busy or not pool.workers:
                 continue
-            if not (pool.judge and chunks_open) or starved:
+            if not (pool.follower and chunks_open) or starved:
                 self.stop(pool)
 
     def stop(self, pool: Pool) -> None:
@@ -537,7 +515,7 @@ class Run:
         placed = [w for w in pool.workers if w.where is not None]
         try:
             for cpu in ray.get([w.handle.cpu_seconds.remote() for w in placed], timeout=30):
-                self.cluster.stats.worker_cpu_s += cpu
+                self.executor.stats.worker_cpu_s += cpu
             ray.get([w.handle.close.remote() for w in placed], timeout=60)
         except ray.exceptions.RayError as e:
             log.warning("%s: stopping its workers: %s", pool.label, e)
@@ -552,21 +530,3 @@ class Run:
             for w in pool.workers:
                 ray.kill(w.handle, no_restart=True)
             pool.workers = []
-
-
-@contextmanager
-def cluster(addr: str | None) -> Iterator[Cluster | None]:
-    """A flow run's cluster (None: run in this process); Ray is connected on first use and the
-    connection is closed at the end (a `local` Ray stops with it)."""
-    if not addr:
-        yield None
-        return
-    c = Cluster(addr)
-    try:
-        yield c
-    finally:
-        import sys
-
-        ray = sys.modules.get("ray")
-        if ray is not None and ray.is_initialized():
-            ray.shutdown()
