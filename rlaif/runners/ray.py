@@ -408,7 +408,6 @@ class Run:
             self.release()
 
     def dispatch(self) -> None:
-
         for pool in self.pools.values():
             while pool.queue and len(pool.workers) < pool.replicas:
                 if pool.failed_starts >= ATTEMPTS:
