@@ -8,7 +8,7 @@ prompt count, dtype, one device, steps, lengths) and, for `accelerate launch`, t
 gloo instead of the README's DeepSpeed ZeRO-3 config. A recipe added to recipes/ gets a test here.
 (The quickstart's README command, `rlaif run recipes/quickstart.yaml`, is tests/test_e2e.py.)
 
-`rlaif rehearse` itself: a user recipe written from the README runs; planted mistakes (a misspelled
+`rlaif rehearse` itself: a user recipe written from docs/recipes.md runs; planted mistakes (a misspelled
 model, a dataset without the named split, an unset key variable, a training field TRL rejects)
 end it with their one-line error before any engine loads.
 """
@@ -174,7 +174,7 @@ def rehearse(args: list[str], cwd: Path, env: dict) -> subprocess.CompletedProce
                           capture_output=True, text=True, timeout=900)
 
 
-USER_RECIPE = {  # written from the README's recipe fields: one hub member, a hosted judge, dSFT and dDPO
+USER_RECIPE = {  # written from docs/recipes.md's fields: one hub member, a hosted judge, dSFT and dDPO
     "name": "my-prefs",
     "prompts": {"source": "hf:HuggingFaceH4/ultrafeedback_binarized", "split": "train_prefs"},
     "generators": [
