@@ -2,7 +2,8 @@
 
     flows -> rehearsal -> training -> preferences -> judges -> generation -> engines -> prompts -> core
 
-(each room imports only rooms to its right; the README says the same).
+(each room imports only rooms to its right; docs/architecture.md says the same, and a test here
+holds it to ROOMS).
 """
 
 import ast
@@ -94,3 +95,12 @@ def test_a_built_wheel_installs_one_top_level_package(tmp_path):
 def test_python_dash_m_rlaif_is_the_command():
     proc = subprocess.run([sys.executable, "-m", "rlaif", "--help"], capture_output=True, text=True, cwd="/", timeout=120)
     assert proc.returncode == 0 and "rlaif" in proc.stdout and "evaluate" in proc.stdout
+
+
+def test_architecture_page_names_the_rooms():
+    """docs/architecture.md shows the layering line and a row per room: a room added, split or
+    renamed in ROOMS without its page fails here, so the page never describes another layout."""
+    page = (ROOT / "docs" / "architecture.md").read_text()
+    assert " -> ".join(reversed(ROOMS)) in page
+    missing = [r for r in ROOMS if f"| `rlaif/{r}/` |" not in page]
+    assert not missing, f"docs/architecture.md has no row for {missing}"

@@ -1,5 +1,5 @@
-"""Every shipped recipe rehearsed: the commands its README gives, unchanged, run as a user who
-downloaded its models and datasets would run them, on this CPU.
+"""Every shipped recipe rehearsed: the commands its README (or its page in docs/) gives, unchanged,
+run as a user who downloaded its models and datasets would run them, on this CPU.
 
 The user's Hugging Face cache holds a tiny stand-in of each model and a few rows of each dataset
 under the real ids (tests/hub_cache.py; HF_HUB_OFFLINE=1); every hosted endpoint is the strict
@@ -8,7 +8,7 @@ prompt count, dtype, one device, steps, lengths) and, for `accelerate launch`, t
 gloo instead of the README's DeepSpeed ZeRO-3 config. A recipe added to recipes/ gets a test here.
 (The quickstart's README command, `rlaif run recipes/quickstart.yaml`, is tests/test_e2e.py.)
 
-`rlaif rehearse` itself: a user recipe written from the README runs; planted mistakes (a misspelled
+`rlaif rehearse` itself: a user recipe written from docs/recipes.md runs; planted mistakes (a misspelled
 model, a dataset without the named split, an unset key variable, a training field TRL rejects)
 end it with their one-line error before any engine loads.
 """
@@ -144,11 +144,11 @@ def test_zephyr_chain_as_its_readme_says(tmp_path, user_cache, hosted, prefect_h
 
 
 def test_ultrafeedback_gpt4o_as_its_readme_says(tmp_path, user_cache, hosted, prefect_home):
-    """README "Judging with a hosted API": the bill first (--dry-run), then the run, its GPT-4o judge
-    through the Batch API of the strict server."""
+    """docs/judges.md "Judging with a hosted API": the bill first (--dry-run), then the run, its GPT-4o
+    judge through the Batch API of the strict server."""
     cwd = user_dir(tmp_path)
     env = user_env(user_cache, prefect_home)
-    section = (ROOT / "README.md").read_text().split("## Judging with a hosted API")[1]
+    section = (ROOT / "docs" / "judges.md").read_text().split("## Judging with a hosted API")[1]
     readme = tmp_path / "section.md"
     readme.write_text(section)
     lines = readme_commands(readme)
@@ -174,7 +174,7 @@ def rehearse(args: list[str], cwd: Path, env: dict) -> subprocess.CompletedProce
                           capture_output=True, text=True, timeout=900)
 
 
-USER_RECIPE = {  # written from the README's recipe fields: one hub member, a hosted judge, dSFT and dDPO
+USER_RECIPE = {  # written from docs/recipes.md's fields: one hub member, a hosted judge, dSFT and dDPO
     "name": "my-prefs",
     "prompts": {"source": "hf:HuggingFaceH4/ultrafeedback_binarized", "split": "train_prefs"},
     "generators": [

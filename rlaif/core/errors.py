@@ -4,7 +4,7 @@ Anything derived from `RlaifError` is shown as one line (never a traceback; that
 run's log) and ends the command with its `exit_code`. `StageError` says which stage, which model
 (generator or judge) and which row (prompt id) a stage was on when it failed.
 
-Exit codes (the README's "When things go wrong" lists them for users):
+Exit codes (docs/operations.md, "When things go wrong", lists them for users):
 
     0   every stage finished; failed rows, if any, within `flow.max_failed_rows`
     1   a bug in rlaif (the traceback is in the log)

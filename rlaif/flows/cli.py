@@ -19,7 +19,7 @@
 
 Every command that works on a run holds the run directory's lock, writes its full log to
 `<run>/logs/`, shows one progress display per stage and a closing table, and ends a failure with
-one line naming the stage, model, row and the log file. Exit codes: see README ("When things go wrong").
+one line naming the stage, model, row and the log file. Exit codes: docs/operations.md ("When things go wrong").
 """
 
 from __future__ import annotations
@@ -376,7 +376,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- the parser
 def ray_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ray", metavar="ADDRESS", help="run generation and judging on this Ray cluster (e.g. 10.0.0.5:6379, "
-                   "or `local` to start one here); default: RAY_ADDRESS, else in this process. See README 'Scale'")
+                   "or `local` to start one here); default: RAY_ADDRESS, else in this process. See docs/operations.md 'Scale'")
 
 
 def recipe_args(p: argparse.ArgumentParser) -> None:
