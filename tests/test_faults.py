@@ -116,6 +116,20 @@ def test_a_judge_whose_connections_drop_fails_its_rows_which_the_next_run_judges
     assert sent("gen") == [] and len(sent("judge")) == 2 and pairs(out) == 4
 
 
+
+def test_completions_made_again_after_failing_are_judged_again_alone(url, tmp_path, capsys):
+    """Two completions of a chunk of eight fail; the rerun makes them and judges those two, not the
+    chunk (its judge shard is kept by its completions' shard keys, each verdict by its completion)."""
+    Faulty.gen, Faulty.only = 503, "Say three."
+    path, out = recipe(tmp_path, url, shard_size=4), tmp_path / "run"
+    assert main(run(path, out)) == 4  # two failed rows, kept for the rerun
+    assert len(sent("judge")) == 6
+    Faulty.gen, Faulty.seen = "ok", []
+    assert main(run(path, out)) == 0
+    assert sorted(sent("gen")) == ["Say three.", "Say three."]
+    assert len(sent("judge")) == 2  # was 8: the whole chunk
+    assert pairs(out) == 4
+
 # ----------------------------------------------------------------------------- the run directory
 def test_a_second_run_on_the_same_dir_fails_naming_the_first_and_nothing_is_done_twice(url, tmp_path, capsys):
     Faulty.hold = ("gen", "Say two.")

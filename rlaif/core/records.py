@@ -120,6 +120,7 @@ class Judged(Record):
     error: str | None = None
     retries: int = 0  # re-asks it took before the output parsed (or gave up)
     retryable: bool = False  # the judge's endpoint failed transiently: judged again on the next run
+    judged_hash: str = ""  # content hash of the completion(s) judged: one made again is judged again
     # what its score is read from: the verdict token's probabilities, or the sampled verdict (a judge
     # without log-probs: a reasoning model, `logprobs: false`, a server that gives none)
     score_source: Literal["expected", "sampled"] | None = None

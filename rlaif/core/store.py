@@ -95,7 +95,8 @@ class ShardInfo(BaseModel):
     group: str = ""  # the prompt chunk a generation or judge shard belongs to
     name: str = ""  # the member or judge that wrote it
     counts: dict[str, int] = {}  # verdicts: rows per status and re-asked ("retried"); completions: output_tokens
-    worker: dict[str, str] = {}  # where it was made on a Ray cluster: node id, host, pid (flows/cluster.py)
+    worker: dict[str, str] = {}  # where it was made on a Ray cluster: node id, host, pid (runners/ray.py)
+    inputs: list[str] = []  # the content hashes of the shards it was made from (a judge shard: its completions')
 
     @property
     def failed(self) -> int:
@@ -182,12 +183,13 @@ class RunStore:
         return self.path(stage, key).exists()
 
     def write(self, stage: str, key: str, records: Iterable[BaseModel], group: str = "", name: str = "",
-              worker: dict[str, str] | None = None) -> ShardInfo:
+              worker: dict[str, str] | None = None, inputs: list[str] | None = None) -> ShardInfo:
         """Write a whole shard (atomically), then its metadata; returns the metadata."""
         data, rows, ok, retry, counts = _stats(records)
         write_atomic(self.path(stage, key), data)
         info = ShardInfo(key=key, rows=rows, ok=ok, retryable=retry, sha=hashlib.sha256(data).hexdigest()[:16],
-                         size=len(data), group=group, name=name, counts=counts, worker=worker or {})
+                         size=len(data), group=group, name=name, counts=counts, worker=worker or {},
+                         inputs=inputs or [])
         write_atomic(self._meta(stage, key), info.model_dump_json())
         return info
 

@@ -73,13 +73,21 @@ def ask(spec: JudgeSpec, engine: Engine, asks: list[Ask], seed: int, task: Task 
     return answers
 
 
+def judged_hash(r: Judged, by_id: dict[str, Completion]) -> str:
+    """The content of what a record judged: its completion, or its pair's two."""
+    if isinstance(r, PairJudgement):
+        return content_hash(by_id[r.completion_a], by_id[r.completion_b])
+    return content_hash(by_id[r.completion_id])  # type: ignore[attr-defined]
+
+
 @dataclass
 class ChunkJob:
-    """One chunk's judging: its prompts and completions, the units to redo (None: all), its asks."""
+    """One chunk's judging: its prompts and completions, the units to leave out (`skip`: judged
+    already, by an earlier run, of the same completions), and its asks."""
 
     prompts: dict[str, Prompt]
     completions: list[Completion]
-    only: set[str] | None = None
+    skip: frozenset[str] = frozenset()
     asks: dict[str, list[Ask]] | None = None
 
     def plan(self, spec: JudgeSpec) -> list[Ask]:
@@ -88,8 +96,8 @@ class ChunkJob:
         by_prompt: dict[str, list[Completion]] = {}
         for c in self.completions:
             by_prompt.setdefault(c.prompt_id, []).append(c)
-        kind, only = spec.impl, self.only
-        self.asks = {pid: [a for a in kind.asks(spec, self.prompts[pid], cs) if only is None or only & set(a.units)]
+        kind, skip = spec.impl, self.skip
+        self.asks = {pid: [a for a in kind.asks(spec, self.prompts[pid], cs) if set(a.units) - skip]
                      for pid, cs in by_prompt.items()}
         return [a for group in self.asks.values() for a in group]
 
@@ -101,8 +109,12 @@ class ChunkJob:
         for pid, asks in self.asks.items():
             mine = {a.key: answers[a.key] for a in asks}
             out += [r for r in kind.records(spec, settings, self.prompts[pid], by_prompt[pid], mine)
-                    if self.only is None or record_unit(r) in self.only]
-        return out
+                    if record_unit(r) not in self.skip]
+        return self.stamped(out)
+
+    def stamped(self, records: list[Judged]) -> list[Judged]:
+        by_id = {c.completion_id: c for c in self.completions}
+        return [r.model_copy(update={"judged_hash": judged_hash(r, by_id)}) for r in records]
 
 
 def judge_jobs(spec: JudgeSpec, engine: Engine | None, jobs: list[ChunkJob], seed: int,
@@ -110,30 +122,41 @@ def judge_jobs(spec: JudgeSpec, engine: Engine | None, jobs: list[ChunkJob], see
     """Several chunks' records, their asks sent to the engine in one call."""
     kind = spec.impl
     if not kind.text:
-        return [kind.judge_group(spec, j.prompts, j.completions, seed) for j in jobs]
+        return [j.stamped(kind.judge_group(spec, j.prompts, [c for c in j.completions if c.completion_id not in j.skip],
+                                           seed)) for j in jobs]
     flat = [a for j in jobs for a in j.plan(spec)]
     answers = ask(spec, engine, flat, seed, task) if flat else {}
     return [j.records(spec, answers) for j in jobs]
 
 
 def judge_records(spec: JudgeSpec, engine: Engine | None, prompts: dict[str, Prompt], completions: list[Completion],
-                  seed: int, task: Task | None = None, only: set[str] | None = None) -> list[Judged]:
-    """One chunk's records; with `only`, just the records of those units (completions or pairs)."""
-    return judge_jobs(spec, engine, [ChunkJob(prompts, completions, only)], seed, task)[0]
+                  seed: int, task: Task | None = None) -> list[Judged]:
+    """One chunk's records."""
+    return judge_jobs(spec, engine, [ChunkJob(prompts, completions)], seed, task)[0]
 
 
 # ----------------------------------------------------------------------------- the stage
 def shard_key(settings: str, shards: list[ShardInfo]) -> str:
-    """A judge's shard for one prompt chunk: its settings and the chunk's completion shards, in order."""
+    """A judge's shard for one prompt chunk: its settings and which completion shards it judges (their
+    keys, not their contents: a completion shard made again, after some rows failed, keeps its judge
+    shard, and only its changed completions are judged again; see `JudgeStage.inputs`)."""
+    return content_hash(settings, "by-key", [s.key for s in shards])
+
+
+def content_key(settings: str, shards: list[ShardInfo]) -> str:
+    """The key judge shards had before they were keyed by their completions' shard keys (a run
+    from then reads its shards as they are)."""
     return content_hash(settings, [s.sha for s in shards])
 
 
 def merge_old(records: list[Judged], old: list[Judged] | None) -> list[Judged]:
-    """A shard made again from an earlier one: its rows judged again in place of the old ones."""
+    """A shard made again from an earlier one: the units judged now in place of the old ones, in the
+    old order, then the units the old shard did not have; old units no one asked about again stay."""
     if old is None:
         return records
     redone = {record_unit(r): r for r in records}
-    return [redone.get(record_unit(r), r) for r in old]
+    merged = [redone.pop(record_unit(r), r) for r in old]
+    return merged + list(redone.values())
 
 
 @dataclass
@@ -157,23 +180,32 @@ class JudgeStage:
         return [self.plan_group(store, group, shards) for group, shards in self.completions.by_group().items()]
 
     def plan_group(self, store: RunStore, group: str, before: list[ShardInfo]) -> Job:
-        """The chunk's judge shard, keyed by the judge's settings and the chunk's completion shards."""
-        key = shard_key(self.spec.settings_hash(), before)
-        info = store.info(self.stage, key, record_type(self.spec))
-        return Job(group, self.spec.engine_spec(self.default_engine), [Shard(self.stage, key, self.spec.name, info)],
-                   rows=info.retryable if info else sum(s.rows for s in before), detail=before)
+        """The chunk's judge shard, done when it was made from the chunk's completion shards as they are."""
+        settings, kind = self.spec.settings_hash(), record_type(self.spec)
+        key, inputs = shard_key(settings, before), [s.sha for s in before]
+        info = store.info(self.stage, key, kind)
+        if info is None and (older := store.info(self.stage, content_key(settings, before), kind)) is not None:
+            key, info = older.key, older.model_copy(update={"inputs": inputs})  # keyed by these very contents
+        shard = Shard(self.stage, key, self.spec.name, info, inputs)
+        rows = sum(s.rows for s in before) if info is None or shard.stale else info.retryable
+        return Job(group, self.spec.engine_spec(self.default_engine), [shard], rows=rows, detail=before)
 
     def notes(self, jobs: list[Job]) -> list[str]:
         return [f"judge {self.spec.name}: {sum(not j.todo for j in jobs)} of {len(jobs)} shards already done"]
 
     def inputs(self, store: RunStore, job: Job) -> tuple[ChunkJob, list[Judged] | None]:
-        """The chunk's prompts and completions, and its shard from an earlier run (then only that
-        shard's rows that failed transiently are judged again)."""
+        """The chunk's prompts and completions, and its shard from an earlier run: then what that
+        shard judged of these very completions is kept, and only the rest (rows that failed
+        transiently, completions made again or new) is judged."""
         (shard,) = job.shards
         by_id = {p.prompt_id: p for p in store.iter(PROMPTS, job.group, Prompt)}
         comps = [c for s in job.detail for c in store.iter(COMPLETIONS, s.key, Completion)]
-        old = store.read(shard.stage, shard.key, record_type(self.spec)) if shard.info is not None else None
-        return ChunkJob(by_id, comps, {record_unit(r) for r in old if r.retryable} if old is not None else None), old
+        if shard.info is None:
+            return ChunkJob(by_id, comps), None
+        old = store.read(shard.stage, shard.key, record_type(self.spec))
+        current = {c.completion_id: c for c in comps}
+        keep = frozenset(record_unit(r) for r in old if not r.retryable and unchanged(r, current, shard))
+        return ChunkJob(by_id, comps, keep), old
 
     def size(self, job: Job, inputs: tuple[ChunkJob, list[Judged] | None]) -> int:
         chunk, _ = inputs
@@ -198,6 +230,16 @@ class JudgeStage:
                                                        "settings_hash": spec.settings_hash(),
                                                        "spec": spec.model_dump(mode="json", exclude={"endpoint"}),
                                                        **manifest_counts(manifest), "manifest": manifest.model_dump()})
+
+
+def unchanged(r: Judged, current: dict[str, Completion], shard: Shard) -> bool:
+    """Whether a record judged the completion(s) the chunk holds now."""
+    ids = [r.completion_a, r.completion_b] if isinstance(r, PairJudgement) else [r.completion_id]  # type: ignore[attr-defined]
+    if any(i not in current for i in ids):
+        return False
+    if not r.judged_hash:  # written before records said what they judged: right if the shard was
+        return not shard.stale
+    return r.judged_hash == judged_hash(r, current)
 
 
 def run_judge(prompts: Manifest, completions: Manifest, spec: JudgeSpec, store: RunStore,

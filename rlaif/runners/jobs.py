@@ -23,7 +23,7 @@ plans a follower's job for a chunk as soon as the chunk's last shard of the stag
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from pydantic import BaseModel
@@ -41,10 +41,16 @@ class Shard:
     key: str
     name: str  # the member or judge that makes it
     info: ShardInfo | None = None
+    inputs: list[str] = field(default_factory=list)  # the content hashes of the shards it is made from
+
+    @property
+    def stale(self) -> bool:
+        """Written from other inputs than today's (a judge shard whose completions were made again)."""
+        return self.info is not None and bool(self.inputs) and self.info.inputs != self.inputs
 
     @property
     def todo(self) -> bool:
-        return self.info is None or self.info.retryable > 0
+        return self.info is None or self.info.retryable > 0 or self.stale
 
 
 @dataclass
@@ -94,7 +100,8 @@ def write(store: RunStore, job: Job, results: list[list[BaseModel] | None], work
     written = 0
     for shard, records in zip(job.shards, results, strict=True):
         if records is not None and shard.todo:
-            shard.info = store.write(shard.stage, shard.key, records, group=job.group, name=shard.name, worker=worker)
+            shard.info = store.write(shard.stage, shard.key, records, group=job.group, name=shard.name, worker=worker,
+                                     inputs=shard.inputs)
             written += 1
     return written
 
