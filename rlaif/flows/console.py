@@ -16,7 +16,9 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
+from typing import Any
 
 from rlaif.core.progress import Reporter, Task
 
@@ -53,12 +55,12 @@ def _terminal(stream, saved: int):
     return open(saved, "w", buffering=1, closefd=False, encoding=getattr(stream, "encoding", None) or "utf-8")
 
 
-_terminal_stream = None  # where our own output goes while a command runs
+_terminal_stream: ContextVar[Any] = ContextVar("rlaif_terminal", default=None)  # set while a command runs
 
 
 def terminal():
     """The stream our own output goes to: the terminal while a command runs, else stdout."""
-    return _terminal_stream or sys.stdout
+    return _terminal_stream.get() or sys.stdout
 
 
 def echo(*parts: object) -> None:
@@ -77,8 +79,7 @@ def command_output(log: Path, verbose: bool = False) -> Iterator[None]:
         handlers.append(logging.StreamHandler(sys.stderr))
     root.handlers, root.level = handlers, logging.INFO
     logging.captureWarnings(True)
-    global _terminal_stream
-    redirected = not verbose
+    redirected, token, stream = not verbose, None, None
     if redirected:
         sys.stdout.flush()
         sys.stderr.flush()
@@ -88,7 +89,8 @@ def command_output(log: Path, verbose: bool = False) -> Iterator[None]:
         os.dup2(fd, 1)
         os.dup2(fd, 2)
         os.close(fd)
-        _terminal_stream = _terminal(sys.stderr, saved)
+        stream = _terminal(sys.stderr, saved)
+        token = _terminal_stream.set(stream)
     try:
         yield
     finally:
@@ -98,9 +100,9 @@ def command_output(log: Path, verbose: bool = False) -> Iterator[None]:
         if redirected:
             sys.stdout.flush()
             sys.stderr.flush()
-            if _terminal_stream is not sys.stderr:
-                _terminal_stream.close()
-            _terminal_stream = None
+            if stream is not sys.stderr:
+                stream.close()
+            _terminal_stream.reset(token)
             os.dup2(out_fd, 1)
             os.dup2(saved, 2)
             os.close(out_fd)
