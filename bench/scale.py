@@ -174,7 +174,7 @@ def pipeline_run(args) -> None:
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "300")  # a busy machine takes > 20 s
     from prefect import flow
 
-    from rlaif.flows.context import flow_run
+    from rlaif.runners.context import flow_run
     from rlaif.flows.pipeline import run_stages
     from rlaif.flows.recipe import Recipe
 

@@ -21,7 +21,7 @@ from rlaif.core.errors import StageError
 from rlaif.core.records import Judgement, Message, Prompt
 from rlaif.core.store import RunStore
 from rlaif.flows.cli import main
-from rlaif.flows.context import flow_run, using
+from rlaif.runners.context import flow_run, using
 from rlaif.flows.pipeline import pipeline_flow, run_step
 from rlaif.flows.steps import generate_step
 from rlaif.flows.recipe import load_recipe

@@ -295,7 +295,7 @@ def test_rlaif_agreement_with_human_labels(written, tmp_path, capsys):
 
 
 def test_rlaif_judge_adds_a_judge_to_a_run_and_agreement_compares(run, pool, tmp_path, capsys):
-    from rlaif.flows.context import using
+    from rlaif.runners.context import using
 
     store = run[0]
     judge(JudgeSpec(name="ultrafeedback", model=SMOL), run, pool)  # the recipe's first judge has judged

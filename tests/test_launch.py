@@ -126,7 +126,7 @@ def test_the_engine_preloaded_is_the_one_the_pending_stage_uses_first(tmp_path):
     """Planning only: no engine is loaded. Members on two models with the judge on one of them: the
     other model goes first (the judge's is used last, so judging finds it loaded)."""
     from rlaif.engines.pool import EnginePool, EngineSpec
-    from rlaif.flows.context import using
+    from rlaif.runners.context import using
     from rlaif.flows.launch import first_engine, without_prefect
     from rlaif.flows.pipeline import Pending, pipeline_flow
     from rlaif.flows.recipe import load_recipe
@@ -151,7 +151,7 @@ def test_members_with_different_sampling_and_the_judge_share_one_engine(tmp_path
     judge on SmolLM2 too. The pool holds the session's engine under the recipe's settings and counts
     every load: all three use that one engine through generation and judging, so nothing is loaded."""
     from rlaif.flows.cli import main
-    from rlaif.flows.context import using
+    from rlaif.runners.context import using
 
     write_prompts(tmp_path / "prompts.jsonl", ["Name a fruit that is red."])
     (tmp_path / "recipe.yaml").write_text(yaml.safe_dump({**TINY, "prompts": {"source": str(tmp_path / "prompts.jsonl")}}))

@@ -275,7 +275,7 @@ def test_rlaif_evaluate_writes_metrics_win_rate_and_plots(sft_then_dpo, trained_
     from rlaif.engines import pool as engine_pool
     from rlaif.engines.pool import EngineSpec
     from rlaif.flows.cli import main
-    from rlaif.flows.context import using
+    from rlaif.runners.context import using
 
     run, _, dpo = sft_then_dpo
     assert dpo["beta"] == BETA and json.loads((run / "recipe.json").read_text())["train"]["dpo"] is None
@@ -333,7 +333,7 @@ def test_rlaif_evaluate_mt_bench_on_a_run(tmp_path, smol_engine, sft_then_dpo, t
     asks nothing."""
     from rlaif.engines.pool import EnginePool, EngineSpec
     from rlaif.flows.cli import main
-    from rlaif.flows.context import using
+    from rlaif.runners.context import using
 
     run = tmp_path / "run"
     recipe = load_recipe(ROOT / "recipes" / "quickstart.yaml", [

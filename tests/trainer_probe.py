@@ -30,7 +30,7 @@ def vllm_processes() -> list[str]:
 def install(out: str) -> None:
     from transformers import Trainer, TrainerCallback
 
-    from rlaif.flows.context import run_context
+    from rlaif.runners.context import run_context
 
     models: list[weakref.ref] = []  # each trainer's model, in the order the trainers were built
 

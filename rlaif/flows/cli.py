@@ -216,7 +216,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     """One training stage into <run>/sft or <run>/dpo (a flow of one task)."""
     from rlaif.core.store import write_atomic
     from rlaif.flows.launch import run_flow
-    from rlaif.flows.context import using
+    from rlaif.runners.context import using
     from rlaif.flows.pipeline import train_flow
     from rlaif.flows.report import print_summary
     from rlaif.flows.steps import train, train_inputs
@@ -255,7 +255,7 @@ def _rehearsal_dir(args: argparse.Namespace) -> Path:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import json
 
-    from rlaif.flows.context import flow_run
+    from rlaif.runners.context import flow_run
     from rlaif.flows.recipe import Recipe
     from rlaif.training.evaluate import evaluate_run
 
@@ -283,7 +283,7 @@ def mt_bench(args: argparse.Namespace, run: Path, recipe) -> int:
     from rich.table import Table
 
     from rlaif.flows.console import console
-    from rlaif.flows.context import flow_run
+    from rlaif.runners.context import flow_run
     from rlaif.training.mt_bench import MAX_TOKENS, parse_models, run_mt_bench, run_models, table_rows
 
     if not args.model:  # the run's own models: was their data kept clean of MT-Bench's questions?
@@ -543,7 +543,7 @@ def main(argv: list[str] | None = None) -> int:
 def _run_locked(spec: Command, args: argparse.Namespace, run_dir: Path | None) -> int:
     from rlaif.core.store import clean_leftovers, run_lock
     from rlaif.flows.console import RichReporter
-    from rlaif.flows.context import using
+    from rlaif.runners.context import using
     from rlaif.training.launch import is_main
 
     reporter = RichReporter()

@@ -31,7 +31,7 @@ from typing import Any
 
 from rlaif.core.progress import Reporter, Task
 from rlaif.engines.pool import EnginePool
-from rlaif.flows.context import run_context, using
+from rlaif.runners.context import run_context, using
 from rlaif.flows.pipeline import Pending
 
 log = logging.getLogger(__name__)
@@ -114,7 +114,7 @@ def run_flow(flow, recipe, *args: Any, preflight: Callable[[], None] | None = No
 
 def first_engine(pending: Pending, recipe, out: str, *_: Any):
     """The local engine the pending stage loads first, as that stage orders its work."""
-    from rlaif.flows.context import ray_address
+    from rlaif.runners.context import ray_address
 
     if ray_address():
         return None  # the cluster's workers load their own

@@ -29,7 +29,7 @@ from prefect.tasks import exponential_backoff
 
 from rlaif.core.errors import RlaifError, StageError, stage_errors
 from rlaif.core.store import Manifest
-from rlaif.flows.context import RunContext, flow_run, run_context
+from rlaif.runners.context import RunContext, flow_run, run_context
 from rlaif.flows.failures import no_usable_rows
 from rlaif.flows.report import StageReport
 from rlaif.flows.steps import (JudgeStep, PromptsStep, PublishStep, Step, TrainStep, generate_step,

@@ -21,7 +21,7 @@ from prefect import flow
 from rlaif.core.records import Prompt
 from rlaif.core.store import Manifest, RunStore, clean_leftovers, default_run_dir, run_lock
 from rlaif.flows.failures import check_failed_rows
-from rlaif.flows.context import flow_run, run_context
+from rlaif.runners.context import flow_run, run_context
 from rlaif.flows.pipeline import run_stages
 from rlaif.flows.report import StageReport, write_summary
 from rlaif.flows.steps import generate_step

@@ -48,7 +48,7 @@ def summary_table(reports: list[StageReport], out: str):
 
 def print_summary(reports: list[StageReport], out: str) -> None:
     from rlaif.flows.console import console
-    from rlaif.flows.context import run_context
+    from rlaif.runners.context import run_context
 
     run_context().reporter.stop()  # the last progress display ends before the table
     con = console()

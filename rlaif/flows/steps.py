@@ -20,7 +20,7 @@ from typing import Any
 from rlaif.core.errors import RlaifError
 from rlaif.core.records import content_hash
 from rlaif.core.store import Manifest, write_json
-from rlaif.flows.context import RunContext
+from rlaif.runners.context import RunContext
 from rlaif.flows.failures import Failures, completion_failures, judgement_failures
 from rlaif.flows.report import StageReport
 from rlaif.generation.ensemble import STAGE as COMPLETIONS

@@ -21,7 +21,7 @@ from rlaif.core.errors import validation_message
 from rlaif.core.records import Judgement, PairJudgement
 from rlaif.core.store import RunStore, write_json
 from rlaif.flows.launch import run_flow
-from rlaif.flows.context import flow_run
+from rlaif.runners.context import flow_run
 from rlaif.flows.pipeline import judge, run_stages
 from rlaif.flows.report import StageReport, write_summary
 from rlaif.flows.recipe import Recipe, RecipeError, read_yaml

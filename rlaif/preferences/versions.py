@@ -120,10 +120,7 @@ def publish(store: RunStore, recipe_info: dict, made: VersionInputs, force: bool
     points at. `recipe_info` is the recipe as a dict (for the card). Pushes to `spec.push_to_hub`
     when set and `push`, also when the version already existed.
     """
-    run_dir = store.root
-    prompts, completions, judgements, spec = made.prompts, made.completions, made.judgements, made.spec
-    hygiene, hygiene_report, pairwise = made.hygiene, made.hygiene_report, made.pairwise
-    inputs, h = made.parts(), made.hash()
+    run_dir, spec, h = store.root, made.spec, made.hash()
     latest = latest_version(run_dir)
     if latest and not force and (latest / "manifest.json").exists() and version_manifest(latest).get("inputs_hash") == h:
         point_latest(run_dir, latest)
@@ -139,8 +136,7 @@ def publish(store: RunStore, recipe_info: dict, made: VersionInputs, force: bool
     try:
         work = tmp / ".work"
         work.mkdir()
-        binarized, plot_data, judge_info, bias = _binarize_chunks(store, prompts, completions, judgements, spec,
-                                                                 pairwise, work / "pairs.jsonl", report)
+        binarized, plot_data, judge_info, bias = _binarize_chunks(store, made, work / "pairs.jsonl", report)
         if binarized.pairs == 0:
             raise EmptyDataset(f"no preference pairs: {binarized.prompts} prompts, none paired "
                                f"(skipped: {binarized.skipped or 'none'}; unusable judgements: "
@@ -150,8 +146,7 @@ def publish(store: RunStore, recipe_info: dict, made: VersionInputs, force: bool
         counts = {k: dd[k].num_rows for k in SPLITS}
         del dd
         shutil.rmtree(work)
-        manifest = _manifest(recipe_info, inputs, h, spec, hygiene, hygiene_report, binarized, completions,
-                             judgements, judge_info, counts)
+        manifest = _manifest(recipe_info, made, binarized, judge_info, counts)
         members = members_of(recipe_info)
         manifest["judge_bias"] = bias.report(members).model_dump()
         manifest = _redact(manifest, _secrets())
@@ -207,11 +202,11 @@ def members_of(recipe_info: dict | None) -> dict[str, str] | None:
     return {g["name"]: g["model"] for g in gens} if gens else None
 
 
-def _binarize_chunks(store: RunStore, prompts: Manifest, completions: Manifest, judgements: Manifest,
-                     spec: BinarizeSpec, pairwise: bool, out: Path, report: Reporter
+def _binarize_chunks(store: RunStore, made: VersionInputs, out: Path, report: Reporter
                      ) -> tuple[BinarizeReport, PlotData, dict, BiasData]:
     """Binarize each prompt chunk; pairs go to `out` (JSONL), counts, plot and bias numbers are summed."""
-    kind = PairJudgement if pairwise else Judgement
+    prompts, completions, judgements, spec = made.prompts, made.completions, made.judgements, made.spec
+    kind = PairJudgement if made.pairwise else Judgement
     total, plot, judge_info, bias = BinarizeReport(), PlotData(), {}, BiasData(spec.score, spec.aspect)
     task = report.task("binarize", len(prompts.shards))
     with out.open("w") as f:
@@ -289,10 +284,11 @@ def _claim_number(run_dir: Path, tmp: Path, finish) -> Path:
                 raise
 
 
-def _manifest(recipe_info: dict, inputs: dict, h: str, spec: BinarizeSpec, hygiene: HygieneSpec,
-              hy: HygieneReport, report: BinarizeReport, completions: Manifest, judgements: Manifest,
-              judge: dict, splits: dict[str, int]) -> dict:
+def _manifest(recipe_info: dict, made: VersionInputs, report: BinarizeReport, judge: dict,
+              splits: dict[str, int]) -> dict:
     from importlib.metadata import version
+
+    completions, judgements, spec, hygiene, hy = made.completions, made.judgements, made.spec, made.hygiene, made.hygiene_report
 
     per_model: dict[str, dict[str, int]] = {}
     for s in completions.shards:
@@ -302,7 +298,7 @@ def _manifest(recipe_info: dict, inputs: dict, h: str, spec: BinarizeSpec, hygie
     status = judgements.counts()
     return {
         "version": None, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "inputs": inputs, "inputs_hash": h,
+        "inputs": made.parts(), "inputs_hash": made.hash(),
         "recipe": recipe_info, "judge": judge, "binarize": spec.model_dump(), "hygiene": hygiene.model_dump(),
         "counts": {
             "prompts": hy.prompts_in, "hygiene_removed": hy.counts, "prompts_after_hygiene": hy.kept,

@@ -28,7 +28,7 @@ ADDRESS_ENV = "RAY_ADDRESS"
 @dataclass(frozen=True)
 class RunContext:
     out: str = ""  # the run directory
-    recipe: Any = None  # a flows.recipe.Recipe
+    recipe: Any = None  # the run's recipe (rlaif's Recipe; any object with its fields in a library call)
     pool: EnginePool | None = None  # this process's loaded engines
     executor: Any = None  # runners.local.LocalExecutor or runners.ray.RayExecutor: where stage jobs run
     reporter: Reporter = NULL
@@ -42,6 +42,11 @@ class RunContext:
     @property
     def seed(self) -> int:
         return self.recipe.seed if self.recipe is not None else 0
+
+    @property
+    def engine(self):
+        """The recipe's `engine:` block: what every local engine of the run defaults to."""
+        return self.recipe.engine if self.recipe is not None else None
 
     @property
     def on_ray(self) -> bool:
