@@ -216,7 +216,7 @@ class RunStore:
             pass
         info = ShardInfo(key=key, rows=rows, ok=ok, retryable=retry, sha=hashlib.sha256(data).hexdigest()[:16],
                          size=len(data), group=old.get("group", ""), name=old.get("name", ""), counts=counts,
-                         worker=old.get("worker") or {})
+                         worker=old.get("worker") or {}, inputs=old.get("inputs") or [])
         write_atomic(self._meta(stage, key), info.model_dump_json())
         return info
 

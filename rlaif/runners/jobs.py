@@ -45,8 +45,9 @@ class Shard:
 
     @property
     def stale(self) -> bool:
-        """Written from other inputs than today's (a judge shard whose completions were made again)."""
-        return self.info is not None and bool(self.inputs) and self.info.inputs != self.inputs
+        """Written from other inputs than today's (a judge shard whose completions were made again).
+        A shard that does not say what it was made from (written by hand, or by a tool) is taken as is."""
+        return self.info is not None and bool(self.inputs) and bool(self.info.inputs) and self.info.inputs != self.inputs
 
     @property
     def todo(self) -> bool:
