@@ -28,14 +28,22 @@ Implements (API reference: https://platform.openai.com/docs/api-reference):
     against `max_completion_tokens` (a small limit gives empty content, finish_reason "length").
   * POST /v1/completions (completions/create) for the legacy completion models only; a chat model there
     (or a completion model on /chat/completions) is refused as the API refuses it. `logprobs` <= 5.
-  * Answers come from `responder(body) -> str`; the default answers a json_schema request with a
-    document that satisfies the schema (enum values picked from a hash of the messages), else a short
-    text. `logprobs`: one entry per token of a simple tokenizer, each with `top_logprobs`
-    alternatives; at an enum value the other enum values are the alternatives.
-  * Faults for tests: `faults=[(kind, count[, path_part]), ...]`, each met by the next `count` requests
-    whose path contains `path_part` (default "/completions": the inference endpoints), or
-    `fault=callable(path, body) -> kind | None`; kind 429 (rate limit, `Retry-After`), 500, 502, 503,
-    "insufficient_quota" (a 429 no retry fixes) or "disconnect" (connection closed, no answer).
+  * Answers come from `responder(body) -> str | Reply(text, tokens)`; the default answers a json_schema
+    request with a document that satisfies the schema (enum values picked from a hash of the messages),
+    else a short text. `logprobs`: one entry per token of a simple tokenizer (or the Reply's tokens),
+    each with `top_logprobs` alternatives; at an enum value the other enum values are the
+    alternatives. `certain=True`: every token has logprob 0 and no alternative, so a verdict scores
+    exactly the rating it states. `delay`: seconds each inference request waits (a slow server).
+  * Faults for tests (faults.py): `faults=[(kind, count[, path_part]), ...]`, each met by the next
+    `count` requests whose path contains `path_part` (default "/completions": the inference
+    endpoints), or `fault=callable(path, body) -> kind | None`, which may block to hold a request;
+    kind an HTTP status (429 with `Retry-After`, 400, 401, 403, 404, 500, 502, 503),
+    "insufficient_quota" (a 429 no retry fixes), "disconnect" (connection closed, no answer),
+    "malformed" (a 200 with a cut-off JSON body), an `ApiError` or a `(status, payload)` answered as is.
+  * Rules (rules.py `Rules`): `rules="openai"` (the default) holds requests to everything above;
+    `rules="vllm"` answers as vLLM's own server does for a self-hosted endpoint (no key, its extra
+    fields, any schema, every model on both endpoints, `owned_by: "vllm"`, the models given, default
+    "served"); a `Rules` switches single rules off.
   * Files (files/create, retrieve, content, delete, list): multipart upload; purpose "batch" needs a
     .jsonl file name, as the API requires.
   * Batches (batch/create, retrieve, cancel, list): validating -> in_progress -> finalizing ->
@@ -55,8 +63,9 @@ Implements (API reference: https://platform.openai.com/docs/api-reference):
 In-process, a test reads and steers: `srv.base_url` (http://127.0.0.1:PORT/v1), `srv.requests` (a copy of
 the log: method, path, query, headers without the key, body, status, time), `srv.count(path, status)`,
 `srv.processed` (Counter of custom_ids answered in batches), `srv.add_faults(...)`,
-`srv.pause_batches()` / `srv.resume_batches()`, and the settable attributes `responder`, `fault`,
-`retry_after`, `batch_seconds`, `batch_expire`, `batch_fail`.
+`srv.pause_batches()` / `srv.resume_batches()`, `srv.keys` (each request's Authorization header, in
+memory only), and the settable attributes `responder`, `fault`, `certain`, `delay`, `retry_after`,
+`batch_seconds`, `batch_expire`, `batch_fail`.
 
 Two ways to use it: in-process `with OpenAIServer(...) as srv: srv.base_url`, or as a subprocess,
 `python -m rlaif.rehearsal.openai_server --port 0 --state-dir DIR`, which writes DIR/server.json (base_url, pid)
@@ -68,10 +77,11 @@ Only ever listens on 127.0.0.1.
 """
 
 from rlaif.rehearsal.openai_server.batches import validate_batch_file
-from rlaif.rehearsal.openai_server.chat import default_responder, tokenize
+from rlaif.rehearsal.openai_server.chat import Reply, default_responder, tokenize
 from rlaif.rehearsal.openai_server.rules import (
-    CHAT_MODELS, COMPLETION_MODELS, REASONING_MODELS, ApiError, bad, check_strict_schema, mask_key)
+    CHAT_MODELS, COMPLETION_MODELS, OPENAI, REASONING_MODELS, VLLM, ApiError, Rules, bad, check_strict_schema, mask_key)
 from rlaif.rehearsal.openai_server.server import OpenAIServer
 
-__all__ = ["CHAT_MODELS", "COMPLETION_MODELS", "REASONING_MODELS", "ApiError", "OpenAIServer", "bad",
-           "check_strict_schema", "default_responder", "mask_key", "tokenize", "validate_batch_file"]
+__all__ = ["CHAT_MODELS", "COMPLETION_MODELS", "OPENAI", "REASONING_MODELS", "VLLM", "ApiError", "OpenAIServer",
+           "Reply", "Rules", "bad", "check_strict_schema", "default_responder", "mask_key", "tokenize",
+           "validate_batch_file"]

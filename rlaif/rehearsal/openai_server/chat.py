@@ -10,6 +10,7 @@ import math
 import re
 import secrets
 import time
+from typing import NamedTuple
 
 from rlaif.rehearsal.openai_server.rules import (
     CHAT_FIELDS, COMPLETION_FIELDS, ApiError, bad, check_fields, check_messages, check_ranges,
@@ -18,6 +19,14 @@ from rlaif.rehearsal.openai_server.rules import (
 TOKEN_RE = re.compile(r"\s*\w+|\s*[^\w\s]|\s+")
 FILLERS = (" the", ",", ".", " a", "\n", " and", " of", " to", " is", " in", "-", " it", " that", " for", " on",
            " with", " as", " was", " this", " be", " or")
+
+
+class Reply(NamedTuple):
+    """A responder's answer with the tokens it is made of (they join to `text`): usage and log-probs
+    count these instead of the stand-in tokenizer's. Sent as it is, cut only at the token limit."""
+
+    text: str
+    tokens: list[str]
 
 
 def tokenize(text: str) -> list[str]:
@@ -126,6 +135,11 @@ def entry(tok: str, lp: float) -> dict:
 class Chat:
     """The inference endpoints of `OpenAIServer` (a mixin)."""
 
+    def _logprobs(self, toks: list[str], k: int, enums: list[list[str]], seed) -> list[tuple[str, float, list]]:
+        if self.certain:  # every token sampled with probability 1: a verdict scores exactly its rating
+            return [(t, 0.0, [(t, 0.0)]) for t in toks]
+        return token_logprobs(toks, k, enums, seed)
+
     def answer(self, path: str, body: dict) -> tuple[int, dict]:
         """(status, JSON body) of one /chat/completions or /completions request; used by batches too."""
         try:
@@ -143,9 +157,10 @@ class Chat:
         return model
 
     def _chat(self, body: dict) -> dict:
-        check_fields(body, CHAT_FIELDS)
+        if self.rules.known_fields:
+            check_fields(body, CHAT_FIELDS)
         model = self._check_model(body)
-        if model in self.completion_models:
+        if self.rules.model_endpoints and model in self.completion_models:
             raise ApiError(404, "This is not a chat model and thus not supported in the v1/chat/completions "
                                 "endpoint. Did you mean to use v1/completions?", param="model")
         check_messages(body)
@@ -153,7 +168,7 @@ class Chat:
         reasoning = model in self.reasoning_models
         if reasoning:
             self._check_reasoning(model, body)
-        elif "reasoning_effort" in body:
+        elif "reasoning_effort" in body and self.rules.known_fields:
             raise bad("Unsupported parameter: 'reasoning_effort' is not supported with this model.",
                       "reasoning_effort", "unsupported_parameter")
         if body.get("logprobs") not in (None, True, False):
@@ -164,7 +179,7 @@ class Chat:
                       "top_logprobs", "invalid_value")
         if body.get("stream"):
             raise bad("This test server does not stream; send 'stream': false.", "stream")
-        check_response_format(body)
+        check_response_format(body, self.rules.strict_schemas)
         limit = body.get("max_completion_tokens") or body.get("max_tokens")
         hidden = self.reasoning_tokens if reasoning else 0
         k = body.get("top_logprobs") or 0 if body.get("logprobs") else None
@@ -176,7 +191,7 @@ class Chat:
             choice = {"index": i, "message": {"role": "assistant", "content": text, "refusal": None,
                                               "annotations": []}, "logprobs": None, "finish_reason": finish}
             if k is not None:
-                lps = token_logprobs(toks, k, enum_sets(schema), [body.get("messages"), i])
+                lps = self._logprobs(toks, k, enum_sets(schema), [body.get("messages"), i])
                 choice["logprobs"] = {"content": [{**entry(t, lp), "top_logprobs": [entry(a, b) for a, b in tops]}
                                                   for t, lp, tops in lps], "refusal": None}
             choices.append(choice)
@@ -215,27 +230,32 @@ class Chat:
     def _generate(self, body: dict, limit: int | None, hidden: int) -> tuple[str, str, list[str]]:
         """The responder's text cut at a stop string and at the token limit (hidden reasoning counts)."""
         text = self.responder(body)
-        stops = body.get("stop")
-        for s in [stops] if isinstance(stops, str) else stops or []:
-            text = text.split(s)[0] if s else text
-        toks = tokenize(text)
+        if isinstance(text, Reply):
+            text, toks = text
+        else:
+            stops = body.get("stop")
+            for s in [stops] if isinstance(stops, str) else stops or []:
+                text = text.split(s)[0] if s else text
+            toks = tokenize(text)
         if limit is not None and len(toks) + hidden > limit:
             toks = toks[: max(limit - hidden, 0)]
             return "".join(toks), "length", toks
         return text, "stop", toks
 
     def _complete(self, body: dict) -> dict:
-        check_fields(body, COMPLETION_FIELDS)
+        if self.rules.known_fields:
+            check_fields(body, COMPLETION_FIELDS)
         model = self._check_model(body)
-        if model not in self.completion_models:
+        if self.rules.model_endpoints and model not in self.completion_models:
             raise ApiError(404, "This is a chat model and not supported in the v1/completions endpoint. Did you mean "
                                 "to use v1/chat/completions?", param="model")
         if body.get("prompt") is None:
             raise bad("Missing required parameter: 'prompt'.", "prompt", "missing_required_parameter")
         check_ranges(body)
         k = body.get("logprobs")
-        if k is not None and (not isinstance(k, int) or isinstance(k, bool) or not 0 <= k <= 5):
-            raise bad(f"Invalid 'logprobs': integer above maximum value. Expected a value <= 5, but got {k} instead.",
+        top = self.rules.completion_logprobs
+        if k is not None and (not isinstance(k, int) or isinstance(k, bool) or not 0 <= k <= top):
+            raise bad(f"Invalid 'logprobs': integer above maximum value. Expected a value <= {top}, but got {k} instead.",
                       "logprobs", "integer_above_max_value")
         if body.get("stream"):
             raise bad("This test server does not stream; send 'stream': false.", "stream")
@@ -245,7 +265,7 @@ class Chat:
             used += len(toks)
             lp = None
             if k is not None:
-                lps = token_logprobs(toks, k, [], [body.get("prompt"), i])
+                lps = self._logprobs(toks, k, [], [body.get("prompt"), i])
                 offsets = [sum(len(t) for t in toks[:j]) for j in range(len(toks))]
                 lp = {"tokens": toks, "token_logprobs": [x[1] for x in lps], "text_offset": offsets,
                       "top_logprobs": [dict(tops) for _, _, tops in lps]}

@@ -50,8 +50,11 @@ class Http:
         record = {"method": method, "path": url.path, "query": url.query, "headers": headers, "body": None,
                   "time": time.time()}
         extra: dict = {}
+        with self._lock:
+            self.keys.append(h.headers.get("Authorization", ""))  # in memory only: never in the state dir
         try:
-            self._authenticate(h.headers.get("Authorization"))
+            if self.rules.auth:
+                self._authenticate(h.headers.get("Authorization"))
             status, payload, extra = self._route(method, url.path, parse_qs(url.query), headers, raw, record)
         except ApiError as e:
             status, payload = e.status, e.body
@@ -64,7 +67,8 @@ class Http:
             return
         data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
         h.send_response(status)
-        h.send_header("Content-Type", "application/octet-stream" if isinstance(payload, bytes) else "application/json")
+        h.send_header("Content-Type", extra.pop("Content-Type", None)
+                      or ("application/octet-stream" if isinstance(payload, bytes) else "application/json"))
         h.send_header("Content-Length", str(len(data)))
         h.send_header("x-request-id", "req_" + secrets.token_hex(16))
         for k, v in extra.items():
@@ -112,6 +116,8 @@ class Http:
             return 200, self._upload(form), {}
         route = (method, parts[0] if parts else "", len(parts))
         if route[:2] == ("POST", "chat") and parts[1:] == ["completions"] or route == ("POST", "completions", 1):
+            if self.delay:
+                time.sleep(self.delay)
             return (*self.answer(path[3:], body), {})
         if route == ("GET", "models", 1):
             return 200, {"object": "list", "data": [self._model(m) for m in self.models]}, {}
@@ -169,4 +175,4 @@ class Http:
                          "paused": not self._running.is_set()}, {}
 
     def _model(self, model: str) -> dict:
-        return {"id": model, "object": "model", "created": 1_700_000_000, "owned_by": "system"}
+        return {"id": model, "object": "model", "created": 1_700_000_000, "owned_by": self.rules.owned_by}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 
 CHAT_MODELS = ("gpt-4o-mini", "gpt-4o", "gpt-4.1-mini", "gpt-4.1-nano")
 REASONING_MODELS = ("o3-mini", "o4-mini", "gpt-5-mini", "gpt-5-nano")
@@ -31,6 +32,28 @@ NOT_PERMITTED = (  # strict mode: keywords the API refuses with "'X' is not perm
     "minLength", "maxLength", "patternProperties", "unevaluatedProperties", "propertyNames", "minProperties",
     "maxProperties", "unevaluatedItems", "prefixItems", "contains", "minContains", "maxContains", "uniqueItems")
 FORMATS = ("date-time", "time", "date", "duration", "email", "hostname", "ipv4", "ipv6", "uuid")
+
+
+@dataclass(frozen=True)
+class Rules:
+    """Which rules the server holds a request to. `OPENAI` (the default) is the hosted API as it is;
+    `VLLM` is vLLM's own OpenAI-compatible server as a self-hosted endpoint answers: no key, its extra
+    fields (`structured_outputs`, ...) taken, any JSON schema, every model on both endpoints, up to 20
+    log-probs on /completions, and `owned_by: "vllm"` (which the client reads as provider `vllm`).
+    A test switches one rule off with `dataclasses.replace(OPENAI, auth=False)`."""
+
+    owned_by: str = "system"  # what GET /models says owns each model
+    auth: bool = True  # `Authorization: Bearer <api_key>` required, else 401
+    known_fields: bool = True  # unknown top-level fields (and `reasoning_effort` on other models) -> 400
+    strict_schemas: bool = True  # strict json_schema in the Structured Outputs subset; json_object needs "json"
+    model_endpoints: bool = True  # a chat model only on /chat/completions, a completion model only on /completions
+    completion_logprobs: int = 5  # the most `logprobs` /completions takes
+
+
+OPENAI = Rules()
+VLLM = Rules(owned_by="vllm", auth=False, known_fields=False, strict_schemas=False, model_endpoints=False,
+             completion_logprobs=20)
+RULES = {"openai": OPENAI, "vllm": VLLM}
 
 
 class ApiError(Exception):
@@ -125,7 +148,7 @@ def check_strict_schema(name: str, schema) -> None:
     walk(schema, ())
 
 
-def check_response_format(body: dict) -> None:
+def check_response_format(body: dict, strict: bool = True) -> None:
     rf = body.get("response_format")
     if rf is None:
         return
@@ -136,7 +159,7 @@ def check_response_format(body: dict) -> None:
     for key in rf:
         if key not in ("type", "json_schema"):
             raise bad(f"Unknown parameter: 'response_format.{key}'.", f"response_format.{key}", "unknown_parameter")
-    if kind == "json_object" and "json" not in json.dumps(body.get("messages", "")).lower():
+    if strict and kind == "json_object" and "json" not in json.dumps(body.get("messages", "")).lower():
         raise bad("'messages' must contain the word 'json' in some form, to use 'response_format' of type "
                   "'json_object'.", "messages")
     if kind != "json_schema":
@@ -153,7 +176,7 @@ def check_response_format(body: dict) -> None:
         raise bad(f"Invalid 'response_format.json_schema.name': string does not match pattern. Expected a string "
                   f"that matches the pattern '^[a-zA-Z0-9_-]+$'.", "response_format.json_schema.name",
                   "invalid_value")
-    if js.get("strict"):
+    if strict and js.get("strict"):
         check_strict_schema(js["name"], js.get("schema"))
 
 

@@ -15,19 +15,29 @@ from rlaif.rehearsal.openai_server.batches import TERMINAL, Batches
 from rlaif.rehearsal.openai_server.chat import Chat, default_responder
 from rlaif.rehearsal.openai_server.faults import Faults
 from rlaif.rehearsal.openai_server.handler import Http, _Handler, _Server
-from rlaif.rehearsal.openai_server.rules import CHAT_MODELS, COMPLETION_MODELS, REASONING_MODELS
+from rlaif.rehearsal.openai_server.rules import CHAT_MODELS, COMPLETION_MODELS, REASONING_MODELS, RULES, Rules
 
 
 class OpenAIServer(Http, Chat, Faults, Batches):
     """The server; see the package docstring. Use as a context manager, or start()/stop()."""
 
-    def __init__(self, *, models=CHAT_MODELS + REASONING_MODELS + COMPLETION_MODELS, reasoning_models=REASONING_MODELS,
-                 completion_models=COMPLETION_MODELS, api_key: str = "sk-test", responder=None, faults=(),
+    def __init__(self, *, rules: str | Rules = "openai", models=None, reasoning_models=None, completion_models=None,
+                 api_key: str = "sk-test", responder=None, certain: bool = False, delay: float = 0.0, faults=(),
                  fault=None, retry_after: float = 1.0, reasoning_tokens: int = 16, batch_seconds: float = 0.0,
                  batch_expire=(), batch_fail=(), state_dir=None, port: int = 0, vllm_model: str | None = None):
+        self.rules = RULES[rules] if isinstance(rules, str) else rules
+        hosted = self.rules.owned_by != "vllm"  # vLLM serves the models it is given, none of them reasoning
+        if models is None:
+            models = CHAT_MODELS + REASONING_MODELS + COMPLETION_MODELS if hosted else ("served",)
+        if reasoning_models is None:
+            reasoning_models = REASONING_MODELS if hosted else ()
+        if completion_models is None:
+            completion_models = COMPLETION_MODELS if hosted else ()
         self.models, self.api_key = list(models), api_key
         self.reasoning_models, self.completion_models = set(reasoning_models), set(completion_models)
         self.responder = responder or default_responder
+        self.certain, self.delay = certain, delay
+        self.keys: list[str] = []  # the Authorization header of each request, in memory only
         self.faults, self.fault = [list(f) for f in faults], fault
         self.retry_after, self.reasoning_tokens = retry_after, reasoning_tokens
         self.batch_seconds, self.vllm_model = batch_seconds, vllm_model
