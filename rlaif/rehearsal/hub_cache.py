@@ -3,7 +3,7 @@ id of recipes/ (a tiny stand-in of its kind under the real id) and the hub datas
 (a few rows each, in the real datasets' columns and splits). With HF_HOME pointing at it and
 HF_HUB_OFFLINE=1, the recipes' commands resolve every id as on the GPU machine.
 
-Used by the recipes' rehearsal tests (tests/test_rehearsal.py) and bench/rehearse.py.
+Used by the recipes' rehearsal tests (tests/rehearsal/test_rehearsal.py) and bench/rehearse.py.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The Batch API engine against the strict OpenAI stand-in (rlaif/rehearsal/openai_server.py) over real HTTP:
+"""The Batch API engine against the strict OpenAI stand-in (rlaif/rehearsal/openai_server/) over real HTTP:
 results mapped back by custom id, expired and failed lines sent again, a batch created by a killed
 run found again, refusals, and `rlaif run` killed with SIGKILL while its batch is in progress,
 resumed by the rerun without sending any request twice. No model is loaded.
@@ -17,14 +17,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT
+from tests.support.helpers import ROOT
 from rlaif.core.records import Judgement
 from rlaif.engines.base import Request, Sampling
 from rlaif.engines.batch_api import BatchEngine, custom_id
 from rlaif.engines.openai_endpoint import Endpoint, EndpointRefused
 
-sys.path.insert(0, str(Path(__file__).parent))
-from rlaif.rehearsal.openai_server import OpenAIServer  # noqa: E402
+from rlaif.rehearsal.openai_server import OpenAIServer
 
 KEY = "sk-test-key-123456"
 
@@ -168,7 +167,7 @@ SMOLLM2 = Path.home() / ".cache/rlaif/models/smollm2-135m-instruct"
 def test_joint_rating_through_a_batch_answered_by_vllm(tmp_path, monkeypatch):
     """The judge stage through the Batch API, its lines answered by vLLM's own batch runner on SmolLM2:
     strict schemas (a joint one with $defs) and log-probs, as a real model writes them."""
-    from test_hosted import completions_run
+    from tests.judges.test_hosted import completions_run
 
     from rlaif.judges.spec import JudgeSpec
     from rlaif.judges.stage import run_judge

@@ -4,7 +4,6 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SERVER_ERROR, FakeOpenAI, chat_completion, chunks, serving
 from rlaif.core.errors import ConfigError
 from rlaif.core.records import Completion
 from rlaif.core.store import RunStore
@@ -12,33 +11,44 @@ from rlaif.engines.base import Sampling
 from rlaif.engines.openai_endpoint import Endpoint, EndpointEngine, EndpointRefused
 from rlaif.generation.ensemble import STAGE, GeneratorSpec, answer, generate
 from rlaif.generation.prompt_sets import load_prompts
+from rlaif.rehearsal.openai_server import ApiError
+from tests.support.endpoints import asked, posted, said, serving
+from tests.support.helpers import chunks
 
 
-class FlakyOpenAI(FakeOpenAI):
-    """Answers chat completions with the next status in `statuses` (the last one repeats), and
-    records each request's body and Authorization header."""
+class Flaky:
+    """Steers an endpoint: each chat completion gets the next status in `statuses` (the last one
+    repeats), "  pong  " when 200. `seen`: the bodies answered; `keys`: the Authorization headers."""
 
-    statuses: list[int] = [200]
-    seen: list[dict] = []
-    keys: list[str] = []
+    def __init__(self, srv):
+        self.srv, self.statuses, self.since = srv, [200], 0
+        srv.fault = self.fault
 
-    def reply(self, body):
-        type(self).seen.append(body)
-        type(self).keys.append(self.headers.get("Authorization", ""))
+    def fault(self, path, body):
+        if body is None:
+            return None
         status = self.statuses.pop(0) if len(self.statuses) > 1 else self.statuses[0]
-        if status == 401:
-            return 401, {"error": {"message": "Incorrect API key provided", "type": "invalid_request_error",
-                                   "code": "invalid_api_key"}}
-        return status, (chat_completion(body["model"], "  pong  ") if status == 200 else SERVER_ERROR)
+        return None if status == 200 else status
+
+    @property
+    def seen(self) -> list[dict]:
+        return posted(self.srv)[self.since:]
+
+    @seen.setter
+    def seen(self, value: list) -> None:  # `seen = []`: count from now on
+        assert value == []
+        self.since = len(posted(self.srv))
+
+    @property
+    def keys(self) -> list[str]:
+        return self.srv.keys
 
 
 @pytest.fixture
 def flaky():
-    """A server class of this test's own: a request still in flight from another test (its handler
-    thread outlives its server's shutdown) cannot land in this test's `seen`."""
-    handler = type("Flaky", (FlakyOpenAI,), {"seen": [], "keys": [], "statuses": [200]})
-    with serving(handler) as url:
-        yield handler, url
+    """A server of this test's own: a request still in flight from another test cannot land in it."""
+    with serving(lambda body: said("  pong  ")) as srv:
+        yield Flaky(srv), srv.base_url
 
 
 def spec(url, retries):
@@ -92,22 +102,21 @@ def test_an_error_no_retry_fixes_stops_the_stage_and_writes_nothing(flaky, tmp_p
     assert not list((tmp_path / STAGE).glob("shard-*.jsonl"))  # nothing final written: the next run sends them
 
 
-class EchoesTheKey(FakeOpenAI):
-    """A careless server: its error bodies quote the API key it was sent. It answers 503 to prompts
-    holding FAIL, and 401 to everything once `refuse` is set."""
+class EchoesTheKey:
+    """A careless server's faults: its error bodies quote the API key it was sent. It answers 503 to
+    prompts holding FAIL, and 401 to everything once `refuse` is set."""
 
-    refuse = False
-    keys: list[str] = []
+    def __init__(self, key: str):
+        self.key, self.refuse = key, False
 
-    def reply(self, body):
-        auth = self.headers.get("Authorization", "")
-        type(self).keys.append(auth)
+    def fault(self, path, body):
+        if body is None:
+            return None
         if self.refuse:
-            return 401, {"error": {"message": f"Incorrect API key provided: {auth.removeprefix('Bearer ')}",
-                                   "type": "invalid_request_error", "code": "invalid_api_key"}}
-        if "FAIL" in body["messages"][-1]["content"]:
-            return 503, {"error": {"message": f"overloaded; dropped the request of {auth}", "type": "server_error"}}
-        return 200, chat_completion(body["model"], "pong")
+            return ApiError(401, f"Incorrect API key provided: {self.key}", code="invalid_api_key")
+        if "FAIL" in asked(body):
+            return ApiError(503, f"overloaded; dropped the request of Bearer {self.key}", type="server_error")
+        return None
 
 
 def test_an_api_key_the_server_echoes_is_sent_and_lands_nowhere(tmp_path, monkeypatch, capsys, caplog, prefect_harness):
@@ -120,13 +129,14 @@ def test_an_api_key_the_server_echoes_is_sent_and_lands_nowhere(tmp_path, monkey
     from prefect.logging.handlers import APILogHandler
     from prefect.settings import PREFECT_API_DATABASE_CONNECTION_URL
 
-    from conftest import write_prompts
+    from tests.support.helpers import write_prompts
     from rlaif.flows.cli import main
 
     key = "sk-echo-" + secrets.token_hex(12)
     monkeypatch.setenv("ECHO_TEST_KEY", key)
-    EchoesTheKey.refuse, EchoesTheKey.keys = False, []
-    with serving(EchoesTheKey) as url:
+    echoes = EchoesTheKey(key)
+    with serving(lambda body: said("pong"), fault=echoes.fault) as srv:
+        url = srv.base_url
         endpoint = {"base_url": url, "api_key_env": "ECHO_TEST_KEY", "max_retries": 0}
         recipe = tmp_path / "recipe.yaml"
         recipe.write_text(yaml.safe_dump({
@@ -138,9 +148,9 @@ def test_an_api_key_the_server_echoes_is_sent_and_lands_nowhere(tmp_path, monkey
         assert main(["generate", str(recipe), "--out", str(out)]) == 4  # the 503 row is kept, failed: exit 4
         (failed,) = [c for c in RunStore(out).read_manifest(manifest_of_run(out), Completion) if not c.ok]
         assert failed.retryable and failed.error.startswith("HTTP 503") and "***" in failed.error
-        EchoesTheKey.refuse = True
+        echoes.refuse = True
         assert main(["generate", str(recipe), "--out", str(out)]) == 3  # the failed row again: refused
-    assert EchoesTheKey.keys and set(EchoesTheKey.keys) == {f"Bearer {key}"}  # the key was sent, each time
+    assert srv.keys and set(srv.keys) == {f"Bearer {key}"}  # the key was sent, each time
     console = capsys.readouterr()
     assert "HTTP 401" in console.err and "HTTP 503" in console.err  # the errors were shown...
     APILogHandler().flush()

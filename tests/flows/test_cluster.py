@@ -24,7 +24,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT, SERVER_ERROR, FakeOpenAI, chat_completion, free_port, serving, write_prompts
+from tests.support.endpoints import asked, judging, posted, said, serving, verdict
+from tests.support.helpers import ROOT, free_port, write_prompts
 from rlaif.core.records import Completion, Judgement
 from rlaif.core.store import RunStore
 from rlaif.engines.base import EngineSettings, Request, Sampling
@@ -134,21 +135,13 @@ def two_nodes():
         shutil.rmtree(temp, ignore_errors=True)
 
 
-class SlowModel(FakeOpenAI):
-    """Answers each request after DELAY_S: a completion names its model and prompt; a judge
-    request (it carries a response_format) rates model a's answers 5 and others 3."""
-
-    models = ("a", "b", "judge")
-
-    def reply(self, body):
-        time.sleep(DELAY_S)
-        text = body["messages"][-1]["content"]
-        if "response_format" in body:
-            rating = "5" if "answer of a:" in text else "3"
-            tokens = [{"token": t, "logprob": 0.0, "top_logprobs": [{"token": t, "logprob": 0.0}]}
-                      for t in ('{"', "rating", '":', rating, ',"', "rationale", '":"', "fine", '"}')]
-            return 200, chat_completion(body["model"], '{"rating":%s,"rationale":"fine"}' % rating, {"content": tokens})
-        return 200, chat_completion(body["model"], f"answer of {body['model']}: {text}")
+def slow_model(body):
+    """The answers of a slow server (served with `delay=DELAY_S`): a completion names its model and
+    prompt; a judge request (it carries a response_format) rates model a's answers 5 and others 3."""
+    text = asked(body)
+    if judging(body):
+        return verdict(5 if "answer of a:" in text else 3)
+    return said(f"answer of {body['model']}: {text}")
 
 
 def metas(root: Path) -> list[dict]:
@@ -174,7 +167,8 @@ def test_two_nodes_share_the_work_and_a_lost_worker_loses_no_row(ray_cluster, tm
     monkeypatch.delenv("RAY_ADDRESS", raising=False)  # `--ray` sets it for the command; put back after
     prompts = [f"Question {i}: what is {i} squared?" for i in range(16)]
     write_prompts(tmp_path / "prompts.jsonl", prompts)
-    with serving(SlowModel) as url:
+    with serving(slow_model, models=("a", "b", "judge"), delay=DELAY_S) as srv:
+        url = srv.base_url
         endpoint = {"base_url": url, "max_retries": 0}
         recipe = {
             "name": "two-nodes", "shard_size": 2, "prompts": {"source": str(tmp_path / "prompts.jsonl")},
@@ -223,40 +217,32 @@ def test_two_nodes_share_the_work_and_a_lost_worker_loses_no_row(ray_cluster, tm
     assert "ray" not in again["generate"]["notes"]
 
 
-class DeadOrAlive(FakeOpenAI):
-    seen: list[int] = []
-
-    def reply(self, body):
-        type(self).seen.append(self.server.server_address[1])
-        return 200, chat_completion(body["model"], "pong")
-
-
 def test_requests_are_balanced_over_servers_and_a_dead_one_is_skipped():
-    DeadOrAlive.seen = []
     dead = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
-    with serving(DeadOrAlive) as one, serving(DeadOrAlive) as two:
+    pong = lambda body: said("pong")  # noqa: E731
+    with serving(pong, models=("m",)) as a, serving(pong, models=("m",)) as b:
+        one, two = a.base_url, b.base_url
+
+        def ports() -> Counter:  # requests answered, by the port of the server that answered them
+            return Counter({s.port: len(posted(s)) for s in (a, b) if posted(s)})
+
         engine = BalancedEngine(Endpoint(base_url=dead, base_urls=[one, two], max_retries=0, max_concurrency=2), "m")
         requests = [Request(key=str(i), sampling=Sampling(max_tokens=4), seed=i, messages=[{"role": "user", "content": "hi"}])
                     for i in range(20)]
         results = engine.generate(requests)
         assert [r.text for r in results] == ["pong"] * 20  # in order, every one answered
-        ports = Counter(DeadOrAlive.seen)
-        assert sorted(ports) == sorted(int(u.rsplit(":", 1)[1].split("/")[0]) for u in (one, two))
-        assert min(ports.values()) >= 4  # both live servers took a share
+        seen = ports()
+        assert sorted(seen) == sorted(int(u.rsplit(":", 1)[1].split("/")[0]) for u in (one, two))
+        assert min(seen.values()) >= 4  # both live servers took a share
         assert engine.live() == [1, 2]  # the dead one is skipped until its cooldown ends
-        DeadOrAlive.seen = []
         engine.generate(requests[:4])
-        assert len(DeadOrAlive.seen) == 4
-
-
-class AlwaysDown(FakeOpenAI):
-    def reply(self, body):
-        return 503, SERVER_ERROR
+        assert sum(ports().values()) - sum(seen.values()) == 4
 
 
 def test_when_every_server_fails_the_rows_come_back_retryable():
-    with serving(AlwaysDown) as a, serving(AlwaysDown) as b:
-        engine = BalancedEngine(Endpoint(base_url=a, base_urls=[b], max_retries=0, max_concurrency=2), "m")
+    down = {"models": ("m",), "fault": lambda path, body: 503 if body else None}
+    with serving(**down) as a, serving(**down) as b:
+        engine = BalancedEngine(Endpoint(base_url=a.base_url, base_urls=[b.base_url], max_retries=0, max_concurrency=2), "m")
         requests = [Request(key=str(i), sampling=Sampling(), seed=i, messages=[{"role": "user", "content": "x"}])
                     for i in range(6)]
         results = engine.generate(requests)

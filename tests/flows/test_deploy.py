@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT, free_port, stop_group, write_prompts
-from test_flows import TINY, stamps
+from tests.support.helpers import ROOT, free_port, stop_group, write_prompts
+from tests.flows.test_flows import TINY, stamps
 
 pytestmark = pytest.mark.engine
 CRON = "0 3 * * *"

@@ -20,7 +20,7 @@ import pytest
 import yaml
 from datasets import load_from_disk
 
-from faulty_openai import Faulty, error_lines, prefect_env, recipe, rlaif, sent, stamps, url, wait_for  # noqa: F401 - url: a fixture
+from tests.support.faulty import Faulty, error_lines, prefect_env, recipe, rlaif, sent, stamps, url, wait_for  # noqa: F401 - url: a fixture
 from rlaif.flows.cli import main
 
 

@@ -16,7 +16,8 @@ import yaml
 from datasets import load_from_disk
 from prefect import flow
 
-from conftest import SERVER_ERROR, SMOL, SMOL_SETTINGS, FakeOpenAI, chat_completion, serving, write_prompts
+from tests.support.endpoints import asked, judging, said, serving, verdict
+from tests.support.helpers import SMOL, SMOL_SETTINGS, write_prompts
 from rlaif.core.errors import StageError
 from rlaif.core.records import Judgement, Message, Prompt
 from rlaif.core.store import RunStore
@@ -185,33 +186,37 @@ def test_models_per_prompt_draws_k_members_per_prompt(tmp_path, pool):
 
 
 # ----------------------------------------------------------------------------- real endpoints that fail
-class FailsOnMarkedPrompts(FakeOpenAI):
-    """An OpenAI-compatible chat endpoint. While broken it answers HTTP 503 to generation requests
-    whose prompt holds FAIL, or (with `judge_fails`) to judge requests about such an answer. A judge
-    request (it carries a response_format) gets a rating with log-probs: 5 for gen-a's answers, else 3."""
+class FailsOnMarkedPrompts:
+    """An OpenAI-compatible chat endpoint's faults and answers. While broken it answers HTTP 503 to
+    generation requests whose prompt holds FAIL, or (with `judge_fails`) to judge requests about such
+    an answer. A judge request (it carries a response_format) gets a rating with log-probs: 5 for
+    gen-a's answers, else 3."""
 
     broken, judge_fails = True, False
     seen: list[str] = []
 
-    def reply(self, body):
-        text = body["messages"][-1]["content"]
-        judging = "response_format" in body
-        type(self).seen.append(("judge: " if judging else "") + text)
-        if self.broken and "FAIL" in text and judging == self.judge_fails:
-            return 503, SERVER_ERROR
-        if judging:
-            rating = "5" if "from gen-a" in text else "3"
-            tokens = [{"token": t, "logprob": 0.0, "top_logprobs": [{"token": t, "logprob": 0.0}]}
-                      for t in ('{"', "rating", '":', rating, ',"', "rationale", '":"', "fine", '"}')]
-            return 200, chat_completion(body["model"], '{"rating":%s,"rationale":"fine"}' % rating, {"content": tokens})
-        return 200, chat_completion(body["model"], f"ok from {body['model']}: {text}")
+    @classmethod
+    def fault(cls, path, body):
+        if body is None:
+            return None
+        text = asked(body)
+        cls.seen.append(("judge: " if judging(body) else "") + text)
+        return 503 if cls.broken and "FAIL" in text and judging(body) == cls.judge_fails else None
+
+    @staticmethod
+    def respond(body):
+        text = asked(body)
+        if judging(body):
+            return verdict(5 if "from gen-a" in text else 3)
+        return said(f"ok from {body['model']}: {text}")
 
 
 @pytest.fixture
 def endpoint():
     FailsOnMarkedPrompts.broken, FailsOnMarkedPrompts.judge_fails, FailsOnMarkedPrompts.seen = True, False, []
-    with serving(FailsOnMarkedPrompts) as url:
-        yield url
+    with serving(FailsOnMarkedPrompts.respond, models=("gen-a", "gen-b", "served-judge"),
+                 fault=FailsOnMarkedPrompts.fault) as srv:
+        yield srv.base_url
 
 
 def remote_recipe(tmp_path, url, retries, models=("gen-a",), **generator):

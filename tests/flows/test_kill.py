@@ -15,7 +15,7 @@ import signal
 
 import pytest
 
-from faulty_openai import Faulty, prefect_env, recipe, rlaif, sent, stamps, url, wait_for  # noqa: F401 - url: a fixture
+from tests.support.faulty import Faulty, prefect_env, recipe, rlaif, sent, stamps, url, wait_for  # noqa: F401 - url: a fixture
 
 
 def kill(proc) -> None:

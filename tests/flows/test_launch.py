@@ -16,30 +16,26 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT, SMOL, SMOL_SETTINGS, FakeOpenAI, chat_completion, serving, write_prompts
-from test_flows import TINY, stamps
+from tests.support.endpoints import asked, judging, said, serving, verdict
+from tests.support.helpers import ROOT, SMOL, SMOL_SETTINGS, write_prompts
+from tests.flows.test_flows import TINY, stamps
 
 HEAVY = ("vllm", "torch", "transformers", "datasets", "trl", "matplotlib", "sklearn")
 TEMPORARY = "starting Prefect's temporary server"  # the log line of a command that starts one
 
 
-class Served(FakeOpenAI):
+def served(body):
     """Answers generation with the model's name; a judge request (it has a response_format) gets
     a rating: 5 for gen-a's answers, 3 for the others."""
-
-    models = ("gen-a", "gen-b", "served-judge")
-
-    def reply(self, body):
-        text = body["messages"][-1]["content"]
-        if "response_format" in body:
-            rating = 5 if "from gen-a" in text else 3
-            return 200, chat_completion(body["model"], json.dumps({"rating": rating, "rationale": "fine"}))
-        return 200, chat_completion(body["model"], f"ok from {body['model']}")
+    if judging(body):
+        return verdict(5 if "from gen-a" in asked(body) else 3)
+    return said(f"ok from {body['model']}")
 
 
 @pytest.fixture
 def endpoint_recipe(tmp_path):
-    with serving(Served) as url:
+    with serving(served, models=("gen-a", "gen-b", "served-judge")) as srv:
+        url = srv.base_url
         write_prompts(tmp_path / "prompts.jsonl", ["Say hi.", "Name a colour."])
         data = {**TINY, "prompts": {"source": str(tmp_path / "prompts.jsonl")},
                 "generators": [{"name": m, "model": m, "sampling": {"max_tokens": 8},

@@ -13,8 +13,8 @@ import json
 import pytest
 import yaml
 
-from conftest import SMOL, serving
-from faulty_openai import Faulty, error_lines, recipe
+from tests.support.helpers import SMOL
+from tests.support.faulty import Faulty, error_lines, recipe
 from rlaif.core.errors import ConfigError
 from rlaif.flows.cli import main
 from rlaif.flows.preflight import preflight
@@ -24,7 +24,7 @@ from rlaif.flows.recipe import load_recipe
 @pytest.fixture
 def url():
     Faulty.reset()
-    with serving(Faulty) as u:
+    with Faulty.serving() as u:
         yield u
 
 

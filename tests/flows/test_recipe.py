@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT
+from tests.support.helpers import ROOT
 from rlaif.flows.recipe import RecipeError, load_recipe
 
 QUICKSTART = ROOT / "recipes" / "quickstart.yaml"

@@ -2,7 +2,7 @@
 
 The killed run is a `rlaif generate` process of its own, generating through the session's vLLM
 server (`rlaif serve-model`: a real engine, not loaded again for this test); the rerun is the same
-command in this process, through the same server. tests/test_kill.py kills whole runs at each stage."""
+command in this process, through the same server. tests/flows/test_kill.py kills whole runs at each stage."""
 
 import os
 import signal
@@ -13,7 +13,7 @@ import time
 import pytest
 import yaml
 
-from conftest import ROOT, SMOL_SETTINGS
+from tests.support.helpers import ROOT, SMOL_SETTINGS
 from rlaif.flows.cli import main
 
 pytestmark = pytest.mark.engine

@@ -9,10 +9,10 @@ import json
 import pytest
 import yaml
 
-from faulty_openai import error_lines, prefect_env, rlaif
+from tests.support.faulty import error_lines, prefect_env, rlaif
 from rlaif.flows.cli import main
-from test_train_sources import save_uf, uf_rows
-from test_training import FAST
+from tests.training.test_train_sources import save_uf, uf_rows
+from tests.training.test_training import FAST
 
 
 def test_a_recipe_that_only_trains_runs_its_training_stage_and_counts_its_pairs(
@@ -56,7 +56,7 @@ def test_a_recipe_with_nothing_to_do_is_one_line(tmp_path, capsys, recipe, probl
 def test_rlaif_train_counts_the_pairs_it_trained_on(tmp_path, tiny_model_dir, prefect_harness):
     """`rlaif train dpo` on a dataset other than the run's: `in` is that dataset's pairs, not 0."""
     from rlaif.flows.pipeline import train_flow
-    from test_train_sources import recipe
+    from tests.training.test_train_sources import recipe
 
     data = save_uf(tmp_path / "pairs", uf_rows(6))
     (report,) = train_flow(recipe(tmp_path, {"model": tiny_model_dir, "dataset": data, "max_steps": 1, **FAST}),

@@ -2,7 +2,7 @@
 
 import pytest
 
-from conftest import SMOL, SMOL_SETTINGS, chunks
+from tests.support.helpers import SMOL, SMOL_SETTINGS, chunks
 from rlaif.core.records import Completion, Message, Prompt
 from rlaif.core.store import RunStore
 from rlaif.engines.base import Sampling

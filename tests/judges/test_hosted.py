@@ -1,4 +1,4 @@
-"""Hosted judges against the strict OpenAI stand-in (rlaif/rehearsal/openai_server.py) over real HTTP: requests
+"""Hosted judges against the strict OpenAI stand-in (rlaif/rehearsal/openai_server/) over real HTTP: requests
 shaped per provider, every judge kind with a chat and a reasoning model, joint UltraFeedback rating,
 a wrong key, rate limits and Retry-After, log-probs off, and `rlaif run --dry-run`. No model is loaded.
 """
@@ -9,12 +9,11 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import ROOT
+from tests.support.helpers import ROOT
 from rlaif.core.records import Completion, Judgement, PairJudgement
 from rlaif.core.store import Manifest, RunStore
 from rlaif.engines import providers
@@ -27,8 +26,7 @@ from rlaif.judges.parsing import bracket_format, joint_format, parse_output
 from rlaif.judges.spec import JudgeSpec
 from rlaif.judges.stage import manifest_counts, run_judge
 
-sys.path.insert(0, str(Path(__file__).parent))
-from rlaif.rehearsal.openai_server import OpenAIServer, check_strict_schema, default_responder  # noqa: E402
+from rlaif.rehearsal.openai_server import OpenAIServer, check_strict_schema, default_responder
 
 KEY = "sk-test-key-123456"
 KINDS = ["ultrafeedback", "critique", "mt_bench_single", "pairwise", "mt_bench_pairwise"]
@@ -124,14 +122,13 @@ def test_auto_recognises_the_server(srv):
 def test_a_server_without_a_model_list_is_named_not_a_type_error():
     """A server that answers GET /models with something else (here a chat completion) stops the stage
     with a line that says so, instead of a bare TypeError from deep in the client."""
-    from conftest import FakeOpenAI, chat_completion, serving
+    from tests.support.endpoints import serving
 
-    class ChatEverywhere(FakeOpenAI):
-        def do_GET(self):  # noqa: N802
-            self._send(200, chat_completion("a", "hello"))
-
-    with serving(ChatEverywhere) as url:
-        engine = EndpointEngine(Endpoint(base_url=url, provider="auto"), "a")
+    with serving(models=("a",)) as srv:
+        chat = {"id": "x", "object": "chat.completion", "created": 0, "model": "a", "choices": [
+            {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "hello"}}]}
+        srv.fault = lambda path, body: (200, chat) if path.endswith("/models") else None
+        engine = EndpointEngine(Endpoint(base_url=srv.base_url, provider="auto"), "a")
         with pytest.raises(EndpointRefused, match=r"/models answered without a model list"):
             engine.generate([Request(key="k", sampling=Sampling(), seed=0, messages=[{"role": "user", "content": "hi"}])])
 

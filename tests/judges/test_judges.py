@@ -5,10 +5,11 @@ completions (`written`), so they run in the fast tier."""
 
 import json
 import math
+import threading
 
 import pytest
 
-from conftest import GEMMA, GEMMA_SETTINGS, SMOL, SMOL_SETTINGS, FakeOpenAI, chat_completion, chunks, Recording, serving
+from tests.support.helpers import GEMMA, GEMMA_SETTINGS, SMOL, SMOL_SETTINGS, chunks, Recording
 from rlaif.core.records import Completion, Judgement, PairJudgement, content_hash
 from rlaif.core.store import RunStore
 from rlaif.engines.base import Sampling
@@ -20,6 +21,8 @@ from rlaif.generation.prompt_sets import load_prompts
 from rlaif.judges.agreement import agreement
 from rlaif.judges.spec import JudgeSpec
 from rlaif.judges.stage import judge_counts, judge_dir, run_judge, stored_judgements
+from rlaif.rehearsal.openai_server import Reply
+from tests.support.endpoints import serving
 
 GENERATORS = [GeneratorSpec(name=n, model=SMOL, sampling=Sampling(temperature=1.0, max_tokens=40, seed=s))
               for n, s in (("a", 1), ("b", 2))]
@@ -157,25 +160,25 @@ def test_reward_model_scores_each_completion(tmp_path, tiny_model_dir, written):
 
 # ---- garbage from a real HTTP server ------------------------------------------------------------
 
-class GarbageJudge(FakeOpenAI):
-    """An OpenAI-compatible server whose judge writes whatever `replies` holds, in turn."""
+class GarbageJudge:
+    """The responder of an OpenAI-compatible server whose judge writes whatever `replies` holds, in
+    turn, a token per character; `seen`: the bodies it answered."""
 
-    replies: list[str] = []
-    seen: list[dict] = []
+    def __init__(self):
+        self.replies, self.seen, self.lock = [], [], threading.Lock()
 
-    def reply(self, body):
-        cls = type(self)
-        cls.seen.append(body)
-        text = cls.replies[(len(cls.seen) - 1) % len(cls.replies)]
-        tokens = [{"token": ch, "logprob": 0.0, "top_logprobs": [{"token": ch, "logprob": 0.0}]} for ch in text]
-        return 200, chat_completion(body["model"], text, {"content": tokens}, len(text))
+    def respond(self, body):
+        with self.lock:
+            self.seen.append(body)
+            text = self.replies[(len(self.seen) - 1) % len(self.replies)]
+        return Reply(text, list(text))
 
 
 @pytest.fixture
 def garbage():
-    GarbageJudge.seen = []
-    with serving(GarbageJudge) as url:
-        yield GarbageJudge, url
+    handler = GarbageJudge()
+    with serving(handler.respond) as srv:
+        yield handler, srv.base_url
 
 
 @pytest.mark.parametrize("reply", [

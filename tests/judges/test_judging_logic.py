@@ -1,4 +1,4 @@
-"""Parsing and binarization on records (the engine-backed tests are in test_engine.py)."""
+"""Parsing and binarization on records (the engine-backed tests are in tests/generation/test_engine.py)."""
 
 import math
 

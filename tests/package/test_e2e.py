@@ -8,7 +8,7 @@ import sys
 import pytest
 from datasets import load_from_disk
 
-from conftest import ROOT
+from tests.support.helpers import ROOT
 
 pytestmark = pytest.mark.engine
 SMALL = ["prompts.limit=5", "generators.0.sampling.max_tokens=32", "generators.1.sampling.max_tokens=32",
@@ -17,10 +17,10 @@ SMALL = ["prompts.limit=5", "generators.0.sampling.max_tokens=32", "generators.1
 
 
 def test_quickstart_end_to_end(tmp_path, prefect_home):
-    """`rlaif run` of the quickstart, through tests/trainer_probe.py (the same command, with a look
+    """`rlaif run` of the quickstart, through tests/support/trainer_probe.py (the same command, with a look
     around as each trainer starts: the GPU hand-off from the judge's engine to dSFT, then to dDPO)."""
     out, probe = tmp_path / "run", tmp_path / "trainers.jsonl"
-    cmd = [sys.executable, str(ROOT / "tests" / "trainer_probe.py"), str(probe),
+    cmd = [sys.executable, str(ROOT / "tests" / "support" / "trainer_probe.py"), str(probe),
            "run", str(ROOT / "recipes" / "quickstart.yaml"), "--out", str(out)]
     for s in SMALL:
         cmd += ["--set", s]

@@ -11,7 +11,7 @@ import sys
 import zipfile
 from pathlib import Path
 
-from conftest import ROOT
+from tests.support.helpers import ROOT
 
 ROOMS = ["core", "prompts", "engines", "generation", "judges", "preferences", "training", "rehearsal", "flows"]
 

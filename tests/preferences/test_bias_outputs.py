@@ -13,7 +13,7 @@ from rlaif.judges.bias import judge_bias, same_model
 from rlaif.preferences.binarize import BinarizeSpec
 from rlaif.preferences.hygiene import HygieneSpec
 from rlaif.preferences.versions import publish_records
-from test_dataset import RECIPE, corpus, judged
+from tests.preferences.test_dataset import RECIPE, corpus, judged
 
 
 def longer_gamma():

@@ -9,7 +9,7 @@ import json
 import pytest
 import yaml
 
-from faulty_openai import error_lines, recipe, sent, url  # noqa: F401 - url: a fixture
+from tests.support.faulty import error_lines, recipe, sent, url  # noqa: F401 - url: a fixture
 from rlaif.flows.cli import main
 from rlaif.flows.recipe import RecipeError, load_recipe
 from rlaif.generation.prompt_sets import load_prompts, mt_bench_questions

@@ -1,4 +1,4 @@
-"""The strict OpenAI stand-in (rlaif/rehearsal/openai_server.py) against the official `openai` client, over real HTTP.
+"""The strict OpenAI stand-in (rlaif/rehearsal/openai_server/) against the official `openai` client, over real HTTP.
 
 These check the server itself: that it answers what the API answers and refuses what the API refuses,
 so the client tests written against it mean something. No vLLM here; every server is stopped on exit.
@@ -22,8 +22,7 @@ import openai
 import pytest
 from openai import AsyncOpenAI, OpenAI
 
-sys.path.insert(0, str(Path(__file__).parent))
-from rlaif.rehearsal.openai_server import OpenAIServer, check_strict_schema, mask_key, validate_batch_file  # noqa: E402
+from rlaif.rehearsal.openai_server import OpenAIServer, check_strict_schema, mask_key, validate_batch_file
 
 VERDICT = {"type": "object", "additionalProperties": False, "required": ["rationale", "verdict"],
            "properties": {"rationale": {"type": "string"}, "verdict": {"type": "string", "enum": ["A", "B", "tie"]}}}

@@ -26,8 +26,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT, free_port
-from test_cluster import two_nodes
+from tests.support.helpers import ROOT, free_port
+from tests.flows.test_cluster import two_nodes
 from rlaif.rehearsal.openai_server import OpenAIServer
 
 pytestmark = pytest.mark.engine
@@ -37,7 +37,7 @@ PROMPTS = 4
 
 @pytest.fixture(scope="module")
 def user_cache(tmp_path_factory) -> Path:
-    from hub_cache import fill
+    from rlaif.rehearsal.hub_cache import fill
 
     root = tmp_path_factory.mktemp("user-hf")
     return fill(root / "huggingface", root / "tiny")

@@ -1,14 +1,16 @@
-"""A real OpenAI-compatible server on 127.0.0.1 whose faults a test sets between runs, and the
-helpers the fault tests share: a tiny endpoint-backed recipe, `rlaif` as a child process (with
-Prefect's test server, so a child starts none), and file stamps.
+"""A self-hosted endpoint on 127.0.0.1 whose faults a test sets between runs (the strict server of
+rlaif.rehearsal.openai_server under vLLM's rules, steered through its `fault` and `responder`
+switches), and the helpers the fault tests share: a tiny endpoint-backed recipe, `rlaif` as a child
+process (with Prefect's test server, so a child starts none), and file stamps.
 
     Faulty.gen / Faulty.judge   what generation / judge requests get: "ok", an HTTP status
                                 (400, 401, 503, ...) or "drop" (the connection closed, no answer)
+    Faulty.models_status        what GET /models gets: 200 or an HTTP status
     Faulty.only                 if set, only requests whose text holds it get the fault
     Faulty.pad                  (text, n): answers to prompts holding `text` get n more characters
     Faulty.hold                 (kind, text): requests of that kind whose text holds `text` wait
                                 until `Faulty.release` is set
-    Faulty.seen                 every request: ("gen" | "judge", model, text)
+    Faulty.seen                 every request as it arrives: ("gen" | "judge", model, text)
 
 Generation answers "<text> from <model>"; the judge rates gen-a's answers 5 and others 3, with
 log-probs, so every prompt makes one preference pair.
@@ -16,23 +18,27 @@ log-probs, so every prompt makes one preference pair.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import ROOT, SERVER_ERROR, FakeOpenAI, chat_completion, serving
+from rlaif.rehearsal.openai_server import ApiError
+from tests.support.endpoints import asked, judging, said, serving, verdict
+from tests.support.helpers import ROOT
 
 MESSAGES = {400: "prompt is malformed", 401: "Incorrect API key provided", 403: "forbidden", 404: "no such model"}
 
 
-class Faulty(FakeOpenAI):
+class Faulty:
+    """The faults and the record of one test's endpoint (class-level: a test sets them between runs)."""
+
     gen: str | int = "ok"
     judge: str | int = "ok"
     models_status: int = 200
@@ -50,36 +56,41 @@ class Faulty(FakeOpenAI):
         cls.release = threading.Event()
         cls.seen = []
 
-    def do_GET(self):  # noqa: N802 - /v1/models
-        if self.models_status != 200:
-            self._send(self.models_status, {"error": {"message": MESSAGES.get(self.models_status, "no")}})
-            return
-        self._send(200, {"object": "list", "data": [{"id": m, "object": "model"} for m in self.served]})
+    @classmethod
+    def fault(cls, path: str, body: dict | None):
+        """The server's `fault` switch: called with each request as it arrives."""
+        if body is None:  # GET /models
+            return cls._error(cls.models_status) if cls.models_status != 200 else None
+        text, kind = asked(body), "judge" if judging(body) else "gen"
+        cls.seen.append((kind, body["model"], text))
+        if cls.hold and cls.hold[0] == kind and cls.hold[1] in text:
+            cls.release.wait(120)
+        fault = cls.judge if kind == "judge" else cls.gen
+        if fault == "ok" or (cls.only is not None and cls.only not in text):
+            return None
+        return "disconnect" if fault == "drop" else cls._error(fault)
 
-    def do_POST(self):  # noqa: N802
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        judging = "response_format" in body
-        text = body["messages"][-1]["content"]
-        kind = "judge" if judging else "gen"
-        type(self).seen.append((kind, body["model"], text))
-        if self.hold and self.hold[0] == kind and self.hold[1] in text:
-            self.release.wait(120)
-        fault = self.judge if judging else self.gen
-        if fault != "ok" and (self.only is None or self.only in text):
-            if fault == "drop":
-                self.close_connection = True  # no answer at all: the client sees the connection go
-                return
-            message = MESSAGES.get(fault)
-            self._send(fault, {"error": {"message": message, "type": "invalid_request_error"}} if message else SERVER_ERROR)
-            return
-        if judging:
-            rating = "5" if "from gen-a" in text else "3"
-            tokens = [{"token": t, "logprob": 0.0, "top_logprobs": [{"token": t, "logprob": 0.0}]}
-                      for t in ('{"', "rating", '":', rating, ',"', "rationale", '":"', "fine", '"}')]
-            self._send(200, chat_completion(body["model"], '{"rating":%s,"rationale":"fine"}' % rating, {"content": tokens}))
-        else:
-            padding = "x" * self.pad[1] if self.pad and self.pad[0] in text else ""
-            self._send(200, chat_completion(body["model"], f"{text} from {body['model']}{padding}"))
+    @staticmethod
+    def _error(status: int) -> ApiError:
+        if status in MESSAGES:
+            return ApiError(status, MESSAGES[status])
+        return ApiError(status, "upstream overloaded", type="server_error")
+
+    @classmethod
+    def respond(cls, body: dict):
+        """The server's `responder`."""
+        text = asked(body)
+        if judging(body):
+            return verdict(5 if "from gen-a" in text else 3)
+        padding = "x" * cls.pad[1] if cls.pad and cls.pad[0] in text else ""
+        return said(f"{text} from {body['model']}{padding}")
+
+    @classmethod
+    @contextmanager
+    def serving(cls):
+        """The endpoint on a free port of 127.0.0.1; yields its base URL (…/v1)."""
+        with serving(cls.respond, models=cls.served, fault=cls.fault) as srv:
+            yield srv.base_url
 
 
 def sent(kind: str) -> list[str]:
@@ -158,6 +169,6 @@ def error_lines(text: str) -> list[str]:
 def url(prefect_harness):
     """A fresh Faulty server on 127.0.0.1 for one test (imported by the fault and kill tests)."""
     Faulty.reset()
-    with serving(Faulty) as u:
+    with Faulty.serving() as u:
         yield u
     Faulty.release.set()

@@ -1,4 +1,4 @@
-"""`python tests/trainer_probe.py OUT rlaif-args...`: the `rlaif` command as `python -m rlaif` runs it,
+"""`python tests/support/trainer_probe.py OUT rlaif-args...`: the `rlaif` command as `python -m rlaif` runs it,
 with a look around each time a trainer starts training (a transformers TrainerCallback added to
 every trainer): the engines the run's pool holds, the vLLM engine processes alive under this one
 (vLLM names them `VLLM::EngineCore` and `VLLM::Worker`), and how many models of the trainers
@@ -55,7 +55,7 @@ def install(out: str) -> None:
 
 
 if __name__ == "__main__":
-    sys.path[0] = str(Path(__file__).resolve().parents[1])  # the checkout, as `python -m rlaif` run there has it
+    sys.path[0] = str(Path(__file__).resolve().parents[2])  # the checkout, as `python -m rlaif` run there has it
     install(sys.argv[1])
     from rlaif.flows.cli import main
 

@@ -1,7 +1,7 @@
 """MT-Bench of a run's models: question selection, the models of a run, the judge's format, and a base
 model answering through URIAL wherever it comes from (bundled, a local directory, a hub id in the
 local Hugging Face cache). The engine test (both turns, grading prompts with references, table and
-radar) is in tests/test_training.py, on the trained models loaded there."""
+radar) is in tests/training/test_training.py, on the trained models loaded there."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from collections import Counter
 
 import pytest
 
-from conftest import GEMMA, GEMMA_SETTINGS, ROOT, SMOL, Recording
+from tests.support.helpers import GEMMA, GEMMA_SETTINGS, ROOT, SMOL, Recording
 from rlaif.core.errors import ConfigError
 from rlaif.flows.recipe import load_recipe
 from rlaif.judges.mt_bench_data import CATEGORIES

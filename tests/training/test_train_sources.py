@@ -15,7 +15,7 @@ from rlaif.flows.recipe import load_recipe
 from rlaif.training.datasets import source_key
 from rlaif.training.dpo import DPOSpec
 from rlaif.training.sft import SFTSpec
-from test_training import FAST, write_dataset
+from tests.training.test_training import FAST, write_dataset
 
 
 def uf_rows(n: int, answer: str = "I like turtles.") -> list[dict]:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, SMOL, SMOL_SETTINGS, Recording
+from tests.support.helpers import ROOT, SMOL, SMOL_SETTINGS, Recording
 from rlaif.core.errors import ConfigError
 from rlaif.flows.recipe import load_recipe
 from rlaif.judges.mt_bench_data import load_mt_bench

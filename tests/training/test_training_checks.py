@@ -16,8 +16,8 @@ import yaml
 from rlaif.training import common
 from rlaif.training.dpo import DPOSpec
 from rlaif.training.sft import SFTSpec
-from test_training import FAST, write_dataset
-from test_training import weights as saved
+from tests.training.test_training import FAST, write_dataset
+from tests.training.test_training import weights as saved
 
 LORA = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import yaml
 
-from conftest import ROOT, free_port
-from test_training import FAST, distance, weights, write_dataset
+from tests.support.helpers import ROOT, free_port
+from tests.training.test_training import FAST, distance, weights, write_dataset
 
 
 def test_two_processes_train_dpo_together_over_gloo(tmp_path, tiny_model_dir, prefect_home):
