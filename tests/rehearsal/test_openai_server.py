@@ -22,7 +22,8 @@ import openai
 import pytest
 from openai import AsyncOpenAI, OpenAI
 
-from rlaif.rehearsal.openai_server import OpenAIServer, check_strict_schema, mask_key, validate_batch_file
+from rlaif.rehearsal.openai_server import (
+    ApiError, OpenAIServer, Reply, check_strict_schema, mask_key, validate_batch_file)
 
 VERDICT = {"type": "object", "additionalProperties": False, "required": ["rationale", "verdict"],
            "properties": {"rationale": {"type": "string"}, "verdict": {"type": "string", "enum": ["A", "B", "tie"]}}}
@@ -245,6 +246,59 @@ def test_server_errors_quota_and_disconnect(client, srv):
         model="gpt-4o-mini", messages=MESSAGES, seed=13))
     assert client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, seed=14).choices
 
+
+
+def test_vllm_rules_take_what_vllms_server_takes_and_nothing_else():
+    """rules="vllm": a self-hosted endpoint as vLLM's server answers it (no key, its extras, any
+    schema, owned_by "vllm", the models it was given on both endpoints); the strict default refuses
+    the same requests."""
+    loose = {"type": "object", "properties": {"rating": {"type": "integer", "enum": [1, 2, 3]},
+                                              "why": {"type": "string", "maxLength": 40}}}
+    ask = dict(messages=MESSAGES, max_tokens=16, logprobs=True, top_logprobs=3,
+               response_format={"type": "json_schema", "json_schema": {"name": "v", "schema": loose, "strict": True}},
+               extra_body={"structured_outputs": {"regex": "[123]"}})
+    with OpenAIServer(rules="vllm", models=["m"]) as srv, OpenAI(base_url=srv.base_url, api_key="anything",
+                                                                  max_retries=0) as c:
+        assert [(m.id, m.owned_by) for m in c.models.list().data] == [("m", "vllm")]
+        doc = json.loads(c.chat.completions.create(model="m", **ask).choices[0].message.content)
+        assert doc["rating"] in (1, 2, 3)
+        assert c.completions.create(model="m", prompt="hi", logprobs=20, max_tokens=4).choices[0].logprobs
+        err = rejected(openai.NotFoundError, lambda: c.chat.completions.create(model="other", messages=MESSAGES))
+        assert err["code"] == "model_not_found"
+    with OpenAIServer(api_key="sk-test-key-123456", models=["m"], reasoning_models=[], completion_models=[]) as srv:
+        with OpenAI(base_url=srv.base_url, api_key="sk-test-key-123456", max_retries=0) as c:
+            assert "structured_outputs" in rejected(openai.BadRequestError, lambda: c.chat.completions.create(
+                model="m", **ask))["message"]
+        with OpenAI(base_url=srv.base_url, api_key="anything", max_retries=0) as c:
+            rejected(openai.AuthenticationError, lambda: c.models.list())
+
+
+def test_answers_as_a_test_sets_them_and_faults_of_every_kind(client, srv):
+    """A Reply's own tokens, certain log-probs, a delay, the keys seen; an ApiError, an answer as
+    is, a malformed body and a status of any number as faults."""
+    srv.responder, srv.certain = lambda body: Reply("  pong  ", ["  pong  "]), True
+    resp = client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, max_tokens=1, logprobs=True,
+                                          top_logprobs=5)
+    (token,) = resp.choices[0].logprobs.content
+    assert resp.choices[0].message.content == "  pong  " and resp.usage.completion_tokens == 1
+    assert token.logprob == 0.0 and [t.token for t in token.top_logprobs] == ["  pong  "]
+    srv.delay = 0.3
+    start = time.monotonic()
+    client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    assert time.monotonic() - start >= 0.3
+    srv.delay = 0
+    assert set(srv.keys) == {"Bearer sk-test-key-123456"}
+    assert all("authorization" not in r["headers"] for r in srv.requests)  # the log keeps no key
+    srv.add_faults((ApiError(400, "prompt is malformed"), 1), (418, 1), ("malformed", 1))
+    assert rejected(openai.BadRequestError, lambda: client.chat.completions.create(
+        model="gpt-4o-mini", messages=MESSAGES))["message"] == "prompt is malformed"
+    assert rejected(openai.APIStatusError, lambda: client.chat.completions.create(
+        model="gpt-4o-mini", messages=MESSAGES))["type"] == "server_error"
+    with pytest.raises((json.JSONDecodeError, openai.APIResponseValidationError)):
+        client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    srv.fault = lambda path, body: (200, {"object": "chat.completion"}) if path.endswith("/models") else None
+    assert client.models.list().data is None  # no model list: what a client must notice
+    assert client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES).choices
 
 def batch_lines(ids, model="gpt-4o-mini", url="/v1/chat/completions") -> bytes:
     return "".join(json.dumps({"custom_id": i, "method": "POST", "url": url, "body": {
