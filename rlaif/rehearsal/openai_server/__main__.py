@@ -9,14 +9,17 @@ import signal
 import threading
 from pathlib import Path
 
+from rlaif.rehearsal.openai_server.rules import RULES
 from rlaif.rehearsal.openai_server.server import OpenAIServer
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description="A strict local stand-in for the hosted OpenAI API.")
+    p = argparse.ArgumentParser(prog="python -m rlaif.rehearsal.openai_server",
+                                description="A strict local stand-in for the hosted OpenAI API.")
     p.add_argument("--port", type=int, default=0, help="0: a free port (see STATE_DIR/server.json)")
     p.add_argument("--state-dir", required=True)
     p.add_argument("--api-key", default="sk-test")
+    p.add_argument("--rules", choices=sorted(RULES), default="openai", help="the hosted API's, or vLLM's server's")
     p.add_argument("--models", help="comma-separated model ids (default: the built-in chat, reasoning, completion)")
     p.add_argument("--reasoning-models", help="comma-separated; which of the models are reasoning models")
     p.add_argument("--batch-seconds", type=float, default=0.0, help="delay before each batch line")
@@ -34,7 +37,7 @@ def main(argv=None) -> None:
     if a.reasoning_models:
         kw["reasoning_models"] = a.reasoning_models.split(",")
     faults = [(int(k) if k.isdigit() else k, int(n), *rest) for k, n, *rest in (f.split(":", 2) for f in a.fault)]
-    srv = OpenAIServer(api_key=a.api_key, batch_seconds=a.batch_seconds, retry_after=a.retry_after, faults=faults,
+    srv = OpenAIServer(rules=a.rules, api_key=a.api_key, batch_seconds=a.batch_seconds, retry_after=a.retry_after, faults=faults,
                        batch_expire=a.expire, batch_fail=a.fail, state_dir=a.state_dir, port=a.port,
                        vllm_model=a.vllm_model, **kw)
     if a.paused:
