@@ -1,4 +1,4 @@
-"""Hosted judging benchmark: every judge kind against the strict OpenAI stand-in (rlaif/rehearsal/openai_server.py),
+"""Hosted judging benchmark: every judge kind against the strict OpenAI stand-in (rlaif/rehearsal/openai_server/),
 with a chat model and a reasoning model: the share of verdicts parsed, the requests sent per prompt,
 and what the server refused. No model is loaded; the stand-in answers every request that follows the
 API's rules with a schema-valid document whose free text is a full sentence.
@@ -14,12 +14,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 KINDS = ["ultrafeedback", "critique", "mt_bench_single", "pairwise", "mt_bench_pairwise"]
 SENTENCE = ("The response addresses the question directly, gives one concrete example, and stays accurate "

@@ -2,7 +2,7 @@
 
     python bench/rehearse.py [--prompts 4] [--only zephyr-7b-beta]
 
-A user's Hugging Face cache with every model and dataset the recipes name (tests/hub_cache.py:
+A user's Hugging Face cache with every model and dataset the recipes name (rlaif/rehearsal/hub_cache.py:
 tiny stand-ins under the real ids) is made in a temporary folder, with HF_HUB_OFFLINE=1 and the
 key variables set, so the rehearsals resolve everything as on a machine that downloaded them.
 Each recipe (the Zephyr chain is `sft.yaml dpo.yaml`, data, dSFT, dDPO, evaluate and MT-Bench) is
@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
 RECIPES = {
     "quickstart": ["recipes/quickstart.yaml"],
     "ultrafeedback-gpt4o": ["recipes/ultrafeedback-gpt4o.yaml"],
@@ -34,7 +33,7 @@ def main() -> None:
     p.add_argument("--prompts", type=int, default=4)
     p.add_argument("--only", choices=sorted(RECIPES))
     args = p.parse_args()
-    from hub_cache import fill
+    from rlaif.rehearsal.hub_cache import fill
 
     with tempfile.TemporaryDirectory(prefix="rlaif-bench-rehearse-") as tmp:
         home = fill(Path(tmp) / "huggingface", Path(tmp) / "tiny")

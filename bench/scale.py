@@ -18,7 +18,7 @@ Each stand-in "GPU" is a server on 127.0.0.1 (in a process of its own) that answ
 
 Prompts are synthetic and distinct; hygiene runs (exact duplicates, MT-Bench decontamination) but
 near-duplicate embedding is off: it costs minutes of MiniLM at 100k on 2 cores, and its memory is
-bounded by design (an id and a flag per prompt; tests/test_streaming.py).
+bounded by design (an id and a flag per prompt; tests/preferences/test_streaming.py).
 """
 
 from __future__ import annotations

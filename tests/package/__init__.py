@@ -1,0 +1,1 @@
+"""Tests of the package as a whole: its shape and layering, and the quickstart end to end."""
