@@ -29,7 +29,7 @@ def main() -> None:
     from prefect import flow
 
     from rlaif.flows.pipeline import pipeline_flow
-    from rlaif.flows.recipe import Recipe
+    from rlaif.recipe.spec import Recipe
 
     smol = "smollm2-135m-instruct"
     recipe = Recipe.model_validate({

@@ -35,8 +35,8 @@ def main() -> None:
     from rlaif.engines.vllm_offline import VLLMEngine, on_cpu
     from rlaif.generation.ensemble import GeneratorSpec
     from rlaif.generation.stage import generate
-    from rlaif.generation.prompt_sets import write_prompt_chunks
-    from rlaif.generation.prompt_sets import load_prompts
+    from rlaif.prompts.prompt_sets import write_prompt_chunks
+    from rlaif.prompts.prompt_sets import load_prompts
 
     prompts = load_prompts("mt_bench", limit=args.prompts)
     # ignore_eos-free sampling, same for both sides: temperature 0 makes both write the same tokens

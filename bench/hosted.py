@@ -46,7 +46,7 @@ def main() -> None:
     from rlaif.core.records import Completion
     from rlaif.core.store import Manifest, RunStore
     from rlaif.engines.openai_endpoint import Endpoint
-    from rlaif.generation.prompt_sets import load_prompts, write_prompt_chunks
+    from rlaif.prompts.prompt_sets import load_prompts, write_prompt_chunks
     from rlaif.judges.spec import JudgeSpec
     from rlaif.judges.stage import manifest_counts, run_judge
 

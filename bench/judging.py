@@ -95,7 +95,7 @@ def compare_modes(judge_model: str, prompts: int, per_prompt: int, score: str, t
     from rlaif.engines.vllm_offline import VLLMEngine
     from rlaif.generation.ensemble import GeneratorSpec
     from rlaif.generation.stage import generate
-    from rlaif.generation.prompt_sets import load_prompts, write_prompt_chunks
+    from rlaif.prompts.prompt_sets import load_prompts, write_prompt_chunks
     from rlaif.judges.agreement import agreement
     from rlaif.judges.spec import JudgeSpec
     from rlaif.judges.stage import manifest_counts, run_judge
@@ -148,7 +148,7 @@ def main() -> None:
     from rlaif.engines.vllm_offline import VLLMEngine
     from rlaif.generation.ensemble import GeneratorSpec
     from rlaif.generation.stage import generate
-    from rlaif.generation.prompt_sets import load_prompts, write_prompt_chunks
+    from rlaif.prompts.prompt_sets import load_prompts, write_prompt_chunks
     from rlaif.judges.spec import JudgeSpec
     from rlaif.judges.stage import JudgeStage, manifest_counts
     from rlaif.runners.local import LocalExecutor

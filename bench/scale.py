@@ -136,7 +136,7 @@ def throughput(args) -> None:
     from rlaif.generation.ensemble import GeneratorSpec
     from rlaif.generation.stage import GenerateStage
     from rlaif.runners.ray import RayExecutor
-    from rlaif.preferences.hygiene import HygieneSpec, prepare_prompts
+    from rlaif.prompts.hygiene import HygieneSpec, prepare_prompts
 
     rate = args.concurrency / args.delay
     print(f"\n== throughput: each worker's stand-in GPU answers {args.concurrency} at a time after {args.delay} s "
@@ -176,7 +176,7 @@ def pipeline_run(args) -> None:
 
     from rlaif.runners.context import flow_run
     from rlaif.flows.pipeline import run_stages
-    from rlaif.flows.recipe import Recipe
+    from rlaif.recipe.spec import Recipe
 
     @flow(name="warm-up")
     def warm_up() -> None:

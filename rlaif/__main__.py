@@ -2,7 +2,7 @@
 
 import sys
 
-from rlaif.flows.cli import main
+from rlaif.cli.main import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -4,7 +4,7 @@ A stage calls `reporter.task(label, total)` for each unit of work it starts, cal
 gets back as requests finish (`task(n)`), `task.grow(n)` when it finds more to do than it first
 said, and `task.status(text)` for a few words that change as it goes (a training loss);
 `reporter.note(text)` says something worth a line. The command line shows these as one progress
-display per stage (flows/console.py); a library caller gets the default, which logs.
+display per stage (cli/console.py); a library caller gets the default, which logs.
 """
 
 from __future__ import annotations

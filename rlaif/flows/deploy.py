@@ -21,7 +21,7 @@ from prefect.types.entrypoint import EntrypointType
 
 from rlaif.core.errors import RlaifError
 from rlaif.core.store import default_run_dir
-from rlaif.flows.recipe import RecipeError, load_recipe
+from rlaif.recipe.spec import RecipeError, load_recipe
 from rlaif.flows.refresh import refresh_flow
 
 FLOW = "rlaif-refresh"

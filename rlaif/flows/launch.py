@@ -7,14 +7,14 @@ that runs a flow) and loading a model (the judge's or a member's), each waiting 
     run_flow(flow, recipe, out, ...)
 
 1. **Nothing to do: no flow at all.** Every stage says from its shards' metadata whether it has
-   work (a task's cache key exists only when it has none, flows/caching.py). So the flow's body
+   work (a task's cache key exists only when it has none, flows/steps.py). So the flow's body
    first runs directly, outside Prefect: a task whose stage is done is just called (it reads its
    shards' metadata and returns its manifest), and the first task with work stops the attempt
    (`Pending`). All done: the command prints the same summary as the flow would, having started
    no server, loaded no engine and imported no ML library. What the attempt shows on the terminal
    is held back until it succeeds, so a command that goes on to run the flow shows each line once.
 2. **Work to do: a server that runs already, or one started while the first engine loads.** A
-   server started by `rlaif server start` (flows/server.py) is used while it runs, unless
+   server started by `rlaif server start` (runners/prefect_server.py) is used while it runs, unless
    `PREFECT_API_URL` names another. Without either, Prefect's temporary server is started in a
    background thread while this thread loads the engine the pending stage needs first (the engine
    pool is shared with the flow, which then finds it loaded). The flow runs once both are ready.
@@ -22,22 +22,18 @@ that runs a flow) and loading a model (the judge's or a member's), each waiting 
 
 from __future__ import annotations
 
-import contextvars
 import logging
-import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable
+from contextlib import nullcontext
 from typing import Any
 
 from rlaif.core.progress import Reporter, Task
 from rlaif.engines.pool import EnginePool
 from rlaif.runners.context import run_context, using
 from rlaif.flows.pipeline import Pending
+from rlaif.runners.prefect_server import long_lived_server, prefect_server_in_background
 
 log = logging.getLogger(__name__)
-# Prefect's 20 s for its temporary server to answer is too short while a model loads beside it on
-# 2 shared cores: the bench's first run timed out there (2026-11-24) with the engine already loaded.
-STARTUP_TIMEOUT = 300
 
 
 class HeldReporter(Reporter):
@@ -85,7 +81,7 @@ def run_flow(flow, recipe, *args: Any, preflight: Callable[[], None] | None = No
     """Run `flow(recipe, *args, **kwargs)`: directly if nothing is left to do, else as a Prefect
     flow, with Prefect's temporary server starting while the first engine loads.
 
-    `preflight` (flows/preflight.py: models, endpoints, keys, prompts and their lengths) runs first,
+    `preflight` (recipe/preflight.py: models, endpoints, keys, prompts and their lengths) runs first,
     before any compute, unless `rerun` (this recipe already ran in this run directory): then it
     runs only if the direct attempt finds work or fails, so an unchanged rerun does not pay for its
     tokenizer loads and a mistake is still reported whole before any engine loads."""
@@ -120,54 +116,3 @@ def first_engine(pending: Pending, recipe, out: str, *_: Any):
         return None  # the cluster's workers load their own
     with using(recipe=recipe, out=out) as ctx:
         return pending.step.first_engine(ctx)
-
-
-@contextmanager
-def long_lived_server() -> Iterator[None]:
-    """Point Prefect at `rlaif server`'s server while the block runs, if one runs (flows/server.py)."""
-    from rlaif.flows.server import api_url
-
-    url = api_url()
-    if url is None:
-        yield
-        return
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    with temporary_settings({PREFECT_API_URL: url}):
-        yield
-
-
-@contextmanager
-def prefect_server_in_background() -> Iterator[None]:
-    """Start Prefect's temporary server in a thread while the block runs, unless a server is set
-    (`PREFECT_API_URL`) or the temporary one already runs; wait for it when the block ends."""
-    from prefect.settings import (PREFECT_API_URL, PREFECT_SERVER_ALLOW_EPHEMERAL_MODE,
-                                  PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS)
-
-    if PREFECT_API_URL.value() or not PREFECT_SERVER_ALLOW_EPHEMERAL_MODE.value():
-        yield
-        return
-    from prefect.server.api.server import SubprocessASGIServer
-
-    server = SubprocessASGIServer()  # the instance Prefect's client uses (one per process)
-    if server.running:
-        yield
-        return
-    log.info("starting Prefect's temporary server in the background")
-    failed: list[BaseException] = []
-
-    def start() -> None:
-        try:
-            server.start(timeout=max(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value(), STARTUP_TIMEOUT))
-        except BaseException as e:  # raised in this thread when the block ends
-            failed.append(e)
-
-    thread = threading.Thread(target=contextvars.copy_context().run, args=(start,), name="prefect-server", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        thread.join()
-    if failed:
-        raise failed[0]
-

@@ -34,7 +34,7 @@ from rlaif.flows.failures import no_usable_rows
 from rlaif.flows.report import StageReport
 from rlaif.flows.steps import (JudgeStep, PromptsStep, PublishStep, Step, TrainStep, generate_step,
                                train_inputs)
-from rlaif.preferences.hygiene import HygieneReport
+from rlaif.prompts.hygiene import HygieneReport
 from rlaif.preferences.versions import VersionInputs
 
 CACHED = dict(persist_result=True, result_serializer="json")

@@ -25,10 +25,10 @@ from rlaif.runners.context import flow_run, run_context
 from rlaif.flows.pipeline import run_stages
 from rlaif.flows.report import StageReport, write_summary
 from rlaif.flows.steps import generate_step
-from rlaif.flows.preflight import preflight
-from rlaif.flows.recipe import Recipe, load_recipe
-from rlaif.generation.prompt_sets import PROMPTS, write_prompt_chunks
-from rlaif.preferences.hygiene import clean_source
+from rlaif.recipe.preflight import preflight
+from rlaif.recipe.spec import Recipe, load_recipe
+from rlaif.prompts.prompt_sets import PROMPTS, write_prompt_chunks
+from rlaif.prompts.hygiene import clean_source
 from rlaif.preferences.versions import latest_version
 
 BATCHES = "refresh"

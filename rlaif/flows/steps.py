@@ -27,7 +27,7 @@ from rlaif.generation.ensemble import STAGE as COMPLETIONS
 from rlaif.generation.stage import GenerateStage
 from rlaif.judges.spec import JudgeSpec
 from rlaif.judges.stage import JudgeStage, manifest_counts
-from rlaif.preferences.hygiene import HygieneReport, prepare_prompts
+from rlaif.prompts.hygiene import HygieneReport, prepare_prompts
 from rlaif.preferences.versions import VersionInputs, publish, version_manifest
 from rlaif.runners.jobs import Job
 

@@ -24,7 +24,7 @@ from rlaif.flows.launch import run_flow
 from rlaif.runners.context import flow_run
 from rlaif.flows.pipeline import judge, run_stages
 from rlaif.flows.report import StageReport, write_summary
-from rlaif.flows.recipe import Recipe, RecipeError, read_yaml
+from rlaif.recipe.spec import Recipe, RecipeError, read_yaml
 from rlaif.judges.agreement import agreement
 from rlaif.judges.spec import JudgeSpec
 

@@ -22,7 +22,7 @@ from rlaif.core.store import Manifest, RunStore, ShardInfo
 from rlaif.engines.base import EngineSettings
 from rlaif.engines.pool import EnginePool
 from rlaif.generation.ensemble import STAGE, GeneratorSpec, assign, merged, request, shard_key, to_send
-from rlaif.generation.prompt_sets import PROMPTS
+from rlaif.prompts.prompt_sets import PROMPTS
 from rlaif.runners.jobs import Job, Shard
 
 

@@ -29,7 +29,7 @@ from rlaif.core.store import Manifest, RunStore, ShardInfo
 from rlaif.engines.base import Engine, EngineSettings, Request
 from rlaif.engines.pool import EnginePool
 from rlaif.generation.ensemble import STAGE as COMPLETIONS
-from rlaif.generation.prompt_sets import PROMPTS
+from rlaif.prompts.prompt_sets import PROMPTS
 from rlaif.judges.base import Answer, Ask, pair_judgement, record_unit
 from rlaif.judges.parsing import parse_output
 from rlaif.judges.spec import JudgeSpec

@@ -12,8 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from rlaif.core.store import write_atomic
-from rlaif.judges.bias import BiasReport, bias_rows
-from rlaif.preferences.hygiene import EVAL, eval_sets
+from rlaif.preferences.bias import BiasReport, bias_rows
+from rlaif.prompts.hygiene import EVAL, eval_sets
 from rlaif.preferences.rows import configs_yaml
 
 # ----------------------------------------------------------------------------- the card
@@ -115,7 +115,7 @@ def card_text(m: dict, plots: dict[str, str]) -> str:
 
 
 def _bias_section(report: dict | None) -> list[str]:
-    """The judge's biases, measured on this version's judgements and pairs (judges/bias.py)."""
+    """The judge's biases, measured on this version's judgements and pairs (preferences/bias.py)."""
     if not report:
         return []
     r = BiasReport.model_validate(report)

@@ -36,13 +36,13 @@ from rlaif.core.errors import RlaifError
 from rlaif.core.progress import NULL, Reporter
 from rlaif.core.records import Completion, Judgement, PairJudgement, PreferencePair, Prompt, content_hash
 from rlaif.core.store import Manifest, RunStore, write_json
-from rlaif.generation.prompt_sets import PROMPTS
-from rlaif.judges.bias import BiasData, write_bias_plots
+from rlaif.prompts.prompt_sets import PROMPTS
+from rlaif.preferences.bias import BiasData, members_of, write_bias_plots
 from rlaif.judges.scores import completion_scores
 from rlaif.preferences import card
 from rlaif.preferences.binarize import BinarizeReport, BinarizeSpec, binarize, select_judgements, test_ids
 from rlaif.preferences.hub import push_to_hub
-from rlaif.preferences.hygiene import HygieneReport, HygieneSpec
+from rlaif.prompts.hygiene import HygieneReport, HygieneSpec
 from rlaif.preferences.plots import PlotData, write_plots
 from rlaif.preferences.rows import SPLITS, best_per_prompt, build_dataset, preference_row, sft_row, write_dataset
 
@@ -174,8 +174,8 @@ def publish_records(run_dir: str | Path, recipe_info: dict, prompts: list[Prompt
                     push: bool = True) -> Path:
     """Publish records that are in memory (made elsewhere, or by hand): hygiene, then the records
     written into the run store as chunks, then `publish`."""
-    from rlaif.generation.prompt_sets import write_prompt_chunks
-    from rlaif.preferences.hygiene import clean_prompts
+    from rlaif.prompts.prompt_sets import write_prompt_chunks
+    from rlaif.prompts.hygiene import clean_prompts
 
     store, hygiene = RunStore(run_dir), hygiene or HygieneSpec()
     kept, hy = clean_prompts(prompts, hygiene, eval_prompts)
@@ -194,12 +194,6 @@ def publish_records(run_dir: str | Path, recipe_info: dict, prompts: list[Prompt
         jm.shards.append(store.write(jm.stage, content_hash("records", [j.judgement_id for j in js]), js, group=s.key))
     made = VersionInputs(pm, hy, cm, jm, spec.model_copy(update={"judge": spec.judge or judge}), hygiene, pairwise)
     return publish(store, recipe_info, made, force, push)
-
-
-def members_of(recipe_info: dict | None) -> dict[str, str] | None:
-    """Each ensemble member's name -> its model id, from the recipe (None when there is none)."""
-    gens = (recipe_info or {}).get("generators")
-    return {g["name"]: g["model"] for g in gens} if gens else None
 
 
 def _binarize_chunks(store: RunStore, made: VersionInputs, out: Path, report: Reporter

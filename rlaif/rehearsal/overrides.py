@@ -6,7 +6,7 @@ QLoRA's 4-bit base (bitsandbytes needs CUDA), and hosted endpoints pointed at th
 server. Anything a recipe gets wrong beyond these shows up as it would on the GPU machine: a
 misspelled model, a missing split, a field TRL rejects, an unset key variable.
 
-`cpu_overrides(recipe, ...)` reads the validated recipe (flows/recipe.py `Recipe`) and returns the
+`cpu_overrides(recipe, ...)` reads the validated recipe (recipe/spec.py `Recipe`) and returns the
 `key.path=value` strings for `--set`, and the lines that say what was swapped.
 """
 

@@ -11,7 +11,7 @@ from rlaif.core.records import Completion, Message, Prompt
 from rlaif.core.store import RunLocked, RunStore, clean_leftovers, run_lock
 from rlaif.engines.base import Sampling
 from rlaif.generation.ensemble import GeneratorSpec, assign, shard_key
-from rlaif.generation.prompt_sets import write_prompt_chunks
+from rlaif.prompts.prompt_sets import write_prompt_chunks
 from rlaif.judges.spec import JudgeSpec
 
 

@@ -11,7 +11,7 @@ from rlaif.engines.base import Sampling
 from rlaif.engines.openai_endpoint import Endpoint, EndpointEngine, EndpointRefused
 from rlaif.generation.ensemble import STAGE, GeneratorSpec, answer
 from rlaif.generation.stage import generate
-from rlaif.generation.prompt_sets import load_prompts
+from rlaif.prompts.prompt_sets import load_prompts
 from rlaif.rehearsal.openai_server import ApiError
 from tests.support.endpoints import asked, posted, said, serving
 from tests.support.helpers import chunks
@@ -131,7 +131,7 @@ def test_an_api_key_the_server_echoes_is_sent_and_lands_nowhere(tmp_path, monkey
     from prefect.settings import PREFECT_API_DATABASE_CONNECTION_URL
 
     from tests.support.helpers import write_prompts
-    from rlaif.flows.cli import main
+    from rlaif.cli.main import main
 
     key = "sk-echo-" + secrets.token_hex(12)
     monkeypatch.setenv("ECHO_TEST_KEY", key)

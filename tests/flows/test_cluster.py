@@ -31,7 +31,7 @@ from rlaif.core.store import RunStore
 from rlaif.engines.base import EngineSettings, Request, Sampling
 from rlaif.engines.balanced import BalancedEngine
 from rlaif.engines.openai_endpoint import Endpoint
-from rlaif.flows.cli import main
+from rlaif.cli.main import main
 
 # `ray start` with Ray kept on 127.0.0.1 (rlaif.runners.ray.keep_on_loopback)
 RAY_START = ("import sys; from rlaif.runners.ray import keep_on_loopback; keep_on_loopback(); "
@@ -250,7 +250,7 @@ def test_when_every_server_fails_the_rows_come_back_retryable():
 
 
 def test_a_members_engine_block_overrides_the_recipes_field_by_field():
-    from rlaif.flows.recipe import Recipe
+    from rlaif.recipe.spec import Recipe
 
     recipe = Recipe.model_validate({
         "name": "r", "engine": {"dtype": "bfloat16", "max_model_len": 4096, "gpu_memory_utilization": 0.9},
@@ -270,7 +270,7 @@ def test_a_members_engine_block_overrides_the_recipes_field_by_field():
 
 def test_zephyr_recipes_place_members_and_judge_on_one_8_gpu_node():
     """4 members of 1 GPU each and a 72B judge over 4: all five at once on 8 GPUs."""
-    from rlaif.flows.recipe import load_recipe
+    from rlaif.recipe.spec import load_recipe
 
     for name in ("sft", "dpo"):
         recipe = load_recipe(ROOT / "recipes" / "zephyr-7b-beta" / f"{name}.yaml")

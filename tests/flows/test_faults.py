@@ -21,7 +21,7 @@ import yaml
 from datasets import load_from_disk
 
 from tests.support.faulty import Faulty, error_lines, prefect_env, recipe, rlaif, sent, stamps, url, wait_for  # noqa: F401 - url: a fixture
-from rlaif.flows.cli import main
+from rlaif.cli.main import main
 
 
 def run(path, out, *extra) -> list[str]:

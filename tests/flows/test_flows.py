@@ -21,12 +21,12 @@ from tests.support.helpers import SMOL, SMOL_SETTINGS, write_prompts
 from rlaif.core.errors import StageError
 from rlaif.core.records import Judgement, Message, Prompt
 from rlaif.core.store import RunStore
-from rlaif.flows.cli import main
+from rlaif.cli.main import main
 from rlaif.runners.context import flow_run, using
 from rlaif.flows.pipeline import pipeline_flow, run_step
 from rlaif.flows.steps import generate_step
-from rlaif.flows.recipe import load_recipe
-from rlaif.generation.prompt_sets import write_prompt_chunks
+from rlaif.recipe.spec import load_recipe
+from rlaif.prompts.prompt_sets import write_prompt_chunks
 
 TINY = {
     "name": "tiny", "prompts": {"source": None}, "hygiene": {"near_dup_threshold": None},
@@ -162,7 +162,7 @@ def test_models_per_prompt_draws_k_members_per_prompt(tmp_path, pool):
     two members drawn for it with the recipe's seed, and no other."""
     from rlaif.core.records import Completion
     from rlaif.generation.ensemble import assign
-    from rlaif.generation.prompt_sets import load_prompts
+    from rlaif.prompts.prompt_sets import load_prompts
 
     prompts = write_prompts(tmp_path / "prompts.jsonl", [f"Name a {x}." for x in ("fruit", "color", "planet", "bird", "tree")])
     members = [{"name": f"smol-{i}", "model": SMOL, "sampling": {"temperature": 1.0, "max_tokens": 8, "seed": i}}

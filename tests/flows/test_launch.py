@@ -54,7 +54,7 @@ def environment(tmp_path, **extra) -> dict:
 
 
 # a command, then which heavy libraries it imported, as its last line on stdout
-CLI = ("import sys; from rlaif.flows.cli import main; rc = main(sys.argv[1:]); "
+CLI = ("import sys; from rlaif.cli.main import main; rc = main(sys.argv[1:]); "
        f"print(sorted(m for m in {HEAVY!r} if m in sys.modules)); sys.exit(rc)")
 
 
@@ -125,7 +125,7 @@ def test_the_engine_preloaded_is_the_one_the_pending_stage_uses_first(tmp_path):
     from rlaif.runners.context import using
     from rlaif.flows.launch import first_engine, without_prefect
     from rlaif.flows.pipeline import Pending, pipeline_flow
-    from rlaif.flows.recipe import load_recipe
+    from rlaif.recipe.spec import load_recipe
 
     write_prompts(tmp_path / "prompts.jsonl", ["Name a fruit that is red."])
     gemma = {"name": "gemma", "model": "gemma3-270m", "format": "urial"}
@@ -146,7 +146,7 @@ def test_members_with_different_sampling_and_the_judge_share_one_engine(tmp_path
     """`rlaif run` in-process on the tiny recipe: two members on SmolLM2 with different sampling, the
     judge on SmolLM2 too. The pool holds the session's engine under the recipe's settings and counts
     every load: all three use that one engine through generation and judging, so nothing is loaded."""
-    from rlaif.flows.cli import main
+    from rlaif.cli.main import main
     from rlaif.runners.context import using
 
     write_prompts(tmp_path / "prompts.jsonl", ["Name a fruit that is red."])

@@ -16,9 +16,9 @@ import yaml
 from tests.support.helpers import SMOL
 from tests.support.faulty import Faulty, error_lines, recipe
 from rlaif.core.errors import ConfigError
-from rlaif.flows.cli import main
-from rlaif.flows.preflight import preflight
-from rlaif.flows.recipe import load_recipe
+from rlaif.cli.main import main
+from rlaif.recipe.preflight import preflight
+from rlaif.recipe.spec import load_recipe
 
 
 @pytest.fixture
@@ -116,7 +116,7 @@ def test_prompts_too_long_for_a_local_model_are_listed_with_its_limit(tmp_path, 
 
     from rlaif.engines.models import resolve_model
     from rlaif.generation.ensemble import request
-    from rlaif.generation.prompt_sets import load_prompts
+    from rlaif.prompts.prompt_sets import load_prompts
     from rlaif.engines.vllm_offline import token_ids
 
     spec = load_recipe(path).generators[0]

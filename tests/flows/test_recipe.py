@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from tests.support.helpers import ROOT
-from rlaif.flows.recipe import RecipeError, load_recipe
+from rlaif.recipe.spec import RecipeError, load_recipe
 
 QUICKSTART = ROOT / "recipes" / "quickstart.yaml"
 

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from tests.support.helpers import ROOT, SMOL_SETTINGS
-from rlaif.flows.cli import main
+from rlaif.cli.main import main
 
 pytestmark = pytest.mark.engine
 

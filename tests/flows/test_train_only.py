@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from tests.support.faulty import error_lines, prefect_env, rlaif
-from rlaif.flows.cli import main
+from rlaif.cli.main import main
 from tests.training.test_train_sources import save_uf, uf_rows
 from tests.training.test_training import FAST
 

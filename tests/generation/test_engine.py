@@ -10,7 +10,7 @@ from rlaif.engines.pool import EnginePool
 from rlaif.generation import ensemble
 from rlaif.generation.ensemble import GeneratorSpec, answer
 from rlaif.generation.stage import generate
-from rlaif.generation.prompt_sets import load_prompts
+from rlaif.prompts.prompt_sets import load_prompts
 
 pytestmark = pytest.mark.engine
 SPEC = GeneratorSpec(name="smol", model=SMOL, sampling=Sampling(temperature=0.7, max_tokens=24, seed=3))

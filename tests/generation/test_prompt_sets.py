@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from rlaif.generation.prompt_sets import PromptSetError, load_prompts
+from rlaif.prompts.prompt_sets import PromptSetError, load_prompts
 
 
 def test_bundled_mt_bench_is_the_published_set():

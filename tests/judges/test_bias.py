@@ -7,7 +7,7 @@ import math
 import pytest
 
 from rlaif.core.records import AspectRating, Completion, Judgement, Message, PairJudgement, PairVerdict, PreferencePair
-from rlaif.judges.bias import (judge_bias, length_bias, length_figure, position_bias, self_preference, spread,
+from rlaif.preferences.bias import (judge_bias, length_bias, length_figure, position_bias, self_preference, spread,
                                score_spread, spearman, write_length_plot)
 
 JUDGED = dict(prompt_id="p", judge="j", kind="ultrafeedback", judge_model="judge-model", template="t",

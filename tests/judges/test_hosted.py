@@ -20,7 +20,7 @@ from rlaif.engines import providers
 from rlaif.engines.base import Constraint, Request, Sampling
 from rlaif.engines.openai_endpoint import Endpoint, EndpointEngine, EndpointRefused
 from rlaif.engines.rate_limits import RateLimiter
-from rlaif.generation.prompt_sets import load_prompts, write_prompt_chunks
+from rlaif.prompts.prompt_sets import load_prompts, write_prompt_chunks
 from rlaif.judges.kinds.ultrafeedback import RATING
 from rlaif.judges.parsing import bracket_format, joint_format, parse_output
 from rlaif.judges.spec import JudgeSpec
@@ -286,8 +286,8 @@ def test_joint_answers_are_read_per_text_with_their_probabilities():
 
 # ----------------------------------------------------------------------------- dry run
 def test_dry_run_prints_the_bill_and_sends_nothing(srv, tmp_path):
-    from rlaif.flows.dry_run import estimate
-    from rlaif.flows.recipe import load_recipe
+    from rlaif.recipe.dry_run import estimate
+    from rlaif.recipe.spec import load_recipe
 
     recipe = ROOT / "recipes" / "ultrafeedback-gpt4o.yaml"
     sets = ["prompts.source=starter", "prompts.limit=10", f"judges.0.endpoint.base_url={srv.base_url}",
@@ -312,7 +312,7 @@ def test_dry_run_prints_the_bill_and_sends_nothing(srv, tmp_path):
 
 
 def test_the_hosted_recipe_loads():
-    from rlaif.flows.recipe import load_recipe
+    from rlaif.recipe.spec import load_recipe
 
     r = load_recipe(ROOT / "recipes" / "ultrafeedback-gpt4o.yaml")
     gpt4o, o4 = r.judges

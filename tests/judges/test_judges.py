@@ -15,10 +15,10 @@ from rlaif.core.store import RunStore
 from rlaif.engines.base import Sampling
 from rlaif.engines.openai_endpoint import Endpoint
 from rlaif.engines.pool import EnginePool, EngineSpec
-from rlaif.flows.cli import main as cli
+from rlaif.cli.main import main as cli
 from rlaif.generation.ensemble import GeneratorSpec
 from rlaif.generation.stage import generate
-from rlaif.generation.prompt_sets import load_prompts
+from rlaif.prompts.prompt_sets import load_prompts
 from rlaif.judges.agreement import agreement
 from rlaif.judges.spec import JudgeSpec
 from rlaif.judges.stage import judge_dir, run_judge, stored_judgements

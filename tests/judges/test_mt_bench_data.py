@@ -8,7 +8,7 @@ from collections import Counter
 
 import pytest
 
-from rlaif.judges.mt_bench_data import (CATEGORIES, category_scores, load_mt_bench, pair_judge_messages, radar_figure,
+from rlaif.evaluation.mt_bench_data import (CATEGORIES, category_scores, load_mt_bench, pair_judge_messages, radar_figure,
                                         single_judge_messages, write_radar)
 from rlaif.prompts import data_file
 

@@ -1,9 +1,12 @@
 """The package's shape: one import name in site-packages, and dependencies that point one way.
 
-    flows -> rehearsal -> training -> preferences -> judges -> generation -> engines -> prompts -> core
+    cli -> flows -> rehearsal -> recipe -> evaluation -> training -> preferences -> judges -> generation
+        -> runners -> engines -> prompts -> core
 
-(each room imports only rooms to its right; docs/architecture.md says the same, and a test here
-holds it to ROOMS).
+(each room imports only rooms to its right, at the top of a module or inside a function; no two
+modules import each other, however indirectly; docs/architecture.md says the same, and a test
+here holds it to ROOMS). And the code's shape a reader relies on: no function takes more than 7
+parameters, and no module keeps run state in a global.
 """
 
 import ast
@@ -14,7 +17,9 @@ from pathlib import Path
 
 from tests.support.helpers import ROOT
 
-ROOMS = ["core", "prompts", "engines", "generation", "judges", "preferences", "training", "rehearsal", "flows"]
+ROOMS = ["core", "prompts", "engines", "runners", "generation", "judges", "preferences", "training", "evaluation",
+         "recipe", "rehearsal", "flows", "cli"]
+MAX_PARAMETERS = 7
 
 
 def imports(path: Path) -> list[tuple[str, int]]:
@@ -52,10 +57,10 @@ def test_no_import_cycles_between_modules():
     graph: dict[str, set[str]] = {}
     files = {".".join(("rlaif",) + p.relative_to(ROOT / "rlaif").with_suffix("").parts).removesuffix(".__init__"): p
              for p in (ROOT / "rlaif").rglob("*.py")}
-    for name, path in files.items():  # module-level imports only: what runs when a module is imported
+    for name, path in files.items():
         tree = ast.parse(path.read_text())
         deps = set()
-        for node in tree.body:
+        for node in ast.walk(tree):  # at any depth: a function's import is a dependency as well
             if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("rlaif"):
                 deps |= {m for m in (node.module, *(f"{node.module}.{a.name}" for a in node.names)) if m in files}
         graph[name] = deps - {name}
@@ -104,3 +109,25 @@ def test_architecture_page_names_the_rooms():
     assert " -> ".join(reversed(ROOMS)) in page
     missing = [r for r in ROOMS if f"| `rlaif/{r}/` |" not in page]
     assert not missing, f"docs/architecture.md has no row for {missing}"
+
+
+def test_no_function_takes_more_than_seven_parameters():
+    """Many parameters are state that wants a name (the run context, a version's inputs)."""
+    wide = []
+    for path in sorted((ROOT / "rlaif").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                a = node.args
+                names = [x.arg for x in a.posonlyargs + a.args + a.kwonlyargs] + [x.arg for x in (a.vararg, a.kwarg) if x]
+                names = [n for n in names if n not in ("self", "cls")]
+                if len(names) > MAX_PARAMETERS:
+                    wide.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}: {len(names)} parameters")
+    assert not wide, "\n".join(wide)
+
+
+def test_no_module_keeps_run_state_in_a_global():
+    """Run state lives in the run context (rlaif/runners/context.py), passed or in its context
+    variable: no `global` statement rebinds a module's name while a command runs."""
+    found = [f"{path.relative_to(ROOT)}:{node.lineno}" for path in sorted((ROOT / "rlaif").rglob("*.py"))
+             for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, ast.Global)]
+    assert not found, found

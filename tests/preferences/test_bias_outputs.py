@@ -9,9 +9,9 @@ import json
 import pytest
 from datasets import load_from_disk
 
-from rlaif.judges.bias import judge_bias, same_model
+from rlaif.preferences.bias import judge_bias, same_model
 from rlaif.preferences.binarize import BinarizeSpec
-from rlaif.preferences.hygiene import HygieneSpec
+from rlaif.prompts.hygiene import HygieneSpec
 from rlaif.preferences.versions import publish_records
 from tests.preferences.test_dataset import RECIPE, corpus, judged
 
@@ -67,8 +67,8 @@ def test_agreement_reports_each_judges_biases(tmp_path, capsys, monkeypatch):
     and reports, recipe.json): `rlaif agreement` adds each judge's biases, read chunk by chunk."""
     from rlaif.core.records import content_hash
     from rlaif.core.store import Manifest, RunStore
-    from rlaif.flows.cli import main
-    from rlaif.generation.prompt_sets import write_prompt_chunks
+    from rlaif.cli.main import main
+    from rlaif.prompts.prompt_sets import write_prompt_chunks
     from rlaif.judges.stage import judge_dir
 
     prompts, completions, judgements = longer_gamma()

@@ -2,7 +2,7 @@
 
 import pytest
 
-from rlaif.preferences.hygiene import HygieneSpec, clean_prompts, eval_overlap, exact_duplicates, near_duplicates
+from rlaif.prompts.hygiene import HygieneSpec, clean_prompts, eval_overlap, exact_duplicates, near_duplicates
 from rlaif.core.records import (AspectRating, Completion, Judgement, Message, PairJudgement, PairVerdict, Prompt)
 from rlaif.preferences.binarize import BinarizeSpec, binarize, split_pairs
 

@@ -10,7 +10,7 @@ from datasets import load_dataset, load_from_disk
 from rlaif.core.records import AspectRating, Completion, Judgement, Message, Prompt
 from rlaif.preferences.binarize import BinarizeSpec
 from rlaif.preferences.hub import HubError, push_to_hub
-from rlaif.preferences.hygiene import HygieneSpec
+from rlaif.prompts.hygiene import HygieneSpec
 from rlaif.preferences.rows import PREF_COLUMNS, SFT_COLUMNS
 from rlaif.preferences.versions import EmptyDataset, latest_version, list_versions
 from rlaif.preferences.versions import publish_records as publish_version
@@ -241,10 +241,10 @@ binarize: {{test_fraction: 0.25}}
 def write_judged_shards(recipe: Path, run: Path) -> None:
     """The corpus's completions and judgements, where `rlaif generate` and `rlaif judge` would put them."""
     from rlaif.core.store import RunStore
-    from rlaif.flows.recipe import load_recipe
+    from rlaif.recipe.spec import load_recipe
     from rlaif.generation.stage import GenerateStage
     from rlaif.judges.stage import JudgeStage
-    from rlaif.preferences.hygiene import prepare_prompts
+    from rlaif.prompts.hygiene import prepare_prompts
 
     _, completions, judgements = corpus()
     r, store = load_recipe(recipe), RunStore(run)
@@ -262,7 +262,7 @@ def write_judged_shards(recipe: Path, run: Path) -> None:
 
 def test_rlaif_binarize_publishes_from_the_run_dir(tmp_path, capsys):
     """`rlaif binarize` runs the binarize flow on shards where the stages would have put them."""
-    from rlaif.flows.cli import main
+    from rlaif.cli.main import main
 
     recipe, run = write_recipe(tmp_path), tmp_path / "run"
     assert main(["binarize", str(recipe), "--out", str(run)]) == 2
@@ -289,7 +289,7 @@ def test_rlaif_binarize_push_to_hub(tmp_path, monkeypatch, capsys):
 
     import huggingface_hub
 
-    from rlaif.flows.cli import main
+    from rlaif.cli.main import main
 
     token = "hf_" + secrets.token_hex(16)
     monkeypatch.setenv("HF_TOKEN", token)

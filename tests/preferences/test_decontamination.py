@@ -10,10 +10,10 @@ import pytest
 import yaml
 
 from tests.support.faulty import error_lines, recipe, sent, url  # noqa: F401 - url: a fixture
-from rlaif.flows.cli import main
-from rlaif.flows.recipe import RecipeError, load_recipe
-from rlaif.generation.prompt_sets import load_prompts, mt_bench_questions
-from rlaif.preferences.hygiene import NOT_DECONTAMINATED, HygieneSpec, clean_prompts
+from rlaif.cli.main import main
+from rlaif.recipe.spec import RecipeError, load_recipe
+from rlaif.prompts.prompt_sets import load_prompts, mt_bench_questions
+from rlaif.prompts.hygiene import NOT_DECONTAMINATED, HygieneSpec, clean_prompts
 
 Q81 = mt_bench_questions()[0]["turns"][0]  # "Compose an engaging travel blog post about a recent trip to Hawaii, ..."
 Q82 = mt_bench_questions()[1]["turns"][0]

@@ -9,7 +9,7 @@ import numpy as np
 
 from rlaif.core.records import Message, Prompt
 from rlaif.core.store import RunStore
-from rlaif.preferences.hygiene import HygieneSpec, clean_prompts, greedy_near, prepare_prompts
+from rlaif.prompts.hygiene import HygieneSpec, clean_prompts, greedy_near, prepare_prompts
 
 
 def prompt(pid: str, text: str) -> Prompt:

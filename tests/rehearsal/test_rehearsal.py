@@ -75,7 +75,7 @@ def readme_commands(readme: Path) -> list[str]:
 
 def on_cpu(line: str, variables: dict[str, str], base_url: str) -> list[str]:
     """A README command as it runs here: its words unchanged, then what a CPU needs."""
-    from rlaif.flows.recipe import load_recipe
+    from rlaif.recipe.spec import load_recipe
     from rlaif.rehearsal.overrides import cpu_overrides
 
     words = [variables.get(w[1:], w) if w.startswith("$") else w for w in shlex.split(line)]

@@ -73,6 +73,6 @@ def write_prompts(path: Path, texts: list[str]) -> Path:
 
 def chunks(store, prompts, size: int = 256):
     """Prompts written into a run store as chunks: the manifest the stages take."""
-    from rlaif.generation.prompt_sets import write_prompt_chunks
+    from rlaif.prompts.prompt_sets import write_prompt_chunks
 
     return write_prompt_chunks(prompts, store, size)

@@ -57,6 +57,6 @@ def install(out: str) -> None:
 if __name__ == "__main__":
     sys.path[0] = str(Path(__file__).resolve().parents[2])  # the checkout, as `python -m rlaif` run there has it
     install(sys.argv[1])
-    from rlaif.flows.cli import main
+    from rlaif.cli.main import main
 
     sys.exit(main(sys.argv[2:]))

@@ -11,9 +11,9 @@ import pytest
 
 from tests.support.helpers import GEMMA, GEMMA_SETTINGS, ROOT, SMOL, Recording
 from rlaif.core.errors import ConfigError
-from rlaif.flows.recipe import load_recipe
-from rlaif.judges.mt_bench_data import CATEGORIES
-from rlaif.training.mt_bench import (ModelUnderTest, answer_questions, has_chat_template, mt_bench_judge, parse_models,
+from rlaif.recipe.spec import load_recipe
+from rlaif.evaluation.mt_bench_data import CATEGORIES
+from rlaif.evaluation.mt_bench import (ModelUnderTest, answer_questions, has_chat_template, mt_bench_judge, parse_models,
                                      run_models, select_questions)
 
 

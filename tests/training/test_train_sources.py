@@ -11,7 +11,7 @@ import pytest
 import yaml
 from datasets import Dataset, DatasetDict
 
-from rlaif.flows.recipe import load_recipe
+from rlaif.recipe.spec import load_recipe
 from rlaif.training.datasets import source_key
 from rlaif.training.dpo import DPOSpec
 from rlaif.training.sft import SFTSpec
@@ -103,7 +103,7 @@ def test_dataset_split_and_eval_split_follow_the_handbook():
 def test_every_rank_of_a_multi_gpu_launch_runs_and_the_first_holds_the_run(tmp_path, monkeypatch):
     """`accelerate launch ... -m rlaif train`: ranks other than 0 must not fail on the run's lock."""
     from rlaif.core.store import RunLocked, run_lock
-    from rlaif.flows.cli import Command, _run_locked
+    from rlaif.cli.main import Command, _run_locked
 
     ran = []
     spec = Command(lambda args: ran.append(1) or 0, lock=True)

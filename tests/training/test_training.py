@@ -13,8 +13,8 @@ import pytest
 
 from tests.support.helpers import ROOT, SMOL, SMOL_SETTINGS, Recording
 from rlaif.core.errors import ConfigError
-from rlaif.flows.recipe import load_recipe
-from rlaif.judges.mt_bench_data import load_mt_bench
+from rlaif.recipe.spec import load_recipe
+from rlaif.evaluation.mt_bench_data import load_mt_bench
 from rlaif.training import common
 from rlaif.training.dpo import DPOSpec, train_dpo
 from rlaif.training.sft import SFTSpec, train_sft
@@ -74,7 +74,7 @@ def sft_then_dpo(tmp_path_factory, tiny_model_dir, prefect_harness):
     two stages' state; tests read it, and write only under its eval/."""
     import yaml
 
-    from rlaif.flows.cli import main
+    from rlaif.cli.main import main
 
     run = tmp_path_factory.mktemp("run")
     write_dataset(run)
@@ -274,7 +274,7 @@ def test_rlaif_evaluate_writes_metrics_win_rate_and_plots(sft_then_dpo, trained_
 
     from rlaif.engines import pool as engine_pool
     from rlaif.engines.pool import EngineSpec
-    from rlaif.flows.cli import main
+    from rlaif.cli.main import main
     from rlaif.runners.context import using
 
     run, _, dpo = sft_then_dpo
@@ -332,7 +332,7 @@ def test_rlaif_evaluate_mt_bench_on_a_run(tmp_path, smol_engine, sft_then_dpo, t
     found by test_models_of_a_run_and_given_models) answer both turns; table, radar, shards; a rerun
     asks nothing."""
     from rlaif.engines.pool import EnginePool, EngineSpec
-    from rlaif.flows.cli import main
+    from rlaif.cli.main import main
     from rlaif.runners.context import using
 
     run = tmp_path / "run"

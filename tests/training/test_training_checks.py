@@ -38,7 +38,7 @@ def test_changed_inputs_train_from_scratch_even_with_resume_true(tmp_path, tiny_
     `resume: true` trains every step again on the new data (it would otherwise resume the old
     finished checkpoint, train nothing, and mark the new inputs trained)."""
     from rlaif.flows.pipeline import train_flow
-    from rlaif.flows.recipe import load_recipe
+    from rlaif.recipe.spec import load_recipe
 
     old, new = write_dataset(tmp_path / "old", n_train=4), write_dataset(tmp_path / "new", n_train=6)
     block = {"model": tiny_model_dir, "max_steps": 2, "save_steps": 1, "save_total_limit": None, "resume": True, **FAST}
@@ -96,7 +96,7 @@ def test_a_qlora_dsft_is_saved_as_a_plain_model_that_ddpo_starts_from(tmp_path, 
     model in <run>/sft beside its adapter, and dDPO with `model` unset starts from it."""
     from transformers import AutoModelForCausalLM
 
-    from rlaif.flows.cli import main
+    from rlaif.cli.main import main
 
     real_load = common.load_model
 
@@ -154,7 +154,7 @@ def test_an_update_below_bfloat16_resolution_is_seen_as_no_change(tiny_model_dir
 
 
 def test_a_stage_whose_weights_did_not_change_fails_with_exit_3(tmp_path, tiny_model_dir, prefect_harness, capsys):
-    from rlaif.flows.cli import main
+    from rlaif.cli.main import main
 
     run = tmp_path / "run"
     write_dataset(run)
@@ -168,7 +168,7 @@ def test_a_stage_whose_weights_did_not_change_fails_with_exit_3(tmp_path, tiny_m
 
 # ----------------------------------------------------------------------------- item 10: progress
 def test_the_console_shows_a_training_stages_steps_and_loss(tmp_path, tiny_model_dir, prefect_harness, capsys):
-    from rlaif.flows.cli import main
+    from rlaif.cli.main import main
 
     run = tmp_path / "run"
     write_dataset(run)

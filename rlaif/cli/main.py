@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rlaif.core.errors import EXIT_BUG, EXIT_INTERRUPTED, EXIT_STAGE, RlaifError, os_error_message
-from rlaif.flows.console import echo
+from rlaif.cli.console import echo
 
 log = logging.getLogger("rlaif")
 
@@ -50,7 +50,7 @@ class Command:
 
 def _recipe(args: argparse.Namespace):
     if getattr(args, "_recipe", None) is None:
-        from rlaif.flows.recipe import load_recipe
+        from rlaif.recipe.spec import load_recipe
 
         args._recipe = load_recipe(args.recipe, args.set)
     return args._recipe
@@ -65,7 +65,7 @@ def _out(args: argparse.Namespace) -> Path:
 def _preflight(recipe, out, stages, judges=None) -> None:
     """Configuration mistakes, before any compute and before Prefect's server starts (run_flow calls
     it when there is work to do)."""
-    from rlaif.flows.preflight import preflight
+    from rlaif.recipe.preflight import preflight
 
     preflight(recipe, out, stages, judges)
 
@@ -90,10 +90,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     from rlaif.core.store import write_atomic
     from rlaif.flows import pipeline
     from rlaif.flows.launch import run_flow
-    from rlaif.flows.report import print_summary, write_summary
+    from rlaif.cli.summary import print_summary
+    from rlaif.flows.report import write_summary
 
     if getattr(args, "dry_run", False):
-        from rlaif.flows.dry_run import estimate, print_estimate
+        from rlaif.cli.summary import print_estimate
+        from rlaif.recipe.dry_run import estimate
 
         print_estimate(estimate(_recipe(args)), _recipe(args).name)
         return 0
@@ -131,7 +133,8 @@ def cmd_judge(args: argparse.Namespace) -> int:
     a run without them is an error, never a reason to generate."""
     from rlaif.flows.launch import run_flow
     from rlaif.flows.pipeline import judge_flow
-    from rlaif.flows.report import print_summary, write_summary
+    from rlaif.cli.summary import print_summary
+    from rlaif.flows.report import write_summary
 
     recipe, out = _recipe(args), str(_out(args))
     spec = recipe.judge_spec(args.judge)
@@ -150,7 +153,8 @@ def cmd_binarize(args: argparse.Namespace) -> int:
     """Publish a new dataset version from the completions and judgements already in the run dir."""
     from rlaif.flows.launch import run_flow
     from rlaif.flows.pipeline import binarize_flow
-    from rlaif.flows.report import print_summary, write_summary
+    from rlaif.cli.summary import print_summary
+    from rlaif.flows.report import write_summary
     from rlaif.preferences.versions import version_manifest
 
     if args.push_to_hub:
@@ -178,11 +182,11 @@ def cmd_agreement(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from rlaif.core.store import RunStore
-    from rlaif.flows.console import console
+    from rlaif.cli.console import console
     from rlaif.judges.agreement import agreement, load_human_labels
-    from rlaif.judges.bias import bias_rows
+    from rlaif.preferences.bias import bias_rows
     from rlaif.judges.stage import stored_judgements
-    from rlaif.preferences.judge_bias import run_judge_bias
+    from rlaif.preferences.bias import run_judge_bias
 
     store = RunStore(args.run)
     a, b = args.judges
@@ -218,7 +222,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from rlaif.flows.launch import run_flow
     from rlaif.runners.context import using
     from rlaif.flows.pipeline import train_flow
-    from rlaif.flows.report import print_summary
+    from rlaif.cli.summary import print_summary
     from rlaif.flows.steps import train, train_inputs
     from rlaif.training.launch import is_main
 
@@ -239,13 +243,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_rehearse(args: argparse.Namespace) -> int:
-    from rlaif.flows.rehearse import rehearse
+    from rlaif.cli.rehearse import rehearse
 
     return rehearse(args.recipes, args.set, args.prompts, _rehearsal_dir(args))
 
 
 def _rehearsal_dir(args: argparse.Namespace) -> Path:
-    from rlaif.flows.recipe import load_recipe
+    from rlaif.recipe.spec import load_recipe
 
     if args.out:
         return Path(args.out).resolve()
@@ -256,8 +260,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     import json
 
     from rlaif.runners.context import flow_run
-    from rlaif.flows.recipe import Recipe
-    from rlaif.training.evaluate import evaluate_run
+    from rlaif.recipe.spec import Recipe
+    from rlaif.evaluation.win_rate import evaluate_run
 
     run = Path(args.run)
     if not (run / "recipe.json").exists():
@@ -282,12 +286,12 @@ def mt_bench(args: argparse.Namespace, run: Path, recipe) -> int:
     """MT-Bench of the run's models (or --model ones), graded by one of the recipe's judges."""
     from rich.table import Table
 
-    from rlaif.flows.console import console
+    from rlaif.cli.console import console
     from rlaif.runners.context import flow_run
-    from rlaif.training.mt_bench import MAX_TOKENS, parse_models, run_mt_bench, run_models, table_rows
+    from rlaif.evaluation.mt_bench import MAX_TOKENS, parse_models, run_mt_bench, run_models, table_rows
 
     if not args.model:  # the run's own models: was their data kept clean of MT-Bench's questions?
-        from rlaif.preferences.hygiene import contamination_note
+        from rlaif.prompts.hygiene import contamination_note
 
         if note := contamination_note(recipe.training_data(run)):
             echo(note)
@@ -330,7 +334,7 @@ def cmd_serve_model(args: argparse.Namespace) -> int:
 
 
 def cmd_server(args: argparse.Namespace) -> int:
-    from rlaif.flows import server
+    from rlaif.runners import prefect_server as server
 
     if args.action == "start":
         state = server.start(args.port)
@@ -500,7 +504,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from rlaif.flows.console import command_output, console, log_path, quiet_environment
+    from rlaif.cli.console import command_output, console, log_path, quiet_environment
 
     args = build_parser().parse_args(argv)
     spec: Command = args.command_spec
@@ -542,7 +546,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run_locked(spec: Command, args: argparse.Namespace, run_dir: Path | None) -> int:
     from rlaif.core.store import clean_leftovers, run_lock
-    from rlaif.flows.console import RichReporter
+    from rlaif.cli.console import RichReporter
     from rlaif.runners.context import using
     from rlaif.training.launch import is_main
 

@@ -30,7 +30,7 @@ PROMPTS = "prompts"  # the run dir's folder of prompt chunks
 BUNDLED_SETS = {
     # FastChat's MT-Bench questions (80, two turns each; Apache-2.0). We use the first turn: the
     # second refers to an answer of the model under test, which a preference pair does not have.
-    # An evaluation set: hygiene keeps it out of every recipe's data by default (preferences/hygiene.py).
+    # An evaluation set: hygiene keeps it out of every recipe's data by default (prompts/hygiene.py).
     "mt_bench": "sets/mt_bench.jsonl",
     # 40 short instruction prompts of our own, 5 in each of MT-Bench's 8 categories, in turn (so any
     # limit gets a mix), sharing no 8-gram with MT-Bench: the quickstart's prompts.

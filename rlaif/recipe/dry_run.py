@@ -16,9 +16,9 @@ from dataclasses import dataclass
 
 from rlaif.core.records import Completion, Prompt
 from rlaif.engines.openai_endpoint import Endpoint
-from rlaif.flows.recipe import Recipe
+from rlaif.recipe.spec import Recipe
 from rlaif.generation.ensemble import assign, request
-from rlaif.generation.prompt_sets import load_prompts
+from rlaif.prompts.prompt_sets import load_prompts
 from rlaif.judges.spec import JudgeSpec
 
 CHARS_PER_TOKEN = 4
@@ -96,28 +96,3 @@ def _judge(spec: JudgeSpec, stage: str, prompts: list[Prompt], completions: dict
         for a in kind.asks(spec, prompt, mine):
             e.add(_chars(a.messages, None), a.max_tokens or spec.sampling.max_tokens)
     return e
-
-
-def print_estimate(estimates: list[Estimate], recipe_name: str) -> None:
-    from rich.table import Table
-
-    from rlaif.flows.console import console, echo
-
-    table = Table(title=f"rlaif run --dry-run: {recipe_name} (nothing sent)", title_justify="left")
-    for col in ("stage", "name", "model", "runs on", "requests", "input tokens", "output tokens (max)", "cost ($)"):
-        table.add_column(col, justify="right" if col in ("requests", "input tokens", "output tokens (max)",
-                                                          "cost ($)") else "left")
-    for e in estimates:
-        table.add_row(e.stage, e.name, e.model, e.where, f"{e.requests:,}", f"{e.input_tokens:,}",
-                      f"{e.output_tokens:,}", "-" if e.cost is None else f"{e.cost:,.2f}")
-    costs = [e.cost for e in estimates if e.cost is not None]
-    run = [e for e in estimates if e.stage != "judge (rlaif judge)"]
-    table.add_row("total (rlaif run)", "", "", "", f"{sum(e.requests for e in run):,}",
-                  f"{sum(e.input_tokens for e in run):,}", f"{sum(e.output_tokens for e in run):,}",
-                  f"{sum(e.cost for e in run if e.cost is not None):,.2f}" if costs else "-")
-    con = console()
-    con.width = max(con.width, 140)
-    con.print(table)
-    echo("input tokens at 4 characters a token; output tokens at each request's max_tokens (an upper bound); "
-         "prompts before hygiene; re-asks and reasoning tokens not counted. Costs from the endpoints' prices "
-         "(per million tokens), with the Batch API's discount where batch: true.")

@@ -30,7 +30,7 @@ from typing import Any
 
 from rlaif.core.errors import ConfigError, RlaifError, os_error_message
 from rlaif.core.records import Prompt
-from rlaif.flows.recipe import Recipe
+from rlaif.recipe.spec import Recipe
 from rlaif.generation.ensemble import GeneratorSpec, assign, request
 from rlaif.judges.spec import JudgeSpec
 
@@ -133,7 +133,7 @@ def writable(out: Path) -> None:
 
 def read_prompts(source: str, limit: int | None, split: str) -> list[Prompt]:
     """Every prompt of the source, decoded and validated (a PromptSetError names file and line)."""
-    from rlaif.generation.prompt_sets import load_prompts
+    from rlaif.prompts.prompt_sets import load_prompts
 
     try:
         return load_prompts(source, limit, split)

@@ -273,7 +273,7 @@ def clean_prompts(prompts: list[Prompt], spec: HygieneSpec,
 
     `eval_prompts` defaults to loading `spec.eval_prompts` as a prompt source.
     """
-    from rlaif.generation.prompt_sets import load_prompts
+    from rlaif.prompts.prompt_sets import load_prompts
 
     report = HygieneReport(prompts_in=len(prompts))
     if eval_prompts is None and spec.eval_prompts:
@@ -307,7 +307,7 @@ def clean_stream(source: str, split: str, limit: int | None, spec: HygieneSpec, 
     reads the source again yielding the kept ones, and the report. The report is kept in the run
     dir, keyed by the prompts' ids and content, the settings and the eval set, so a rerun reads
     the source once to hash it and does not embed again."""
-    from rlaif.generation.prompt_sets import PROMPTS, iter_prompts
+    from rlaif.prompts.prompt_sets import PROMPTS, iter_prompts
 
     def read() -> Iterator[Prompt]:
         return iter_prompts(source, limit, split)
@@ -361,7 +361,7 @@ def prepare_prompts(source: str, split: str, limit: int | None, spec: HygieneSpe
                     shard_size: int, report: Reporter = NULL) -> tuple[Manifest, HygieneReport]:
     """The prompts stage: the source's prompts, cleaned, as chunks in the run dir (streamed: the
     prompts are never all in memory)."""
-    from rlaif.generation.prompt_sets import write_prompt_chunks
+    from rlaif.prompts.prompt_sets import write_prompt_chunks
 
     kept, hy = clean_stream(source, split, limit, spec, store, report)
     return write_prompt_chunks(kept(), store, shard_size), hy

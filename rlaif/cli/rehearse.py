@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from rlaif.core.errors import ConfigError
-from rlaif.flows.console import echo
+from rlaif.cli.console import echo
 
 REHEARSAL_KEY = "sk-rehearsal-not-a-real-key"
 DATASET_ROWS = 16  # rows per split of a rehearsal dataset: N prompts and a few training pairs
@@ -56,7 +56,7 @@ class Plan:
 
 def rehearse(paths: list[str], overrides: list[str], prompts: int, out: Path) -> int:
     """Rehearse the chain of `paths` (recipes) into `out`; 0, or the failing command's exit code."""
-    from rlaif.flows.recipe import load_recipe
+    from rlaif.recipe.spec import load_recipe
 
     recipes = [load_recipe(p, overrides) for p in paths]
     plan = plan_for(recipes)
@@ -244,7 +244,7 @@ def run_steps(steps: list[list[str]], env: dict[str, str], out: Path) -> int:
     """Run each command; stop at the first that fails, with its own error lines and exit code."""
     from rich.table import Table
 
-    from rlaif.flows.console import console
+    from rlaif.cli.console import console
 
     table = Table("command", "exit", "seconds", title=f"rehearsal -> {out}")
     total = time.perf_counter()

@@ -56,7 +56,7 @@ from rlaif.engines.pool import EnginePool
 from rlaif.generation.ensemble import GeneratorSpec, completion, request
 from rlaif.judges.base import Answer, Ask, pointwise_judgement
 from rlaif.judges.kinds.mt_bench import MTBenchSingle
-from rlaif.judges.mt_bench_data import (CATEGORIES, LABELS, MTBenchQuestion, category_scores, load_mt_bench,
+from rlaif.evaluation.mt_bench_data import (CATEGORIES, LABELS, MTBenchQuestion, category_scores, load_mt_bench,
                                         single_judge_messages, write_radar)
 from rlaif.judges.parsing import rating_format
 from rlaif.judges.spec import JudgeSpec

@@ -202,7 +202,7 @@ def judged_win_rate(run: Path, judge: Any, rows: list[dict], dpo_dir: str, sft_d
     from rlaif.engines.pool import EnginePool
     from rlaif.generation.ensemble import GeneratorSpec
     from rlaif.generation.stage import generate
-    from rlaif.generation.prompt_sets import write_prompt_chunks
+    from rlaif.prompts.prompt_sets import write_prompt_chunks
     from rlaif.judges.stage import compare_pairs
 
     store = RunStore(run / "eval")

@@ -33,6 +33,11 @@ pure function over `rlaif.core.records`, so it can be computed on any run's judg
                                                   measures its judge in memory bounded by a chunk;
                                                   `.report(members)`, `write_bias_plots(dir, data, members)`
     bias_rows(report)                             (measure, value) lines for the card and the command line
+    run_judge_bias(store, judge, recipe_info)     the same for any judge that judged a run's completions,
+                                                  binarized or not (`rlaif agreement`): each judge shard
+                                                  covers one prompt chunk, so its prompts, completions and
+                                                  records are read together, binarized with the recipe's
+                                                  `binarize:` block and reduced to numbers before the next
 
 Self-preference needs each member's model id (the recipe's generators); a member's model and the
 judge's are the same model when their ids match, ignoring case and an `org/` prefix or a folder
@@ -56,8 +61,13 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from rlaif.core.records import Completion, Judgement, PairJudgement, PreferencePair, ScoreSource
+from rlaif.core.records import Completion, Judgement, PairJudgement, PreferencePair, Prompt, ScoreSource
+from rlaif.core.store import RunStore
+from rlaif.generation.ensemble import STAGE as COMPLETIONS
 from rlaif.judges.scores import completion_scores
+from rlaif.judges.stage import stored_manifest
+from rlaif.preferences.binarize import BinarizeSpec, binarize
+from rlaif.prompts.prompt_sets import PROMPTS
 
 
 def words(text: str) -> int:
@@ -455,3 +465,36 @@ def write_bias_plots(out: Path, data: BiasData, members: Mapping[str, str] | Non
         made["Judge's self-preference: mean score per member"] = _save(self_preference_figure(data, members),
                                                                       out / "judge_self_preference.png")
     return {title: f"{out.name}/{path.name}" for title, path in made.items()}
+
+
+# ----------------------------------------------------------------------------- a run's judge
+def members_of(recipe_info: dict | None) -> dict[str, str] | None:
+    """Each ensemble member's name -> its model id, from the recipe (None when there is none)."""
+    gens = (recipe_info or {}).get("generators")
+    return {g["name"]: g["model"] for g in gens} if gens else None
+
+
+def completion_shards(store: RunStore) -> dict[str, list[str]]:
+    """prompt chunk -> the keys of its completion shards (from their metadata)."""
+    out: dict[str, list[str]] = {}
+    for key in store.keys(COMPLETIONS):
+        info = store.info(COMPLETIONS, key, Completion)
+        if info is not None:
+            out.setdefault(info.group, []).append(key)
+    return out
+
+
+def run_judge_bias(store: RunStore, judge: str, recipe_info: dict | None = None) -> BiasReport:
+    info, manifest = stored_manifest(store, judge)
+    kind = PairJudgement if info["kind"] in ("pairwise", "mt_bench_pairwise") else Judgement
+    spec = BinarizeSpec(**{**(recipe_info or {}).get("binarize", {}), "judge": judge, "push_to_hub": None})
+    data = BiasData(spec.score, spec.aspect)
+    shards = completion_shards(store)
+    for group, judged in manifest.by_group().items():
+        prompts = store.read(PROMPTS, group, Prompt) if store.has(PROMPTS, group) else []
+        completions = list({c.completion_id: c for key in shards.get(group, [])
+                            for c in store.iter(COMPLETIONS, key, Completion)}.values())
+        records = [r for s in judged for r in store.iter(manifest.stage, s.key, kind)]
+        pairs, _ = binarize(prompts, completions, records, spec)
+        data.add(records, completions, pairs)
+    return data.report(members_of(recipe_info))

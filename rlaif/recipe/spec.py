@@ -22,7 +22,7 @@ from rlaif.engines.base import EngineSettings
 from rlaif.generation.ensemble import GeneratorSpec
 from rlaif.judges.spec import JudgeSpec
 from rlaif.preferences.binarize import BinarizeSpec
-from rlaif.preferences.hygiene import HygieneSpec
+from rlaif.prompts.hygiene import HygieneSpec
 from rlaif.training.common import unknown_fields
 from rlaif.training.dpo import DPOSpec
 from rlaif.training.sft import SFTSpec

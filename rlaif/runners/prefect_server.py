@@ -1,4 +1,5 @@
-"""A long-lived local Prefect server that commands use while it runs (`rlaif server start|stop|status`).
+"""Prefect's server for the flows: a long-lived local one that commands use while it runs
+(`rlaif server start|stop|status`), else the temporary one a command starts for itself.
 
 Without a Prefect server, every command that runs a flow starts Prefect's temporary one (~10 s
 on 2 cores) and its flow runs are gone when it exits. `rlaif server start` starts
@@ -14,18 +15,24 @@ set, wins; `RLAIF_USE_SERVER=0` makes commands ignore the server (a cold-start b
 
 from __future__ import annotations
 
+import contextvars
 import json
+import logging
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from rlaif.core.errors import RlaifError
 
+log = logging.getLogger(__name__)
 STATE = "server.json"  # pid, port, url of the running server
 
 
@@ -159,3 +166,59 @@ def stop() -> dict | None:
         _stop_group(state["pid"])
     path.unlink(missing_ok=True)
     return state
+
+
+# ----------------------------------------------------------------------------- a command's own server
+# Prefect's 20 s for its temporary server to answer is too short while a model loads beside it on
+# 2 shared cores: the bench's first run timed out there (2026-11-24) with the engine already loaded.
+STARTUP_TIMEOUT = 300
+
+
+@contextmanager
+def long_lived_server() -> Iterator[None]:
+    """Point Prefect at `rlaif server`'s server while the block runs, if one runs."""
+
+    url = api_url()
+    if url is None:
+        yield
+        return
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: url}):
+        yield
+
+
+@contextmanager
+def prefect_server_in_background() -> Iterator[None]:
+    """Start Prefect's temporary server in a thread while the block runs, unless a server is set
+    (`PREFECT_API_URL`) or the temporary one already runs; wait for it when the block ends."""
+    from prefect.settings import (PREFECT_API_URL, PREFECT_SERVER_ALLOW_EPHEMERAL_MODE,
+                                  PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS)
+
+    if PREFECT_API_URL.value() or not PREFECT_SERVER_ALLOW_EPHEMERAL_MODE.value():
+        yield
+        return
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()  # the instance Prefect's client uses (one per process)
+    if server.running:
+        yield
+        return
+    log.info("starting Prefect's temporary server in the background")
+    failed: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            server.start(timeout=max(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value(), STARTUP_TIMEOUT))
+        except BaseException as e:  # raised in this thread when the block ends
+            failed.append(e)
+
+    thread = threading.Thread(target=contextvars.copy_context().run, args=(start,), name="prefect-server", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        thread.join()
+    if failed:
+        raise failed[0]
+

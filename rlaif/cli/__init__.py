@@ -1,0 +1,1 @@
+"""The command line: `rlaif` and its console (progress, summaries, errors)."""
