@@ -275,8 +275,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         echo("note: the recipe has no judge, so no judged win rate (a training-only recipe)")
     with flow_run(recipe, str(run)) as s:  # the engines of this command (or of a test's or bench's shared pool)
         # beta: the one dDPO trained with (its stage state), not recipe.json's, which may predate it
-        metrics = evaluate_run(run, judge, None, tokens, recipe.engine, recipe.seed,
-                               win_rate=not args.no_win_rate, pool=s.pool)
+        metrics = evaluate_run(run, judge, s, max_tokens=tokens, win_rate=not args.no_win_rate)
     echo(json.dumps({k: v for k, v in metrics.items() if k != "plots"}, indent=2))
     echo(f"written to {run / 'eval'}")
     return 0
@@ -297,8 +296,8 @@ def mt_bench(args: argparse.Namespace, run: Path, recipe) -> int:
             echo(note)
     models = parse_models(args.model) if args.model else run_models(run, recipe)
     with flow_run(recipe, str(run)) as s:
-        result = run_mt_bench(run / "eval" / "mt_bench", models, recipe.judge_spec(args.judge), recipe.engine,
-                              recipe.seed, args.limit, args.max_tokens or MAX_TOKENS, s.pool, s.reporter)
+        result = run_mt_bench(run / "eval" / "mt_bench", models, recipe.judge_spec(args.judge), s, args.limit,
+                              args.max_tokens or MAX_TOKENS)
         s.reporter.stop()
     header, rows = table_rows(result["models"])
     table = Table(title=f"MT-Bench ({len(result['questions'])} questions), judge {result['judge']}", title_justify="left")

@@ -3,7 +3,7 @@
 Usage:
 
     rlaif evaluate runs/quickstart --mt-bench [--limit 8] [--judge NAME] [--model [NAME=]PATH ...]
-    run_mt_bench(out_dir, run_models(run_dir, recipe), judge_spec, recipe.engine, limit=8)
+    run_mt_bench(out_dir, run_models(run_dir, recipe), judge_spec, ctx, limit=8)
 
 What happens, as FastChat's gen_model_answer.py, gen_judgment.py and show_result.py do it:
 
@@ -43,15 +43,14 @@ from __future__ import annotations
 import logging
 import math
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from rlaif.core.errors import ConfigError
-from rlaif.core.progress import NULL, Reporter
 from rlaif.core.records import Completion, Judgement, Message, Prompt, content_hash
 from rlaif.core.store import RunStore, write_atomic, write_json
-from rlaif.engines.base import EngineSettings, Sampling
+from rlaif.engines.base import Sampling
 from rlaif.engines.pool import EnginePool
 from rlaif.generation.ensemble import GeneratorSpec, completion, request
 from rlaif.judges.base import Answer, Ask, pointwise_judgement
@@ -61,6 +60,7 @@ from rlaif.evaluation.mt_bench_data import (CATEGORIES, LABELS, MTBenchQuestion,
 from rlaif.judges.parsing import rating_format
 from rlaif.judges.spec import JudgeSpec
 from rlaif.judges.stage import ask
+from rlaif.runners.context import RunContext
 
 log = logging.getLogger(__name__)
 
@@ -169,13 +169,14 @@ def _prompt(q: MTBenchQuestion, turn: int, first_answer: str = "") -> Prompt:
     return Prompt(prompt_id=f"mt_bench-{q.question_id}-turn{turn}", messages=messages, source=f"mt_bench:{q.category}")
 
 
-def answer_questions(store: RunStore, m: ModelUnderTest, questions: list[MTBenchQuestion], pool: EnginePool,
-                     engine: EngineSettings | None, seed: int, max_tokens: int,
-                     report: Reporter = NULL) -> dict[int, list[Completion]]:
-    """question id -> [turn-1 answer, turn-2 answer] (turn 2 only after a usable turn 1).
+def answer_questions(store: RunStore, m: ModelUnderTest, questions: list[MTBenchQuestion], ctx: RunContext,
+                     max_tokens: int) -> dict[int, list[Completion]]:
+    """question id -> [turn-1 answer, turn-2 answer] (turn 2 only after a usable turn 1), on the
+    context's engines (`ctx.pool`, the recipe's engine settings `ctx.engine`, `ctx.seed`).
 
     One shard per model and turn, its answers kept by completion id (the prompt, the model's files
     and its sampling), so only what is missing or failed transiently is asked, all in one batch."""
+    pool, engine, seed, report = ctx.pool, ctx.engine, ctx.seed, ctx.reporter
     weights = model_key(m.model)
     fmt = "chat" if has_chat_template(m.model) else "urial"
     members = {t: Answerer(name=m.label, model=m.model, format=fmt, weights=weights,
@@ -233,9 +234,9 @@ class Grading:
 
 
 def grade(store: RunStore, answers: dict[str, dict[int, list[Completion]]], models: list[ModelUnderTest],
-          questions: list[MTBenchQuestion], spec: JudgeSpec, pool: EnginePool, engine: EngineSettings | None,
-          seed: int, report: Reporter = NULL) -> dict[str, dict[int, dict[int, Judgement]]]:
+          questions: list[MTBenchQuestion], spec: JudgeSpec, ctx: RunContext) -> dict[str, dict[int, dict[int, Judgement]]]:
     """label -> turn -> question id -> the verdict; only asks never answered (or failed transiently) go out."""
+    pool, engine, seed, report = ctx.pool, ctx.engine, ctx.seed, ctx.reporter
     stage, settings = f"judgements/{spec.name}", spec.settings_hash()
     fmt = rating_format(*MTBenchSingle.scale, spec.explanation_chars)
     by_id = {q.question_id: q for q in questions}
@@ -322,24 +323,27 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows]) + "\n"
 
 
-def run_mt_bench(out_dir: str | Path, models: list[ModelUnderTest], judge: JudgeSpec,
-                 engine: EngineSettings | None = None, seed: int = 0, limit: int | None = None,
-                 max_tokens: int = MAX_TOKENS, pool: EnginePool | None = None, report: Reporter = NULL) -> dict:
-    """Answer, grade, score; writes the results beside the shards and returns them (see the module doc)."""
+def run_mt_bench(out_dir: str | Path, models: list[ModelUnderTest], judge: JudgeSpec, ctx: RunContext | None = None,
+                 limit: int | None = None, max_tokens: int = MAX_TOKENS) -> dict:
+    """Answer, grade, score on the context's engines (a pool of its own when it has none); writes
+    the results beside the shards and returns them (see the module doc)."""
     from contextlib import nullcontext
 
+    ctx = ctx or RunContext()
+    engine, report = ctx.engine, ctx.reporter
     out = Path(out_dir)
     store, spec, questions = RunStore(out), mt_bench_judge(judge), select_questions(limit)
     judge_engine = spec.engine_spec(engine)
     # the judge's model last: its engine is still loaded when grading starts
     order = sorted(models, key=lambda m: Answerer(name=m.label, model=m.model).engine_spec(engine).key == judge_engine.key)
-    with nullcontext(pool) if pool is not None else EnginePool(seed=seed) as engines:
+    with nullcontext(ctx.pool) if ctx.pool is not None else EnginePool(seed=ctx.seed) as engines:
+        ctx = replace(ctx, pool=engines)
         answers = {}
         for m in order:
             report.stage(f"MT-Bench answers ({m.label})")
-            answers[m.label] = answer_questions(store, m, questions, engines, engine, seed, max_tokens, report)
+            answers[m.label] = answer_questions(store, m, questions, ctx, max_tokens)
         report.stage(f"MT-Bench grading ({spec.name})")
-        verdicts = grade(store, answers, models, questions, spec, engines, engine, seed, report)
+        verdicts = grade(store, answers, models, questions, spec, ctx)
     scores = {m.label: model_scores(m, questions, verdicts[m.label]) for m in models}
     header, rows = table_rows(scores)
     name = spec.name

@@ -154,11 +154,15 @@ def trained_beta(dpo_dir: Path) -> float:
     return float(beta)
 
 
-def evaluate_run(run_dir: str | Path, judge: Any = None, beta: float | None = None, max_tokens: int = 256,
-                 engine: Any = None, seed: int = 0, win_rate: bool = True, pool: Any = None) -> dict[str, Any]:
+def evaluate_run(run_dir: str | Path, judge: Any = None, ctx: Any = None, beta: float | None = None,
+                 max_tokens: int = 256, win_rate: bool = True) -> dict[str, Any]:
     """Compute, write and return the run's evaluation (see the module docstring). `judge` (a
-    JudgeSpec) decides the win rate; `beta` the implicit reward's (default: the one dDPO trained
-    with); `max_tokens` the answers' length."""
+    JudgeSpec) decides the win rate, on the engines of `ctx` (a RunContext: its pool, the recipe's
+    engine settings and seed; default: a pool of its own); `beta` the implicit reward's (default:
+    the one dDPO trained with); `max_tokens` the answers' length."""
+    from rlaif.runners.context import RunContext
+
+    ctx = ctx or RunContext()
     from rlaif.core.errors import ConfigError
     from rlaif.training.common import load_splits, stage_state
 
@@ -183,16 +187,17 @@ def evaluate_run(run_dir: str | Path, judge: Any = None, beta: float | None = No
         from rlaif.engines.pool import free_accelerator
 
         free_accelerator()  # the HF models' memory back before vLLM measures what it may take
-        metrics["win_rate"] = judged_win_rate(run, judge, rows, str(dpo_dir), sft_dir, max_tokens, engine, seed, pool)
+        metrics["win_rate"] = judged_win_rate(run, judge, rows, (str(dpo_dir), sft_dir), max_tokens, ctx)
     metrics["plots"] = plot_curves(run, out / "plots")
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
 
 
-def judged_win_rate(run: Path, judge: Any, rows: list[dict], dpo_dir: str, sft_dir: str,
-                    max_tokens: int, engine: Any, seed: int, pool: Any = None) -> dict[str, Any]:
-    """Both models answer the test prompts; the judge compares each pair (dDPO = a, dSFT = b).
+def judged_win_rate(run: Path, judge: Any, rows: list[dict], models: tuple[str, str], max_tokens: int,
+                    ctx: Any) -> dict[str, Any]:
+    """Both models (dDPO's and dSFT's folders) answer the test prompts; the judge compares each pair
+    (dDPO = a, dSFT = b), on the engines of `ctx`.
 
     Answers and verdicts are kept under `<run>/eval/` (completions/, comparisons/<judge>/).
     """
@@ -205,6 +210,8 @@ def judged_win_rate(run: Path, judge: Any, rows: list[dict], dpo_dir: str, sft_d
     from rlaif.prompts.prompt_sets import write_prompt_chunks
     from rlaif.judges.stage import compare_pairs
 
+    dpo_dir, sft_dir = models
+    engine, seed = ctx.engine, ctx.seed
     store = RunStore(run / "eval")
     prompts = list({r["prompt_id"]: Prompt(prompt_id=r["prompt_id"], source="test_prefs",
                                            messages=[Message(**m) for m in r["prompt"]]) for r in rows}.values())
@@ -212,14 +219,15 @@ def judged_win_rate(run: Path, judge: Any, rows: list[dict], dpo_dir: str, sft_d
     members = [GeneratorSpec(name="ddpo", model=dpo_dir, sampling=greedy),
                GeneratorSpec(name="dsft", model=sft_dir, sampling=greedy)]
     from contextlib import nullcontext
+    from dataclasses import replace
 
-    with nullcontext(pool) if pool is not None else EnginePool(seed=seed) as pool:
+    with nullcontext(ctx.pool) if ctx.pool is not None else EnginePool(seed=seed) as pool:
         chunks = write_prompt_chunks(prompts, store, len(prompts))
         answers = list(store.read_manifest(generate(chunks, members, store, pool, engine, seed=seed), Completion))
         by = {(c.model, c.prompt_id): c for c in answers if c.ok}
         pairs = [(by["ddpo", p.prompt_id], by["dsft", p.prompt_id]) for p in prompts
                  if ("ddpo", p.prompt_id) in by and ("dsft", p.prompt_id) in by]
-        verdicts = compare_pairs(prompts, pairs, judge, store, pool, engine, seed)
+        verdicts = compare_pairs(prompts, pairs, judge, store, replace(ctx, pool=pool))
     parsed = [v for v in verdicts if v.status == "parsed"]
     wins, losses = sum(v.winner == "a" for v in parsed), sum(v.winner == "b" for v in parsed)
     ties = len(parsed) - wins - losses

@@ -6,7 +6,7 @@ engine settings. The stage:
 
     request(spec, prompt) / completion(...)    one member's request for a prompt, and its record
     assign(prompts, generators, K, seed)         which members answer which prompts
-    shard_key(spec, chunk, ...)                  a member's shard of a prompt chunk
+    member_shard_key(spec, chunk, ...)                  a member's shard of a prompt chunk
 
 The stage itself (what is done, what to send, in which order) is `generation/stage.py`.
 
@@ -117,7 +117,7 @@ def assign(prompts: list[Prompt], generators: list[GeneratorSpec], models_per_pr
     return out
 
 
-def shard_key(spec: GeneratorSpec, chunk: ShardInfo, generators: list[GeneratorSpec],
+def member_shard_key(spec: GeneratorSpec, chunk: ShardInfo, generators: list[GeneratorSpec],
               models_per_prompt: int | None, seed: int) -> str:
     """A member's shard for a prompt chunk: its settings and the chunk's content, and, when members
     are drawn per prompt, what decides the draw."""

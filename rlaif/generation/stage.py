@@ -4,7 +4,7 @@
     generate(prompts, generators, store, ...)             run it here; returns the completions' Manifest
 
 A member's shard for a chunk is keyed by the member's settings and the chunk's content
-(`ensemble.shard_key`), so planning reads no record, an unchanged rerun computes nothing, and a
+(`ensemble.member_shard_key`), so planning reads no record, an unchanged rerun computes nothing, and a
 deleted shard is made again alone. A job is one chunk's members that share an engine (same model
 and engine settings): their requests go to it in one call, so vLLM batches them as one. With an
 earlier shard, only its rows that failed transiently are sent again; every other row is kept.
@@ -21,7 +21,7 @@ from rlaif.core.records import Completion, Prompt
 from rlaif.core.store import Manifest, RunStore, ShardInfo
 from rlaif.engines.base import EngineSettings
 from rlaif.engines.pool import EnginePool
-from rlaif.generation.ensemble import STAGE, GeneratorSpec, assign, merged, request, shard_key, to_send
+from rlaif.generation.ensemble import STAGE, GeneratorSpec, assign, merged, request, member_shard_key, to_send
 from rlaif.prompts.prompt_sets import PROMPTS
 from rlaif.runners.jobs import Job, Shard
 
@@ -46,7 +46,7 @@ class GenerateStage:
         for chunk in self.prompts.shards:
             by_engine: dict[str, Job] = {}
             for spec in self.generators:
-                key = shard_key(spec, chunk, self.generators, self.models_per_prompt, self.seed)
+                key = member_shard_key(spec, chunk, self.generators, self.models_per_prompt, self.seed)
                 shard = Shard(STAGE, key, spec.name, store.info(STAGE, key, Completion))
                 engine = spec.engine_spec(self.default_engine)
                 job = by_engine.setdefault(engine.key, Job(chunk.key, engine, [], detail=[]))

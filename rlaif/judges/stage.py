@@ -23,7 +23,7 @@ import json
 from dataclasses import dataclass
 
 from rlaif.core.errors import RlaifError
-from rlaif.core.progress import NULL, Reporter, Task
+from rlaif.core.progress import Task
 from rlaif.core.records import Completion, Judged, Judgement, PairJudgement, Prompt, content_hash, derive_seed
 from rlaif.core.store import Manifest, RunStore, ShardInfo
 from rlaif.engines.base import Engine, EngineSettings, Request
@@ -33,6 +33,7 @@ from rlaif.prompts.prompt_sets import PROMPTS
 from rlaif.judges.base import Answer, Ask, pair_judgement, record_unit
 from rlaif.judges.parsing import parse_output
 from rlaif.judges.spec import JudgeSpec
+from rlaif.runners.context import RunContext
 from rlaif.runners.jobs import Job, Shard
 
 STAGE = "judgements"
@@ -136,7 +137,7 @@ def judge_records(spec: JudgeSpec, engine: Engine | None, prompts: dict[str, Pro
 
 
 # ----------------------------------------------------------------------------- the stage
-def shard_key(settings: str, shards: list[ShardInfo]) -> str:
+def judge_shard_key(settings: str, shards: list[ShardInfo]) -> str:
     """A judge's shard for one prompt chunk: its settings and which completion shards it judges (their
     keys, not their contents: a completion shard made again, after some rows failed, keeps its judge
     shard, and only its changed completions are judged again; see `JudgeStage.inputs`)."""
@@ -182,7 +183,7 @@ class JudgeStage:
     def plan_group(self, store: RunStore, group: str, before: list[ShardInfo]) -> Job:
         """The chunk's judge shard, done when it was made from the chunk's completion shards as they are."""
         settings, kind = self.spec.settings_hash(), record_type(self.spec)
-        key, inputs = shard_key(settings, before), [s.sha for s in before]
+        key, inputs = judge_shard_key(settings, before), [s.sha for s in before]
         info = store.info(self.stage, key, kind)
         if info is None and (older := store.info(self.stage, content_key(settings, before), kind)) is not None:
             key, info = older.key, older.model_copy(update={"inputs": inputs})  # keyed by these very contents
@@ -281,13 +282,15 @@ def stored_judgements(store: RunStore, judge: str) -> list[Judged]:
 
 # ----------------------------------------------------------------------------- given pairs (evaluation)
 def compare_pairs(prompts: list[Prompt], pairs: list[tuple[Completion, Completion]], spec: JudgeSpec,
-                  store: RunStore, engines: EnginePool | None = None, default_engine: EngineSettings | None = None,
-                  seed: int = 0, report: Reporter = NULL) -> list[PairJudgement]:
+                  store: RunStore, ctx: RunContext | None = None) -> list[PairJudgement]:
     """Given pairs (a, b) of completions of one prompt each, which is better, by any judge kind.
 
     A pairwise judge judges them in both orders; a pointwise judge scores each completion and the
-    higher score wins (p_a: 1, 0.5 or 0). Stored under `comparisons/<judge name>/`.
+    higher score wins (p_a: 1, 0.5 or 0). Stored under `comparisons/<judge name>/`. The engines are
+    the context's (its pool, the recipe's engine settings, seed and progress display).
     """
+    ctx = ctx or RunContext()
+    engines, default_engine, seed, report = ctx.pool, ctx.engine, ctx.seed, ctx.reporter
     stage, settings = f"comparisons/{spec.name}", spec.settings_hash()
     by_id = {p.prompt_id: p for p in prompts}
     unique = list({c.completion_id: c for pair in pairs for c in pair}.values())

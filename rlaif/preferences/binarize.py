@@ -241,10 +241,3 @@ def test_ids(prompt_ids: list[str], test_fraction: float, seed: int) -> set[str]
     if len(ids) < 2 or test_fraction == 0:
         return set()
     return set(ids[:min(len(ids) - 1, max(1, round(len(ids) * test_fraction)))])
-
-
-def split_pairs(pairs: list[PreferencePair], test_fraction: float, seed: int
-                ) -> tuple[list[PreferencePair], list[PreferencePair]]:
-    """A seeded split by prompt id: all pairs of a prompt land on the same side, on every rerun."""
-    test = test_ids([x.prompt_id for x in pairs], test_fraction, seed)
-    return [x for x in pairs if x.prompt_id not in test], [x for x in pairs if x.prompt_id in test]

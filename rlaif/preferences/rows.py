@@ -18,10 +18,10 @@ does not grow with the dataset.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from rlaif.core.records import PreferencePair, content_hash
+from rlaif.core.records import PreferencePair
 
 PREF_COLUMNS = ("prompt", "chosen", "rejected", "messages", "prompt_id", "score_chosen", "score_rejected",
                 "chosen_model", "rejected_model", "judge", "judge_model", "judge_kind", "template_version")
@@ -111,23 +111,3 @@ def write_dataset(dd, out: str | Path, tag: str) -> None:
     for name, split in dd.items():
         (out / parquet_path(name, tag)).parent.mkdir(exist_ok=True)
         split.to_parquet(str(out / parquet_path(name, tag)))
-
-
-def write_preference_dataset(train: list[PreferencePair], test: list[PreferencePair], out: str | Path):
-    """A dataset from pairs in memory, with a metadata-only README (no card, plots or manifest)."""
-    from rlaif.core.store import write_atomic
-
-    split_pairs = {"train_prefs": train, "test_prefs": test}
-
-    def rows(name: str) -> Iterator[dict]:
-        if name.endswith("prefs"):
-            return map(preference_row, split_pairs[name])
-        return map(sft_row, best_per_prompt(split_pairs[name.replace("sft", "prefs")]))
-
-    import tempfile
-
-    tag = content_hash([p.pair_hash for p in train], [p.pair_hash for p in test])
-    with tempfile.TemporaryDirectory() as work:
-        dd = build_dataset(rows, work)
-        write_dataset(dd, out, tag)
-    write_atomic(Path(out) / "README.md", "\n".join(["---", *configs_yaml(tag), "---", ""]))

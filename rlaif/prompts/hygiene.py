@@ -44,7 +44,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from rlaif.core.progress import NULL, Reporter
-from rlaif.core.records import Prompt, content_hash
+from rlaif.core.records import Prompt
 from rlaif.core.store import Manifest, RunStore
 
 EXACT, NEAR, EVAL = "exact duplicate", "near duplicate", "overlaps eval set"

@@ -20,6 +20,7 @@ from typing import Any
 
 from rlaif.core.progress import NULL, Reporter
 from rlaif.core.store import RunStore
+from rlaif.engines.base import EngineSettings
 from rlaif.engines.pool import EnginePool
 
 ADDRESS_ENV = "RAY_ADDRESS"
@@ -34,19 +35,12 @@ class RunContext:
     reporter: Reporter = NULL
     attempt: bool = False  # the flow's body run outside Prefect to see if all is done (flows/launch.py)
     ray_address: str | None = None  # `--ray ADDRESS`; else RAY_ADDRESS
+    engine: EngineSettings | None = None  # the recipe's `engine:` block: what every local engine defaults to
+    seed: int = 0  # the recipe's
 
     @property
     def store(self) -> RunStore:
         return RunStore(self.out)
-
-    @property
-    def seed(self) -> int:
-        return self.recipe.seed if self.recipe is not None else 0
-
-    @property
-    def engine(self):
-        """The recipe's `engine:` block: what every local engine of the run defaults to."""
-        return self.recipe.engine if self.recipe is not None else None
 
     @property
     def on_ray(self) -> bool:
@@ -82,8 +76,9 @@ def flow_run(recipe: Any, out: str) -> Iterator[RunContext]:
     or one of its own, closed at the end) and an executor (Ray when an address is set). A flow
     inside another flow run shares the outer one's pool and executor."""
     outer = run_context()
+    mine = dict(out=out, recipe=recipe, engine=recipe.engine, seed=recipe.seed)
     if outer.executor is not None:
-        with using(out=out, recipe=recipe) as ctx:
+        with using(**mine) as ctx:
             yield ctx
         return
     from rlaif.runners.local import LocalExecutor
@@ -94,10 +89,10 @@ def flow_run(recipe: Any, out: str) -> Iterator[RunContext]:
         if address:
             from rlaif.runners.ray import RayExecutor
 
-            with RayExecutor(address) as executor, using(out=out, recipe=recipe, pool=pool, executor=executor) as ctx:
+            with RayExecutor(address) as executor, using(**mine, pool=pool, executor=executor) as ctx:
                 yield ctx
         else:
-            with using(out=out, recipe=recipe, pool=pool, executor=LocalExecutor(pool)) as ctx:
+            with using(**mine, pool=pool, executor=LocalExecutor(pool)) as ctx:
                 yield ctx
     finally:
         if outer.pool is None:

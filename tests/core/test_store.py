@@ -10,7 +10,7 @@ import pytest
 from rlaif.core.records import Completion, Message, Prompt
 from rlaif.core.store import RunLocked, RunStore, clean_leftovers, run_lock
 from rlaif.engines.base import Sampling
-from rlaif.generation.ensemble import GeneratorSpec, assign, shard_key
+from rlaif.generation.ensemble import GeneratorSpec, assign, member_shard_key
 from rlaif.prompts.prompt_sets import write_prompt_chunks
 from rlaif.judges.spec import JudgeSpec
 
@@ -30,8 +30,8 @@ def test_hashes_follow_what_determines_a_record(tmp_path):
     store = RunStore(tmp_path)
     (p,) = write_prompt_chunks(prompts(1, "hi"), store, 8).shards
     (q,) = write_prompt_chunks(prompts(1, "hi!"), store, 8).shards
-    assert shard_key(base, p, [base], None, 0) != shard_key(base, q, [base], None, 0)
-    assert shard_key(base, p, [base, twin], None, 0) != shard_key(twin, p, [base, twin], None, 0)
+    assert member_shard_key(base, p, [base], None, 0) != member_shard_key(base, q, [base], None, 0)
+    assert member_shard_key(base, p, [base, twin], None, 0) != member_shard_key(twin, p, [base, twin], None, 0)
     j = JudgeSpec(name="j", model="m")
     assert j.settings_hash() != JudgeSpec(name="j", model="m", aspects=["honesty"]).settings_hash()
 

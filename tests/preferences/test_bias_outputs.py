@@ -12,7 +12,7 @@ from datasets import load_from_disk
 from rlaif.preferences.bias import judge_bias, same_model
 from rlaif.preferences.binarize import BinarizeSpec
 from rlaif.prompts.hygiene import HygieneSpec
-from rlaif.preferences.versions import publish_records
+from tests.support.publishing import publish_records
 from tests.preferences.test_dataset import RECIPE, corpus, judged
 
 

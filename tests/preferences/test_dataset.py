@@ -13,7 +13,7 @@ from rlaif.preferences.hub import HubError, push_to_hub
 from rlaif.prompts.hygiene import HygieneSpec
 from rlaif.preferences.rows import PREF_COLUMNS, SFT_COLUMNS
 from rlaif.preferences.versions import EmptyDataset, latest_version, list_versions
-from rlaif.preferences.versions import publish_records as publish_version
+from tests.support.publishing import publish_records as publish_version
 
 RECIPE = {"name": "unit", "prompts": {"source": "unit.jsonl", "split": "train", "limit": None},
           "generators": [{"name": m, "model": f"org/{m}", "format": "chat",

@@ -95,13 +95,14 @@ def test_a_base_model_given_as_a_hub_id_answers_mt_bench_through_urial(hf_cache,
     (the session's Gemma engine answers them, as the one vLLM would load from that cache)."""
     from rlaif.core.store import RunStore
     from rlaif.engines.pool import EnginePool, EngineSpec
+    from rlaif.runners.context import RunContext
 
     hub_id = "google/gemma-3-270m"
     tap = Recording(gemma_engine)
     with EnginePool() as pool:
         pool.put(EngineSpec(hub_id, None, GEMMA_SETTINGS), tap)
         answers = answer_questions(RunStore(tmp_path / "mt"), ModelUnderTest("base", hub_id), select_questions(1),
-                                   pool, GEMMA_SETTINGS, seed=0, max_tokens=4)
+                                   RunContext(pool=pool, engine=GEMMA_SETTINGS), max_tokens=4)
     assert pool.loads == {} and len(tap.requests) == 2  # turn 1, then turn 2 after its own answer
     assert all(r.messages is None and "# Query" in r.prompt for r in tap.requests)
     (turns,) = answers.values()
