@@ -5,15 +5,16 @@ import math
 import pytest
 
 from rlaif.core.records import AspectRating, Completion, Judgement, Message, Prompt
-from rlaif.preferences.binarize import BinarizeSpec, binarize, test_ids
+from rlaif.preferences.binarize import BinarizeSpec, binarize
+from rlaif.preferences.binarize import test_ids as held_out_ids
 from rlaif.judges.kinds.critique import CRITIQUE
 from rlaif.judges.kinds.ultrafeedback import RATING
 from rlaif.judges.parsing import bracket_format, expected_value, parse_output, rating_format, token_distribution
 
 
 def split_pairs(pairs, test_fraction: float, seed: int):
-    """The split a version makes (by `test_ids`): all pairs of a prompt land on the same side."""
-    test = test_ids([x.prompt_id for x in pairs], test_fraction, seed)
+    """The split a version makes (by `binarize.test_ids`): all pairs of a prompt land on the same side."""
+    test = held_out_ids([x.prompt_id for x in pairs], test_fraction, seed)
     return [x for x in pairs if x.prompt_id not in test], [x for x in pairs if x.prompt_id in test]
 
 
