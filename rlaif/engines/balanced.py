@@ -58,8 +58,8 @@ class BalancedEngine:
         them if every one is down."""
         now = time.monotonic()
         up = [i for i in range(len(self.servers)) if now - self.down.get(i, -1e18) >= self.cooldown_s]
-        mine = [i for i in up if self.own is None or i in self.own]
-        return mine or up or list(range(len(self.servers)))
+        own_servers = [i for i in up if self.own is None or i in self.own]
+        return own_servers or up or list(range(len(self.servers)))
 
     def generate(self, requests: Sequence[Request], progress: Progress | None = None) -> list[Result]:
         if not requests:

@@ -49,7 +49,7 @@ def prompt_batches(store: RunStore, prompts: list[Prompt]) -> tuple[list[list[Pr
 def batched_prompts(recipe: Recipe, out: str) -> tuple[Manifest, object, StageReport, int]:
     store = RunStore(out)
     p = recipe.prompts
-    kept, hy = clean_source(p.source, p.split, p.limit, recipe.hygiene, store, run_context().reporter)
+    kept, hygiene_report = clean_source(p.source, p.split, p.limit, recipe.hygiene, store, run_context().reporter)
     batches, new = prompt_batches(store, kept)
     current_ids = {(q.prompt_id, q.hash) for q in kept}  # a prompt edited or dropped since is left out
     shards = []
@@ -57,10 +57,10 @@ def batched_prompts(recipe: Recipe, out: str) -> tuple[Manifest, object, StageRe
         shards += write_prompt_chunks([q for q in b if (q.prompt_id, q.hash) in current_ids], store,
                                       recipe.shard_size).shards
     manifest = Manifest(stage=PROMPTS, shards=shards)
-    report = StageReport(stage="prompts", count_in=hy.prompts_in, count_out=hy.kept, seconds=0,
+    report = StageReport(stage="prompts", count_in=hygiene_report.prompts_in, count_out=hygiene_report.kept, seconds=0,
                          notes={"source": p.source, "new": len(new), "batches": len(batches)},
                          path=str(Path(out) / BATCHES))
-    return manifest, hy, report, len(new)
+    return manifest, hygiene_report, report, len(new)
 
 
 @flow(name="rlaif-refresh", log_prints=False)
@@ -72,10 +72,10 @@ def refresh_flow(recipe_path: str, out: str | None = None, overrides: list[str] 
         clean_leftovers(out)
         preflight(recipe, out, {"generate", "judge", "binarize"})  # a deployment's run: before any compute
         with flow_run(recipe, out) as ctx:
-            prompts, hy, report, new = batched_prompts(recipe, out)
+            prompts, hygiene_report, report, new = batched_prompts(recipe, out)
             todo = sum(s.todo for j in generate_step(ctx, prompts).plan(ctx) for s in j.shards)
             before = latest_version(out)
-            reports = run_stages(ctx, "binarize", prompts=(prompts, hy, report)).reports
+            reports = run_stages(ctx, "binarize", prompts=(prompts, hygiene_report, report)).reports
         published = reports[-1]
         written = before is None or Path(published.path) != before
         reports[1].notes["shards generated"] = todo

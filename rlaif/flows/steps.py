@@ -89,10 +89,10 @@ class PromptsStep(Step):
                                ctx.reporter)
 
     def report(self, ctx: RunContext, out: Any, seconds: float, cached: bool) -> StageReport:
-        manifest, hy = out
-        return StageReport(stage="prompts", count_in=hy.prompts_in, count_out=hy.kept, seconds=seconds,
+        manifest, hygiene_report = out
+        return StageReport(stage="prompts", count_in=hygiene_report.prompts_in, count_out=hygiene_report.kept, seconds=seconds,
                            notes={"source": ctx.recipe.prompts.source, "chunks": len(manifest.shards),
-                                  **({"removed": hy.counts} if hy.removed else {})},
+                                  **({"removed": hygiene_report.counts} if hygiene_report.removed else {})},
                            path=str(Path(ctx.out) / manifest.stage))
 
 

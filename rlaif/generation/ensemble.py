@@ -127,17 +127,17 @@ def member_shard_key(spec: GeneratorSpec, chunk: ShardInfo, generators: list[Gen
     return content_hash(spec.settings_hash(), chunk.sha, draw)
 
 
-def to_send(mine: list[Prompt], old: list[Completion] | None) -> list[Prompt]:
+def to_send(assigned: list[Prompt], old: list[Completion] | None) -> list[Prompt]:
     """A member's prompts of a chunk: all of them, or with an earlier shard only its transiently failed rows."""
     again = {c.prompt_id for c in old if c.retryable} if old is not None else None
-    return [p for p in mine if again is None or p.prompt_id in again]
+    return [p for p in assigned if again is None or p.prompt_id in again]
 
 
-def merged(spec: GeneratorSpec, mine: list[Prompt], old: list[Completion] | None, results) -> list[Completion]:
-    """A member's shard: the answers to `mine` (taken from the `results` iterator), in place of the
+def merged(spec: GeneratorSpec, asked: list[Prompt], old: list[Completion] | None, results) -> list[Completion]:
+    """A member's shard: the answers to `asked` (taken from the `results` iterator), in place of the
     failed rows of `old` when there is one."""
     settings = spec.settings_hash()
-    new = [completion(spec, settings, p, next(results)) for p in mine]
+    new = [completion(spec, settings, p, next(results)) for p in asked]
     if old is not None:  # only the failed rows went out again
         redone = {c.prompt_id: c for c in new}
         new = [redone.get(c.prompt_id, c) for c in old]

@@ -62,8 +62,8 @@ class GenerateStage:
 
     def notes(self, jobs: list[Job]) -> list[str]:
         shards = [s for j in jobs for s in j.shards]
-        return [f"{g.name}: {sum(not s.todo for s in mine)} of {len(mine)} shards already done"
-                for g in self.generators for mine in [[s for s in shards if s.name == g.name]]]
+        return [f"{g.name}: {sum(not s.todo for s in member_shards)} of {len(member_shards)} shards already done"
+                for g in self.generators for member_shards in [[s for s in shards if s.name == g.name]]]
 
     def size(self, job: Job, inputs: tuple) -> int:
         """How many requests the job sends."""
@@ -86,10 +86,10 @@ class GenerateStage:
             assigned = assign(prompts, self.generators, self.models_per_prompt, self.seed)
             for shard, spec, old in zip(job.shards, job.detail, olds):
                 sends.append((i, spec, to_send(assigned[spec.name], old) if shard.todo else None, old))
-        results = iter(engine.generate([request(spec, p) for _, spec, mine, _ in sends for p in mine or ()], task))
+        results = iter(engine.generate([request(spec, p) for _, spec, to_ask, _ in sends for p in to_ask or ()], task))
         out: list[list] = [[] for _ in batch]
-        for i, spec, mine, old in sends:
-            out[i].append(None if mine is None else merged(spec, mine, old, results))
+        for i, spec, to_ask, old in sends:
+            out[i].append(None if to_ask is None else merged(spec, to_ask, old, results))
         return out
 
     def manifest(self, jobs: list[Job]) -> Manifest:
@@ -97,8 +97,8 @@ class GenerateStage:
         order = {g.name: n for n, g in enumerate(self.generators)}
         shards = []
         for chunk in self.prompts.shards:
-            mine = [s for j in jobs if j.group == chunk.key for s in j.shards]
-            shards += [s.info for s in sorted(mine, key=lambda s: order[s.name]) if s.info is not None]
+            member_shards = [s for j in jobs if j.group == chunk.key for s in j.shards]
+            shards += [s.info for s in sorted(member_shards, key=lambda s: order[s.name]) if s.info is not None]
         return Manifest(stage=STAGE, shards=shards)
 
 

@@ -138,8 +138,8 @@ class PointwiseKind(JudgeKind):
                 answers: dict[str, Answer]) -> list[Judged]:
         out = []
         for c in completions:
-            mine = {k.split("|", 1)[1]: a for k, a in answers.items() if k.split("|", 1)[0] == c.completion_id}
-            out.append(pointwise_judgement(spec, settings, self.scale, c, mine))
+            by_aspect = {k.split("|", 1)[1]: a for k, a in answers.items() if k.split("|", 1)[0] == c.completion_id}
+            out.append(pointwise_judgement(spec, settings, self.scale, c, by_aspect))
         return out
 
 

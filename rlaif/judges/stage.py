@@ -108,8 +108,8 @@ class ChunkJob:
         for c in self.completions:
             by_prompt.setdefault(c.prompt_id, []).append(c)
         for pid, asks in self.asks.items():
-            mine = {a.key: answers[a.key] for a in asks}
-            out += [r for r in kind.records(spec, settings, self.prompts[pid], by_prompt[pid], mine)
+            prompt_answers = {a.key: answers[a.key] for a in asks}
+            out += [r for r in kind.records(spec, settings, self.prompts[pid], by_prompt[pid], prompt_answers)
                     if record_unit(r) not in self.skip]
         return self.stamped(out)
 

@@ -88,11 +88,11 @@ def _judge(spec: JudgeSpec, stage: str, prompts: list[Prompt], completions: dict
     e = Estimate(stage, spec.name, spec.model, _where(spec.endpoint))
     kind = spec.impl
     for prompt in prompts:
-        mine = completions.get(prompt.prompt_id, [])
+        prompt_completions = completions.get(prompt.prompt_id, [])
         if not kind.text:  # a reward model scores each conversation locally
-            for c in mine:
+            for c in prompt_completions:
                 e.add(_chars([m.model_dump() for m in prompt.messages], None) + len(c.text or ""), 0)
             continue
-        for a in kind.asks(spec, prompt, mine):
+        for a in kind.asks(spec, prompt, prompt_completions):
             e.add(_chars(a.messages, None), a.max_tokens or spec.sampling.max_tokens)
     return e

@@ -98,16 +98,16 @@ class UltraFeedback(PointwiseKind):
         if spec.mode != "joint":
             return super().records(spec, settings, prompt, completions, answers)
         ok = [c for c in completions if c.ok]
-        mine: dict[str, dict[str, Answer]] = {c.completion_id: {} for c in ok}
+        answers_by_completion: dict[str, dict[str, Answer]] = {c.completion_id: {} for c in ok}
         orders: dict[str, dict[str, list[str]]] = {c.completion_id: {} for c in ok}
         for aspect in spec.aspects:
             order = shown(spec, prompt, ok, aspect)
             a = answers.get(joint_key(order, aspect), Answer(None, error="no answer"))
             for i, c in enumerate(order, 1):  # each completion's share of the joint answer
-                mine[c.completion_id][aspect] = Answer(None, a.retries, a.error, a.retryable) if a.parsed is None \
+                answers_by_completion[c.completion_id][aspect] = Answer(None, a.retries, a.error, a.retryable) if a.parsed is None \
                     else Answer(a.parsed.items[f"text_{i}"], a.retries)
                 orders[c.completion_id][aspect] = [x.completion_id for x in order]
-        return [pointwise_judgement(spec, settings, self.scale, c, mine.get(c.completion_id, {}),
+        return [pointwise_judgement(spec, settings, self.scale, c, answers_by_completion.get(c.completion_id, {}),
                                     orders.get(c.completion_id)) for c in completions]
 
 
