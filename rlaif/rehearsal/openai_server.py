@@ -35,7 +35,10 @@ Implements (API reference: https://platform.openai.com/docs/api-reference):
   * Faults for tests: `faults=[(kind, count[, path_part]), ...]`, each met by the next `count` requests
     whose path contains `path_part` (default "/completions": the inference endpoints), or
     `fault=callable(path, body) -> kind | None`; kind 429 (rate limit, `Retry-After`), 500, 502, 503,
-    "insufficient_quota" (a 429 no retry fixes) or "disconnect" (connection closed, no answer).
+    "insufficient_quota" (a 429 no retry fixes), "disconnect" (connection closed, no answer), "retry_after_soon"
+    (a 429 with `Retry-After: soon`), "echo_key" (a 403 quoting the key), or a malformed 200: "truncated" (cut
+    JSON), "html" (a proxy's page), "no_choices" (`choices: []`), "content_null" (a content filter's null
+    content). `batch_fail_whole = N`: the next N batches fail as a whole (their error quotes the key).
   * Files (files/create, retrieve, content, delete, list): multipart upload; purpose "batch" needs a
     .jsonl file name, as the API requires.
   * Batches (batch/create, retrieve, cancel, list): validating -> in_progress -> finalizing ->
@@ -117,6 +120,14 @@ NOT_PERMITTED = (  # strict mode: keywords the API refuses with "'X' is not perm
 FORMATS = ("date-time", "time", "date", "duration", "email", "hostname", "ipv4", "ipv6", "uuid")
 BATCH_ENDPOINTS = ("/v1/chat/completions", "/v1/embeddings", "/v1/completions", "/v1/responses")
 TERMINAL = ("completed", "failed", "expired", "cancelled")
+# fault kinds answered with HTTP 200 and a body no client can use: bytes as they are, or an edit of a real answer
+MALFORMED = {
+    "truncated": b'{"id": "chatcmpl-1", "object": "chat.completion", "choices": [{"index": 0, "message": {"role": "as',
+    "html": b"<html><head><title>502 Bad Gateway</title></head><body><h1>Bad Gateway</h1></body></html>",
+    "no_choices": lambda reply: reply.update(choices=[]),
+    "content_null": lambda reply: [c.update(finish_reason="content_filter", logprobs=None) or
+                                   c["message"].update(content=None, refusal=None) for c in reply.get("choices", [])],
+}
 TOKEN_RE = re.compile(r"\s*\w+|\s*[^\w\s]|\s+")
 FILLERS = (" the", ",", ".", " a", "\n", " and", " of", " to", " is", " in", "-", " it", " that", " for", " on",
            " with", " as", " was", " this", " be", " or")
@@ -379,6 +390,7 @@ class OpenAIServer:
         self.retry_after, self.reasoning_tokens = retry_after, reasoning_tokens
         self.batch_seconds, self.vllm_model = batch_seconds, vllm_model
         self.batch_expire, self.batch_fail = set(batch_expire), set(batch_fail)
+        self.batch_fail_whole = 0  # the next N batches fail as a whole (their errors quote the key)
         self.state_dir = Path(state_dir) if state_dir else None
         self.port = port
         self.processed: Counter = Counter()  # custom_id -> times answered in a batch
@@ -540,7 +552,7 @@ class OpenAIServer:
             record["body"] = body
         kind = self._take_fault(path, record["body"])
         if kind is not None:
-            return self._fault_answer(kind, (body or {}).get("model"))
+            return self._fault_answer(kind, (body or {}).get("model"), path, body)
         if form is not None:
             return 200, self._upload(form), {}
         route = (method, parts[0] if parts else "", len(parts))
@@ -619,9 +631,21 @@ class OpenAIServer:
                     return f[0]
         return None
 
-    def _fault_answer(self, kind, model):
+    def _fault_answer(self, kind, model, path: str = "", body=None):
         if kind == "disconnect":
             return 0, b"", {}
+        if kind in MALFORMED:  # a 200 whose body is not a usable completion (a proxy's page, a cut stream)
+            if isinstance(MALFORMED[kind], bytes):
+                return 200, MALFORMED[kind], {}
+            status, reply = self.answer(path[3:], body or {})
+            MALFORMED[kind](reply)
+            return status, reply, {}
+        if kind == "retry_after_soon":  # a 429 whose Retry-After is neither seconds nor a date
+            return 429, {"error": {"message": f"Rate limit reached for {model}.", "type": "requests", "param": None,
+                                   "code": "rate_limit_exceeded"}}, {"Retry-After": "soon"}
+        if kind == "echo_key":  # a 403 that quotes the key it was sent, as some servers do
+            return 403, {"error": {"message": f"key {self.api_key} may not use this endpoint", "type": "invalid_request_error",
+                                   "param": None, "code": "forbidden"}}, {}
         if kind == 429:
             wait = f"{self.retry_after:g}"
             return 429, {"error": {
@@ -857,6 +881,11 @@ class OpenAIServer:
     def _run_batch(self, batch_id: str) -> None:
         b = self._batches[batch_id]
         lines, errors = validate_batch_file(self._files.get(b["input_file_id"], {}).get("data", b""), b["endpoint"])
+        with self._lock:
+            if not errors and self.batch_fail_whole > 0:  # a fault: the whole batch fails, as for an unpaid bill
+                self.batch_fail_whole -= 1
+                errors = [{"code": "billing_hard_limit_reached", "message": f"Billing hard limit reached (key "
+                           f"{self.api_key}).", "param": None, "line": None}]
         if errors:
             self._set(b, status="failed", failed_at=int(time.time()), errors={"object": "list", "data": errors})
             return
