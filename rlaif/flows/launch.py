@@ -182,6 +182,9 @@ def prefect_server_in_background() -> Iterator[None]:
     if server.running:
         yield
         return
+    from rlaif.flows.temp_server import own_session
+
+    own_session(server)  # its own session, watching this process: Ctrl-C or kill -9 leave nothing behind
     log.info("starting Prefect's temporary server in the background")
     failed: list[BaseException] = []
 

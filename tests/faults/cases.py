@@ -73,7 +73,7 @@ def answer(body: dict) -> str:
 
 
 def server(**kw) -> OpenAIServer:
-    return OpenAIServer(api_key=KEY, responder=answer, **kw)
+    return OpenAIServer(**{"api_key": KEY, "responder": answer, **kw})
 
 
 def write_recipe(tmp: Path, srv: OpenAIServer, batch: bool = False, retries: int = 2, **extra) -> Path:
@@ -86,7 +86,7 @@ def write_recipe(tmp: Path, srv: OpenAIServer, batch: bool = False, retries: int
             "hygiene": {"near_dup_threshold": None},
             "generators": [{"name": m, "model": m, "endpoint": endpoint, "sampling": {"max_tokens": 24}}
                            for m in GENERATORS],
-            "judge": {"name": "uf", "model": JUDGE, "aspects": ["helpfulness"],
+            "judge": {"name": "uf", "model": JUDGE, "aspects": ["helpfulness"], "mode": "per_completion",
                       "endpoint": {**endpoint, **({"batch": True, "batch_poll_s": 0.1} if batch else {})}},
             "binarize": {"test_fraction": 0},
             "flow": {"retries": 0, "retry_delay_seconds": 0, "retry_jitter_factor": 0}}
