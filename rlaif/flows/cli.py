@@ -26,6 +26,7 @@ Ctrl-C exits 130 and SIGTERM 143, at once and as one line, wherever the command 
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import signal
@@ -549,6 +550,10 @@ def main(argv: list[str] | None = None) -> int:
             _error(console(), f"{what}; finished shards are kept, and a rerun resumes", logfile)
             return EXIT_TERMINATED if isinstance(e, Terminated) else EXIT_INTERRUPTED
         except Exception as e:  # a bug: the traceback is in the log
+            if (cause := _os_error_in(e)) is not None:  # a library's wrapper around a full disk, say
+                log.exception("command failed")
+                _error(console(), os_error_message(cause), logfile)
+                return EXIT_STAGE
             log.exception("internal error")
             _error(console(), f"internal error: {type(e).__name__}: {e}", logfile)
             return EXIT_BUG
@@ -605,6 +610,24 @@ def _run_locked(spec: Command, args: argparse.Namespace, run_dir: Path | None) -
                 os.environ.pop("RAY_ADDRESS", None)
             else:
                 os.environ["RAY_ADDRESS"] = ray_before
+
+
+DISK_ERRORS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EACCES}
+
+
+def _os_error_in(e: BaseException) -> OSError | None:
+    """The OSError a library wrapped (its cause, context or group member), if any: the disk filled
+    up under Prefect's result store is still a stage that stopped (exit 3), not a bug."""
+    seen, todo = set(), [e]
+    while todo:
+        x = todo.pop()
+        if x is None or id(x) in seen:
+            continue
+        seen.add(id(x))
+        if isinstance(x, OSError) and x.errno in DISK_ERRORS:
+            return x
+        todo += [x.__cause__, x.__context__, *getattr(x, "exceptions", ())]
+    return None
 
 
 def _error(con, message: str, log: Path) -> None:

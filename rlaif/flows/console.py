@@ -96,8 +96,11 @@ def command_output(log: Path, verbose: bool = False) -> Iterator[None]:
         handler.close()
         root.handlers, root.level = saved_handlers, saved_level
         if redirected:
-            sys.stdout.flush()
-            sys.stderr.flush()
+            for stream in (sys.stdout, sys.stderr):
+                try:  # into the log: on a full disk what is left is lost, the terminal has the error
+                    stream.flush()
+                except OSError:
+                    pass
             if _terminal_stream is not sys.stderr:
                 _terminal_stream.close()
             _terminal_stream = None
