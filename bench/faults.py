@@ -1,7 +1,7 @@
 """What the pipeline survives, as a table: each fault of tests/faults/cases.py caused for real.
 
     python bench/faults.py                 every case
-    python bench/faults.py -k batch        the cases whose name holds "batch"
+    python bench/faults.py -k batch,sig    the cases whose name holds "batch" or "sig"
 
 For each case: the exit code (and the documented one), seconds from the fault to the exit, rows
 lost and rows paid twice (requests the local server answered usefully more than once, those in
@@ -43,14 +43,14 @@ def row(name: str, expect: int, fn) -> tuple[list[str], bool]:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("-k", default="", help="only the cases whose name holds this text")
+    p.add_argument("-k", default="", help="only the cases whose name holds this text (several: comma-separated)")
     args = p.parse_args()
     from prefect.testing.utilities import prefect_test_harness
 
     rows, good = [], True
     with prefect_test_harness(server_startup_timeout=120):
         for name, (expect, fn) in cases.CASES.items():
-            if args.k.lower() in name.lower() or args.k.lower() in fn.__name__:
+            if any(k in name.lower() or k in fn.__name__ for k in args.k.lower().split(",")):
                 r, ok = row(name, expect, fn)
                 rows.append(r)
                 good &= ok
