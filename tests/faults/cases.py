@@ -372,8 +372,11 @@ def content_null(tmp: Path) -> Outcome:
         first = rlaif(run_args(recipe, out), env(tmp))
         seconds = time.time() - start
         rerun = rlaif(run_args(recipe, out), env(tmp))
-        return Outcome(content_null.case, 4, first.returncode, seconds, lost(out), twice(answered(srv, faulted)),
-                       first.stderr, {"rerun": rerun.returncode, "rerun_stderr": rerun.stderr[-3000:]})
+        got = answered(srv, faulted)
+        judged = Counter({k: n for k, n in got.items() if k[0] == JUDGE})
+        return Outcome(content_null.case, 4, first.returncode, seconds, lost(out), twice(got), first.stderr,
+                       {"rerun": rerun.returncode, "rerun_stderr": rerun.stderr[-3000:],
+                        "generated_twice": twice(got - judged), "judged_twice": twice(judged)})
 
 
 # ----------------------------------------------------------------------------- 7. exit codes that lie
