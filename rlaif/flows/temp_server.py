@@ -27,7 +27,7 @@ import threading
 import time
 
 POLL = 0.5  # seconds between looks at the parent
-GRACE = 10.0  # seconds uvicorn gets to shut down before the watcher ends the process
+GRACE = 5.0  # seconds uvicorn gets to shut down before the watcher ends the process
 
 
 def own_session(server) -> None:
