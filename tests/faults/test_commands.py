@@ -44,7 +44,7 @@ def test_two_server_starts_at_once_leave_one_server_which_stop_stops(tmp_path):
     try:
         outs = [p.communicate(timeout=300) for p in starts]
         assert [p.returncode for p in starts] == [0, 0], outs
-        pids = {int(m) for out, _ in outs for m in re.findall(r"pid (\d+)", out)}
+        pids = {int(m) for out, err in outs for m in re.findall(r"pid (\d+)", out + err)}
         servers = {p for p in cases.descendants(0) | cases.descendants(1)
                    if b"prefect" in _cmdline(p) and str(tmp_path).encode() in _environ(p)}
         assert len(pids) == 1, outs
