@@ -98,8 +98,11 @@ def command_output(log: Path, verbose: bool = False) -> Iterator[None]:
         handler.close()
         root.handlers, root.level = saved_handlers, saved_level
         if redirected:
-            sys.stdout.flush()
-            sys.stderr.flush()
+            for std in (sys.stdout, sys.stderr):
+                try:  # into the log: on a full disk what is left is lost, the terminal has the error
+                    std.flush()
+                except OSError:
+                    pass
             if stream is not sys.stderr:
                 stream.close()
             _terminal_stream.reset(token)

@@ -20,20 +20,25 @@
 Every command that works on a run holds the run directory's lock, writes its full log to
 `<run>/logs/`, shows one progress display per stage and a closing table, and ends a failure with
 one line naming the stage, model, row and the log file. Exit codes: docs/operations.md ("When things go wrong").
+Ctrl-C exits 130 and SIGTERM 143, at once and as one line, wherever the command was (core/errors.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from rlaif.core.errors import EXIT_BUG, EXIT_INTERRUPTED, EXIT_STAGE, RlaifError, os_error_message
 from rlaif.cli.console import echo
+from rlaif.core.errors import (EXIT_BUG, EXIT_INTERRUPTED, EXIT_STAGE, EXIT_TERMINATED, RlaifError, Terminated,
+                               os_error_message)
 
 log = logging.getLogger("rlaif")
 
@@ -326,8 +331,23 @@ def serve_command(model: str, host: str, port: int, extra: list[str]) -> list[st
     return cmd + extra
 
 
+def vllm_args(args: argparse.Namespace) -> tuple[str, int, list[str]]:
+    """(host, port, vLLM's arguments) of `serve-model MODEL [--host H] [--port N] [-- ARGS]`, as the
+    README writes it: argparse's remainder keeps the `--` and our options after MODEL; vLLM gets neither."""
+    rest = list(args.vllm_args)
+    if "--" not in rest:
+        return args.host, args.port, rest
+    ours, theirs = rest[:rest.index("--")], rest[rest.index("--") + 1:]
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--host", default=args.host)
+    p.add_argument("--port", type=int, default=args.port)
+    known, unknown = p.parse_known_args(ours)
+    return known.host, known.port, unknown + theirs
+
+
 def cmd_serve_model(args: argparse.Namespace) -> int:
-    cmd = serve_command(args.model, args.host, args.port, args.vllm_args)
+    host, port, extra = vllm_args(args)
+    cmd = serve_command(args.model, host, port, extra)
     print("starting:", " ".join(cmd), file=sys.stderr)
     os.execv(cmd[0], cmd)  # the server replaces this process: Ctrl-C stops it
 
@@ -517,9 +537,10 @@ def main(argv: list[str] | None = None) -> int:
         return spec.run(args)
     try:
         logfile = log_path(run_dir, args.command)
+        logfile.touch()
     except OSError:  # a run dir that cannot be written: the log goes to $RLAIF_HOME/logs, the lock says why
         logfile = log_path(None, args.command)
-    with command_output(logfile, args.verbose):
+    with command_output(logfile, args.verbose), sigterm_interrupts():
         try:
             return _run_locked(spec, args, run_dir)
         except RlaifError as e:
@@ -533,19 +554,46 @@ def main(argv: list[str] | None = None) -> int:
             log.exception("command failed")
             _error(console(), os_error_message(e), logfile)
             return EXIT_STAGE
-        except KeyboardInterrupt:
-            log.warning("interrupted")
-            _error(console(), "interrupted; finished shards are kept, and a rerun resumes", logfile)
-            return EXIT_INTERRUPTED
+        except KeyboardInterrupt as e:
+            what = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
+            log.warning(what)
+            _error(console(), f"{what}; finished shards are kept, and a rerun resumes", logfile)
+            return EXIT_TERMINATED if isinstance(e, Terminated) else EXIT_INTERRUPTED
         except Exception as e:  # a bug: the traceback is in the log
+            if (cause := _os_error_in(e)) is not None:  # a library's wrapper around a full disk, say
+                log.exception("command failed")
+                _error(console(), os_error_message(cause), logfile)
+                return EXIT_STAGE
             log.exception("internal error")
             _error(console(), f"internal error: {type(e).__name__}: {e}", logfile)
             return EXIT_BUG
 
 
+class sigterm_interrupts:
+    """While a command runs, SIGTERM raises `Terminated` (a KeyboardInterrupt) in the main thread, so a
+    scheduler's stop ends the command as Ctrl-C does (exit 143), not as a stage's failure or mid-write.
+    Prefect's flow engine puts its own handler in front while a flow runs and, after its bookkeeping,
+    passes the signal on to this one."""
+
+    def __enter__(self):
+        self.previous = None
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGTERM, self._raise)
+        return self
+
+    @staticmethod
+    def _raise(signum, frame):
+        raise Terminated()
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
+        return False
+
+
 def _run_locked(spec: Command, args: argparse.Namespace, run_dir: Path | None) -> int:
-    from rlaif.core.store import clean_leftovers, run_lock
     from rlaif.cli.console import RichReporter
+    from rlaif.core.store import check_writable, clean_leftovers, run_lock
     from rlaif.runners.context import using
     from rlaif.training.launch import is_main
 
@@ -555,11 +603,32 @@ def _run_locked(spec: Command, args: argparse.Namespace, run_dir: Path | None) -
         try:
             if spec.lock and run_dir is not None and is_main():  # a training launch's rank 0 holds it for all
                 with run_lock(run_dir):
+                    check_writable(run_dir)
                     clean_leftovers(run_dir)
                     return spec.run(args)
+            if run_dir is not None and Path(run_dir).is_dir() and is_main():
+                check_writable(run_dir)
             return spec.run(args)
         finally:
             reporter.stop()
+
+
+DISK_ERRORS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EACCES}
+
+
+def _os_error_in(e: BaseException) -> OSError | None:
+    """The OSError a library wrapped (its cause, context or group member), if any: the disk filled
+    up under Prefect's result store is still a stage that stopped (exit 3), not a bug."""
+    seen, todo = set(), [e]
+    while todo:
+        x = todo.pop()
+        if x is None or id(x) in seen:
+            continue
+        seen.add(id(x))
+        if isinstance(x, OSError) and x.errno in DISK_ERRORS:
+            return x
+        todo += [x.__cause__, x.__context__, *getattr(x, "exceptions", ())]
+    return None
 
 
 def _error(con, message: str, log: Path) -> None:

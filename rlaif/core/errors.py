@@ -14,6 +14,7 @@ Exit codes (docs/operations.md, "When things go wrong", lists them for users):
     4   rows failed: more than `flow.max_failed_rows` (completions or judgements), or a stage
         ended with no usable row; everything that succeeded is kept and a rerun sends the rest
     130 interrupted (Ctrl-C); finished shards are kept
+    143 terminated (SIGTERM: a scheduler stopping the job, `kill PID`); finished shards are kept
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import traceback
 from pydantic import BaseModel
 
 
-EXIT_BUG, EXIT_CONFIG, EXIT_STAGE, EXIT_FAILED_ROWS, EXIT_INTERRUPTED = 1, 2, 3, 4, 130
+EXIT_BUG, EXIT_CONFIG, EXIT_STAGE, EXIT_FAILED_ROWS, EXIT_INTERRUPTED, EXIT_TERMINATED = 1, 2, 3, 4, 130, 143
 
 
 class RlaifError(Exception):
@@ -88,8 +89,16 @@ def locate(exc: BaseException) -> tuple[str | None, str | None]:
     return model, row
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM turned into an exception (the CLI's handler): the command stops as on Ctrl-C, exit 143.
+    A KeyboardInterrupt, so everything that lets Ctrl-C through (stages, Prefect) lets it through."""
+
+
 class stage_errors:
-    """`with stage_errors("judge", spec.name):` turns any failure into a StageError with its row."""
+    """`with stage_errors("judge", spec.name):` turns any failure into a StageError with its row.
+
+    Only errors (`Exception`): a signal that stops the process (Ctrl-C, SIGTERM as Prefect's
+    `TerminationSignal`) is no stage's failure and passes through as it is."""
 
     def __init__(self, stage: str, model: str | None = None):
         self.stage, self.model = stage, model
@@ -98,7 +107,7 @@ class stage_errors:
         return self
 
     def __exit__(self, kind, exc, tb):
-        if exc is None or isinstance(exc, (StageError, KeyboardInterrupt, SystemExit)):
+        if exc is None or not isinstance(exc, Exception) or isinstance(exc, StageError):
             return False
         if isinstance(exc, ConfigError):
             return False

@@ -292,6 +292,19 @@ def run_lock(root: str | Path, wait: bool = False) -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
+def check_writable(root: str | Path) -> None:
+    """Raise ConfigError (exit 2, one line) unless this process can create files in `root`: a
+    read-only run directory is a setup mistake found before the command starts, not a stage's crash."""
+    import tempfile
+
+    try:
+        fd, name = tempfile.mkstemp(prefix=".write-check-", suffix=".tmp", dir=root)
+        os.close(fd)
+        os.unlink(name)
+    except OSError as e:
+        raise ConfigError(f"cannot write the run directory {root}: {os_error_message(e)}") from None
+
+
 def clean_leftovers(root: str | Path) -> list[Path]:
     """Remove temporary files and folders a killed process left (only while holding the run lock)."""
     import shutil

@@ -14,7 +14,11 @@ half the price. It implements the same `Engine` protocol as the live endpoint en
          Lines that expired, were cancelled, or met a transient error (429, 5xx) go out again in a new
          batch, up to `max_retries` times; after that they come back retryable, and the next run
          sends them. A line the API refused (400, 401, 404, ...) stops the stage, as a live request
-         would; a batch that failed as a whole for our file stops it too.
+         would; a batch that failed as a whole for our file stops it too. A failed batch is never
+         resumed: the rerun after the fix sends a new one (an expired or cancelled one is still
+         collected: the lines it answered were paid for, and only the others go out again).
+      5. Every message from this path (the Files and Batches endpoints' errors, a line's error, a
+         failed batch's reasons) has the key removed before it is logged, raised or stored (`redact`).
 
 The same lines give the same job key, so identical requests reuse a batch's results.
 """
@@ -33,7 +37,8 @@ from rlaif.core.records import content_hash
 from rlaif.core.store import write_json
 from rlaif.engines import providers
 from rlaif.engines.base import Progress, Request, Result
-from rlaif.engines.openai_endpoint import Endpoint, EndpointEngine, EndpointRefused, describe, refused, result_of
+from rlaif.engines.openai_endpoint import (Endpoint, EndpointEngine, EndpointRefused, MalformedReply, describe, redact,
+                                           refused, result_of)
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +90,7 @@ class BatchEngine:
             raise
         except Exception as exc:  # the Files or Batches endpoints failed (after the client's retries)
             msg, retryable, _ = describe(exc)
+            msg = self._hide(msg)
             if not retryable:
                 raise refused(e, self.model, msg) from None
             log.warning("%s: %s; the rows are kept and the batch resumed on the next run", self.label, msg)
@@ -127,6 +133,9 @@ class BatchEngine:
     def close(self) -> None:
         pass
 
+    def _hide(self, text: str) -> str:
+        return redact(text, self.live._key)
+
     # ---- jobs
     def _jobs(self, requests: Sequence[Request], bodies: list[dict], ids: list[int]) -> list[Job]:
         by_path: dict[str, list[tuple[int, str, bytes]]] = {}
@@ -160,12 +169,15 @@ class BatchEngine:
         state = json.loads(path.read_text()) if path.exists() else {"job": job.key, "batches": []}
         latest = state["batches"][-1] if state["batches"] else self._adopt(client, job.key)
         if latest is not None and latest not in seen:
-            job.batch = client.batches.retrieve(latest)
-            if latest not in state["batches"]:
-                state["batches"].append(latest)
-                write_json(path, state)
-            log.info("job %s: resuming batch %s (%s)", job.key, latest, job.batch.status)
-            return
+            batch = client.batches.retrieve(latest)
+            if batch.status != "failed":
+                job.batch = batch
+                if latest not in state["batches"]:
+                    state["batches"].append(latest)
+                    write_json(path, state)
+                log.info("job %s: resuming batch %s (%s)", job.key, latest, batch.status)
+                return
+            log.info("job %s: batch %s failed as a whole before; sending a new one", job.key, latest)
         upload = client.files.create(file=(f"rlaif-{job.key}.jsonl", job.lines), purpose="batch")
         job.batch = client.batches.create(input_file_id=upload.id, endpoint="/v1" + job.path,  # type: ignore[arg-type]
                                           completion_window="24h", metadata={"rlaif_job": job.key})
@@ -206,7 +218,8 @@ class BatchEngine:
                 first = ours[0] if ours else None
                 where = f" (line {first.line})" if first is not None and first.line else ""
                 why = f"{first.code}: {first.message}{where}" if first is not None else "no reason given"
-                raise EndpointRefused(f"{self.endpoint.base_url}: batch {b.id} for model {self.model} failed: {why}")
+                raise EndpointRefused(self._hide(f"{self.endpoint.base_url}: batch {b.id} for model {self.model} failed: "
+                                                 f"{why}; a rerun sends a new batch"))
         by_cid = dict(zip(job.cids, job.ids))
         out: dict[int, Result | None] = dict.fromkeys(job.ids)
         for fid in (b.output_file_id, b.error_file_id):
@@ -215,7 +228,7 @@ class BatchEngine:
             try:
                 text = client.files.content(fid).text
             except Exception as exc:  # an output file gone (they expire): its lines go out again
-                log.warning("batch %s: cannot read file %s (%s)", b.id, fid, exc)
+                log.warning("batch %s: cannot read file %s (%s)", b.id, fid, self._hide(str(exc)))
                 continue
             for raw in text.splitlines():
                 if not raw.strip():
@@ -226,16 +239,19 @@ class BatchEngine:
                     continue
                 resp, err = line.get("response"), line.get("error")
                 if resp and resp.get("status_code") == 200:
-                    out[i] = result_of(resp["body"])
-                    continue
-                if resp:
+                    try:
+                        out[i] = result_of(resp["body"])
+                        continue
+                    except MalformedReply as exc:  # sent again, as a transient error
+                        msg = self._hide(str(exc))
+                elif resp:
                     code = resp.get("status_code", 0)
                     error = ((resp.get("body") or {}).get("error") or {})
-                    msg = f"HTTP {code}: {error.get('message', '')}"
+                    msg = self._hide(f"HTTP {code}: {error.get('message', '')}")
                     if not (code in (408, 409, 429) or code >= 500) or error.get("code") == "insufficient_quota":
                         raise refused(self.endpoint, self.model, msg + f" (batch {b.id})")
                 else:
-                    msg = f"{(err or {}).get('code', 'no answer')}: {(err or {}).get('message', '')}"
+                    msg = self._hide(f"{(err or {}).get('code', 'no answer')}: {(err or {}).get('message', '')}")
                 job.errors[i] = msg
         if b.status in TERMINAL and b.input_file_id:
             try:

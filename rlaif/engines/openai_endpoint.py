@@ -5,7 +5,12 @@ strict schemas and reasoning-model rules). Requests run concurrently, at most `m
 once and within the endpoint's requests- and tokens-per-minute limits (engines/rate_limits.py).
 HTTP 408/409/429/5xx, connection errors and timeouts are tried again with exponential backoff and
 jitter, up to `max_retries` times; a 429's Retry-After pauses every request to the endpoint for as
-long as it says. A row that still fails comes back with its error and `retryable=True`, is kept in
+long as it says (one that is neither seconds nor a date is ignored: the usual backoff). A 200 whose
+body is not a completion (cut JSON, a proxy's HTML page, `choices: []`) is a transient failure of
+that one request, tried again like a 503: the answers the call already has are kept. A reply with no
+text (`content: null`: a content filter, or a reasoning model out of tokens) is that row's failure,
+kept with `retryable=True` so the next run asks again (not asked again in this call: a filter
+would answer the same). A row that still fails comes back with its error and `retryable=True`, is kept in
 its shard, and is sent again on the next run. An error no retry can fix (400, 401, 403, 404, 422,
 or a 429 for an exhausted quota: a wrong key, an unknown model, a request the server rejects, no
 credit) stops the stage at the first one with the endpoint, model and server message: nothing is
@@ -19,6 +24,7 @@ With `batch: true` the stage's requests go through the Batch API instead (engine
 from __future__ import annotations
 
 import asyncio
+import datetime
 import email.utils
 import ipaddress
 import json
@@ -162,21 +168,46 @@ def redact(text: str, secret: str) -> str:
     return text.replace(secret, "***") if secret and secret != "EMPTY" else text
 
 
-def result_of(data: dict) -> Result:
+class MalformedReply(Exception):
+    """An HTTP 200 whose body is not a completion: a transient failure of that request (a proxy's
+    error page, a reply cut short), never a refusal of the stage."""
+
+
+def result_of(data) -> Result:
     """A Result from a chat or text completion's JSON (live, or a Batch API output line's body). Read
     as plain JSON: validating thousands of log-prob entries into the client's models costs more than
-    the request."""
-    choice = data["choices"][0]
-    if "message" in choice:
-        text, tokens = choice["message"].get("content"), chat_logprobs(choice.get("logprobs"))
-    else:
-        text, tokens = choice.get("text"), text_logprobs(choice.get("logprobs"))
-    u = data.get("usage") or {}
-    if not text and choice.get("finish_reason") == "length":
+    the request. Raises MalformedReply for a body that is no completion; a completion without text
+    (`content: null`) is a retryable failed row."""
+    try:
+        choice = data["choices"][0]
+        message = choice.get("message")
+        if message is not None:
+            text, tokens = message.get("content"), chat_logprobs(choice.get("logprobs"))
+        else:
+            text, tokens = choice.get("text"), text_logprobs(choice.get("logprobs"))
+        u = data.get("usage") or {}
+        usage = dict(prompt_tokens=u.get("prompt_tokens") or 0, output_tokens=u.get("completion_tokens") or 0)
+    except (KeyError, IndexError, TypeError, AttributeError, ValueError) as e:
+        shown = json.dumps(data)[:120] if not isinstance(data, (bytes, str)) else str(data)[:120]
+        raise MalformedReply(f"HTTP 200 without a completion ({type(e).__name__}: {e}): {shown}") from None
+    reason = choice.get("finish_reason")
+    if not text and reason == "length":
         log.warning("%s: no text within the token limit (a reasoning model may need more reasoning_tokens)",
                     data.get("model"))
-    return Result(text=text, finish_reason=choice.get("finish_reason"), tokens=tokens,
-                  prompt_tokens=u.get("prompt_tokens") or 0, output_tokens=u.get("completion_tokens") or 0)
+    if text is None:  # a content filter, a refusal, or no room left after reasoning: the next run asks again
+        why = message.get("refusal") if isinstance(message, dict) and message.get("refusal") else f"finish_reason {reason}"
+        return Result(error=f"the reply has no text ({why})", finish_reason=reason, retryable=True, **usage)
+    return Result(text=text, finish_reason=reason, tokens=tokens, **usage)
+
+
+def parse_reply(raw: bytes) -> Result:
+    """`result_of` of a live reply's bytes; a body that is not JSON is a MalformedReply too."""
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        text = raw[:120].decode(errors="replace").replace("\n", " ")
+        raise MalformedReply(f"HTTP 200 with a body that is not JSON: {text!r}") from None
+    return result_of(data)
 
 
 def retry_after(headers) -> float | None:
@@ -190,9 +221,15 @@ def retry_after(headers) -> float | None:
         try:
             return max(float(value) / scale, 0.0)
         except ValueError:
+            pass
+        try:  # an HTTP date; anything else ("soon") is no instruction: the usual backoff
             when = email.utils.parsedate_to_datetime(value) if name == "retry-after" else None
-            if when is not None:
-                return max(when.timestamp() - time.time(), 0.0)
+        except (TypeError, ValueError, IndexError):
+            when = None
+        if when is not None:
+            if when.tzinfo is None:
+                when = when.replace(tzinfo=datetime.timezone.utc)
+            return max(when.timestamp() - time.time(), 0.0)
     return None
 
 
@@ -208,6 +245,8 @@ def describe(e: Exception) -> tuple[str, bool, float | None]:
         return f"HTTP {code}: {message}", retryable, retry_after(e.response.headers)
     if isinstance(e, (openai.APITimeoutError, openai.APIConnectionError)):
         return f"{type(e).__name__}: {e}", True, None
+    if isinstance(e, MalformedReply):
+        return str(e), True, None
     return f"{type(e).__name__}: {e}", False, None
 
 
@@ -265,7 +304,7 @@ class EndpointEngine:
         for attempt in range(e.max_retries + 1):
             await self.limiter.acquire(tokens)
             try:
-                return result_of(json.loads(await client.post(path, cast_to=bytes, body=body)))
+                return parse_reply(await client.post(path, cast_to=bytes, body=body))
             except Exception as exc:  # a transient failure is kept as a row; any other stops the stage
                 msg, retryable, wait = describe(exc)
                 msg = redact(msg, self._key)

@@ -16,6 +16,7 @@ set, wins; `RLAIF_USE_SERVER=0` makes commands ignore the server (a cold-start b
 from __future__ import annotations
 
 import contextvars
+import fcntl
 import json
 import logging
 import os
@@ -106,12 +107,20 @@ def _free_port() -> int:
 
 
 def start(port: int | None = None, timeout: float = 120) -> dict:
-    """Start the server in the background (its own session: it outlives this command)."""
-    running = status()
-    if running:
-        return {**running, "already": True}
+    """Start the server in the background (its own session: it outlives this command). Two starts at
+    once take turns (a lock beside the state): the second finds the first's server, never starts one
+    the state does not record."""
     home = server_home()
     home.mkdir(parents=True, exist_ok=True)
+    with open(home / "start.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or when this process dies
+        running = status()
+        if running:
+            return {**running, "already": True}
+        return _start(home, port, timeout)
+
+
+def _start(home: Path, port: int | None, timeout: float) -> dict:
     port = port or _free_port()
     url = f"http://127.0.0.1:{port}/api"
     env = {**os.environ, "PREFECT_HOME": str(home / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
@@ -204,6 +213,9 @@ def prefect_server_in_background() -> Iterator[None]:
     if server.running:
         yield
         return
+    from rlaif.runners.temp_server import own_session
+
+    own_session(server)  # its own session, watching this process: Ctrl-C or kill -9 leave nothing behind
     log.info("starting Prefect's temporary server in the background")
     failed: list[BaseException] = []
 

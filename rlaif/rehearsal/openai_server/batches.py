@@ -118,6 +118,11 @@ class Batches:
     def _run_batch(self, batch_id: str) -> None:
         b = self._batches[batch_id]
         lines, errors = validate_batch_file(self._files.get(b["input_file_id"], {}).get("data", b""), b["endpoint"])
+        with self._lock:
+            if not errors and self.batch_fail_whole > 0:  # a fault: the whole batch fails, as for an unpaid bill
+                self.batch_fail_whole -= 1
+                errors = [{"code": "billing_hard_limit_reached", "message": f"Billing hard limit reached (key "
+                           f"{self.api_key}).", "param": None, "line": None}]
         if errors:
             self._set(b, status="failed", failed_at=int(time.time()), errors={"object": "list", "data": errors})
             return

@@ -7,6 +7,10 @@ Kinds:
     "insufficient_quota"  a 429 no retry fixes
     "disconnect"        the connection closed with no answer at all (a reset)
     "malformed"         a 200 whose JSON body is cut off mid-document
+    a malformed 200     "truncated" (cut JSON), "html" (a proxy's page), "no_choices" (`choices: []`),
+                        "content_null" (a content filter's null content)
+    "retry_after_soon"  a 429 whose `Retry-After` is neither seconds nor a date
+    "echo_key"          a 403 that quotes the key it was sent, as some servers do
     an `ApiError`       that error, as it is (a test's own message)
     (status, payload)   that answer, as it is: a JSON-able payload or bytes (e.g. a 200 that is no model list)
 
@@ -27,6 +31,16 @@ MESSAGES = {  # status -> (type, message) of the API's error body
     500: ("server_error", "The server had an error while processing your request. Sorry about that!"),
     502: ("server_error", "Bad gateway."),
     503: ("server_error", "The engine is currently overloaded, please try again later"),
+}
+
+
+# fault kinds answered with HTTP 200 and a body no client can use: bytes as they are, or an edit of a real answer
+MALFORMED = {
+    "truncated": b'{"id": "chatcmpl-1", "object": "chat.completion", "choices": [{"index": 0, "message": {"role": "as',
+    "html": b"<html><head><title>502 Bad Gateway</title></head><body><h1>Bad Gateway</h1></body></html>",
+    "no_choices": lambda reply: reply.update(choices=[]),
+    "content_null": lambda reply: [c.update(finish_reason="content_filter", logprobs=None) or
+                                   c["message"].update(content=None, refusal=None) for c in reply.get("choices", [])],
 }
 
 
@@ -51,13 +65,25 @@ class Faults:
                     return f[0]
         return None
 
-    def _fault_answer(self, kind, model):
+    def _fault_answer(self, kind, model, path: str = "", body=None):
         if isinstance(kind, ApiError):
             return kind.status, kind.body, {}
         if isinstance(kind, (tuple, list)):
             return kind[0], kind[1], {}
         if kind == "disconnect":
             return 0, b"", {}
+        if kind in MALFORMED:  # a 200 whose body is not a usable completion (a proxy's page, a cut stream)
+            if isinstance(MALFORMED[kind], bytes):
+                return 200, MALFORMED[kind], {}
+            status, reply = self.answer(path[3:], body or {})
+            MALFORMED[kind](reply)
+            return status, reply, {}
+        if kind == "retry_after_soon":
+            return 429, {"error": {"message": f"Rate limit reached for {model}.", "type": "requests", "param": None,
+                                   "code": "rate_limit_exceeded"}}, {"Retry-After": "soon"}
+        if kind == "echo_key":
+            return 403, {"error": {"message": f"key {self.api_key} may not use this endpoint",
+                                   "type": "invalid_request_error", "param": None, "code": "forbidden"}}, {}
         if kind == "malformed":
             return 200, b'{"id": "chatcmpl-0", "object": "chat.completion", "choices": [{"ind', {
                 "Content-Type": "application/json"}

@@ -111,7 +111,7 @@ class Http:
             record["body"] = body
         kind = self._take_fault(path, record["body"])
         if kind is not None:
-            return self._fault_answer(kind, (body or {}).get("model"))
+            return self._fault_answer(kind, (body or {}).get("model"), path, body)
         if form is not None:
             return 200, self._upload(form), {}
         route = (method, parts[0] if parts else "", len(parts))

@@ -42,6 +42,7 @@ class OpenAIServer(Http, Chat, Faults, Batches):
         self.retry_after, self.reasoning_tokens = retry_after, reasoning_tokens
         self.batch_seconds, self.vllm_model = batch_seconds, vllm_model
         self.batch_expire, self.batch_fail = set(batch_expire), set(batch_fail)
+        self.batch_fail_whole = 0  # the next N batches fail as a whole (their errors quote the key)
         self.state_dir = Path(state_dir) if state_dir else None
         self.port = port
         self.processed: Counter = Counter()  # custom_id -> times answered in a batch
