@@ -9,7 +9,7 @@ the recipes train dDPO, `rlaif evaluate --mt-bench` where they have an MT-Bench 
                the rehearsal's own (HF_HOME, HF_HUB_OFFLINE=1): ids resolve as on the GPU machine
     datasets   every `hf:` dataset by its first N rows of each split, read from the user's cache or
                the hub, under the same id in that cache
-    endpoints  every hosted endpoint by the local strict OpenAI server (rehearsal/openai_server.py),
+    endpoints  every hosted endpoint by the local strict OpenAI server (rehearsal/openai_server/),
                which refuses what the API refuses; the user's keys are checked to be set, never sent
 
 and the CPU's needs as `--set` overrides (rehearsal/overrides.py): N prompts, one training step per

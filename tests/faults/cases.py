@@ -8,7 +8,7 @@ An Outcome is what a user would see and pay: the exit code, the seconds from the
 the start of the run) to the exit, the rows lost (expected rows missing once the case's rerun, if
 any, is done) and the rows paid twice (a request the server answered usefully more than once,
 requests in flight at a kill aside). Cases talk to the strict local OpenAI server
-(rlaif/rehearsal/openai_server.py) over real HTTP and run `python -m rlaif` as a real child process,
+(rlaif/rehearsal/openai_server/) over real HTTP and run `python -m rlaif` as a real child process,
 on Prefect's server of the session (`PREFECT_API_URL`) unless the case is about Prefect's temporary
 one. Adding a case: one decorated function.
 """

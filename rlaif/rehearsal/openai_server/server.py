@@ -8,8 +8,10 @@ import json
 import os
 import threading
 from collections import Counter
+from dataclasses import dataclass
 from http.server import ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 from rlaif.rehearsal.openai_server.batches import TERMINAL, Batches
 from rlaif.rehearsal.openai_server.chat import Chat, default_responder
@@ -18,14 +20,41 @@ from rlaif.rehearsal.openai_server.handler import Http, _Handler, _Server
 from rlaif.rehearsal.openai_server.rules import CHAT_MODELS, COMPLETION_MODELS, REASONING_MODELS, RULES, Rules
 
 
-class OpenAIServer(Http, Chat, Faults, Batches):
-    """The server; see the package docstring. Use as a context manager, or start()/stop()."""
+@dataclass
+class Settings:
+    """What a test (or `rlaif rehearse`) may set on the server, each as a keyword of `OpenAIServer`."""
 
-    def __init__(self, *, rules: str | Rules = "openai", models=None, reasoning_models=None, completion_models=None,
-                 api_key: str = "sk-test", responder=None, certain: bool = False, delay: float = 0.0, faults=(),
-                 fault=None, retry_after: float = 1.0, reasoning_tokens: int = 16, batch_seconds: float = 0.0,
-                 batch_expire=(), batch_fail=(), state_dir=None, port: int = 0, vllm_model: str | None = None):
-        self.rules = RULES[rules] if isinstance(rules, str) else rules
+    rules: str | Rules = "openai"  # "openai", "vllm", or a Rules of its own
+    models: Any = None  # the models served (default: by the rules)
+    reasoning_models: Any = None
+    completion_models: Any = None
+    api_key: str = "sk-test"
+    responder: Any = None  # (model, messages | prompt, body) -> text or Reply
+    certain: bool = False  # every token at logprob 0, no alternatives
+    delay: float = 0.0  # seconds each answer waits
+    faults: Any = ()  # (kind, count[, path part]), ...
+    fault: Any = None  # callable(path, body) -> kind | None
+    retry_after: float = 1.0
+    reasoning_tokens: int = 16
+    batch_seconds: float = 0.0
+    batch_expire: Any = ()
+    batch_fail: Any = ()
+    state_dir: Any = None
+    port: int = 0
+    vllm_model: str | None = None
+
+
+class OpenAIServer(Http, Chat, Faults, Batches):
+    """The server; see the package docstring. Use as a context manager, or start()/stop(). Its
+    keywords are `Settings`' fields."""
+
+    def __init__(self, **settings: Any):
+        s = Settings(**settings)  # an unknown keyword is a TypeError, as for any function
+        models, reasoning_models, completion_models = s.models, s.reasoning_models, s.completion_models
+        api_key, responder, certain, delay, faults, fault = s.api_key, s.responder, s.certain, s.delay, s.faults, s.fault
+        retry_after, reasoning_tokens, batch_seconds, vllm_model = s.retry_after, s.reasoning_tokens, s.batch_seconds, s.vllm_model
+        batch_expire, batch_fail, state_dir, port = s.batch_expire, s.batch_fail, s.state_dir, s.port
+        self.rules = RULES[s.rules] if isinstance(s.rules, str) else s.rules
         hosted = self.rules.owned_by != "vllm"  # vLLM serves the models it is given, none of them reasoning
         if models is None:
             models = CHAT_MODELS + REASONING_MODELS + COMPLETION_MODELS if hosted else ("served",)
