@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/scale.py                      # everything (about 10 minutes on 2 cores)
     .venv/bin/python bench/scale.py --only throughput    # or: memory (with the rerun)
+    .venv/bin/python bench/scale.py --ray-data           # our Ray executor vs ray.data.llm (about 5 minutes)
 
 Each stand-in "GPU" is a server on 127.0.0.1 (in a process of its own) that answers at a fixed rate:
 `--concurrency` requests at a time, each after `--delay` seconds. Prints:
@@ -15,6 +16,14 @@ Each stand-in "GPU" is a server on 127.0.0.1 (in a process of its own) that answ
                orchestrating process plus the Ray workers; the servers are not the pipeline).
                The 10k run goes twice into one run directory: the unchanged rerun / the first run
                (goal <= 0.05), Prefect's server started before either is timed.
+
+  ray data     (only with --ray-data) the same generation (32 MT-Bench prompts, SmolLM2 on vLLM's CPU
+               engine, greedy, 32 tokens, one replica) through our executor and through
+               `ray.data.llm`'s vLLM processor writing with Ray Data's row checkpoints, each in a fresh
+               process on a local Ray: wall seconds with and without the engine's load (a 1-prompt
+               run apart), completions/s, the unchanged rerun, whether the texts agree, how each
+               writes and resumes, and whether a row's own log-probs and JSON schema reach vLLM
+               through the processor. The figures behind `WHY_ACTORS` in rlaif/runners/ray.py.
 
 Prompts are synthetic and distinct; hygiene runs (exact duplicates, MT-Bench decontamination) but
 near-duplicate embedding is off: it costs minutes of MiniLM at 100k on 2 cores, and its memory is
@@ -348,7 +357,7 @@ def ray_data_run(args) -> dict:
         s = member.sampling
         return {"prompt_id": row["prompt_id"], "messages": row["messages"],
                 "sampling_params": {"temperature": s.temperature, "top_p": s.top_p, "max_tokens": s.max_tokens,
-                                    "seed": row["seed"], **(extra or {})}}
+                                    "seed": int(row["seed"]), **(extra or {})}}
 
     def result(row: dict) -> dict:
         return {"prompt_id": row["prompt_id"], "text": row["generated_text"], "tokens": row["num_generated_tokens"],
@@ -442,9 +451,9 @@ def ray_data(args) -> None:
               f"rerun plans from the sidecars alone (no Ray, no engine): {ours['rerun_s']:.1f} s above")
     if "failed" not in data:
         print(f"  ray data  per write block, with DataContext.checkpoint_config (CheckpointConfig(id_column=...)): "
-              f"{len(data['wall_s_files'])} file(s) {data['wall_s_files']}, a pending checkpoint before each and a "
+              f"{len(data['wall_files'])} file(s) {data['wall_files']}, a pending checkpoint before each and a "
               f"commit after; a rerun filters the rows whose ids are checkpointed, but still builds the processor's "
-              f"stages: {data['rerun_s']:.1f} s above, writing {data['rerun_s_files'] or 'nothing'}; without a "
+              f"stages: {data['rerun_s']:.1f} s above, writing {data['rerun_files'] or 'nothing'}; without a "
               f"Write at the end (iter_rows, take) nothing is kept")
         print(f"per-request log-probs and guided decoding through the processor: a row's own `sampling_params` go to "
               f"vllm.SamplingParams (logprobs, and structured_outputs -> StructuredOutputsParams): the probe row "
