@@ -258,7 +258,7 @@ def memory(args) -> None:
 
 # ----------------------------------------------------------------------------- Ray Data's LLM processor vs our actors
 SMOL = "smollm2-135m-instruct"
-JSON_SCHEMA = {"type": "object", "properties": {"rating": {"type": "integer"}}, "required": ["rating"]}
+JSON_SCHEMA = {"type": "object", "properties": {"rating": {"enum": [1, 2, 3, 4, 5]}}, "required": ["rating"]}
 
 
 def smol_member(max_tokens: int):
@@ -381,7 +381,7 @@ def ray_data_run(args) -> dict:
         try:
             out["probe_json"] = json.loads(got[0]["text"])
         except (ValueError, IndexError, KeyError) as e:
-            out["probe_json"] = f"not JSON: {e}: {got[:1]}"
+            out["probe_json"] = f"not JSON ({e}): {got[0]['text'][:80]!r}" if got else f"no row: {e}"
         out["probe_logprobs"] = bool(got and got[0]["logprobs"])
         # the run: read -> processor -> write_json, resumable through a row checkpoint keyed by prompt_id
         ctx = ray.data.DataContext.get_current()
