@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/scale.py                      # everything (about 10 minutes on 2 cores)
     .venv/bin/python bench/scale.py --only throughput    # or: memory (with the rerun)
+    .venv/bin/python bench/scale.py --ray-data           # our Ray executor vs ray.data.llm (about 5 minutes)
 
 Each stand-in "GPU" is a server on 127.0.0.1 (in a process of its own) that answers at a fixed rate:
 `--concurrency` requests at a time, each after `--delay` seconds. Prints:
@@ -16,6 +17,14 @@ Each stand-in "GPU" is a server on 127.0.0.1 (in a process of its own) that answ
                The 10k run goes twice into one run directory: the unchanged rerun / the first run
                (goal <= 0.05), Prefect's server started before either is timed.
 
+  ray data     (only with --ray-data) the same generation (32 MT-Bench prompts, SmolLM2 on vLLM's CPU
+               engine, greedy, 32 tokens, one replica) through our executor and through
+               `ray.data.llm`'s vLLM processor writing with Ray Data's row checkpoints, each in a fresh
+               process on a local Ray: wall seconds with and without the engine's load (a 1-prompt
+               run apart), completions/s, the unchanged rerun, whether the texts agree, how each
+               writes and resumes, and whether a row's own log-probs and JSON schema reach vLLM
+               through the processor. The figures behind `WHY_ACTORS` in rlaif/runners/ray.py.
+
 Prompts are synthetic and distinct; hygiene runs (exact duplicates, MT-Bench decontamination) but
 near-duplicate embedding is off: it costs minutes of MiniLM at 100k on 2 cores, and its memory is
 bounded by design (an id and a flag per prompt; tests/preferences/test_streaming.py).
@@ -28,6 +37,7 @@ import asyncio
 import json
 import os
 import resource
+import signal
 import subprocess
 import sys
 import tempfile
@@ -246,6 +256,210 @@ def memory(args) -> None:
     print(f"peak RSS growth for {large / small:.0f}x the prompts: {rss[large] / rss[small]:.2f}x (goal <= 1.5x for 10x)")
 
 
+# ----------------------------------------------------------------------------- Ray Data's LLM processor vs our actors
+SMOL = "smollm2-135m-instruct"
+JSON_SCHEMA = {"type": "object", "properties": {"rating": {"enum": [1, 2, 3, 4, 5]}}, "required": ["rating"]}
+
+
+def smol_member(max_tokens: int):
+    """The member both runs answer as: SmolLM2 on vLLM's CPU engine, as the tests load it, greedy."""
+    from rlaif.engines.base import EngineSettings, Sampling
+    from rlaif.generation.ensemble import GeneratorSpec
+
+    return GeneratorSpec(name="smol", model=SMOL, sampling=Sampling(temperature=0.0, max_tokens=max_tokens),
+                         engine=EngineSettings(max_model_len=1024, cpu_kv_cache_gb=1, replicas=1))
+
+
+def start_local_ray() -> None:
+    """One local Ray, started as the executor's `connect("local")` starts it, before anything is
+    timed, but with 4 logical CPUs on the 2 cores: Ray Data places 4 stage actors, its map, read
+    and write tasks and (on a rerun) a checkpoint-filter actor, which 2 would not hold. Logical CPUs
+    only gate placement: vLLM's threads use both cores in either run. vLLM's CPU variables are set
+    here so every worker (ours, Ray Data's) inherits the same ones."""
+    import logging
+
+    import ray
+
+    import rlaif
+    from rlaif.runners.ray import keep_on_loopback
+
+    cores = sorted(os.sched_getaffinity(0))
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", ",".join(map(str, cores)))
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    keep_on_loopback()
+    ray.init(address="local", num_cpus=4, include_dashboard=False, logging_level=logging.WARNING,
+             log_to_driver=False, configure_logging=False,
+             runtime_env={"py_modules": [os.path.dirname(rlaif.__file__)]})
+
+
+def ours_run(args) -> dict:
+    """Our executor: one ShardWorker actor loads the engine on its first job and writes shard by shard."""
+    from rlaif.core.records import Completion
+    from rlaif.core.store import RunStore
+    from rlaif.generation.ensemble import STAGE
+    from rlaif.generation.prompt_sets import load_prompts, write_prompt_chunks
+    from rlaif.generation.stage import GenerateStage
+    from rlaif.runners.ray import RayExecutor
+
+    member = smol_member(args.max_tokens)
+    prompts = load_prompts("mt_bench", limit=args.ray_data_prompts)
+    out: dict = {"prompts": len(prompts)}
+    with tempfile.TemporaryDirectory() as tmp:
+        start_local_ray()
+        executor = RayExecutor("local")
+
+        def timed(store: RunStore, chunk: list) -> tuple[float, list]:
+            manifest = write_prompt_chunks(chunk, store, args.ray_data_shard)
+            t = time.perf_counter()
+            done = executor.run(GenerateStage(manifest, [member]), store)
+            return time.perf_counter() - t, done.shards
+
+        out["probe_s"], _ = timed(RunStore(Path(tmp) / "probe"), prompts[:1])  # actor start, engine load, 1 prompt
+        store = RunStore(Path(tmp) / "run")
+        out["wall_s"], shards = timed(store, prompts)
+        out["rerun_s"], _ = timed(store, prompts)  # unchanged: every shard is on disk
+        rows = [c for s in shards for c in store.read(STAGE, s.key, Completion)]
+        out["texts"] = {c.prompt_id: c.text for c in rows}
+        out["errors"] = sum(c.error is not None for c in rows)
+        out["files"] = sorted(p.name for p in (Path(tmp) / "run" / STAGE).iterdir())
+    return out
+
+
+def ray_data_run(args) -> dict:
+    """Ray Data: ray.data.llm's vLLM processor (chat template, tokenize, engine, detokenize stages),
+    one engine replica on a CPU bundle, written with write_json under Ray Data's row checkpoints."""
+    import ray
+    from ray.data.checkpoint import CheckpointConfig
+    from ray.data.llm import build_processor, vLLMEngineProcessorConfig
+    from vllm.config import StructuredOutputsConfig
+
+    from rlaif.engines.models import resolve_model
+    from rlaif.engines.vllm_offline import llm_kwargs
+    from rlaif.generation.ensemble import request
+    from rlaif.generation.prompt_sets import load_prompts
+
+    member = smol_member(args.max_tokens)
+    model = resolve_model(SMOL)
+    prompts = load_prompts("mt_bench", limit=args.ray_data_prompts)
+    out: dict = {"prompts": len(prompts), "ray": ray.__version__}
+    engine = {k: v for k, v in llm_kwargs(model, member.engine, 0, cpu=True).items() if k != "model"}
+    engine["structured_outputs_config"] = StructuredOutputsConfig(**engine["structured_outputs_config"])
+    small = {"num_cpus": 0.25}  # the tokenizer stages, beside the engine's CPU bundle
+    config = vLLMEngineProcessorConfig(
+        model_source=model, engine_kwargs=engine, concurrency=1, batch_size=args.ray_data_shard,
+        placement_group_config={"bundles": [{"CPU": 1}]},  # without it the engine asks for a GPU
+        should_continue_on_error=True, log_engine_metrics=False,
+        chat_template_stage=small, tokenize_stage=small, detokenize_stage=small)
+
+    def sampling(row: dict, extra: dict | None = None) -> dict:
+        s = member.sampling
+        return {"prompt_id": row["prompt_id"], "messages": row["messages"],
+                "sampling_params": {"temperature": s.temperature, "top_p": s.top_p, "max_tokens": s.max_tokens,
+                                    "seed": int(row["seed"]), **(extra or {})}}
+
+    def result(row: dict) -> dict:
+        return {"prompt_id": row["prompt_id"], "text": row["generated_text"], "tokens": row["num_generated_tokens"],
+                "logprobs": json.dumps(row.get("logprobs"), default=str) if row.get("logprobs") else None}
+
+    rows = []
+    for p in prompts:
+        r = request(member, p)  # the same messages and per-prompt seed as our member sends
+        rows.append({"prompt_id": p.prompt_id, "messages": r.messages, "seed": r.seed})
+    with tempfile.TemporaryDirectory() as tmp:
+        source = Path(tmp) / "prompts.jsonl"
+        source.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        start_local_ray()
+        # the probe: one row, with log-probs and a JSON schema in its own sampling_params
+        guided = {"logprobs": 2, "structured_outputs": {"json": JSON_SCHEMA}}
+        probe = build_processor(config, preprocess=lambda row: sampling(row, guided), postprocess=result,
+                                preprocess_map_kwargs=small, postprocess_map_kwargs=small)
+        t = time.perf_counter()
+        got = probe(ray.data.from_items(rows[:1])).take_all()
+        out["probe_s"] = time.perf_counter() - t
+        try:
+            out["probe_json"] = json.loads(got[0]["text"])
+        except (ValueError, IndexError, KeyError) as e:
+            out["probe_json"] = f"not JSON ({e}): {got[0]['text'][:80]!r}" if got else f"no row: {e}"
+        out["probe_logprobs"] = bool(got and got[0]["logprobs"])
+        # the run: read -> processor -> write_json, resumable through a row checkpoint keyed by prompt_id
+        ctx = ray.data.DataContext.get_current()
+        ctx.checkpoint_config = CheckpointConfig(id_column="prompt_id", checkpoint_path=str(Path(tmp) / "ckpt"),
+                                                 delete_checkpoint_on_success=False)
+        processor = build_processor(config, preprocess=sampling, postprocess=result,
+                                    preprocess_map_kwargs=small, postprocess_map_kwargs=small)
+        written = Path(tmp) / "out"
+        for name in ("wall_s", "rerun_s"):  # the rerun finds every row in the checkpoint
+            before = set(written.iterdir()) if written.exists() else set()
+            t = time.perf_counter()
+            processor(ray.data.read_json(str(source), ray_remote_args=small)).write_json(str(written),
+                                                                                        ray_remote_args=small)
+            out[name] = time.perf_counter() - t
+            out[name.replace("_s", "_files")] = sorted(p.name for p in set(written.iterdir()) - before)
+        made = [json.loads(line) for f in sorted(written.iterdir()) for line in f.read_text().splitlines()]
+        out["texts"] = {r["prompt_id"]: r["text"].strip() for r in made}
+        out["rows_written"] = len(made)
+    return out
+
+
+def in_fresh_process_run(which: str, args) -> dict:
+    cmd = [sys.executable, __file__, "--ray-data-run", which, "--ray-data-prompts", str(args.ray_data_prompts),
+           "--ray-data-shard", str(args.ray_data_shard), "--max-tokens", str(args.max_tokens)]
+    # a session of its own: on a timeout the run, its local Ray and its engines stop together
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)}, start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=args.ray_data_timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        tail = [line for line in stderr.splitlines() if line.strip()][-12:]
+        return {"failed": f"no result after {args.ray_data_timeout} s", "stderr": "\n".join(tail)}
+    lines = [line for line in stdout.splitlines() if line.startswith("{")]
+    if proc.returncode or not lines:
+        tail = [line for line in stderr.splitlines() if line.strip() and "logging_progress" not in line][-12:]
+        return {"failed": f"exit code {proc.returncode}", "stderr": "\n".join(tail)}
+    return json.loads(lines[-1])
+
+
+def ray_data(args) -> None:
+    """The same generation two ways on a local Ray: our executor, and ray.data.llm's processor."""
+    n = args.ray_data_prompts
+    print(f"\n== ray data: {n} MT-Bench prompts, {SMOL} on vLLM's CPU engine (float32, eager, 1 GiB KV cache), "
+          f"greedy, max {args.max_tokens} tokens, 1 replica on a local Ray; {args.ray_data_shard} prompts a "
+          f"shard (ours) / a batch (Ray Data); each in a fresh process")
+    runs = {"ours": in_fresh_process_run("ours", args), "ray-data": in_fresh_process_run("ray-data", args)}
+    print(f"{'':10} {'wall s':>7} {'1-prompt s':>11} {'load-free s':>12} {'compl/s':>8} {'load-free compl/s':>18} "
+          f"{'unchanged rerun s':>18}")
+    for name, r in runs.items():
+        if "failed" in r:
+            print(f"{name:10} could not run ({r['failed']}):\n{r['stderr']}")
+            continue
+        # the 1-prompt run is the actor's start and the engine's load (and one prompt): the rest is generation
+        gen = r["wall_s"] - r["probe_s"]
+        print(f"{name:10} {r['wall_s']:7.1f} {r['probe_s']:11.1f} {gen:12.1f} {r['prompts'] / r['wall_s']:8.2f} "
+              f"{(r['prompts'] - 1) / gen if gen > 0 else float('nan'):18.2f} {r['rerun_s']:18.1f}")
+    ours, data = runs["ours"], runs["ray-data"]
+    if "failed" not in ours and "failed" not in data:
+        same = sum(ours["texts"].get(k) == v for k, v in data["texts"].items())
+        print(f"same completions: {same} of {len(ours['texts'])} identical texts (greedy, same seeds and engine kwargs)")
+    print("written per shard, atomically, and resumable:")
+    if "failed" not in ours:
+        print(f"  ours      yes: {len(ours['files'])} files (a shard and its .meta.json sidecar per chunk), each "
+              f"renamed into place when its chunk is done; a killed run loses only the chunks in flight, and the "
+              f"rerun plans from the sidecars alone (no Ray, no engine): {ours['rerun_s']:.1f} s above")
+    if "failed" not in data:
+        print(f"  ray data  per write block, with DataContext.checkpoint_config (CheckpointConfig(id_column=...)): "
+              f"{len(data['wall_files'])} file(s) {data['wall_files']}, a pending checkpoint before each and a "
+              f"commit after; a rerun filters the rows whose ids are checkpointed, but still builds the processor's "
+              f"stages: {data['rerun_s']:.1f} s above, writing {data['rerun_files'] or 'nothing'}; without a "
+              f"Write at the end (iter_rows, take) nothing is kept")
+        print(f"per-request log-probs and guided decoding through the processor: a row's own `sampling_params` go to "
+              f"vllm.SamplingParams (logprobs, and structured_outputs -> StructuredOutputsParams): the probe row "
+              f"asked for both: logprobs returned: {data['probe_logprobs']}, JSON-schema output: {data['probe_json']}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", choices=["throughput", "memory"])
@@ -258,6 +472,13 @@ def main() -> None:
     ap.add_argument("--fast-workers", type=int, default=2)
     ap.add_argument("--fast-concurrency", type=int, default=32)
     ap.add_argument("--fast-delay", type=float, default=0.0)
+    ap.add_argument("--ray-data", action="store_true", help="compare our Ray executor with ray.data.llm "
+                    "(a real vLLM engine on CPU; not part of the default run)")
+    ap.add_argument("--ray-data-prompts", type=int, default=32, help="MT-Bench prompts in the --ray-data runs")
+    ap.add_argument("--ray-data-shard", type=int, default=16, help="prompts per shard (ours) and per batch (Ray Data)")
+    ap.add_argument("--max-tokens", type=int, default=32, help="tokens per completion in the --ray-data runs")
+    ap.add_argument("--ray-data-timeout", type=int, default=900, help="seconds each --ray-data run may take")
+    ap.add_argument("--ray-data-run", choices=["ours", "ray-data"], help=argparse.SUPPRESS)
     ap.add_argument("--serve", help=argparse.SUPPRESS)
     ap.add_argument("--pipeline", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--rerun", action="store_true", help=argparse.SUPPRESS)
@@ -269,7 +490,13 @@ def main() -> None:
     if args.pipeline:
         pipeline_run(args)
         return
+    if args.ray_data_run:
+        print(json.dumps((ours_run if args.ray_data_run == "ours" else ray_data_run)(args), default=str))
+        return
     print(f"machine: {os.cpu_count()} cores ({len(os.sched_getaffinity(0))} usable), CPU only; Ray on 127.0.0.1")
+    if args.ray_data:
+        ray_data(args)
+        return
     for part in (throughput, memory):
         if args.only in (None, part.__name__):
             part(args)

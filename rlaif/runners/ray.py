@@ -6,7 +6,8 @@ the flow's process (runners/local.py). Without it nothing changes: the stages ru
 runs the same jobs as the in-process executor, with the same `compute`: nothing here knows what a
 stage makes.
 
-Why our own actors and not Ray Data's `ray.data.llm` processors: see `WHY_ACTORS` below.
+Why our own actors and not Ray Data's `ray.data.llm` processors, measured with
+`python bench/scale.py --ray-data`: see `WHY_ACTORS` below.
 
 Why Ray directly, under the Prefect flow, and not prefect-ray's task runner: a worker must load its
 model once and then take shard after shard (a 72B judge loads in minutes), which is a Ray actor;
@@ -56,16 +57,53 @@ from rlaif.runners.jobs import Job, ShardedStage, shards_by_group, write
 
 log = logging.getLogger(__name__)
 
-WHY_ACTORS = """Ray 2.60's `ray.data.llm` (vLLM processors with data-parallel replicas, placement groups,
-error rows, streaming between stages) covers batch inference over one dataset. This pipeline needs
-what it does not give: each shard written atomically where the run lives, with its sidecar, as the
-shard is finished, so a killed run resumes shard by shard (Ray Data writes a dataset's blocks when
-its write stage runs, into its own file names); one loaded engine serving several stages (a member
-and the judge on one model) and several members with their own sampling in one call; the judge's
-job for a chunk planned from the content hashes of that chunk's shards as they are written; and
-the stage's own `compute` (re-asks of unparsed verdicts at another temperature, token log-probs and
-guided decoding per request, the Batch API and endpoint fallbacks), unchanged from the in-process
-executor. So the executor keeps its own actors: one per engine replica, loaded once."""
+WHY_ACTORS = """Why this executor keeps its own actors and is not built on Ray 2.60's `ray.data.llm`.
+
+Measured (`python bench/scale.py --ray-data`): the same 32 MT-Bench prompts, SmolLM2-135M on
+vLLM's CPU engine with the same engine kwargs, greedy, 32 tokens, one replica, on a local Ray on
+2 shared cores (other processes beside it; one run each, so the split between loading
+and generating is rough):
+
+                   wall   1-prompt run   the other 31   completions/s   unchanged rerun
+    our actors    41.2 s      33.4 s         7.8 s      0.78 (3.97)         0.0 s
+    ray.data.llm  44.2 s      41.6 s         2.5 s      0.72 (12.3)         8.4 s
+
+(the 1-prompt run is the actor's start and the engine's load; in brackets, without it). All 32
+completions were the same text. Ray Data's generation itself was faster: its engine actor takes
+several batches at once (`max_concurrent_batches`), where our worker sends its chunks to vLLM one
+call at a time; its 1-prompt run also asked for log-probs and a JSON schema. End to end, with the
+load, the two were within 3 s. Our unchanged rerun planned from the sidecars and started nothing;
+Ray Data's took 8.4 s (its pipeline built, its checkpoint read) to write nothing.
+
+What Ray Data does give, checked in the installed source and by that run: its vLLM processor runs on
+CPU when given a CPU bundle (`placement_group_config={"bundles": [{"CPU": 1}]}`; without one each
+replica asks for a GPU); a row's own `sampling_params` reach vLLM whole, so per-request token
+log-probs and a JSON schema (`structured_outputs`) work (the probe row got log-probs back and
+output held to the schema); failed rows are kept as error rows; and
+`DataContext.checkpoint_config` (a `CheckpointConfig` on an id column, beta) makes a Read -> ... ->
+file Write pipeline resumable: each write block's file is committed after a pending checkpoint,
+and a rerun filters the ids already written.
+
+What it cannot do that this pipeline needs:
+  - resume by content, not by id: a checkpoint skips a row whose id was written, whatever made it;
+    our shards are keyed by the member's settings and the chunk's content (a changed member, or a
+    judge shard whose completions were made again, is made again alone), carry a sidecar
+    (counts, rows that failed transiently, the worker, the inputs' hashes) that later stages and
+    the next run plan from without reading a record, and a rerun re-asks only the transiently
+    failed rows of a shard.
+  - one loaded engine for several stages: each processor's engine stage is an actor pool of its
+    own, so a member and the judge on one model are two pools, each loading the model (and holding
+    its memory) for the whole run; our pool is keyed by the engine alone.
+  - judging a chunk once all its members' completions exist: Ray Data streams a batch from one
+    operator to the next, but bringing together every member's completion of a prompt is a
+    groupby, an all-to-all barrier over the whole dataset; here the judge's job for a chunk is
+    planned as the chunk's last completion shard is written, from those shards' content hashes.
+  - the stages' own `compute` unchanged from the in-process executor: re-asks of unparsed verdicts
+    at another temperature (a second request that depends on the first's answer), the Batch API,
+    several servers for one endpoint with failover, and API keys read on the node from the
+    variable an endpoint names (the HTTP processor takes one url and its headers, key included, in
+    a config that travels through Ray).
+So the executor keeps its own actors: one per engine replica, loaded once, fed jobs from one queue."""
 
 IN_FLIGHT = 2  # jobs sent to one worker at a time: the next is there when the last ends
 ATTEMPTS = 3  # times a shard may be lost with its worker before the stage stops
