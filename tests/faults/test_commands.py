@@ -11,8 +11,6 @@ import subprocess
 import sys
 import time
 
-import pytest
-
 import cases
 from rlaif.flows.cli import main
 
