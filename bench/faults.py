@@ -34,7 +34,9 @@ def row(name: str, expect: int, fn) -> tuple[list[str], bool]:
         except Exception as e:  # the case could not reach its fault: a row that says so
             traceback.print_exc(file=sys.stderr)
             return [name, "-", str(expect), f"{time.time() - start:.1f}", "?", "?", f"case failed: {e}"[:60]], False
-    ok = o.exit_code == expect and o.lost == 0 and o.paid_twice == 0
+    n = o.notes
+    ok = (o.exit_code == expect and o.lost == 0 and o.paid_twice == 0 and not n.get("left")
+          and not n.get("key_shown") and n.get("rerun", 0) == 0)
     note = ", ".join(f"{k}={v}" for k, v in o.notes.items() if k in ("left", "rerun", "key_shown", "codes")
                      and v not in ([], None))
     return [name, str(o.exit_code), str(expect), f"{o.seconds:.1f}", str(o.lost), str(o.paid_twice),

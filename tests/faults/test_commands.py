@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -41,6 +42,7 @@ def test_two_server_starts_at_once_leave_one_server_which_stop_stops(tmp_path):
     env = {**os.environ, "RLAIF_HOME": str(tmp_path / "home")}
     env.pop("PREFECT_API_URL", None)
     starts = [server_cmd("start", env) for _ in range(2)]
+    servers: set[int] = set()
     try:
         outs = [p.communicate(timeout=300) for p in starts]
         assert [p.returncode for p in starts] == [0, 0], outs
@@ -55,7 +57,10 @@ def test_two_server_starts_at_once_leave_one_server_which_stop_stops(tmp_path):
     deadline = time.time() + 20
     while any(cases.alive(p) for p in servers) and time.time() < deadline:
         time.sleep(0.2)
-    assert not [p for p in servers if cases.alive(p)]
+    left = [p for p in servers if cases.alive(p)]
+    for p in left:  # not left running, even when the test fails
+        os.kill(p, signal.SIGKILL)
+    assert not left
 
 
 def _cmdline(pid: int) -> bytes:

@@ -34,13 +34,19 @@ MESSAGES = {  # status -> (type, message) of the API's error body
 }
 
 
+def _filtered(reply: dict) -> None:
+    """A content filter's answer: each choice without content, finish_reason "content_filter"."""
+    for c in reply.get("choices", []):
+        c.update(finish_reason="content_filter", logprobs=None)
+        c["message"].update(content=None, refusal=None)
+
+
 # fault kinds answered with HTTP 200 and a body no client can use: bytes as they are, or an edit of a real answer
 MALFORMED = {
     "truncated": b'{"id": "chatcmpl-1", "object": "chat.completion", "choices": [{"index": 0, "message": {"role": "as',
     "html": b"<html><head><title>502 Bad Gateway</title></head><body><h1>Bad Gateway</h1></body></html>",
     "no_choices": lambda reply: reply.update(choices=[]),
-    "content_null": lambda reply: [c.update(finish_reason="content_filter", logprobs=None) or
-                                   c["message"].update(content=None, refusal=None) for c in reply.get("choices", [])],
+    "content_null": _filtered,
 }
 
 
