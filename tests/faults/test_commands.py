@@ -11,7 +11,6 @@ import subprocess
 import sys
 import time
 
-
 from tests.faults import cases
 from rlaif.cli.main import main
 
