@@ -57,7 +57,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from rlaif.core.records import Completion, Judgement, PairJudgement, PreferencePair, ScoreSource
-from rlaif.judges.scores import completion_scores
+from rlaif.judges.scores import completion_scores, score_of
 
 
 def words(text: str) -> int:
@@ -227,7 +227,7 @@ class BiasData:
                 if self.scale is None:
                     self.scale = j.scale
                 for a in [*j.aspects, "mean"]:
-                    value = j.score(self.source, None if a == "mean" else a)
+                    value = score_of(j, self.source, None if a == "mean" else a)
                     if value is not None:
                         self.aspects.setdefault(a, array("d")).append(value)
         return self

@@ -12,11 +12,12 @@ the next chunk is read. Self-preference maps the recipe's members to their model
 
 from __future__ import annotations
 
-from rlaif.core.records import Completion, Judgement, PairJudgement, Prompt
+from rlaif.core.records import Completion, Prompt
 from rlaif.core.store import RunStore
 from rlaif.generation.ensemble import STAGE as COMPLETIONS
 from rlaif.generation.prompt_sets import PROMPTS
 from rlaif.judges.bias import BiasData, BiasReport
+from rlaif.judges.registry import get_kind
 from rlaif.judges.stage import stored_manifest
 from rlaif.preferences.binarize import BinarizeSpec, binarize
 from rlaif.preferences.versions import members_of
@@ -34,7 +35,7 @@ def completion_shards(store: RunStore) -> dict[str, list[str]]:
 
 def run_judge_bias(store: RunStore, judge: str, recipe_info: dict | None = None) -> BiasReport:
     info, manifest = stored_manifest(store, judge)
-    kind = PairJudgement if info["kind"] in ("pairwise", "mt_bench_pairwise") else Judgement
+    kind = get_kind(info["kind"]).record_type
     spec = BinarizeSpec(**{**(recipe_info or {}).get("binarize", {}), "judge": judge, "push_to_hub": None})
     data = BiasData(spec.score, spec.aspect)
     shards = completion_shards(store)
