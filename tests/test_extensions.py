@@ -115,3 +115,18 @@ def test_a_backend_from_one_file_generates_judges_and_binarizes(tmp_path, srv, p
         preflight(load_recipe(bad), str(tmp_path / "other"), {"generate"})
     with pytest.raises(ConfigError, match=r"unknown backend 'nope' \(backends: .*urllib"):
         load_recipe(path, ["judge.engine.backend=nope"])
+
+
+def test_kind_settings_written_beside_kind_are_read_as_its_options():
+    from rlaif.judges.spec import JudgeSpec
+
+    old = JudgeSpec(name="uf", model="m", aspects=["honesty"])  # a recipe written before `options:`
+    assert old.options.aspects == ["honesty"]
+    assert old.settings_hash() == JudgeSpec(name="uf", model="m", options={"aspects": ["honesty"]}).settings_hash()
+    mt = JudgeSpec(name="mt", kind="mt_bench_single", model="m", explanation_chars=100)
+    assert mt.options.explanation_chars == 100
+    assert JudgeSpec(name="c", kind="critique", model="m", aspects=["honesty"]).options.model_dump() == {}
+    with pytest.raises(ValueError, match="aspects is set twice: write it once, under options:"):
+        JudgeSpec(name="uf", model="m", aspects=["honesty"], options={"aspects": ["honesty"]})
+    with pytest.raises(ValueError, match="options of the pairwise kind: aspects: Extra inputs"):
+        JudgeSpec(name="p", kind="pairwise", model="m", options={"aspects": ["honesty"]})
