@@ -156,8 +156,10 @@ class JudgeKind:
         self.template_for(spec)
 
     def hash_parts(self, spec: JudgeBlock) -> tuple:
-        """Settings of this kind, beyond the common ones, that shape its verdicts."""
-        return ()
+        """Settings of this kind, beyond the common ones, that shape its verdicts: by default all
+        of its options (none: nothing, so a kind without options keeps its hashes)."""
+        options = spec.options.model_dump(mode="json")
+        return (options,) if options else ()
 
     def output_format(self, spec: JudgeBlock) -> OutputFormat:
         raise NotImplementedError

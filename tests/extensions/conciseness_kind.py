@@ -1,7 +1,7 @@
 """A judge kind in one file, with its template beside it: how concise a completion is, 1-3.
 
     inputs    a prompt and one completion
-    options   max_words: the length the template calls concise (part of the settings hash)
+    options   max_words: the length the template calls concise (in the settings hash, as every option is)
     template  conciseness.v1.jinja, next to this file (`template_dir`)
     output    {"reason": "...", "concise": 1-3} (JSON schema)
     score     the sampled verdict, whatever the score source: on a 3-point scale the verdict
@@ -41,9 +41,6 @@ class Conciseness(PointwiseKind):
     name, template, version, max_tokens, scale = "conciseness", "conciseness", "v1", 64, (1, 3)
     template_dir = Path(__file__).parent
     options = ConcisenessOptions
-
-    def hash_parts(self, spec):
-        return (spec.options.max_words,)
 
     def output_format(self, spec):
         return CONCISENESS
