@@ -147,8 +147,9 @@ class Judgement(Judged):
         """The mean over aspects (as Argilla's Notus did), or one `aspect`; None if any is unusable.
 
         expected: from the judge's rating-token probabilities; sampled: the written rating; auto:
-        expected where the engine returned probabilities, else sampled. A reward model's scalar is
-        its score under every source.
+        expected where the engine returned probabilities, else sampled. This is the common rule; a
+        kind may read its verdicts another way (`JudgeKind.score`: a reward model's scalar is its
+        score under every source), so stages score through the kind (judges.scores.score_of).
         """
         if self.status != "parsed":
             return None
@@ -157,7 +158,7 @@ class Judgement(Judged):
         for a in chosen:
             if a is None:
                 return None
-            if self.kind == "reward_model" or source == "expected":
+            if source == "expected":
                 values.append(a.expected)
             elif source == "sampled":
                 values.append(a.rating)

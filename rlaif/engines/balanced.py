@@ -25,7 +25,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from rlaif.engines.base import Progress, Request, Result
-from rlaif.engines.openai_endpoint import Endpoint, EndpointEngine
+from rlaif.engines.config import Endpoint
+from rlaif.engines.openai_endpoint import EndpointEngine
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,9 @@ or the error that stopped it and whether it was transient (`retryable`: sent aga
 Generation and judging build requests and read results; they never ask which backend runs them.
 Backends: `vllm_offline.VLLMEngine` (vLLM in this process), `openai_endpoint.EndpointEngine` (any
 OpenAI-compatible server; `providers.py` writes each request as its server takes it),
-`batch_api.BatchEngine` (the OpenAI Batch API). `pool.EnginePool` loads each (model, settings) once
-per run. An engine may say how many requests it wants per call (`window`, see `window()`): the
+`balanced.BalancedEngine` (several servers of one model), `batch_api.BatchEngine` (the OpenAI Batch
+API); each registers itself as a `backend.Backend` (engines/backends/), and a new one is one file.
+`pool.EnginePool` loads each (model, settings) once per run. An engine may say how many requests it wants per call (`window`, see `window()`): the
 stages then hand it several prompt chunks at once (a batch per window, not per chunk).
 """
 
@@ -54,6 +55,7 @@ class EngineSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    backend: str | None = None  # which backend runs it (engines/backend.py); default: as `endpoint:` says
     dtype: str | None = None  # float32 on CPU, auto on GPU
     quantization: str | None = None  # vLLM's: awq, gptq, fp8, bitsandbytes, ...
     tensor_parallel_size: int = Field(1, ge=1)  # GPUs one replica shards each layer over

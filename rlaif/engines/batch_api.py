@@ -37,8 +37,9 @@ from rlaif.core.records import content_hash
 from rlaif.core.store import write_json
 from rlaif.engines import providers
 from rlaif.engines.base import Progress, Request, Result
-from rlaif.engines.openai_endpoint import (Endpoint, EndpointEngine, EndpointRefused, MalformedReply, describe, redact,
-                                           refused, result_of)
+from rlaif.engines.config import Endpoint
+from rlaif.engines.openai_endpoint import (EndpointEngine, EndpointRefused, MalformedReply, describe, redact, refused,
+                                           result_of)
 
 log = logging.getLogger(__name__)
 

@@ -5,8 +5,9 @@ two ensemble members with different sampling on one model (the common case: temp
 prompts) load it once, and a judge on a generator's model judges while it is still loaded. Local
 engines are big, so the pool keeps `local_capacity` of them (default 1) and closes the least
 recently used one before loading another; the generation stage orders its work so that the model
-the judge needs next is the last one it uses. Endpoint engines cost nothing to keep; an endpoint
-with `batch: true` is a Batch API engine, which keeps its batch ids in the run dir given to `get`.
+the judge needs next is the last one it uses. Endpoint engines cost nothing to keep. Which engine a
+spec gets is its backend's to say (engines/backend.py); a Batch API engine keeps its batch ids in the
+run dir given to `get`.
 
     with EnginePool() as pool:
         engine = pool.get(EngineSpec("smollm2-135m-instruct", None, settings))
@@ -21,68 +22,35 @@ from __future__ import annotations
 import gc
 import logging
 from collections import OrderedDict
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from rlaif.core.records import content_hash
-from rlaif.engines.base import Engine, EngineSettings
-from rlaif.engines.openai_endpoint import Endpoint
+from rlaif.engines.backend import EngineSpec, Replica  # noqa: F401  (EngineSpec: imported from here too)
+from rlaif.engines.base import Engine
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class EngineSpec:
-    """Which engine a member or judge needs: a model here (with settings) or behind an endpoint."""
-
-    model: str
-    endpoint: Endpoint | None = None
-    settings: EngineSettings = field(default_factory=EngineSettings)
-
-    @property
-    def key(self) -> str:
-        if self.endpoint is not None:  # never the key: where, which model, and how it is asked
-            return "endpoint-" + content_hash(self.endpoint, self.model)
-        return "local-" + content_hash(self.model, self.settings.engine_only())
-
-    @property
-    def local(self) -> bool:
-        return self.endpoint is None
-
-
 class EnginePool:
-    def __init__(self, local_capacity: int = 1, seed: int = 0):
-        self.local_capacity, self.seed = local_capacity, seed
+    def __init__(self, local_capacity: int = 1, seed: int = 0, replica: Replica = Replica()):
+        self.local_capacity, self.seed, self.replica = local_capacity, seed, replica
         self._engines: OrderedDict[str, Engine] = OrderedDict()
+        self._local: set[str] = set()  # keys of engines that hold the accelerator (the backend says)
         self._borrowed: set[str] = set()  # put() by the caller: never closed here
         self.loads: dict[str, int] = {}  # key -> times loaded (a figure the tests and bench read)
 
     def get(self, spec: EngineSpec, run_dir: str | Path | None = None) -> Engine:
-        """The engine for `spec`, loaded once; `run_dir` holds a Batch API engine's state."""
+        """The engine for `spec`, loaded once by its backend; `run_dir` holds a Batch API engine's state."""
         if spec.key in self._engines:
             self._engines.move_to_end(spec.key)
             return self._engines[spec.key]
-        if spec.local:
-            local = [k for k in self._engines if k.startswith("local-") and k not in self._borrowed]
+        backend = spec.backend
+        if backend.local:
+            local = [k for k in self._engines if k in self._local and k not in self._borrowed]
             while len(local) >= self.local_capacity:
                 self.release(local.pop(0))
-            from rlaif.engines.models import resolve_model
-            from rlaif.engines.vllm_offline import VLLMEngine
-
-            engine: Engine = VLLMEngine(resolve_model(spec.model), spec.settings, seed=self.seed, label=spec.model)
-        elif spec.endpoint.batch:
-            from rlaif.engines.batch_api import BatchEngine
-            from rlaif.engines.models import rlaif_home
-
-            engine = BatchEngine(spec.endpoint, spec.model, Path(run_dir or rlaif_home()) / "batches")
-        elif spec.endpoint.base_urls:
-            from rlaif.engines.balanced import BalancedEngine
-
-            engine = BalancedEngine(spec.endpoint, spec.model)
-        else:
-            from rlaif.engines.openai_endpoint import EndpointEngine
-
-            engine = EndpointEngine(spec.endpoint, spec.model)
+        engine = backend.open(spec, Path(run_dir) if run_dir is not None else None, self.seed, self.replica)
+        if backend.local:
+            self._local.add(spec.key)
         self.loads[spec.key] = self.loads.get(spec.key, 0) + 1
         self._engines[spec.key] = engine
         return engine
@@ -91,6 +59,8 @@ class EnginePool:
         """Use an engine loaded elsewhere for `spec` (the caller closes it)."""
         self._engines[spec.key] = engine
         self._borrowed.add(spec.key)
+        if spec.local:
+            self._local.add(spec.key)
 
     def is_loaded(self, spec: EngineSpec) -> bool:
         return spec.key in self._engines
@@ -101,6 +71,7 @@ class EnginePool:
 
     def release(self, key: str) -> None:
         engine = self._engines.pop(key, None)
+        self._local.discard(key)
         if key in self._borrowed:
             self._borrowed.discard(key)
         elif engine is not None:

@@ -25,12 +25,9 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from rlaif.engines.base import Request
-
-if TYPE_CHECKING:
-    from rlaif.engines.openai_endpoint import Endpoint
+from rlaif.engines.config import Endpoint
 
 log = logging.getLogger(__name__)
 

@@ -214,7 +214,7 @@ def mt_bench_judge(spec: JudgeSpec) -> JudgeSpec:
         raise ConfigError(f"judge {spec.name!r} is a {spec.kind}: MT-Bench needs a judge that writes text")
     if spec.kind == MTBenchSingle.name:
         return spec
-    data = spec.model_dump(exclude={"kind", "template", "template_version", "sampling", "aspects", "mode"})
+    data = spec.model_dump(exclude={"kind", "template", "template_version", "sampling", "options", "mode"})
     # bounded by the regex when structured; free text needs room for the explanation before [[rating]]
     tokens = MTBenchSingle.max_tokens if spec.structured else MAX_TOKENS
     return JudgeSpec(**data, kind=MTBenchSingle.name, sampling=Sampling(temperature=0.0, max_tokens=tokens,
@@ -238,7 +238,7 @@ def grade(store: RunStore, answers: dict[str, dict[int, list[Completion]]], mode
     """label -> turn -> question id -> the verdict; only asks never answered (or failed transiently) go out."""
     pool, engine, seed, report = ctx.pool, ctx.engine, ctx.seed, ctx.reporter
     stage, settings = f"judgements/{spec.name}", spec.settings_hash()
-    fmt = rating_format(*MTBenchSingle.scale, spec.explanation_chars)
+    fmt = rating_format(*MTBenchSingle.scale, spec.options.explanation_chars)
     by_id = {q.question_id: q for q in questions}
     gradings = []
     for m in models:

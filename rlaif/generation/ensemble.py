@@ -24,12 +24,13 @@ from __future__ import annotations
 import random
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from rlaif.core.records import Completion, Prompt, content_hash, derive_seed
 from rlaif.core.store import ShardInfo
+from rlaif.engines.backend import known_backend
 from rlaif.engines.base import EngineSettings, Request, Result, Sampling
-from rlaif.engines.openai_endpoint import Endpoint
+from rlaif.engines.config import Endpoint
 from rlaif.engines.pool import EngineSpec
 from rlaif.prompts import load_template
 
@@ -50,6 +51,8 @@ class GeneratorSpec(BaseModel):
     urial_version: str = "v1"
     sampling: Sampling = Field(default_factory=Sampling)
     engine: EngineSettings | None = None  # this member's engine settings; default: the recipe's `engine:`
+
+    _known_backend = field_validator("engine")(known_backend)
 
     def settings_hash(self) -> str:
         template = load_template("urial", self.urial_version).hash if self.format == "urial" else None

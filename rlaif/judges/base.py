@@ -1,34 +1,74 @@
 """What a judge kind is, and what every kind shares.
 
-A kind is one module in `rlaif/judges/kinds/` (plus its template in `rlaif/prompts/`), shaped like
-a distilabel task. It declares:
+A kind is one module (plus its template), shaped like a distilabel task; defining its class
+registers it (the built-in ones live in `rlaif/judges/kinds/`, where the registry finds them). It
+declares:
 
-    inputs     a prompt and one completion (`PointwiseKind`) or two (`PairwiseKind`); an ask may
-               cover several completions (UltraFeedback's joint rating: all of a prompt's at once)
-    template   the versioned template its messages are built from, and its default version
+    inputs     a prompt and one completion (`PointwiseKind`) or two (`PairwiseKind`, `pairwise =
+               True`: its records are `PairJudgement`s); an ask may cover several completions
+               (UltraFeedback's joint rating: all of a prompt's at once)
+    template   the versioned template its messages are built from, its default version, and where
+               its template files are (`template_dir`; default: rlaif/prompts/templates)
     output     the format it must write (`parsing.OutputFormat`): a JSON schema or a regex, the
                verdict's values, a tolerant pattern for free text
-    defaults   max_tokens, the scale of its scores, the settings that shape its verdicts
+    options    its own settings, a pydantic model: the `options:` of a recipe's judge block
+               (UltraFeedback's aspects, MT-Bench's explanation bound, a reward model's max_length)
+    score      how a judgement's score is read (default: the mean over its aspects; a reward
+               model's scalar is its score under every source)
+    defaults   max_tokens, the scale of its scores
 
 and turns its parsed answers into `Judgement` / `PairJudgement` records. It never asks which engine
 runs its requests: the judge stage (judges/stage.py) sends them, re-asks what did not parse, and
-hands the answers back. A kind that is not a text generator (a reward model) overrides
-`judge_group` and brings its own scorer.
+hands the answers back. A kind that is not a text generator (a reward model) sets `text = False`,
+overrides `judge_group` and brings its own scorer.
+
+Kinds read the judge block through `JudgeBlock` (what judges.spec.JudgeBlock offers them), so this
+module does not import the spec, which imports the kinds.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from itertools import combinations
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
+
+from pydantic import BaseModel, ConfigDict
 
 from rlaif.core.records import (AspectRating, Completion, Judged, Judgement, PairJudgement, PairVerdict, Prompt,
-                                content_hash)
+                                ScoreSource, content_hash)
+from rlaif.engines.base import Sampling
+from rlaif.engines.config import Endpoint
 from rlaif.judges.parsing import OutputFormat, Parsed, expected_value
 from rlaif.prompts import Template, load_template
 
-if TYPE_CHECKING:
-    from rlaif.judges.spec import JudgeSpec
+
+class JudgeBlock(Protocol):
+    """What a kind reads of a recipe's judge block (judges.spec.JudgeBlock)."""
+
+    name: str
+    kind: str
+    model: str
+    endpoint: Endpoint | None
+    mode: str | None
+    template: str | None
+    template_version: str | None
+    sampling: Sampling
+    options: Any  # the kind's own `options` model
+
+    def settings_hash(self) -> str: ...
+
+    def judge_template(self) -> Template: ...
+
+
+class NoOptions(BaseModel):
+    """A kind without settings of its own: its `options:` must be empty."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+defined: dict[str, type[JudgeKind]] = {}  # kind name -> class: every kind defined in this process
+
 
 # a judgement of a completion that has no text: its failure is the generation's, counted there
 COMPLETION_FAILED = "completion failed: "
@@ -55,7 +95,7 @@ class Answer:
     retryable: bool = False
 
 
-def provenance(spec: JudgeSpec, settings: str) -> dict[str, Any]:
+def provenance(spec: JudgeBlock, settings: str) -> dict[str, Any]:
     """The fields every verdict record carries to say who judged and how."""
     t = spec.judge_template()
     return dict(judge=spec.name, kind=spec.kind, judge_model=spec.model, template=t.name, template_version=t.version,
@@ -75,47 +115,65 @@ def record_unit(r: Judged) -> str:
 
 class JudgeKind:
     name: str = ""
-    pairwise: bool = False
-    template: str = ""  # default template name and version (prompts/templates/<name>.<version>.*)
+    pairwise: bool = False  # judges two completions at once: PairJudgement records
+    template: str = ""  # default template name and version (<template_dir>/<name>.<version>.*)
+    template_dir: ClassVar[Path | None] = None  # None: rlaif/prompts/templates
     version: str = "v1"
     max_tokens: int = 96  # room for the bounded free text plus the JSON around it
     scale: tuple[float, float] | None = None
     text: bool = True  # False: not judged by a text engine (see judge_group)
     modes: tuple[str, ...] = ()  # the `mode`s a kind offers (UltraFeedback: per_completion, joint)
+    options: ClassVar[type[BaseModel]] = NoOptions  # its settings: `options:` in the judge block
 
-    def default_mode(self, spec: JudgeSpec) -> str | None:
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("name"):  # a concrete kind (not PointwiseKind, PairwiseKind)
+            defined[cls.name] = cls
+
+    @property
+    def record_type(self) -> type[Judged]:
+        return PairJudgement if self.pairwise else Judgement
+
+    def score(self, j: Judgement, source: ScoreSource = "auto", aspect: str | None = None) -> float | None:
+        """A pointwise judgement's score: by default the mean over its aspects, or one `aspect`
+        (`Judgement.score`); a kind whose verdicts are read another way overrides this."""
+        return j.score(source, aspect)
+
+    def default_mode(self, spec: JudgeBlock) -> str | None:
         return None
 
-    def default_template(self, spec: JudgeSpec) -> str:
+    def default_template(self, spec: JudgeBlock) -> str:
         return self.template
 
-    def template_for(self, spec: JudgeSpec) -> Template:
-        return load_template(spec.template, spec.template_version)
+    def template_for(self, spec: JudgeBlock) -> Template:
+        return load_template(spec.template, spec.template_version, self.template_dir)
 
-    def validate(self, spec: JudgeSpec) -> None:
+    def validate(self, spec: JudgeBlock) -> None:
         """Fail at recipe load if the spec cannot work (a template that does not exist, ...)."""
         if spec.mode is not None and spec.mode not in self.modes:
             offered = f"its modes: {list(self.modes)}" if self.modes else "it has no modes"
             raise ValueError(f"mode {spec.mode!r} is not a mode of the {self.name} kind ({offered})")
         self.template_for(spec)
 
-    def hash_parts(self, spec: JudgeSpec) -> tuple:
-        """Settings of this kind, beyond the common ones, that shape its verdicts."""
-        return ()
+    def hash_parts(self, spec: JudgeBlock) -> tuple:
+        """Settings of this kind, beyond the common ones, that shape its verdicts: by default all
+        of its options (none: nothing, so a kind without options keeps its hashes)."""
+        options = spec.options.model_dump(mode="json")
+        return (options,) if options else ()
 
-    def output_format(self, spec: JudgeSpec) -> OutputFormat:
+    def output_format(self, spec: JudgeBlock) -> OutputFormat:
         raise NotImplementedError
 
-    def asks(self, spec: JudgeSpec, prompt: Prompt, completions: list[Completion]) -> list[Ask]:
+    def asks(self, spec: JudgeBlock, prompt: Prompt, completions: list[Completion]) -> list[Ask]:
         """Everything to ask about one prompt's completions."""
         raise NotImplementedError
 
-    def records(self, spec: JudgeSpec, settings: str, prompt: Prompt, completions: list[Completion],
+    def records(self, spec: JudgeBlock, settings: str, prompt: Prompt, completions: list[Completion],
                 answers: dict[str, Answer]) -> list[Judged]:
         """One prompt's records from the answers to its asks."""
         raise NotImplementedError
 
-    def judge_group(self, spec: JudgeSpec, prompts: dict[str, Prompt], completions: list[Completion],
+    def judge_group(self, spec: JudgeBlock, prompts: dict[str, Prompt], completions: list[Completion],
                     seed: int) -> list[Judged]:
         """Only for kinds with `text = False`: judge a chunk's completions without a text engine."""
         raise NotImplementedError
@@ -125,16 +183,16 @@ class JudgeKind:
 class PointwiseKind(JudgeKind):
     """Rates each completion on its own: one ask per completion per aspect."""
 
-    def completion_asks(self, spec: JudgeSpec, prompt: Prompt, c: Completion) -> list[tuple[str, list[dict]]]:
+    def completion_asks(self, spec: JudgeBlock, prompt: Prompt, c: Completion) -> list[tuple[str, list[dict]]]:
         """(aspect, messages) for one completion."""
         raise NotImplementedError
 
-    def asks(self, spec: JudgeSpec, prompt: Prompt, completions: list[Completion]) -> list[Ask]:
+    def asks(self, spec: JudgeBlock, prompt: Prompt, completions: list[Completion]) -> list[Ask]:
         fmt = self.output_format(spec)
         return [Ask(f"{c.completion_id}|{aspect}", (c.completion_id,), messages, fmt)
                 for c in completions if c.ok for aspect, messages in self.completion_asks(spec, prompt, c)]
 
-    def records(self, spec: JudgeSpec, settings: str, prompt: Prompt, completions: list[Completion],
+    def records(self, spec: JudgeBlock, settings: str, prompt: Prompt, completions: list[Completion],
                 answers: dict[str, Answer]) -> list[Judged]:
         out = []
         for c in completions:
@@ -151,7 +209,7 @@ def aspect_rating(answer: Answer) -> AspectRating:
     return AspectRating(rating=rating, rationale=p.text, probs=p.probs, expected=expected_value(p.probs), raw=p.raw)
 
 
-def pointwise_judgement(spec: JudgeSpec, settings: str, scale: tuple[float, float] | None, c: Completion,
+def pointwise_judgement(spec: JudgeBlock, settings: str, scale: tuple[float, float] | None, c: Completion,
                         answers: dict[str, Answer], orders: dict[str, list[str]] | None = None) -> Judgement:
     """One completion's record from its aspects' answers (or the reason there are none); `orders`:
     per aspect, the completions in the order a joint ask showed them."""
@@ -185,19 +243,19 @@ class PairwiseKind(JudgeKind):
 
     pairwise = True
 
-    def pair_messages(self, spec: JudgeSpec, prompt: Prompt, first: Completion, second: Completion) -> list[dict]:
+    def pair_messages(self, spec: JudgeBlock, prompt: Prompt, first: Completion, second: Completion) -> list[dict]:
         raise NotImplementedError
 
-    def pair_asks(self, spec: JudgeSpec, prompt: Prompt, a: Completion, b: Completion) -> list[Ask]:
+    def pair_asks(self, spec: JudgeBlock, prompt: Prompt, a: Completion, b: Completion) -> list[Ask]:
         """The pair in both orders: (a shown first, b second) and (b first, a second)."""
         fmt, pid = self.output_format(spec), pair_id(a, b)
         return [Ask(f"{pid}|{order}", (pid,), self.pair_messages(spec, prompt, first, second), fmt)
                 for order, (first, second) in (("ab", (a, b)), ("ba", (b, a)))]
 
-    def asks(self, spec: JudgeSpec, prompt: Prompt, completions: list[Completion]) -> list[Ask]:
+    def asks(self, spec: JudgeBlock, prompt: Prompt, completions: list[Completion]) -> list[Ask]:
         return [ask for a, b in pairs_of(completions) for ask in self.pair_asks(spec, prompt, a, b)]
 
-    def records(self, spec: JudgeSpec, settings: str, prompt: Prompt, completions: list[Completion],
+    def records(self, spec: JudgeBlock, settings: str, prompt: Prompt, completions: list[Completion],
                 answers: dict[str, Answer]) -> list[Judged]:
         missing = Answer(None, error="no answer")
         return [pair_judgement(spec, settings, a, b, {o: answers.get(f"{pair_id(a, b)}|{o}", missing) for o in ("ab", "ba")})
@@ -213,7 +271,7 @@ def _verdict(first: str, second: str, answer: Answer) -> PairVerdict:
     return PairVerdict(first=first, second=second, winner=winner, p_first=p_first, rationale=p.text, raw=p.raw)
 
 
-def pair_judgement(spec: JudgeSpec, settings: str, a: Completion, b: Completion,
+def pair_judgement(spec: JudgeBlock, settings: str, a: Completion, b: Completion,
                    answers: dict[str, Answer]) -> PairJudgement:
     """Both orders combined: they must agree, else a tie; P(a better) is their mean."""
     base = dict(judgement_id=content_hash(pair_id(a, b), settings), prompt_id=a.prompt_id,

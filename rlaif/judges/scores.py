@@ -1,6 +1,7 @@
 """Scores per completion from any judge kind, so binarization and agreement treat kinds alike.
 
-Pointwise judges score each completion directly (`Judgement.score`). A pairwise judge scores a
+Pointwise judges score each completion directly, by their kind's rule (`score_of`: by default the
+mean over aspects, `Judgement.score`). A pairwise judge scores a
 completion by how it fares against the prompt's others: the mean, over its comparisons, of
 P(it is better) (soft, from the verdict tokens' probabilities), or of 1 / 0.5 / 0 for a win, a tie
 (including the orders disagreeing) and a loss (sampled).
@@ -11,6 +12,12 @@ from __future__ import annotations
 from collections import defaultdict
 
 from rlaif.core.records import Judgement, PairJudgement, ScoreSource
+from rlaif.judges.registry import get_kind
+
+
+def score_of(j: Judgement, source: ScoreSource = "auto", aspect: str | None = None) -> float | None:
+    """A pointwise judgement's score as its kind reads it (None: unusable)."""
+    return get_kind(j.kind).score(j, source, aspect)
 
 
 def pairwise_scores(judgements: list[PairJudgement], source: ScoreSource = "auto") -> dict[str, float]:
@@ -37,7 +44,7 @@ def completion_scores(judgements: list[Judgement] | list[PairJudgement], source:
         return pairwise_scores(judgements, source)  # type: ignore[arg-type]
     out = {}
     for j in judgements:
-        s = j.score(source, aspect)  # type: ignore[union-attr]
+        s = score_of(j, source, aspect)  # type: ignore[arg-type]
         if s is not None:
             out[j.completion_id] = s
     return out

@@ -15,6 +15,10 @@ One `JudgeSpec` describes every kind, so swapping a judge is swapping a block of
 Argilla's Notus averaging is not a kind of its own: it is the `ultrafeedback` kind's score, the mean
 of the aspect ratings (`Judgement.score`), and binarization's default.
 
+A kind's own settings are its `options:` (each kind's options model: ultrafeedback's `aspects`,
+the MT-Bench kinds' `explanation_chars`, reward_model's `max_length` and `batch_size`); written
+beside `kind:` as before, they are moved into `options:`.
+
 The settings hash covers everything that shapes a verdict (kind, model, where it runs, template
 name + version + content hash, sampling, constraints, and the kind's own settings), so changing
 any of them re-judges.
@@ -22,18 +26,23 @@ any of them re-judges.
 
 from __future__ import annotations
 
-from typing import Literal
+import logging
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from rlaif.core.records import content_hash
+from rlaif.engines.backend import EngineSpec, known_backend
 from rlaif.engines.base import EngineSettings, Sampling
-from rlaif.engines.openai_endpoint import Endpoint
-from rlaif.engines.pool import EngineSpec
+from rlaif.engines.config import Endpoint
 from rlaif.judges.base import JudgeKind
-from rlaif.judges.kinds.ultrafeedback import ASPECTS
 from rlaif.judges.registry import all_kinds, get_kind
 from rlaif.prompts import Template
+
+log = logging.getLogger(__name__)
+
+# kinds' settings that were judge-block fields before `options:`; still read there, moved into options
+MOVED_TO_OPTIONS = ("aspects", "explanation_chars", "max_length", "batch_size")
 
 
 class JudgeSpec(BaseModel):
@@ -46,7 +55,7 @@ class JudgeSpec(BaseModel):
     model: str  # bundled name, local dir, hub id, or the endpoint's model name
     endpoint: Endpoint | None = None  # set: judge through an OpenAI-compatible server
     engine: EngineSettings | None = None  # this judge's engine settings; default: the recipe's `engine:`
-    aspects: list[str] = Field(default_factory=lambda: list(ASPECTS), min_length=1)  # ultrafeedback
+    options: Any = None  # the kind's own settings (its `options` model), e.g. ultrafeedback's aspects
     # ultrafeedback: joint (all of a prompt's completions per request) or per_completion; default:
     # joint on a hosted endpoint, per_completion on a local engine or one's own server
     mode: Literal["joint", "per_completion"] | None = None
@@ -58,9 +67,32 @@ class JudgeSpec(BaseModel):
     structured: bool = True  # constrain output (guided JSON / regex / response_format); False: parse free text
     retries: int = Field(2, ge=0)  # re-asks for an output that did not parse
     retry_temperature: float = Field(0.7, ge=0)  # a re-ask at temperature 0 would write the same text
-    explanation_chars: int = Field(400, ge=0)  # MT-Bench kinds: bound on the text before [[verdict]]
-    max_length: int = Field(2048, ge=16)  # reward_model: tokens per scored conversation
-    batch_size: int = Field(8, ge=1)  # reward_model
+
+    _known_backend = field_validator("engine")(known_backend)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _options_moved(cls, data: Any) -> Any:
+        """`aspects: [...]` beside `kind:` (before `options:`) is read as `options: {aspects: [...]}`;
+        one the kind does not take is ignored, as it always was."""
+        if not isinstance(data, dict) or not any(k in data for k in MOVED_TO_OPTIONS):
+            return data
+        data, kind = dict(data), all_kinds().get(data.get("kind", "ultrafeedback"))
+        options = data.get("options")
+        options = dict(options) if isinstance(options, dict) else {} if options is None else options
+        for k in MOVED_TO_OPTIONS:
+            if k not in data:
+                continue
+            value = data.pop(k)
+            if kind is None or k not in kind.options.model_fields:
+                log.warning("judge %r: %s is not a setting of the %s kind; ignored", data.get("name"), k,
+                            data.get("kind", "ultrafeedback"))
+            elif not isinstance(options, dict) or k in options:
+                raise ValueError(f"{k} is set twice: write it once, under options:")
+            else:
+                options[k] = value
+        data["options"] = options
+        return data
 
     @field_validator("kind")
     @classmethod
@@ -69,17 +101,15 @@ class JudgeSpec(BaseModel):
             raise ValueError(f"unknown judge kind {kind!r} (kinds: {sorted(all_kinds())})")
         return kind
 
-    @field_validator("aspects")
-    @classmethod
-    def _known_aspects(cls, aspects: list[str]) -> list[str]:
-        unknown = sorted(set(aspects) - set(ASPECTS))
-        if unknown:
-            raise ValueError(f"unknown aspects {unknown} (UltraFeedback's: {list(ASPECTS)})")
-        return aspects
-
     @model_validator(mode="after")
     def _kind_defaults(self) -> JudgeSpec:
         kind = self.impl
+        if not isinstance(self.options, kind.options):
+            try:
+                self.options = kind.options.model_validate(self.options if self.options is not None else {})
+            except ValidationError as e:
+                raise ValueError("options of the {} kind: {}".format(kind.name, "; ".join(
+                    f"{'.'.join(map(str, err['loc']))}: {err['msg'].removeprefix('Value error, ')}" for err in e.errors()))) from None
         self.mode = self.mode or kind.default_mode(self)
         self.template = self.template or kind.default_template(self)
         self.template_version = self.template_version or kind.version

@@ -32,6 +32,7 @@ from rlaif.generation.ensemble import STAGE as COMPLETIONS
 from rlaif.prompts.prompt_sets import PROMPTS
 from rlaif.judges.base import Answer, Ask, pair_judgement, record_unit
 from rlaif.judges.parsing import parse_output
+from rlaif.judges.registry import get_kind
 from rlaif.judges.spec import JudgeSpec
 from rlaif.runners.context import RunContext
 from rlaif.runners.jobs import Job, Shard
@@ -44,7 +45,7 @@ def judge_dir(name: str) -> str:
 
 
 def record_type(spec: JudgeSpec) -> type[Judged]:
-    return PairJudgement if spec.pairwise else Judgement
+    return spec.impl.record_type
 
 
 # ----------------------------------------------------------------------------- asking
@@ -276,8 +277,7 @@ def stored_manifest(store: RunStore, judge: str) -> tuple[dict, Manifest]:
 
 def stored_judgements(store: RunStore, judge: str) -> list[Judged]:
     info, manifest = stored_manifest(store, judge)
-    kind = PairJudgement if info["kind"] in ("pairwise", "mt_bench_pairwise") else Judgement
-    return list(store.read_manifest(manifest, kind))
+    return list(store.read_manifest(manifest, get_kind(info["kind"]).record_type))
 
 
 # ----------------------------------------------------------------------------- given pairs (evaluation)
@@ -323,7 +323,7 @@ def compare_pairs(prompts: list[Prompt], pairs: list[tuple[Completion, Completio
     out = []
     for a, b in pairs:
         ja, jb = scores[a.completion_id], scores[b.completion_id]
-        sa, sb = ja.score(), jb.score()
+        sa, sb = spec.impl.score(ja), spec.impl.score(jb)
         base = dict(judgement_id=content_hash(a.completion_id, b.completion_id, settings), prompt_id=a.prompt_id,
                     completion_a=a.completion_id, completion_b=b.completion_id, model_a=a.model, model_b=b.model,
                     judge=spec.name, kind=spec.kind, judge_model=spec.model, template=ja.template,

@@ -64,7 +64,8 @@ from pydantic import BaseModel
 from rlaif.core.records import Completion, Judgement, PairJudgement, PreferencePair, Prompt, ScoreSource
 from rlaif.core.store import RunStore
 from rlaif.generation.ensemble import STAGE as COMPLETIONS
-from rlaif.judges.scores import completion_scores
+from rlaif.judges.registry import get_kind
+from rlaif.judges.scores import completion_scores, score_of
 from rlaif.judges.stage import stored_manifest
 from rlaif.preferences.binarize import BinarizeSpec, binarize
 from rlaif.prompts.prompt_sets import PROMPTS
@@ -237,7 +238,7 @@ class BiasData:
                 if self.scale is None:
                     self.scale = j.scale
                 for a in [*j.aspects, "mean"]:
-                    value = j.score(self.source, None if a == "mean" else a)
+                    value = score_of(j, self.source, None if a == "mean" else a)
                     if value is not None:
                         self.aspects.setdefault(a, array("d")).append(value)
         return self
@@ -486,7 +487,7 @@ def completion_shards(store: RunStore) -> dict[str, list[str]]:
 
 def run_judge_bias(store: RunStore, judge: str, recipe_info: dict | None = None) -> BiasReport:
     info, manifest = stored_manifest(store, judge)
-    kind = PairJudgement if info["kind"] in ("pairwise", "mt_bench_pairwise") else Judgement
+    kind = get_kind(info["kind"]).record_type
     spec = BinarizeSpec(**{**(recipe_info or {}).get("binarize", {}), "judge": judge, "push_to_hub": None})
     data = BiasData(spec.score, spec.aspect)
     shards = completion_shards(store)

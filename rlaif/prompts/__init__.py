@@ -14,6 +14,7 @@ import hashlib
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib.resources import files
+from pathlib import Path
 
 import jinja2
 
@@ -39,13 +40,15 @@ class Template:
 
 
 @lru_cache(maxsize=64)  # judges render one per request: read each file once per process
-def load_template(name: str, version: str) -> Template:
+def load_template(name: str, version: str, folder: Path | None = None) -> Template:
+    """`<name>.<version>.jinja` (or `.txt`) from `folder`, by default the package's templates."""
     from rlaif.core.errors import ConfigError
 
-    folder = data_file("templates")
+    where = folder if folder is not None else "rlaif/prompts/templates"
+    folder = folder if folder is not None else data_file("templates")
     for ext in ("jinja", "txt"):
         path = folder.joinpath(f"{name}.{version}.{ext}")
         if path.is_file():
             return Template(name, version, path.read_text())
     available = sorted(p.name for p in folder.iterdir() if p.name.startswith(name + "."))
-    raise ConfigError(f"no template {name!r} version {version!r} in rlaif/prompts/templates (have: {available})")
+    raise ConfigError(f"no template {name!r} version {version!r} in {where} (have: {available})")

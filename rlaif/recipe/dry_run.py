@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from rlaif.core.records import Completion, Prompt
-from rlaif.engines.openai_endpoint import Endpoint
+from rlaif.engines.backend import EngineSpec
 from rlaif.recipe.spec import Recipe
 from rlaif.generation.ensemble import assign, request
 from rlaif.prompts.prompt_sets import load_prompts
@@ -40,18 +40,14 @@ class Estimate:
         self.input_tokens += text_chars // CHARS_PER_TOKEN
         self.output_tokens += max_tokens
 
-    def price(self, endpoint: Endpoint | None) -> Estimate:
-        p = endpoint.prices if endpoint is not None else None
-        if p is not None:
-            share = p.batch_discount if endpoint.batch else 1.0
-            self.cost = share * (self.input_tokens * p.input + self.output_tokens * p.output) / 1e6
+    def price(self, engine: EngineSpec | None) -> Estimate:
+        if engine is not None:
+            self.cost = engine.backend.cost(engine, self.input_tokens, self.output_tokens)
         return self
 
 
-def _where(endpoint: Endpoint | None) -> str:
-    if endpoint is None:
-        return "local"
-    return endpoint.base_url + (" (batch)" if endpoint.batch else "")
+def _where(engine: EngineSpec | None) -> str:
+    return engine.backend.where(engine) if engine is not None else "local"
 
 
 def _chars(messages: list[dict] | None, prompt: str | None) -> int:
@@ -69,23 +65,26 @@ def estimate(recipe: Recipe) -> list[Estimate]:
     assigned = assign(prompts, recipe.generators, recipe.models_per_prompt, recipe.seed)
     out, stand_ins = [], {}
     for g in recipe.generators:
-        e = Estimate("generate", g.name, g.model, _where(g.endpoint))
+        engine = g.engine_spec(recipe.engine)
+        e = Estimate("generate", g.name, g.model, _where(engine))
         for prompt in assigned[g.name]:
             r = request(g, prompt)
             e.add(_chars(r.messages, r.prompt), r.sampling.max_tokens)
             stand_ins.setdefault(prompt.prompt_id, []).append(Completion(
                 completion_id=f"{g.name}/{prompt.prompt_id}", prompt_id=prompt.prompt_id, prompt_hash=prompt.hash,
                 model=g.name, settings_hash="", text="x" * (g.sampling.max_tokens * CHARS_PER_TOKEN)))
-        out.append(e.price(g.endpoint))
+        out.append(e.price(engine))
     run_judge = recipe.judge_spec().name
     for spec in recipe.judges:
         stage = "judge" if spec.name == run_judge else "judge (rlaif judge)"
-        out.append(_judge(spec, stage, prompts, stand_ins).price(spec.endpoint))
+        engine = spec.engine_spec(recipe.engine)
+        out.append(_judge(spec, stage, prompts, stand_ins, engine).price(engine))
     return out
 
 
-def _judge(spec: JudgeSpec, stage: str, prompts: list[Prompt], completions: dict[str, list[Completion]]) -> Estimate:
-    e = Estimate(stage, spec.name, spec.model, _where(spec.endpoint))
+def _judge(spec: JudgeSpec, stage: str, prompts: list[Prompt], completions: dict[str, list[Completion]],
+           engine: EngineSpec | None) -> Estimate:
+    e = Estimate(stage, spec.name, spec.model, _where(engine))
     kind = spec.impl
     for prompt in prompts:
         prompt_completions = completions.get(prompt.prompt_id, [])

@@ -66,21 +66,24 @@ def preflight(recipe: Recipe, out: str | Path, stages: Iterable[str], judges: li
     problems.check("", writable, Path(out))
 
     models: dict[str, str] = {}  # local model -> who uses it first
-    endpoints: dict[tuple, tuple[Any, list[str]]] = {}  # one check per (url, key variable)
+    remote: dict[str, list[Any]] = {}  # backend -> the engine specs it checks (one check per server)
+    local: set[str] = set()  # the members and judges (as `who`) whose model runs here
     for who, spec in [(f"generator {g.name!r}: ", g) for g in generators] + [(f"judge {j.name!r}: ", j) for j in judges]:
         problems.check(who, spec.settings_hash)  # loads its templates
-        if spec.endpoint is not None:
-            ep = endpoints.setdefault((spec.endpoint.base_url, spec.endpoint.api_key_env), (spec.endpoint, []))
-            ep[1].append(spec.model)
-        else:
+        engine = spec.engine_spec(recipe.engine)  # None: a judge that brings its own model (a reward model)
+        backend = problems.check(who, lambda e=engine: e.backend) if engine is not None else None
+        if engine is None or (backend is not None and backend.local):
             models.setdefault(spec.model, who)
+            local.add(who)
+        elif backend is not None:
+            remote.setdefault(engine.backend_name, []).append(engine)
     for stage in ("sft", "dpo"):
         spec = getattr(recipe.train, stage)
         if stage in stages and spec is not None and spec.model:
             models.setdefault(spec.model, f"train.{stage}: ")
 
+    from rlaif.engines.backend import get_backend
     from rlaif.engines.models import check_model
-    from rlaif.engines.openai_endpoint import check_endpoint
 
     bad_models = set()
     for m, who in models.items():
@@ -88,8 +91,9 @@ def preflight(recipe: Recipe, out: str | Path, stages: Iterable[str], judges: li
         problems.check(who, check_model, m)
         if len(problems) > found:
             bad_models.add(m)
-    for endpoint, served in endpoints.values():
-        problems.check("", check_endpoint, endpoint, sorted(set(served)))
+    endpoints = [check for name, specs in remote.items() for check in get_backend(name).checks(specs)]
+    for check in endpoints:
+        problems.check("", check)
 
     if stages & {"generate", "judge", "binarize"}:
         p = recipe.prompts
@@ -97,9 +101,8 @@ def preflight(recipe: Recipe, out: str | Path, stages: Iterable[str], judges: li
         for source in recipe.hygiene.eval_prompts:
             problems.check("hygiene.eval_prompts: ", read_prompts, source, None, "train")
         if prompts and generators:
-            local = [g for g in generators if g.endpoint is None and g.model not in bad_models]
             assigned = assign(prompts, generators, recipe.models_per_prompt, recipe.seed)
-            for g in local:
+            for g in [g for g in generators if f"generator {g.name!r}: " in local and g.model not in bad_models]:
                 problems.check(f"generator {g.name!r}: ", too_long, g, assigned[g.name],
                                g.engine_spec(recipe.engine).settings)  # its own block over the recipe's
     for stage in ("sft", "dpo"):

@@ -52,7 +52,7 @@ from rlaif.core.errors import ConfigError, RlaifError
 from rlaif.core.progress import NULL, Reporter, Task
 from rlaif.core.store import Manifest, RunStore
 from rlaif.engines.base import EngineSettings
-from rlaif.engines.pool import EnginePool, EngineSpec
+from rlaif.engines.pool import EnginePool, EngineSpec, Replica
 from rlaif.runners.jobs import Job, ShardedStage, shards_by_group, write
 
 log = logging.getLogger(__name__)
@@ -155,7 +155,7 @@ class ShardWorker:
 
     def __init__(self, spec: EngineSpec | None, seed: int, replica: int = 0, replicas: int = 1):
         self.spec, self.seed, self.replica, self.replicas = spec, seed, replica, replicas
-        self.pool = EnginePool(seed=seed)
+        self.pool = EnginePool(seed=seed, replica=Replica(replica, replicas, ray=True))
 
     def where(self) -> dict[str, str]:
         import ray
@@ -164,20 +164,8 @@ class ShardWorker:
         return {"node": ctx.get_node_id(), "host": ray.util.get_node_ip_address(), "pid": str(os.getpid())}
 
     def _engine(self):
-        if self.spec is None:
-            return None
-        spec = self.spec
-        if spec.local and spec.settings.gpus > 1:  # vLLM's own processes inside this actor's GPUs
-            extra = {"distributed_executor_backend": "mp", **spec.settings.extra}
-            spec = EngineSpec(spec.model, None, spec.settings.model_copy(update={"extra": extra}))
-        if spec.endpoint is not None and spec.endpoint.base_urls and not self.pool.is_loaded(spec):
-            # replica i of R keeps servers i, i+R, ... busy; the others are its fallback
-            from rlaif.engines.balanced import BalancedEngine
-
-            n = 1 + len(spec.endpoint.base_urls)
-            own = list(range(self.replica % n, n, self.replicas)) if self.replicas < n else [self.replica % n]
-            self.pool.put(spec, BalancedEngine(spec.endpoint, spec.model, own=own))
-        return self.pool.get(spec)
+        """This replica's engine, as its backend opens one replica of several (engines/backend.py)."""
+        return self.pool.get(self.spec) if self.spec is not None else None
 
     def compute(self, stage: ShardedStage, job: Job, inputs: Any) -> list:
         """One job's shards, computed by the stage itself (the driver writes them)."""
@@ -402,8 +390,8 @@ class Run:
             replicas = self.settings(pool).replicas
             if replicas != "auto":
                 pool.replicas = replicas
-            elif pool.spec is not None and not pool.spec.local:
-                pool.replicas = 1 + len(pool.spec.endpoint.base_urls)  # type: ignore[union-attr]
+            elif pool.spec is not None and pool.spec.backend.auto_replicas(pool.spec) is not None:
+                pool.replicas = pool.spec.backend.auto_replicas(pool.spec)
             else:
                 autos.append(pool)
                 continue

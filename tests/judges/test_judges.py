@@ -20,6 +20,7 @@ from rlaif.generation.ensemble import GeneratorSpec
 from rlaif.generation.stage import generate
 from rlaif.prompts.prompt_sets import load_prompts
 from rlaif.judges.agreement import agreement
+from rlaif.judges.scores import score_of
 from rlaif.judges.spec import JudgeSpec
 from rlaif.judges.stage import judge_dir, run_judge, stored_judgements
 from rlaif.rehearsal.openai_server import Reply
@@ -169,9 +170,9 @@ def test_reward_model_scores_each_completion(tmp_path, tiny_model_dir, written):
     spec = JudgeSpec(name="rm", kind="reward_model", model=str(tmp_path / "rm"))
     records = judge(spec, written)
     assert [r.status for r in records] == ["parsed"] * 6 and all(r.scale is None for r in records)
-    rewards = [r.score() for r in records]
+    rewards = [score_of(r) for r in records]
     assert all(math.isfinite(x) for x in rewards) and len(set(rewards)) == 6
-    assert [r.score("sampled") for r in records] == rewards  # a scalar has one score
+    assert [score_of(r, "sampled") for r in records] == rewards  # a scalar has one score (the kind's rule)
 
 
 # ---- garbage from a real HTTP server ------------------------------------------------------------

@@ -1,2 +1,2 @@
-"""One module per judge kind. Each defines `KINDS`, a list of kind instances; the registry
-(judges/registry.py) finds them all, so a new kind is one file here plus its template."""
+"""One module per judge kind; defining a `JudgeKind` subclass with a `name` registers it, and the
+registry (judges/registry.py) imports every module here, so a new kind is one file plus its template."""

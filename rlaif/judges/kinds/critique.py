@@ -39,6 +39,3 @@ class Critique(PointwiseKind):
     def completion_asks(self, spec, prompt, c):
         text = self.template_for(spec).render(instruction=prompt.text, response=c.text)
         return [("overall", [{"role": "user", "content": text.strip()}])]
-
-
-KINDS = [Critique()]

@@ -4,6 +4,7 @@
     mt_bench_pairwise  a prompt and two completions, both orders -> explanation + [[A]], [[B]]
                        or [[C]] (a tie)                                        (pair-v2)
 
+Options: `explanation_chars` (400), the bound on the explanation before the verdict.
 A second-turn prompt (a conversation with an earlier answer) uses the `-multi-turn` variant. The
 prompts file is FastChat's judge_prompts.jsonl, unchanged (prompts/judges/, Apache-2.0). The output
 is held to the format by a regex on engines that take one; elsewhere the tolerant parser reads it, a
@@ -17,11 +18,21 @@ from __future__ import annotations
 import json
 from functools import lru_cache
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from rlaif.judges.base import PairwiseKind, PointwiseKind
 from rlaif.judges.parsing import bracket_format, rating_format
 from rlaif.prompts import Template, data_file
 
 FILE = "mt_bench_judge_prompts.jsonl"
+
+
+class MTBenchOptions(BaseModel):
+    """The judge block's `options:` for the MT-Bench kinds."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    explanation_chars: int = Field(400, ge=0)  # bound on the text before [[verdict]] (a small judge rambles)
 
 
 @lru_cache(maxsize=1)
@@ -64,15 +75,16 @@ def messages(spec, prompt, **answers: str) -> list[dict]:
 
 class MTBenchSingle(PointwiseKind):
     name, template, version, max_tokens, scale = "mt_bench_single", "single-v1", "fastchat", 160, (1, 10)
+    options = MTBenchOptions
 
     def template_for(self, spec):
         return _template(spec)
 
     def hash_parts(self, spec):
-        return (spec.explanation_chars,)
+        return (spec.options.explanation_chars,)
 
     def output_format(self, spec):
-        return rating_format(*self.scale, spec.explanation_chars)
+        return rating_format(*self.scale, spec.options.explanation_chars)
 
     def completion_asks(self, spec, prompt, c):
         return [("overall", messages(spec, prompt, answer=c.text))]
@@ -80,18 +92,16 @@ class MTBenchSingle(PointwiseKind):
 
 class MTBenchPairwise(PairwiseKind):
     name, template, version, max_tokens = "mt_bench_pairwise", "pair-v2", "fastchat", 160
+    options = MTBenchOptions
 
     def template_for(self, spec):
         return _template(spec)
 
     def hash_parts(self, spec):
-        return (spec.explanation_chars,)
+        return (spec.options.explanation_chars,)
 
     def output_format(self, spec):
-        return bracket_format(("A", "B", "C"), spec.explanation_chars)  # C: a tie
+        return bracket_format(("A", "B", "C"), spec.options.explanation_chars)  # C: a tie
 
     def pair_messages(self, spec, prompt, first, second):
         return messages(spec, prompt, answer_a=first.text, answer_b=second.text)
-
-
-KINDS = [MTBenchSingle(), MTBenchPairwise()]

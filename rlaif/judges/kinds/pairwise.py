@@ -40,6 +40,3 @@ class Pairwise(PairwiseKind):
     def pair_messages(self, spec, prompt, first, second):
         text = self.template_for(spec).render(instruction=prompt.text, response_a=first.text, response_b=second.text)
         return [{"role": "user", "content": text.strip()}]
-
-
-KINDS = [Pairwise()]

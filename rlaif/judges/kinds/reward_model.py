@@ -4,6 +4,8 @@
     output    nothing to parse: a model with one label gives its logit; one with several, the
               probability of its last label (by convention the "good" one)
     record    a Judgement with one aspect, `reward` (in `expected`); unbounded, so scale None
+    score     the scalar, under every score source (the kind's `score`)
+    options   max_length (tokens per conversation, 2048), batch_size (8)
 
 For users who have a reward model (for example one trained on UltraFeedback). Runs locally with
 transformers, on the GPU when there is one, else the CPU; it takes no endpoint.
@@ -11,7 +13,9 @@ transformers, on the GPU when there is one, else the CPU; it takes no endpoint.
 
 from __future__ import annotations
 
-from rlaif.core.records import AspectRating, Judgement, content_hash
+from pydantic import BaseModel, ConfigDict, Field
+
+from rlaif.core.records import AspectRating, Judgement, ScoreSource, content_hash
 from rlaif.judges.base import COMPLETION_FAILED, PointwiseKind, provenance
 from rlaif.prompts import Template
 
@@ -48,8 +52,22 @@ class RewardScorer:
         return out
 
 
+class RewardModelOptions(BaseModel):
+    """The judge block's `options:` for this kind."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_length: int = Field(2048, ge=16)  # tokens per scored conversation
+    batch_size: int = Field(8, ge=1)
+
+
 class RewardModel(PointwiseKind):
     name, template, version, max_tokens, scale, text = "reward_model", "chat_template", "model", 1, None, False
+    options = RewardModelOptions
+
+    def score(self, j: Judgement, source: ScoreSource = "auto", aspect: str | None = None) -> float | None:
+        """A scalar has one score, whatever the source: the model's output, kept in `expected`."""
+        return j.score("expected", aspect)
 
     def template_for(self, spec):
         return Template("chat_template", "model", "")
@@ -59,7 +77,7 @@ class RewardModel(PointwiseKind):
             raise ValueError("a reward_model judge runs locally (transformers); it takes no endpoint")
 
     def hash_parts(self, spec):
-        return (spec.max_length,)
+        return (spec.options.max_length,)
 
     def judge_group(self, spec, prompts, completions, seed):
         settings = spec.settings_hash()
@@ -86,15 +104,12 @@ _loaded: dict[tuple, RewardScorer] = {}
 
 def _scorer(spec) -> RewardScorer:
     """One scorer per model for the process (a reward model judges chunk after chunk)."""
-    key = (spec.model, spec.max_length, spec.batch_size)
+    key = (spec.model, spec.options.max_length, spec.options.batch_size)
     if key not in _loaded:
         _loaded.clear()
-        _loaded[key] = RewardScorer(spec.model, spec.max_length, spec.batch_size)
+        _loaded[key] = RewardScorer(spec.model, spec.options.max_length, spec.options.batch_size)
     return _loaded[key]
 
 
 def release() -> None:
     _loaded.clear()
-
-
-KINDS = [RewardModel()]

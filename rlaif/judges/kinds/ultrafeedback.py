@@ -6,6 +6,7 @@
               UltraFeedback's own prompts did: 4 requests per prompt instead of 16 with 4
               completions (the default on a hosted endpoint). The completions are shown in a
               seeded random order, recorded in each rating (`order`), so order effects average out.
+    options   aspects: which of the four to rate (default: all)
     template  prompts/templates/ultrafeedback_rating.v1.jinja, or ultrafeedback_joint.v1.jinja
               (UltraFeedback's four aspects and their 1-5 scales; our wording), rendered per aspect
     output    {"rating": 1-5, "rationale": "..."}, or {"text_1": {...}, "text_2": {...}, ...} jointly
@@ -23,7 +24,7 @@ from __future__ import annotations
 import random
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from rlaif.core.records import content_hash, derive_seed
 from rlaif.judges.base import Answer, Ask, PointwiseKind, pointwise_judgement
@@ -45,6 +46,22 @@ class RatingOutput(BaseModel):
 RATING = json_format(RatingOutput, "rating", "rationale", ("1", "2", "3", "4", "5"), quoted=False)
 
 
+class UltraFeedbackOptions(BaseModel):
+    """The judge block's `options:` for this kind."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    aspects: list[str] = Field(default_factory=lambda: list(ASPECTS), min_length=1)  # which of the four to rate
+
+    @field_validator("aspects")
+    @classmethod
+    def _known_aspects(cls, aspects: list[str]) -> list[str]:
+        unknown = sorted(set(aspects) - set(ASPECTS))
+        if unknown:
+            raise ValueError(f"unknown aspects {unknown} (UltraFeedback's: {list(ASPECTS)})")
+        return aspects
+
+
 def shown(spec, prompt, ok: list, aspect: str) -> list:
     """The completions in the order a joint ask shows them: a permutation seeded by the judge's seed,
     the prompt, the aspect and the completions."""
@@ -59,6 +76,7 @@ def joint_key(order: list, aspect: str) -> str:
 class UltraFeedback(PointwiseKind):
     name, template, version, max_tokens, scale = "ultrafeedback", "ultrafeedback_rating", "v1", 96, (1, 5)
     modes = ("per_completion", "joint")
+    options = UltraFeedbackOptions
 
     def default_mode(self, spec):
         return "joint" if spec.endpoint is not None and spec.endpoint.hosted else "per_completion"
@@ -70,13 +88,13 @@ class UltraFeedback(PointwiseKind):
         return RATING
 
     def hash_parts(self, spec):
-        return (sorted(spec.aspects),) + (("joint",) if spec.mode == "joint" else ())
+        return (sorted(spec.options.aspects),) + (("joint",) if spec.mode == "joint" else ())
 
     def completion_asks(self, spec, prompt, c):
         t = self.template_for(spec)
         return [(aspect, [{"role": "user", "content": t.render(aspect=aspect, instruction=prompt.text,
                                                                  response=c.text).strip()}])
-                for aspect in spec.aspects]
+                for aspect in spec.options.aspects]
 
     def asks(self, spec, prompt, completions):
         if spec.mode != "joint":
@@ -86,7 +104,7 @@ class UltraFeedback(PointwiseKind):
             return []
         t, fmt = self.template_for(spec), joint_format(RATING, len(ok))
         out = []
-        for aspect in spec.aspects:
+        for aspect in spec.options.aspects:
             order = shown(spec, prompt, ok, aspect)
             text = t.render(aspect=aspect, instruction=prompt.text, texts=[c.text for c in order]).strip()
             out.append(Ask(joint_key(order, aspect), tuple(c.completion_id for c in order),
@@ -100,7 +118,7 @@ class UltraFeedback(PointwiseKind):
         ok = [c for c in completions if c.ok]
         answers_by_completion: dict[str, dict[str, Answer]] = {c.completion_id: {} for c in ok}
         orders: dict[str, dict[str, list[str]]] = {c.completion_id: {} for c in ok}
-        for aspect in spec.aspects:
+        for aspect in spec.options.aspects:
             order = shown(spec, prompt, ok, aspect)
             a = answers.get(joint_key(order, aspect), Answer(None, error="no answer"))
             for i, c in enumerate(order, 1):  # each completion's share of the joint answer
@@ -109,6 +127,3 @@ class UltraFeedback(PointwiseKind):
                 orders[c.completion_id][aspect] = [x.completion_id for x in order]
         return [pointwise_judgement(spec, settings, self.scale, c, answers_by_completion.get(c.completion_id, {}),
                                     orders.get(c.completion_id)) for c in completions]
-
-
-KINDS = [UltraFeedback()]
