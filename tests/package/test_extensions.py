@@ -4,7 +4,6 @@ strict OpenAI stand-in over real HTTP. Nothing in rlaif/ names either of them.""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,19 +11,18 @@ import yaml
 from datasets import load_from_disk
 from prefect import flow
 
-from conftest import ROOT, write_prompts
 from rlaif.core.errors import ConfigError
 from rlaif.core.records import Judgement
 from rlaif.core.store import RunStore
-from rlaif.flows.dry_run import estimate
-from rlaif.flows.pipeline import run_stages, session
-from rlaif.flows.preflight import preflight
-from rlaif.flows.recipe import load_recipe
+from rlaif.flows.pipeline import run_stages
+from rlaif.recipe.dry_run import estimate
+from rlaif.recipe.preflight import preflight
+from rlaif.recipe.spec import load_recipe
 from rlaif.judges.stage import stored_judgements
 from rlaif.rehearsal.openai_server import OpenAIServer
-
-sys.path.insert(0, str(Path(__file__).parent))
-from extensions import conciseness_kind, urllib_backend  # noqa: E402,F401  (defining them registers them)
+from rlaif.runners.context import flow_run
+from tests.extensions import conciseness_kind, urllib_backend  # noqa: F401  (defining them registers them)
+from tests.support.helpers import ROOT, write_prompts
 
 KEY = "sk-test-key-extensions"
 PROMPTS = ["Name a red fruit.", "What is 2 + 2?", "Say hi."]
@@ -54,8 +52,8 @@ def write_recipe(tmp_path: Path, srv, judge: dict, engine: dict | None = None) -
 
 @flow
 def until_binarize(recipe, out: str) -> dict:
-    with session(recipe.seed):
-        return {r.stage: r for r in run_stages(recipe, out, "binarize")}
+    with flow_run(recipe, out) as ctx:
+        return {r.stage: r for r in run_stages(ctx, "binarize").reports}
 
 
 def chats(srv) -> list[dict]:
