@@ -162,9 +162,11 @@ def generate(prompts: Manifest, generators: list[GeneratorSpec], store: RunStore
     """Answer every prompt chunk with its members; returns the completions' manifest."""
     units = plan_generation(prompts, generators, store, models_per_prompt, seed)
     todo = [u for u in units if u.todo]
-    for spec in generators:
-        mine = [u for u in units if u.spec is spec]
-        report.note(f"{spec.name}: {len(mine) - sum(u.todo for u in mine)} of {len(mine)} shards already done")
+    for member in generators:  # not `spec`: a stage error names the member from the frames it meets
+        mine = [u for u in units if u.spec is member]
+        report.note(f"{member.name}: {len(mine) - sum(u.todo for u in mine)} of {len(mine)} shards already done")
+    for line in store.damaged_notes(STAGE, [u.key for u in todo]):
+        report.note(line)
     if todo:
         own = engines is None
         engines = engines or EnginePool(seed=seed)

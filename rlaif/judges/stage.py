@@ -169,6 +169,8 @@ def run_judge(prompts: Manifest, completions: Manifest, spec: JudgeSpec, store: 
     units = plan_judging(completions, spec, store, stage)
     todo = [u for u in units if u.todo]
     report.note(f"judge {spec.name}: {len(units) - len(todo)} of {len(units)} shards already done")
+    for line in store.damaged_notes(stage, [u.key for u in todo]):
+        report.note(line)
     if todo:
         own = engines is None
         engines = engines or EnginePool(seed=seed)
