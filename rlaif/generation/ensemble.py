@@ -22,16 +22,16 @@ import random
 from dataclasses import dataclass
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
 from rlaif.core.progress import NULL, Reporter
 from rlaif.core.records import Completion, Prompt, content_hash, derive_seed
 from rlaif.core.store import Manifest, RunStore, ShardInfo
-from rlaif.engines.base import EngineSettings, Request, Result, Sampling, window
+from rlaif.engines.base import EngineSettings, Request, Result, Sampling, output_settings, window
 from rlaif.engines.openai_endpoint import Endpoint
 from rlaif.engines.pool import EnginePool, EngineSpec
 from rlaif.generation.prompt_sets import PROMPTS
-from rlaif.prompts import load_template
+from rlaif.prompts import load_template, plain_name
 
 STAGE = "completions"
 URIAL_STOP = ("```", "# Query")
@@ -50,11 +50,33 @@ class GeneratorSpec(BaseModel):
     urial_version: str = "v1"
     sampling: Sampling = Field(default_factory=Sampling)
     engine: EngineSettings | None = None  # this member's engine settings; default: the recipe's `engine:`
+    # set from the recipe, not written in a member's block: its templates_dir and its `engine:` block
+    _templates_dir: str | None = PrivateAttr(None)
+    _engine_default: EngineSettings | None = PrivateAttr(None)
+
+    @field_validator("urial_version")
+    @classmethod
+    def _plain(cls, value: str) -> str:
+        if not plain_name(value):
+            raise ValueError(f"{value!r} is not a plain version name (letters, digits, _ - .; no '/' or '..')")
+        return value
+
+    @model_validator(mode="after")
+    def _recipe_context(self, info: ValidationInfo) -> GeneratorSpec:
+        self._templates_dir = (info.context or {}).get("templates_dir")
+        return self
+
+    def urial_template(self):
+        return load_template("urial", self.urial_version, self._templates_dir)
 
     def settings_hash(self) -> str:
-        template = load_template("urial", self.urial_version).hash if self.format == "urial" else None
+        template = self.urial_template().hash if self.format == "urial" else None
         where = self.endpoint.base_url if self.endpoint else None  # the key is never part of a hash
-        return content_hash(self.name, self.model, where, self.format, self.system_prompt, template, self.sampling)
+        # the engine settings that change what a local model writes (dtype, quantization, ...); absent
+        # when none is set, so the hashes of recipes that set none stand
+        outputs = output_settings(self.engine_spec(self._engine_default).settings) if self.endpoint is None else {}
+        return content_hash(self.name, self.model, where, self.format, self.system_prompt, template, self.sampling,
+                            *((outputs,) if outputs else ()))
 
     def engine_spec(self, default: EngineSettings | None = None) -> EngineSpec:
         return EngineSpec(self.model, self.endpoint, (self.engine or EngineSettings()).over(default))
@@ -63,7 +85,7 @@ class GeneratorSpec(BaseModel):
 # ----------------------------------------------------------------------------- one request, one record
 def urial_text(spec: GeneratorSpec, prompt: Prompt) -> str:
     """URIAL: a preamble and three worked examples, then the conversation as Query/Answer blocks."""
-    text = load_template("urial", spec.urial_version).text
+    text = spec.urial_template().text
     if spec.system_prompt:
         # before the first example block (the preamble itself mentions "# Query:" in a sentence)
         text = text.replace("\n# Query:\n", "\n" + spec.system_prompt.strip() + "\n\n# Query:\n", 1)

@@ -90,7 +90,7 @@ class JudgeKind:
         return self.template
 
     def template_for(self, spec: JudgeSpec) -> Template:
-        return load_template(spec.template, spec.template_version)
+        return load_template(spec.template, spec.template_version, spec.templates_dir)
 
     def validate(self, spec: JudgeSpec) -> None:
         """Fail at recipe load if the spec cannot work (a template that does not exist, ...)."""

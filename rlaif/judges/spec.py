@@ -24,16 +24,16 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
 from rlaif.core.records import content_hash
-from rlaif.engines.base import EngineSettings, Sampling
+from rlaif.engines.base import EngineSettings, Sampling, output_settings
 from rlaif.engines.openai_endpoint import Endpoint
 from rlaif.engines.pool import EngineSpec
 from rlaif.judges.base import JudgeKind
 from rlaif.judges.kinds.ultrafeedback import ASPECTS
 from rlaif.judges.registry import all_kinds, get_kind
-from rlaif.prompts import Template
+from rlaif.prompts import Template, plain_name
 
 
 class JudgeSpec(BaseModel):
@@ -61,6 +61,17 @@ class JudgeSpec(BaseModel):
     explanation_chars: int = Field(400, ge=0)  # MT-Bench kinds: bound on the text before [[verdict]]
     max_length: int = Field(2048, ge=16)  # reward_model: tokens per scored conversation
     batch_size: int = Field(8, ge=1)  # reward_model
+    # set from the recipe, not written in a judge block: its templates_dir and its `engine:` block
+    _templates_dir: str | None = PrivateAttr(None)
+    _engine_default: EngineSettings | None = PrivateAttr(None)
+
+    @field_validator("name", "template", "template_version")
+    @classmethod
+    def _plain(cls, value: str | None) -> str | None:
+        if value is not None and not plain_name(value):
+            raise ValueError(f"{value!r} is not a plain name (letters, digits, _ - .; no '/' or '..'): it names a "
+                             f"folder or file inside the run or the templates, never a path")
+        return value
 
     @field_validator("kind")
     @classmethod
@@ -78,7 +89,8 @@ class JudgeSpec(BaseModel):
         return aspects
 
     @model_validator(mode="after")
-    def _kind_defaults(self) -> JudgeSpec:
+    def _kind_defaults(self, info: ValidationInfo) -> JudgeSpec:
+        self._templates_dir = (info.context or {}).get("templates_dir")
         kind = self.impl
         self.mode = self.mode or kind.default_mode(self)
         self.template = self.template or kind.default_template(self)
@@ -99,13 +111,22 @@ class JudgeSpec(BaseModel):
     def judge_template(self) -> Template:
         return self.impl.template_for(self)
 
+    @property
+    def templates_dir(self) -> str | None:
+        """The recipe's templates_dir (looked in before the package's templates), if it names one."""
+        return self._templates_dir
+
     def settings_hash(self) -> str:
         t = self.judge_template()
         where = self.endpoint.base_url if self.endpoint else None  # never the key
         no_logprobs = () if self.logprobs else ("no-logprobs",)  # absent when on: older hashes stand
+        engine = self.engine_spec(self._engine_default)
+        # the engine settings that change what a local model writes; absent when none is set, so
+        # the hashes of recipes that set none stand
+        outputs = output_settings(engine.settings) if engine is not None and engine.local else {}
         return content_hash(self.kind, self.model, where, t.name, t.version, t.hash, self.sampling, self.top_logprobs,
                             self.structured, self.retries, self.retry_temperature, *self.impl.hash_parts(self),
-                            *no_logprobs)
+                            *no_logprobs, *((outputs,) if outputs else ()))
 
     def engine_spec(self, default: EngineSettings | None = None) -> EngineSpec | None:
         """The text engine this judge runs on; None for a kind that brings its own (a reward model)."""

@@ -33,6 +33,7 @@ from rlaif.generation.prompt_sets import PROMPTS
 from rlaif.judges.base import Answer, Ask, pair_judgement, record_unit
 from rlaif.judges.parsing import parse_output
 from rlaif.judges.spec import JudgeSpec
+from rlaif.prompts import PACKAGE
 
 STAGE = "judgements"
 
@@ -171,6 +172,9 @@ def run_judge(prompts: Manifest, completions: Manifest, spec: JudgeSpec, store: 
     report.note(f"judge {spec.name}: {len(units) - len(todo)} of {len(units)} shards already done")
     for line in store.damaged_notes(stage, [u.key for u in todo]):
         report.note(line)
+    t = spec.judge_template()
+    if t.source != PACKAGE:  # the recipe's own templates_dir: say which folder the run used
+        report.note(f"judge {spec.name}: template {t.name}.{t.version} from {t.source} (the recipe's templates_dir)")
     if todo:
         own = engines is None
         engines = engines or EnginePool(seed=seed)
