@@ -145,6 +145,9 @@ class Request:
     stop: tuple[str, ...] | None = None
     constraint: Constraint | None = None
     logprobs: int = 0  # top candidates per token; 0: none
+    # who asks and for which row (the member or judge, the prompt id): what an error names; never sent
+    who: str = ""
+    row: str = ""
 
 
 @dataclass

@@ -103,11 +103,12 @@ def request(spec: GeneratorSpec, prompt: Prompt) -> Request:
     seed = derive_seed(spec.sampling.seed, prompt.prompt_id, prompt.hash)
     if spec.format == "urial":
         return Request(key=prompt.prompt_id, sampling=spec.sampling, seed=seed, prompt=urial_text(spec, prompt),
-                       stop=URIAL_STOP)
+                       stop=URIAL_STOP, who=spec.name, row=prompt.prompt_id)
     messages = [m.model_dump() for m in prompt.messages]
     if spec.system_prompt and messages[0]["role"] != "system":
         messages = [{"role": "system", "content": spec.system_prompt}] + messages
-    return Request(key=prompt.prompt_id, sampling=spec.sampling, seed=seed, messages=messages)
+    return Request(key=prompt.prompt_id, sampling=spec.sampling, seed=seed, messages=messages, who=spec.name,
+                   row=prompt.prompt_id)
 
 
 def completion(spec: GeneratorSpec, settings: str, prompt: Prompt, r: Result) -> Completion:

@@ -43,6 +43,7 @@ class Ask:
     messages: list[dict]
     fmt: OutputFormat
     max_tokens: int | None = None  # room for the answer, if not the judge's sampling.max_tokens
+    row: str = ""  # the prompt id it is about (set by the judge stage): what an error names
 
 
 @dataclass(frozen=True)

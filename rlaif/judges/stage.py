@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from rlaif.core.errors import RlaifError
 from rlaif.core.progress import NULL, Reporter, Task
@@ -58,7 +58,7 @@ def ask(spec: JudgeSpec, engine: Engine, asks: list[Ask], seed: int, task: Task 
         requests = [Request(key=a.key, seed=derive_seed(seed, a.key, attempt), messages=a.messages,
                             sampling=sampling.model_copy(update={"max_tokens": a.max_tokens}) if a.max_tokens else sampling,
                             constraint=a.fmt.constraint() if spec.structured else None,
-                            logprobs=spec.top_logprobs if spec.logprobs else 0)
+                            logprobs=spec.top_logprobs if spec.logprobs else 0, who=spec.name, row=a.row)
                     for a in pending]
         again = []
         for a, r in zip(pending, engine.generate(requests, task if attempt == 0 else None)):
@@ -89,7 +89,8 @@ class ChunkJob:
         for c in self.completions:
             by_prompt.setdefault(c.prompt_id, []).append(c)
         kind, only = spec.impl, self.only
-        self.asks = {pid: [a for a in kind.asks(spec, self.prompts[pid], cs) if only is None or only & set(a.units)]
+        self.asks = {pid: [replace(a, row=pid) for a in kind.asks(spec, self.prompts[pid], cs)
+                           if only is None or only & set(a.units)]
                      for pid, cs in by_prompt.items()}
         return [a for group in self.asks.values() for a in group]
 
