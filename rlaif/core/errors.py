@@ -74,9 +74,14 @@ def os_error_message(e: OSError) -> str:
 def locate(exc: BaseException) -> tuple[str | None, str | None]:
     """The (model, prompt id) a stage was working on when it raised, from its innermost frames.
 
-    The stages loop over typed records, so the frame that raised holds the record it was on: a
-    record with a `prompt_id` and the spec it ran (its `name`). Nothing to maintain in the stages.
+    A refusal from an engine carries the request it refused (`exc.request`), which says its member or
+    judge and its row: several members share one engine call, so no frame knows which one it was.
+    Otherwise the stages loop over typed records, so the frame that raised holds the record it was
+    on: a record with a `prompt_id` and the spec it ran (its `name`).
     """
+    request = getattr(exc, "request", None)  # an engine's refusal carries the request it refused
+    if request is not None and getattr(request, "row", ""):
+        return getattr(request, "who", "") or None, request.row
     model = row = None
     for frame, _ in reversed(list(traceback.walk_tb(exc.__traceback__))):
         for value in frame.f_locals.values():

@@ -5,9 +5,11 @@ a question about files. Beside each shard a small `.meta.json` says how many row
 many are usable, how many failed transiently, and the hash of its bytes, so a stage can tell what
 is done, what to send again and what is missing without reading any record:
 
-    done       the shard exists and no row failed transiently
-    retry      the shard exists and some rows failed transiently (HTTP 429/5xx, timeouts)
-    missing    no shard (never written, or deleted)
+    done       the shard exists, matches its metadata, and no row failed transiently
+    retry      the shard exists, matches its metadata, and some rows failed transiently (HTTP 429/5xx, timeouts)
+    missing    no shard (never written, or deleted), or a damaged one: its rows, size or byte hash
+               differ from its metadata (lines lost, emptied, edited). A damaged shard is set aside
+               as `shard-<key>.jsonl.damaged` and made again.
 
 A stage passes on a `Manifest`: the shards it wrote, each with its content hash. The next stage
 keys its own shards on those hashes, so a regenerated shard is re-judged and nothing else is.
@@ -21,6 +23,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import re
 import secrets
@@ -36,6 +39,7 @@ from rlaif.core.errors import ConfigError, RlaifError, os_error_message
 from rlaif.core.records import content_hash
 
 R = TypeVar("R", bound=BaseModel)
+log = logging.getLogger(__name__)
 RUNS = "runs"
 
 
@@ -167,6 +171,24 @@ def _stats(records: Iterable[BaseModel]) -> tuple[bytes, int, int, int, dict[str
     return ("\n".join(lines) + "\n" if lines else "").encode(), rows, ok, retry, counts
 
 
+# shards already checked in this process: path -> ((inode, size, mtime), sha); checked again if the file changes
+_VERIFIED: dict[Path, tuple[tuple[int, int, int], str]] = {}
+
+
+def _rows(data: bytes) -> int:
+    return sum(1 for line in data.splitlines() if line.strip())
+
+
+def _mismatch(info: ShardInfo, data: bytes) -> str | None:
+    """Why a shard's bytes are not the ones its metadata describes, or None when they are."""
+    rows = _rows(data)
+    if len(data) != info.size or rows != info.rows:
+        return f"{rows} rows and {len(data)} bytes where its .meta.json says {info.rows} rows and {info.size} bytes"
+    if hashlib.sha256(data).hexdigest()[:16] != info.sha:
+        return "its bytes do not hash to the sha in its .meta.json"
+    return None
+
+
 class RunStore:
     """One run directory: shards per stage, their metadata, and JSON reports."""
 
@@ -186,39 +208,69 @@ class RunStore:
               worker: dict[str, str] | None = None, inputs: list[str] | None = None) -> ShardInfo:
         """Write a whole shard (atomically), then its metadata; returns the metadata."""
         data, rows, ok, retry, counts = _stats(records)
-        write_atomic(self.path(stage, key), data)
+        path = write_atomic(self.path(stage, key), data)
         info = ShardInfo(key=key, rows=rows, ok=ok, retryable=retry, sha=hashlib.sha256(data).hexdigest()[:16],
                          size=len(data), group=group, name=name, counts=counts, worker=worker or {},
                          inputs=inputs or [])
         write_atomic(self._meta(stage, key), info.model_dump_json())
+        aside = self.damaged_path(stage, key)
+        for p in (aside, aside.with_name(aside.name + ".why")):  # made again: the damaged copy goes
+            p.unlink(missing_ok=True)
+        st = path.stat()
+        _VERIFIED[path] = ((st.st_ino, st.st_size, st.st_mtime_ns), info.sha)
         return info
 
-    def info(self, stage: str, key: str, kind: type[BaseModel]) -> ShardInfo | None:
-        """The shard's metadata, or None if there is no shard. Metadata that is missing or does not
-        match the shard (a crash between the two writes, a hand edit) is rebuilt from the shard."""
+    def damaged_path(self, stage: str, key: str) -> Path:
+        """Where a shard that failed its check is set aside (kept to look at; never read as a shard)."""
+        return self.root / stage / f"shard-{key}.jsonl.damaged"
+
+    def info(self, stage: str, key: str, kind: type[BaseModel] | None = None) -> ShardInfo | None:
+        """The shard's metadata, or None if there is no finished shard. A shard counts as finished
+        only when its `.meta.json` matches the file: the same size, the same number of rows and the
+        same hash of its bytes. A shard that does not match (lines lost, emptied, edited by hand, or
+        its metadata gone) is damaged: it is set aside as `shard-<key>.jsonl.damaged` and reads as
+        missing, so its stage makes it again (`damaged_notes` says so on the console)."""
         path = self.path(stage, key)
         try:
-            size = path.stat().st_size
+            stat = path.stat()
         except FileNotFoundError:
             return None
         try:
             info = ShardInfo.model_validate_json(self._meta(stage, key).read_text())
-            if info.size == size:
-                return info
         except (OSError, ValueError):
-            pass
-        data = path.read_bytes()
-        _, rows, ok, retry, counts = _stats(self._parse(data.decode().splitlines(), kind, path))
-        old = {}
+            info = None
+        stamp = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        if info is not None and _VERIFIED.get(path) == (stamp, info.sha):
+            return info
+        why = "no .meta.json beside it" if info is None else _mismatch(info, path.read_bytes())
+        if why is None:
+            _VERIFIED[path] = (stamp, info.sha)
+            return info
+        self._set_aside(stage, key, why)
+        return None
+
+    def _set_aside(self, stage: str, key: str, why: str) -> None:
+        path, aside = self.path(stage, key), self.damaged_path(stage, key)
+        log.warning("%s is damaged (%s): set aside as %s and made again", path, why, aside.name)
         try:
-            old = json.loads(self._meta(stage, key).read_text())
-        except (OSError, ValueError):
+            os.replace(path, aside)
+            write_atomic(aside.with_name(aside.name + ".why"), why + "\n")
+        except OSError:  # a read-only run: it still reads as missing, and the write that follows says why
             pass
-        info = ShardInfo(key=key, rows=rows, ok=ok, retryable=retry, sha=hashlib.sha256(data).hexdigest()[:16],
-                         size=len(data), group=old.get("group", ""), name=old.get("name", ""), counts=counts,
-                         worker=old.get("worker") or {}, inputs=old.get("inputs") or [])
-        write_atomic(self._meta(stage, key), info.model_dump_json())
-        return info
+
+    def damaged_notes(self, stage: str, keys: Iterable[str]) -> list[str]:
+        """One console line per shard of `keys` that was found damaged and is to be made again."""
+        out = []
+        for key in keys:
+            aside = self.damaged_path(stage, key)
+            if aside.exists():
+                try:
+                    why = aside.with_name(aside.name + ".why").read_text().strip()
+                except OSError:
+                    why = "it did not match its .meta.json"
+                out.append(f"{stage}/{self.path(stage, key).name} was damaged ({why}): made again; "
+                           f"the damaged copy is {aside}")
+        return out
 
     def state(self, stage: str, keys: Iterable[str], kind: type[BaseModel]) -> StageState:
         s = StageState()

@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 # per generated token: (its text, [(candidate text, logprob), ...] of the top candidates)
 TokenLogprobs = list[tuple[str, list[tuple[str, float]]]]
@@ -65,11 +65,26 @@ class EngineSettings(BaseModel):
     max_model_len: int | None = Field(None, ge=1)
     cpu_kv_cache_gb: int = 4
     cpu_threads_bind: str | None = None  # default: every core this process may use
-    extra: dict[str, Any] = Field(default_factory=dict)  # passed to vllm.LLM as is
+    extra: dict[str, Any] = Field(default_factory=dict)  # passed to vllm.LLM, but never `model`, `tokenizer`, ...
+    trust_remote_code: bool = False  # run the Python code a model repo ships (vLLM's flag): an explicit opt-in
     # placement on a Ray cluster
     replicas: int | Literal["auto"] = 1
     num_cpus: float | None = Field(None, ge=0)  # per replica; default 1 for a local engine, 0.25 for an endpoint
     resources: dict[str, float] = Field(default_factory=dict)  # custom Ray resources per replica, e.g. {node2: 1}
+
+    @field_validator("extra")
+    @classmethod
+    def _extra_adds_only(cls, extra: dict[str, Any]) -> dict[str, Any]:
+        """`extra` adds vLLM arguments; it may not replace what the recipe names (the model the records
+        are labelled with, the seed) nor run a model's own code behind the recipe's back."""
+        refused = sorted(set(extra) & set(REFUSED_EXTRA))
+        if "trust_remote_code" in refused:
+            raise ValueError("'trust_remote_code' runs the Python code a model repo ships: set "
+                             "engine.trust_remote_code: true instead, where a reader of the recipe sees it")
+        if refused:
+            raise ValueError(f"{refused} may not be set here: the recipe sets "
+                             f"{' and '.join(REFUSED_EXTRA[k] for k in refused)}")
+        return extra
 
     def over(self, default: EngineSettings | None) -> EngineSettings:
         """These settings where this block sets them, the recipe-wide `default` elsewhere."""
@@ -89,6 +104,27 @@ class EngineSettings(BaseModel):
 
 
 PLACEMENT = {"replicas", "num_cpus", "resources"}
+REFUSED_EXTRA = {"model": "the model (the member's or judge's `model:`)", "tokenizer": "the tokenizer (the model's own)",
+                 "tokenizer_revision": "the tokenizer (the model's own)", "seed": "the seed (the recipe's `seed:`)",
+                 "trust_remote_code": "trust_remote_code (engine.trust_remote_code)"}
+# vLLM arguments that change how fast or where, not what a model writes: kept out of a member's or judge's
+# settings hash (anything else in `extra`, such as a kv_cache_dtype or a revision, is in it)
+NO_OUTPUT_EFFECT = {"tensor_parallel_size", "pipeline_parallel_size", "data_parallel_size", "gpu_memory_utilization",
+                    "max_num_seqs", "max_num_batched_tokens", "enable_prefix_caching", "enable_chunked_prefill",
+                    "enforce_eager", "swap_space", "cpu_offload_gb", "disable_log_stats", "distributed_executor_backend",
+                    "block_size", "disable_custom_all_reduce", "download_dir", "kv_cache_memory_bytes"}
+
+
+def output_settings(settings: EngineSettings) -> dict[str, Any]:
+    """The engine settings that change what a local model writes: dtype, quantization, max_model_len
+    (a longer prompt fails, an answer is cut at the context's end) and `extra` but for
+    `NO_OUTPUT_EFFECT`. Only those that are set: empty for an engine block that sets none of them."""
+    out: dict[str, Any] = {k: getattr(settings, k) for k in ("dtype", "quantization", "max_model_len")
+                           if getattr(settings, k) is not None}
+    extra = {k: settings.extra[k] for k in sorted(settings.extra) if k not in NO_OUTPUT_EFFECT}
+    if extra:
+        out["extra"] = extra
+    return out
 
 
 @dataclass(frozen=True)
@@ -111,6 +147,9 @@ class Request:
     stop: tuple[str, ...] | None = None
     constraint: Constraint | None = None
     logprobs: int = 0  # top candidates per token; 0: none
+    # who asks and for which row (the member or judge, the prompt id): what an error names; never sent
+    who: str = ""
+    row: str = ""
 
 
 @dataclass

@@ -272,8 +272,9 @@ class EndpointEngine:
                     raise asyncio.CancelledError
                 try:
                     result = await self._send(client, r, body)
-                except EndpointRefused:
+                except EndpointRefused as exc:
                     stopped.append(True)  # before the gate lets the next request in
+                    exc.request = r  # the stage's error names this request's member and row (core/errors.locate)
                     raise
             if progress:
                 progress(1)

@@ -70,7 +70,9 @@ def llm_kwargs(model_path: str, settings: EngineSettings, seed: int, cpu: bool) 
         kwargs["tensor_parallel_size"] = settings.tensor_parallel_size
     if settings.pipeline_parallel_size > 1:
         kwargs["pipeline_parallel_size"] = settings.pipeline_parallel_size
-    kwargs.update(settings.extra)
+    if settings.trust_remote_code:
+        kwargs["trust_remote_code"] = True
+    kwargs.update(settings.extra)  # adds only: EngineSettings refuses keys that would replace the above
     return kwargs
 
 

@@ -46,6 +46,9 @@ def load_judge(path: str | Path) -> JudgeSpec:
 
 def with_judge(recipe: Recipe, spec: JudgeSpec, source: str = "") -> Recipe:
     """The recipe with `spec` among its judges (a judge of the same name must be the same judge)."""
+    spec = spec.model_copy()
+    spec._engine_default = recipe.engine  # its settings hash sees the engine it runs on, as the recipe's judges do
+    spec._templates_dir = spec._templates_dir or recipe.templates_dir
     for j in recipe.judges:
         if j.name == spec.name:
             if j != spec:

@@ -24,15 +24,15 @@ from __future__ import annotations
 import random
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
 from rlaif.core.records import Completion, Prompt, content_hash, derive_seed
 from rlaif.core.store import ShardInfo
 from rlaif.engines.backend import known_backend
-from rlaif.engines.base import EngineSettings, Request, Result, Sampling
+from rlaif.engines.base import EngineSettings, Request, Result, Sampling, output_settings
 from rlaif.engines.config import Endpoint
 from rlaif.engines.pool import EngineSpec
-from rlaif.prompts import load_template
+from rlaif.prompts import load_template, plain_name
 
 STAGE = "completions"
 URIAL_STOP = ("```", "# Query")
@@ -51,13 +51,35 @@ class GeneratorSpec(BaseModel):
     urial_version: str = "v1"
     sampling: Sampling = Field(default_factory=Sampling)
     engine: EngineSettings | None = None  # this member's engine settings; default: the recipe's `engine:`
+    # set from the recipe, not written in a member's block: its templates_dir and its `engine:` block
+    _templates_dir: str | None = PrivateAttr(None)
+    _engine_default: EngineSettings | None = PrivateAttr(None)
+
+    @field_validator("urial_version")
+    @classmethod
+    def _plain(cls, value: str) -> str:
+        if not plain_name(value):
+            raise ValueError(f"{value!r} is not a plain version name (letters, digits, _ - .; no '/' or '..')")
+        return value
+
+    @model_validator(mode="after")
+    def _recipe_context(self, info: ValidationInfo) -> GeneratorSpec:
+        self._templates_dir = (info.context or {}).get("templates_dir")
+        return self
+
+    def urial_template(self):
+        return load_template("urial", self.urial_version, self._templates_dir)
 
     _known_backend = field_validator("engine")(known_backend)
 
     def settings_hash(self) -> str:
-        template = load_template("urial", self.urial_version).hash if self.format == "urial" else None
+        template = self.urial_template().hash if self.format == "urial" else None
         where = self.endpoint.base_url if self.endpoint else None  # the key is never part of a hash
-        return content_hash(self.name, self.model, where, self.format, self.system_prompt, template, self.sampling)
+        # the engine settings that change what a local model writes (dtype, quantization, ...); absent
+        # when none is set, so the hashes of recipes that set none stand
+        outputs = output_settings(self.engine_spec(self._engine_default).settings) if self.endpoint is None else {}
+        return content_hash(self.name, self.model, where, self.format, self.system_prompt, template, self.sampling,
+                            *((outputs,) if outputs else ()))
 
     def engine_spec(self, default: EngineSettings | None = None) -> EngineSpec:
         return EngineSpec(self.model, self.endpoint, (self.engine or EngineSettings()).over(default))
@@ -66,7 +88,7 @@ class GeneratorSpec(BaseModel):
 # ----------------------------------------------------------------------------- one request, one record
 def urial_text(spec: GeneratorSpec, prompt: Prompt) -> str:
     """URIAL: a preamble and three worked examples, then the conversation as Query/Answer blocks."""
-    text = load_template("urial", spec.urial_version).text
+    text = spec.urial_template().text
     if spec.system_prompt:
         # before the first example block (the preamble itself mentions "# Query:" in a sentence)
         text = text.replace("\n# Query:\n", "\n" + spec.system_prompt.strip() + "\n\n# Query:\n", 1)
@@ -84,11 +106,12 @@ def request(spec: GeneratorSpec, prompt: Prompt) -> Request:
     seed = derive_seed(spec.sampling.seed, prompt.prompt_id, prompt.hash)
     if spec.format == "urial":
         return Request(key=prompt.prompt_id, sampling=spec.sampling, seed=seed, prompt=urial_text(spec, prompt),
-                       stop=URIAL_STOP)
+                       stop=URIAL_STOP, who=spec.name, row=prompt.prompt_id)
     messages = [m.model_dump() for m in prompt.messages]
     if spec.system_prompt and messages[0]["role"] != "system":
         messages = [{"role": "system", "content": spec.system_prompt}] + messages
-    return Request(key=prompt.prompt_id, sampling=spec.sampling, seed=seed, messages=messages)
+    return Request(key=prompt.prompt_id, sampling=spec.sampling, seed=seed, messages=messages, who=spec.name,
+                   row=prompt.prompt_id)
 
 
 def completion(spec: GeneratorSpec, settings: str, prompt: Prompt, r: Result) -> Completion:

@@ -55,6 +55,7 @@ class JudgeBlock(Protocol):
     template_version: str | None
     sampling: Sampling
     options: Any  # the kind's own `options` model
+    templates_dir: str | None  # the recipe's templates_dir, if it names one
 
     def settings_hash(self) -> str: ...
 
@@ -83,6 +84,7 @@ class Ask:
     messages: list[dict]
     fmt: OutputFormat
     max_tokens: int | None = None  # room for the answer, if not the judge's sampling.max_tokens
+    row: str = ""  # the prompt id it is about (set by the judge stage): what an error names
 
 
 @dataclass(frozen=True)
@@ -146,7 +148,7 @@ class JudgeKind:
         return self.template
 
     def template_for(self, spec: JudgeBlock) -> Template:
-        return load_template(spec.template, spec.template_version, self.template_dir)
+        return load_template(spec.template, spec.template_version, spec.templates_dir, self.template_dir)
 
     def validate(self, spec: JudgeBlock) -> None:
         """Fail at recipe load if the spec cannot work (a template that does not exist, ...)."""

@@ -29,15 +29,16 @@ from __future__ import annotations
 import logging
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
 
 from rlaif.core.records import content_hash
 from rlaif.engines.backend import EngineSpec, known_backend
-from rlaif.engines.base import EngineSettings, Sampling
+from rlaif.engines.base import EngineSettings, Sampling, output_settings
 from rlaif.engines.config import Endpoint
 from rlaif.judges.base import JudgeKind
 from rlaif.judges.registry import all_kinds, get_kind
-from rlaif.prompts import Template
+from rlaif.prompts import Template, plain_name
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,19 @@ class JudgeSpec(BaseModel):
     retries: int = Field(2, ge=0)  # re-asks for an output that did not parse
     retry_temperature: float = Field(0.7, ge=0)  # a re-ask at temperature 0 would write the same text
 
+    # set from the recipe, not written in a judge block: its templates_dir and its `engine:` block
+    _templates_dir: str | None = PrivateAttr(None)
+    _engine_default: EngineSettings | None = PrivateAttr(None)
+
     _known_backend = field_validator("engine")(known_backend)
+
+    @field_validator("name", "template", "template_version")
+    @classmethod
+    def _plain(cls, value: str | None) -> str | None:
+        if value is not None and not plain_name(value):
+            raise ValueError(f"{value!r} is not a plain name (letters, digits, _ - .; no '/' or '..'): it names a "
+                             f"folder or file inside the run or the templates, never a path")
+        return value
 
     @model_validator(mode="before")
     @classmethod
@@ -102,7 +115,8 @@ class JudgeSpec(BaseModel):
         return kind
 
     @model_validator(mode="after")
-    def _kind_defaults(self) -> JudgeSpec:
+    def _kind_defaults(self, info: ValidationInfo) -> JudgeSpec:
+        self._templates_dir = (info.context or {}).get("templates_dir")
         kind = self.impl
         if not isinstance(self.options, kind.options):
             try:
@@ -126,6 +140,11 @@ class JudgeSpec(BaseModel):
     def pairwise(self) -> bool:
         return self.impl.pairwise
 
+    @property
+    def templates_dir(self) -> str | None:
+        """The recipe's templates_dir (looked in before the kind's templates), if it names one."""
+        return self._templates_dir
+
     def judge_template(self) -> Template:
         return self.impl.template_for(self)
 
@@ -133,9 +152,13 @@ class JudgeSpec(BaseModel):
         t = self.judge_template()
         where = self.endpoint.base_url if self.endpoint else None  # never the key
         no_logprobs = () if self.logprobs else ("no-logprobs",)  # absent when on: older hashes stand
+        engine = self.engine_spec(self._engine_default)
+        # the engine settings that change what a local model writes; absent when none is set, so
+        # the hashes of recipes that set none stand
+        outputs = output_settings(engine.settings) if engine is not None and engine.local else {}
         return content_hash(self.kind, self.model, where, t.name, t.version, t.hash, self.sampling, self.top_logprobs,
                             self.structured, self.retries, self.retry_temperature, *self.impl.hash_parts(self),
-                            *no_logprobs)
+                            *no_logprobs, *((outputs,) if outputs else ()))
 
     def engine_spec(self, default: EngineSettings | None = None) -> EngineSpec | None:
         """The text engine this judge runs on; None for a kind that brings its own (a reward model)."""

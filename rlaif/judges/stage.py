@@ -20,7 +20,7 @@ next run; the rest are kept. Two judges sit side by side in `judgements/<name>/`
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from rlaif.core.errors import RlaifError
 from rlaif.core.progress import Task
@@ -34,6 +34,7 @@ from rlaif.judges.base import Answer, Ask, pair_judgement, record_unit
 from rlaif.judges.parsing import parse_output
 from rlaif.judges.registry import get_kind
 from rlaif.judges.spec import JudgeSpec
+from rlaif.prompts import PACKAGE
 from rlaif.runners.context import RunContext
 from rlaif.runners.jobs import Job, Shard
 
@@ -60,7 +61,7 @@ def ask(spec: JudgeSpec, engine: Engine, asks: list[Ask], seed: int, task: Task 
         requests = [Request(key=a.key, seed=derive_seed(seed, a.key, attempt), messages=a.messages,
                             sampling=sampling.model_copy(update={"max_tokens": a.max_tokens}) if a.max_tokens else sampling,
                             constraint=a.fmt.constraint() if spec.structured else None,
-                            logprobs=spec.top_logprobs if spec.logprobs else 0)
+                            logprobs=spec.top_logprobs if spec.logprobs else 0, who=spec.name, row=a.row)
                     for a in pending]
         again = []
         for a, r in zip(pending, engine.generate(requests, task if attempt == 0 else None)):
@@ -99,7 +100,7 @@ class ChunkJob:
         for c in self.completions:
             by_prompt.setdefault(c.prompt_id, []).append(c)
         kind, skip = spec.impl, self.skip
-        self.asks = {pid: [a for a in kind.asks(spec, self.prompts[pid], cs) if set(a.units) - skip]
+        self.asks = {pid: [replace(a, row=pid) for a in kind.asks(spec, self.prompts[pid], cs) if set(a.units) - skip]
                      for pid, cs in by_prompt.items()}
         return [a for group in self.asks.values() for a in group]
 
@@ -193,7 +194,12 @@ class JudgeStage:
         return Job(group, self.spec.engine_spec(self.default_engine), [shard], rows=rows, detail=before)
 
     def notes(self, jobs: list[Job]) -> list[str]:
-        return [f"judge {self.spec.name}: {sum(not j.todo for j in jobs)} of {len(jobs)} shards already done"]
+        lines = [f"judge {self.spec.name}: {sum(not j.todo for j in jobs)} of {len(jobs)} shards already done"]
+        t = self.spec.judge_template()
+        if t.source != PACKAGE and self.spec.templates_dir:  # the recipe's own folder: say which one the run used
+            lines.append(f"judge {self.spec.name}: template {t.name}.{t.version} from {t.source} (the recipe's "
+                         f"templates_dir)")
+        return lines
 
     def inputs(self, store: RunStore, job: Job) -> tuple[ChunkJob, list[Judged] | None]:
         """The chunk's prompts and completions, and its shard from an earlier run: then what that

@@ -53,9 +53,20 @@ class EmptyDataset(RlaifError):
     pass
 
 
-def list_versions(run_dir: str | Path) -> list[Path]:
+def numbered(run_dir: str | Path) -> list[Path]:
+    """Every numbered folder under versions/, complete or not: the numbers already taken."""
     root = Path(run_dir) / VERSIONS
     return sorted(p for p in root.glob("[0-9][0-9][0-9][0-9]") if p.is_dir()) if root.is_dir() else []
+
+
+def list_versions(run_dir: str | Path) -> list[Path]:
+    """The complete versions: a folder whose manifest.json is gone (deleted, lost) is not one, so
+    the next publish makes a new version instead of reading it."""
+    return [p for p in numbered(run_dir) if (p / "manifest.json").is_file()]
+
+
+def incomplete_versions(run_dir: str | Path) -> list[Path]:
+    return [p for p in numbered(run_dir) if not (p / "manifest.json").is_file()]
 
 
 def latest_version(run_dir: str | Path) -> Path | None:
@@ -122,7 +133,11 @@ def publish(store: RunStore, recipe_info: dict, made: VersionInputs, force: bool
     """
     run_dir, spec, h = store.root, made.spec, made.hash()
     latest = latest_version(run_dir)
-    if latest and not force and (latest / "manifest.json").exists() and version_manifest(latest).get("inputs_hash") == h:
+    for broken in incomplete_versions(run_dir):
+        if latest is None or broken.name > latest.name:
+            report.note(f"{VERSIONS}/{broken.name} has no manifest.json: not a complete version "
+                        f"({'the latest complete one is ' + latest.name if latest else 'publishing a new one'})")
+    if latest and not force and version_manifest(latest).get("inputs_hash") == h:
         point_latest(run_dir, latest)
         if spec.push_to_hub and push:
             push_to_hub(latest, spec.push_to_hub)
@@ -238,8 +253,8 @@ def _has(dist: str) -> bool:
 def _claim_number(run_dir: Path, tmp: Path, finish) -> Path:
     """Rename the finished folder to the next free number; a concurrent publish takes the one after."""
     while True:
-        latest = latest_version(run_dir)
-        n = int(latest.name) + 1 if latest else 1
+        taken = numbered(run_dir)  # a number whose folder lost its manifest stays taken
+        n = int(taken[-1].name) + 1 if taken else 1
         finish(n)  # the manifest and card name their number
         target = run_dir / VERSIONS / f"{n:04d}"
         try:

@@ -8,7 +8,10 @@ lines named).
 JSONL rows take one of two shapes:
     {"prompt_id": "q1", "prompt": "Write a haiku about rain."}
     {"prompt_id": "q2", "messages": [{"role": "user", "content": "..."}]}
-`prompt_id` is optional (default: `<file stem>-<line>`); `messages` must end with a user turn.
+`prompt_id` (or `id`) is optional (default: `<file stem>-<line>`): a non-empty string, or an integer
+kept as its digits (0 is "0"); a boolean or any other type is refused. `messages` must end with a
+user turn. Text that cannot be written as UTF-8 (a lone surrogate such as "\ud800" in the JSON) is
+refused with its file, line and field, before any model is loaded.
 """
 
 from __future__ import annotations
@@ -135,10 +138,35 @@ def _dataset_rows(source: str, split: str) -> Iterator[tuple[int, Prompt]]:
         yield i, _row_to_prompt(row, source, i, default_id=f"row-{i}")
 
 
+def _prompt_id(row: dict, source: str, n: int, default_id: str) -> str:
+    """The row's id as given: a non-empty string or an integer (0 is a valid id); else `default_id`
+    when it has none. Never silently replaced: a boolean, a float or an empty string is an error."""
+    field = "prompt_id" if row.get("prompt_id") is not None else "id"
+    value = row.get(field)
+    if value is None:
+        return default_id
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise PromptSetError(source, n, field, f"must be a non-empty string or an integer, got {value!r}")
+    value = str(value)
+    if not value.strip():
+        raise PromptSetError(source, n, field, "is empty (leave it out for the default id)")
+    return value
+
+
+def _utf8(source: str, n: int, field: str, text: str) -> None:
+    """Text a shard can hold: a lone surrogate (valid JSON escape, not Unicode) cannot be written."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise PromptSetError(source, n, field, f"not valid Unicode: a lone surrogate {text[e.start]!r} at character "
+                                               f"{e.start + 1}; fix the text or its escape") from None
+
+
 def _row_to_prompt(row: Any, source: str, n: int, default_id: str) -> Prompt:
     if not isinstance(row, dict):
         raise PromptSetError(source, n, None, "each row must be a JSON object")
-    prompt_id = str(row.get("prompt_id") or row.get("id") or default_id)
+    prompt_id = _prompt_id(row, source, n, default_id)
+    _utf8(source, n, "prompt_id", prompt_id)
     if "messages" in row and row["messages"] is not None:
         raw = row["messages"]
         if not isinstance(raw, list) or not raw:
@@ -155,12 +183,15 @@ def _row_to_prompt(row: Any, source: str, n: int, default_id: str) -> Prompt:
             raise PromptSetError(source, n, "messages", "must end with a user turn")
         if not messages[-1].content.strip():
             raise PromptSetError(source, n, "messages", "the last user turn is empty")
+        for i, m in enumerate(messages):
+            _utf8(source, n, f"messages.{i}.content", m.content)
     elif "prompt" in row:
         text = row["prompt"]
         if not isinstance(text, str):
             raise PromptSetError(source, n, "prompt", f"must be a string, got {type(text).__name__}")
         if not text.strip():
             raise PromptSetError(source, n, "prompt", "is empty")
+        _utf8(source, n, "prompt", text)
         messages = [Message(role="user", content=text)]
     else:
         raise PromptSetError(source, n, "prompt", "missing: each row needs 'prompt' (a string) or 'messages'")

@@ -18,10 +18,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from rlaif.core.errors import ConfigError, validation_message
+from rlaif.core.store import RUNS
 from rlaif.engines.base import EngineSettings
 from rlaif.generation.ensemble import GeneratorSpec
 from rlaif.judges.spec import JudgeSpec
 from rlaif.preferences.binarize import BinarizeSpec
+from rlaif.prompts import plain_name
 from rlaif.prompts.hygiene import HygieneSpec
 from rlaif.training.common import unknown_fields
 from rlaif.training.dpo import DPOSpec
@@ -58,7 +60,10 @@ class FlowSpec(BaseModel):
 class Recipe(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str
+    name: str  # the run's folder under runs/: a plain name
+    # a folder of the recipe's own templates (<name>.<version>.jinja|txt), relative to the recipe file,
+    # looked in before the package's; templates come from nowhere else
+    templates_dir: str | None = None
     seed: int = 0
     shard_size: int = Field(256, ge=1)  # prompts per chunk: the unit of skipping and resuming
     prompts: PromptSource = Field(default_factory=PromptSource)
@@ -87,6 +92,21 @@ class Recipe(BaseModel):
     @property
     def trains(self) -> bool:
         return self.train.sft is not None or self.train.dpo is not None
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, name: str) -> str:
+        if not plain_name(name):
+            raise ValueError(f"{name!r} is not a plain name (letters, digits, _ - .; no '/' or '..'): it is the run's "
+                             f"folder under {RUNS}/ (use --out to put the run elsewhere)")
+        return name
+
+    @model_validator(mode="after")
+    def _engine_defaults(self) -> Recipe:
+        """Each member and judge hashes its settings with the recipe's `engine:` block under its own."""
+        for spec in [*self.generators, *self.judges]:
+            spec._engine_default = self.engine
+        return self
 
     @model_validator(mode="after")
     def _something_to_do(self) -> Recipe:
@@ -176,6 +196,18 @@ def read_yaml(path: Path, what: str = "recipe") -> Any:
         raise RecipeError(f"{path}: cannot read the {what} ({e})") from None
 
 
+def _templates_dir(recipe: Path, value: Any) -> str | None:
+    """The recipe's `templates_dir`, resolved against the recipe file's folder; it must be a folder."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise RecipeError(f"{recipe}: field 'templates_dir': give a folder, relative to the recipe file")
+    folder = (recipe.parent / value).resolve()
+    if not folder.is_dir():
+        raise RecipeError(f"{recipe}: field 'templates_dir': {folder} is not a folder")
+    return str(folder)
+
+
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     """Read and validate a recipe; `overrides` are `dotted.key=yaml-value` strings."""
     path = Path(path)
@@ -190,8 +222,11 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
             _set_dotted(data, key, yaml.safe_load(value))
         except (KeyError, IndexError, ValueError, TypeError, yaml.YAMLError):
             raise RecipeError(f"--set {item!r}: {key!r} is not a field path of {path}") from None
+    templates = _templates_dir(path, data.get("templates_dir"))
+    if templates is not None:
+        data["templates_dir"] = templates  # absolute in recipe.json: the run says which folder it used
     try:
-        recipe = Recipe.model_validate(data)
+        recipe = Recipe.model_validate(data, context={"templates_dir": templates})
     except ValidationError as e:
         raise RecipeError(validation_message(str(path), e)) from None
     bad = [f"{path}: field 'train.{stage}.{k}': unknown field (neither ours nor in TRL's {spec.TRL_CLASS})"

@@ -107,6 +107,11 @@ def write(store: RunStore, job: Job, results: list[list[BaseModel] | None], work
     return written
 
 
+def damaged_notes(store: RunStore, jobs: list[Job]) -> list[str]:
+    """A console line for each shard to make that was found damaged (set aside by the store)."""
+    return [line for j in jobs for s in j.shards if s.todo for line in store.damaged_notes(s.stage, [s.key])]
+
+
 def shards_by_group(jobs: list[Job]) -> dict[str, list[ShardInfo]]:
     """Each chunk's written shards, in the jobs' order."""
     out: dict[str, list[ShardInfo]] = {}

@@ -14,7 +14,7 @@ from rlaif.core.progress import NULL, Reporter
 from rlaif.core.store import Manifest, RunStore
 from rlaif.engines.base import window
 from rlaif.engines.pool import EnginePool, EngineSpec
-from rlaif.runners.jobs import Job, ShardedStage, write
+from rlaif.runners.jobs import Job, ShardedStage, damaged_notes, write
 
 
 def order(jobs: list[Job], pool: EnginePool, last: str | None) -> list[list[Job]]:
@@ -50,7 +50,7 @@ class LocalExecutor:
         manifest. (`follower`: only the Ray executor interleaves stages; here the follower runs
         after, as its own stage.)"""
         jobs = stage.plan(store) if jobs is None else jobs
-        for line in stage.notes(jobs):
+        for line in stage.notes(jobs) + damaged_notes(store, jobs):
             reporter.note(line)
         for group in order([j for j in jobs if j.todo], self.pool, getattr(stage, "last", None)):
             engine = self.pool.get(group[0].engine, store.root) if group[0].engine is not None else None

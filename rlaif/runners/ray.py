@@ -53,7 +53,7 @@ from rlaif.core.progress import NULL, Reporter, Task
 from rlaif.core.store import Manifest, RunStore
 from rlaif.engines.base import EngineSettings
 from rlaif.engines.pool import EnginePool, EngineSpec, Replica
-from rlaif.runners.jobs import Job, ShardedStage, shards_by_group, write
+from rlaif.runners.jobs import Job, ShardedStage, damaged_notes, shards_by_group, write
 
 log = logging.getLogger(__name__)
 
@@ -260,7 +260,7 @@ class RayExecutor:
         """Make every shard of `stage` not done yet and, given `follower`, the follower's shard of
         each chunk as soon as the chunk's shards are all written; returns `stage`'s manifest."""
         jobs = stage.plan(store) if jobs is None else jobs
-        for line in stage.notes(jobs):
+        for line in stage.notes(jobs) + damaged_notes(store, jobs):
             reporter.note(line)
         Run(self, store, reporter).run(stage, jobs, follower)
         return stage.manifest(jobs)

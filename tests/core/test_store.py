@@ -45,13 +45,13 @@ def test_store_writes_whole_shards_with_their_metadata(tmp_path):
     assert (info.rows, info.ok, info.retryable, info.group) == (3, 2, 1, "g")
     assert store.read("completions", "k", Completion) == recs
     assert not [p for p in (tmp_path / "completions").iterdir() if p.name.endswith(".tmp")]
-    # metadata that no longer matches its shard (a hand edit, a crash between the two writes) is rebuilt
+    store.write("completions", "ok", recs[1:], group="g", name="m")
+    # a shard that no longer matches its metadata (a hand edit, lost lines) is damaged: made again
     path = store.path("completions", "k")
     path.write_text(path.read_text().splitlines()[1] + "\n")
-    again = store.info("completions", "k", Completion)
-    assert (again.rows, again.ok, again.retryable, again.group) == (1, 1, 0, "g")
-    state = store.state("completions", ["k", "gone"], Completion)
-    assert [s.key for s in state.done] == ["k"] and state.missing == ["gone"] and not state.complete
+    assert store.info("completions", "k", Completion) is None
+    state = store.state("completions", ["k", "gone", "ok"], Completion)
+    assert [s.key for s in state.done] == ["ok"] and state.missing == ["k", "gone"] and not state.complete
 
 
 TORN_WRITER = """
