@@ -4,7 +4,7 @@ metadata is gone, a version whose manifest.json was deleted.
 A shard counts as finished only when its `.meta.json` matches it (rows, size, hash of its bytes).
 Anything else is damaged: set aside as `shard-<key>.jsonl.damaged`, said on the console, and made
 again; the run ends with every prompt in the dataset. The store cases need no server; the run
-cases use the real HTTP server of tests/faulty_openai.py and the command line in this process.
+cases use the real HTTP server of tests/support/faulty.py and the command line in this process.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ import json
 
 from datasets import load_from_disk
 
-from faulty_openai import Faulty, recipe, sent, url  # noqa: F401 - url: a fixture
+from tests.support.faulty import Faulty, recipe, sent, url  # noqa: F401 - url: a fixture
 from rlaif.core.records import Completion, Message, Prompt
 from rlaif.core.store import RunStore
-from rlaif.flows.cli import main
+from rlaif.cli.main import main
 
 
 def records(n: int) -> list[Completion]:

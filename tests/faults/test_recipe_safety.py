@@ -23,8 +23,8 @@ import yaml
 from rlaif.core.errors import ConfigError
 from rlaif.engines.base import EngineSettings
 from rlaif.engines.vllm_offline import llm_kwargs
-from rlaif.flows.cli import main
-from rlaif.flows.recipe import RecipeError, load_recipe
+from rlaif.cli.main import main
+from rlaif.recipe.spec import RecipeError, load_recipe
 
 EVIL = "{{ cycler.__init__.__globals__.os.popen('touch %s').read() }}{{ prompt }}{{ completion }}"
 

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import pytest
 
-from faulty_openai import Faulty, error_lines, recipe, sent, url  # noqa: F401 - url: a fixture
-from rlaif.flows.cli import main
-from rlaif.generation.prompt_sets import PromptSetError, load_prompts
+from tests.support.faulty import Faulty, error_lines, recipe, sent, url  # noqa: F401 - url: a fixture
+from rlaif.cli.main import main
+from rlaif.prompts.prompt_sets import PromptSetError, load_prompts
 
 
 def run(path, out) -> list[str]:
