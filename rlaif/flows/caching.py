@@ -69,5 +69,6 @@ def publish_key(ctx: Any, p: dict) -> str | None:
 def train_key(ctx: Any, p: dict) -> str | None:
     from rlaif.training.common import is_trained
 
-    path = Path(p["out"]) / p["stage"]
-    return _key("train", p["stage"], p["inputs"]) if is_trained(path, p["inputs"]) else None
+    variant = p.get("variant")  # a dDPO variant: dpo/<variant>/
+    path = Path(p["out"]) / p["stage"] / (variant or "")
+    return _key("train", p["stage"], variant or "", p["inputs"]) if is_trained(path, p["inputs"]) else None

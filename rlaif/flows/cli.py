@@ -213,7 +213,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     """One training stage into <run>/sft or <run>/dpo (a flow of one task)."""
     from rlaif.core.store import write_atomic
     from rlaif.flows.launch import run_flow
-    from rlaif.flows.pipeline import print_summary, train_flow, train_inputs, train_task
+    from rlaif.flows.pipeline import print_summary, train_flow, train_inputs, train_task, variants
     from rlaif.training.launch import is_main
 
     recipe, out = _recipe(args), _out(args)
@@ -223,7 +223,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if is_main() and not (out / "recipe.json").exists():  # evaluate reads the recipe from the run
         write_atomic(out / "recipe.json", recipe.model_dump_json(indent=2))
     if not is_main():  # another process of `accelerate launch`: trains its share; rank 0 records the run
-        train_task.fn(args.stage, recipe, str(out), train_inputs(args.stage, recipe, str(out)))
+        for v in variants(args.stage, recipe):
+            train_task.fn(args.stage, recipe, str(out), train_inputs(args.stage, recipe, str(out), v), v)
         return 0
     reports = run_flow(train_flow, recipe, str(out), args.stage, preflight=lambda: _preflight(recipe, out, {args.stage}),
                        rerun=rerun)

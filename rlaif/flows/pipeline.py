@@ -179,23 +179,42 @@ def publish_task(prompts: Manifest, hygiene: HygieneReport, completions: Manifes
 
 
 @task(name="train", cache_key_fn=caching.train_key, **caching.CACHED)
-def train_task(stage: str, recipe: Recipe, out: str, inputs: str) -> dict[str, Any]:
+def train_task(stage: str, recipe: Recipe, out: str, inputs: str, variant: str | None = None) -> dict[str, Any]:
+    """One training stage, or one variant of dDPO (`variant`: into dpo/<variant>/)."""
     from rlaif.training.common import is_trained, mark_trained, stage_state
 
-    spec = getattr(recipe.train, stage)
-    path = Path(out) / stage
+    spec = stage_spec(stage, recipe, variant)
+    path = stage_dir(stage, out, variant)
     if is_trained(path, inputs):  # the stage's own state, whatever Prefect's cache holds
         return stage_state(path)
-    with stage_errors(f"train-{stage}", spec.model):
+    with stage_errors(f"train-{stage}" + (f"-{variant}" if variant else ""), spec.model):
         free_accelerator(_session.pool if _session is not None else None)  # the GPU to the trainer alone
-        if stage == "sft":
-            from rlaif.training.sft import train_sft as train
-        else:
-            from rlaif.training.dpo import train_dpo as train
         rep = _session.reporter if _session is not None else _reporter  # other ranks of a launch: no session
-        metrics = train(Path(out) / "dataset", spec, path, inputs=inputs, reporter=rep)
+        if stage == "sft":
+            from rlaif.training.sft import train_sft
+
+            metrics = train_sft(Path(out) / "dataset", spec, path, inputs=inputs, reporter=rep)
+        else:
+            from rlaif.training.dpo import train_dpo
+
+            metrics = train_dpo(Path(out) / "dataset", spec, path, inputs=inputs, reporter=rep, run=out)
         mark_trained(path, inputs, metrics, start_model=metrics.get("start_model"), resumed_from=metrics.get("resumed_from"))
     return stage_state(path)
+
+
+def variants(stage: str, recipe: Recipe) -> list[str | None]:
+    """What a training stage trains: itself ([None]), or each dDPO variant by name."""
+    spec = getattr(recipe.train, stage)
+    return [name for name, _ in spec.variant_specs()] if stage == "dpo" and spec.variants else [None]
+
+
+def stage_spec(stage: str, recipe: Recipe, variant: str | None = None) -> Any:
+    spec = getattr(recipe.train, stage)
+    return spec if variant is None else dict(spec.variant_specs())[variant]
+
+
+def stage_dir(stage: str, out: str | Path, variant: str | None = None) -> Path:
+    return Path(out) / stage / variant if variant else Path(out) / stage
 
 
 class TransientRows(StageError):
@@ -338,15 +357,16 @@ def binarize_step(prompts: Manifest, hygiene: HygieneReport, completions: Manife
                               "unusable_judgements": c["unusable_judgements"], "inputs": m["inputs_hash"]})
 
 
-def train_inputs(stage: str, recipe: Recipe, out: str) -> str:
-    """What a training stage is trained from: its block, the data it reads (the run's version by
-    inputs hash, a local dataset by its files, hf:<id> by its Hub commit; and the split) and, for
-    dDPO from this run's dSFT, what dSFT was trained from."""
+def train_inputs(stage: str, recipe: Recipe, out: str, variant: str | None = None) -> str:
+    """What a training stage is trained from: its block (a variant's: the block with its overrides,
+    so adding a variant retrains no other), the data it reads (the run's version by inputs hash, a
+    local dataset by its files, hf:<id> by its Hub commit; and the split) and, for dDPO from this
+    run's dSFT, what dSFT was trained from."""
     from rlaif.core.records import content_hash
     from rlaif.training.common import stage_state
     from rlaif.training.datasets import source_key
 
-    spec = getattr(recipe.train, stage)
+    spec = stage_spec(stage, recipe, variant)
     split, eval_split = spec.splits()
     run_dataset = Path(out) / "dataset"
     data = [source_key(spec.dataset, s, run_dataset) for s in (split, eval_split) if s]
@@ -354,15 +374,23 @@ def train_inputs(stage: str, recipe: Recipe, out: str) -> str:
     return content_hash(stage, spec, data, upstream)
 
 
-def train_step(stage: str, recipe: Recipe, out: str) -> StageReport:
-    """dSFT (`stage` "sft") or dDPO ("dpo"), unless its output was trained from the same inputs."""
-    inputs = train_inputs(stage, recipe, out)
-    state, cached, secs = call(train_task, out, stage, recipe, out, inputs)
+def train_step(stage: str, recipe: Recipe, out: str, variant: str | None = None) -> StageReport:
+    """dSFT (`stage` "sft") or dDPO ("dpo"; one `variant` of it), unless its output was trained
+    from the same inputs."""
+    inputs = train_inputs(stage, recipe, out, variant)
+    state, cached, secs = call(train_task, out, stage, recipe, out, inputs, variant)
     metrics = state.get("metrics", {})
     notes = {k: round(metrics[k], 4) for k in ("train_loss", "train_samples_per_second") if k in metrics}
-    return StageReport(stage=f"train-{stage}", count_in=int(metrics.get("rows", 0)), count_out=int(metrics.get("steps", 0)),
-                       seconds=secs,
-                       cached=cached, path=str(Path(out) / stage), notes={**notes, "inputs": inputs})
+    if not cached and "reference_computed" in metrics:
+        notes["reference"] = "computed" if metrics["reference_computed"] else "read"
+    return StageReport(stage=f"train-{stage}" + (f"/{variant}" if variant else ""), count_in=int(metrics.get("rows", 0)),
+                       count_out=int(metrics.get("steps", 0)), seconds=secs,
+                       cached=cached, path=str(stage_dir(stage, out, variant)), notes={**notes, "inputs": inputs})
+
+
+def train_steps(stage: str, recipe: Recipe, out: str) -> list[StageReport]:
+    """A training stage, or each of its dDPO variants in turn (the first computes the reference pass)."""
+    return [train_step(stage, recipe, out, v) for v in variants(stage, recipe)]
 
 
 # ----------------------------------------------------------------------------- flows
@@ -419,7 +447,7 @@ def train_stages(recipe: Recipe, out: str) -> list[StageReport]:
     for stage in ("sft", "dpo"):
         if getattr(recipe.train, stage) is not None:
             current().reporter.stage(f"train-{stage}")
-            reports.append(train_step(stage, recipe, out))
+            reports += train_steps(stage, recipe, out)
     return reports
 
 
@@ -450,7 +478,7 @@ def train_flow(recipe: Recipe, out: str, stage: str) -> list[StageReport]:
     """One training stage on the run's dataset (`rlaif train sft|dpo`)."""
     with session(recipe.seed):
         current().reporter.stage(f"train-{stage}")
-        return [train_step(stage, recipe, out)]
+        return train_steps(stage, recipe, out)
 
 
 @flow(name="rlaif-pipeline", log_prints=False)
