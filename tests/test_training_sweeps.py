@@ -87,7 +87,8 @@ VARIANTS = [{"name": "sigmoid-0.1", "beta": 0.1}, {"name": "ipo-0.5", "loss_type
 def test_two_variants_train_from_one_stored_reference_file(tmp_path, tiny_model_dir, prefect_harness, monkeypatch):
     """`rlaif train dpo` with two variants: each trains into dpo/<name>/ (its own stage state, its
     own loss), the first computes the reference pass into one file and the second reads it; an
-    unchanged rerun trains nothing and a changed variant retrains alone, reading the same file."""
+    unchanged rerun trains nothing and a changed variant retrains alone, reading the same file.
+    Then `rlaif evaluate` reports the variants side by side, and `--variant` evaluates one."""
     from trl import DPOTrainer
 
     from rlaif.flows.cli import main
@@ -126,6 +127,25 @@ def test_two_variants_train_from_one_stored_reference_file(tmp_path, tiny_model_
     assert common.stage_state(tmp_path / "dpo" / "sigmoid-0.1") == states["sigmoid-0.1"]
     again = common.stage_state(tmp_path / "dpo" / "ipo-0.5")
     assert again["inputs"] != states["ipo-0.5"]["inputs"] and again["metrics"]["reference_read"] == 1
+
+    # the report: every variant against dSFT (here the tiny start model) on test_prefs, one table
+    assert main(["evaluate", str(tmp_path), "--no-win-rate"]) == 0
+    rows = {r["variant"]: r for r in json.loads((tmp_path / "eval" / "variants.json").read_text())}
+    assert list(rows) == ["ipo-0.5", "sigmoid-0.1"]
+    assert rows["ipo-0.5"]["loss"] == "ipo" and rows["ipo-0.5"]["beta"] == 0.5 and rows["sigmoid-0.1"]["steps"] == 2
+    for name, r in rows.items():
+        metrics = json.loads((tmp_path / "eval" / "variants" / name / "metrics.json").read_text())
+        assert metrics["dpo_model"] == str(tmp_path / "dpo" / name)
+        assert r["drift chosen"] == metrics["drift"]["chosen"] != 0 and r["drift rejected"] != 0
+        assert r["reward acc"] == metrics["dpo_implicit_reward"]["accuracy"]
+        assert r["margin"] == pytest.approx(r["beta"] * (r["drift chosen"] - r["drift rejected"]))
+    table = (tmp_path / "eval" / "variants.md").read_text()
+    assert "| ipo-0.5 | ipo | 0.5 |" in table and "| sigmoid-0.1 | sigmoid | 0.1 |" in table
+    assert (tmp_path / "eval" / "variants" / "plots" / "margins.png").stat().st_size > 0
+
+    assert main(["evaluate", str(tmp_path), "--no-win-rate", "--variant", "ipo-0.5"]) == 0
+    assert (tmp_path / "eval" / "variants.md").read_text() == table  # one variant's evaluation keeps the report
+    assert main(["evaluate", str(tmp_path), "--no-win-rate", "--variant", "nope"]) != 0
 
 
 @pytest.mark.parametrize("variants, message", [

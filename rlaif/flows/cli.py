@@ -8,7 +8,7 @@
     rlaif binarize RECIPE [--force] [--push-to-hub REPO]       a new dataset version from a run's judgements
     rlaif agreement RUN --judges A B [--human FILE]            how far two judges (and humans) agree
     rlaif train sft|dpo RECIPE [--out DIR] [--set ...]         one training stage of a recipe
-    rlaif evaluate RUN [--no-win-rate]                         dDPO against its dSFT start
+    rlaif evaluate RUN [--no-win-rate] [--variant NAME]        dDPO (or a sweep's variants) against its dSFT start
     rlaif evaluate RUN --mt-bench [--limit N] [--judge NAME]   MT-Bench of base, dSFT, dDPO (or --model PATH)
     rlaif rehearse RECIPE [RECIPE ...] [--prompts N]          the whole chain on tiny stand-ins, on a CPU
     rlaif deploy RECIPE --cron "0 3 * * *" [--name N]          a scheduled refresh on the Prefect server
@@ -252,23 +252,51 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from rlaif.flows.pipeline import session
     from rlaif.flows.recipe import Recipe
     from rlaif.training.evaluate import evaluate_run
+    from rlaif.training.dpo import VARIANT_NAME
+    from rlaif.training.sweep_report import trained_variants
 
     run = Path(args.run)
     if not (run / "recipe.json").exists():
         raise RlaifError(f"{run}: no recipe.json; evaluate a run written by `rlaif run` or `rlaif train`")
     recipe = Recipe.model_validate_json((run / "recipe.json").read_text())
+    if args.variant and (not VARIANT_NAME.fullmatch(args.variant)
+                         or not (run / "dpo" / args.variant / "config.json").exists()):
+        raise RlaifError(f"{run / 'dpo' / args.variant}: no trained variant {args.variant!r} (trained: "
+                         f"{trained_variants(run) or 'none'})")
     if args.mt_bench:
         return mt_bench(args, run, recipe)
     tokens = args.max_tokens or max((g.sampling.max_tokens for g in recipe.generators), default=256)
     judge = recipe.judge_spec(args.judge) if recipe.judges or args.judge else None
     if judge is None and not args.no_win_rate:
         echo("note: the recipe has no judge, so no judged win rate (a training-only recipe)")
+    if not args.variant and not (run / "dpo" / "config.json").exists() and trained_variants(run):
+        return variants_report(args, run, recipe, judge, tokens)
     with session(recipe.seed) as s:  # the engines of this command (or of a test's or bench's shared pool)
         # beta: the one dDPO trained with (its stage state), not recipe.json's, which may predate it
         metrics = evaluate_run(run, judge, None, tokens, recipe.engine, recipe.seed,
-                               win_rate=not args.no_win_rate, pool=s.pool)
+                               win_rate=not args.no_win_rate, pool=s.pool, variant=args.variant)
     echo(json.dumps({k: v for k, v in metrics.items() if k != "plots"}, indent=2))
-    echo(f"written to {run / 'eval'}")
+    echo(f"written to {run / 'eval' / 'variants' / args.variant if args.variant else run / 'eval'}")
+    return 0
+
+
+def variants_report(args: argparse.Namespace, run: Path, recipe, judge, tokens: int) -> int:
+    """A sweep's variants side by side: a table here and in <run>/eval/variants.md, and plots."""
+    from rich.table import Table
+
+    from rlaif.flows.console import console
+    from rlaif.flows.pipeline import session
+    from rlaif.training.sweep_report import COLUMNS, cells, report_variants
+
+    with session(recipe.seed) as s:
+        report = report_variants(run, judge, tokens, recipe.engine, recipe.seed, not args.no_win_rate, s.pool)
+    table = Table(title=f"dDPO variants of {run} (test_prefs, against dSFT)", title_justify="left")
+    for col in COLUMNS:
+        table.add_column(col)
+    for r in cells(report["rows"]):
+        table.add_row(*r)
+    console().print(table)
+    echo(f"written to {report['table']}, {', '.join(report['plots'])}")
     return 0
 
 
@@ -285,7 +313,7 @@ def mt_bench(args: argparse.Namespace, run: Path, recipe) -> int:
 
         if note := contamination_note(recipe.training_data(run)):
             echo(note)
-    models = parse_models(args.model) if args.model else run_models(run, recipe)
+    models = parse_models(args.model) if args.model else run_models(run, recipe, args.variant)
     with session(recipe.seed) as s:
         result = run_mt_bench(run / "eval" / "mt_bench", models, recipe.judge_spec(args.judge), recipe.engine,
                               recipe.seed, args.limit, args.max_tokens or MAX_TOKENS, s.pool, s.reporter)
@@ -456,6 +484,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--max-tokens", type=int, help="answer length (default: the run's generators' for the win "
                                                   "rate, 1024 for MT-Bench)")
     e.add_argument("--judge", metavar="NAME", help="which of the recipe's judges (default: binarize.judge, else the first)")
+    e.add_argument("--variant", metavar="NAME", help="one variant of a dDPO sweep (<run>/dpo/NAME; writes "
+                                                     "<run>/eval/variants/NAME). Without it a sweep's run gets the "
+                                                     "variants' report: <run>/eval/variants.md and plots")
     e.add_argument("--mt-bench", action="store_true",
                    help="MT-Bench instead: both turns of the 80 questions, graded 1-10 with FastChat's prompts; "
                         "writes <run>/eval/mt_bench/")

@@ -186,4 +186,5 @@ def train_dpo(dataset_dir: str | Path, spec: DPOSpec, out_dir: str | Path, model
     # rows: the pairs the closing table counts in; beta: recorded with the model (evaluate reads it)
     # reference_*: the reference passes this stage computed and read (training/reference.py)
     reference = {"reference_computed": len(store.computed), "reference_read": len(store.read)} if store else {}
-    return {**metrics, "start_model": path, "rows": len(train), "beta": args.beta, **reference}
+    return {**metrics, "start_model": path, "rows": len(train), "beta": args.beta, "loss_type": list(args.loss_type),
+            **reference}
