@@ -183,3 +183,38 @@ def test_variant_specs_are_the_block_with_the_overrides(tmp_path):
     ipo = found["ipo-0.5"]
     assert ipo.get("loss_type") == "ipo" and ipo.get("beta") == 0.5 and ipo.get("learning_rate") == 1e-3
     assert ipo.get("precompute_ref_log_probs") is True and ipo.model == "m" and ipo.variants is None
+
+
+def test_mt_bench_takes_the_variants_of_a_sweep(tmp_path):
+    """Every trained variant is a model under test (`ddpo-<name>`), or only the one named."""
+    from rlaif.training.mt_bench import ModelUnderTest, run_models
+
+    recipe = load_recipe(sweep_recipe(tmp_path / "r.yaml", "base-model", VARIANTS))
+    for name in ("ipo-0.5", "sigmoid-0.1"):
+        (tmp_path / "dpo" / name).mkdir(parents=True)
+        (tmp_path / "dpo" / name / "config.json").write_text("{}")
+    assert run_models(tmp_path, recipe) == [
+        ModelUnderTest("base", "base-model"), ModelUnderTest("ddpo-ipo-0.5", str(tmp_path / "dpo" / "ipo-0.5")),
+        ModelUnderTest("ddpo-sigmoid-0.1", str(tmp_path / "dpo" / "sigmoid-0.1"))]
+    assert [m.label for m in run_models(tmp_path, recipe, "ipo-0.5")] == ["base", "ddpo-ipo-0.5"]
+
+
+def test_the_report_plots_margins_and_win_rate_against_drift(tmp_path):
+    """The report's rows, table and plots from two variants' evaluations, one of them judged."""
+    from rlaif.training.sweep_report import markdown, plot_variants, row
+
+    table = []
+    for name, win in (("a", {"ddpo_win_rate": 0.75, "ddpo_answer_tokens": 31.5, "judged": 4}), ("b", None)):
+        (tmp_path / "dpo" / name).mkdir(parents=True)
+        history = [{"step": s, "rewards/margins": 0.1 * s, "loss": 0.6} for s in (1, 2, 3)]
+        (tmp_path / "dpo" / name / "trainer_state.json").write_text(json.dumps({"log_history": history}))
+        metrics = {"beta": 0.1, "pairs": 3, "dpo_implicit_reward": {"accuracy": 2 / 3, "margin": 0.02},
+                   "drift": {"chosen": -0.5, "rejected": -1.5}, "win_rate": win}
+        table.append(row(name, metrics, {"loss_type": ["ipo"], "metrics": {"steps": 3, "train_loss": 0.55}}))
+    assert table[0]["win rate"] == 0.75 and table[0]["answer tokens"] == 31.5 and table[1]["win rate"] is None
+    text = markdown(table, tmp_path)
+    assert "| a | ipo | 0.1 | 0.667 | 0.02 | -0.5 | -1.5 | 0.75 | 31.5 | 3 | 0.55 |" in text
+    assert "| b | ipo | 0.1 | 0.667 | 0.02 | -0.5 | -1.5 | - | - | 3 | 0.55 |" in text
+    plots = plot_variants(tmp_path, ["a", "b"], table, tmp_path / "plots")
+    assert [Path(p).name for p in plots] == ["margins.png", "win_rate_vs_drift.png"]
+    assert all(Path(p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in plots)
