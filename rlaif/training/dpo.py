@@ -39,7 +39,7 @@ from pathlib import Path
 import re
 from typing import Any, ClassVar
 
-from pydantic import field_validator
+from pydantic import field_validator, model_serializer
 
 from rlaif.core.errors import ConfigError
 from rlaif.core.progress import NULL, Reporter
@@ -78,6 +78,15 @@ class DPOSpec(StageSpec):
                 raise ValueError(f"variant names must be unique, {name!r} is given twice")
             seen.add(name)
         return variants
+
+    @model_serializer(mode="wrap")
+    def _without_unset_variants(self, handler: Any) -> dict[str, Any]:
+        """No `variants` key when there are none: a block dumps (and hashes, so a trained stage
+        stays trained) as it did before variants existed."""
+        data = handler(self)
+        if isinstance(data, dict) and data.get("variants") is None:
+            data.pop("variants", None)
+        return data
 
     def variant_specs(self) -> list[tuple[str, DPOSpec]]:
         """(name, the block with the variant's overrides) for each variant; every one computes its
