@@ -12,8 +12,8 @@ it (a fresh Prefect home, no long-lived server: RLAIF_USE_SERVER=0):
                variant computes the reference pass and stores it (<run>/ref_logps/), the others read it
 Then the sweep is run again unchanged (nothing trains, no log-probs computed) and once more with
 another learning rate for every variant (all four retrain, every one reads the stored reference).
-Prints for each: the commands' wall time, the time inside them (process start, imports and Prefect's
-start left out: what sharing the reference saves alone), the reference forwards run (TRL's
+Prints for each: the commands' wall time, the time inside them (process start and imports left
+out; each command's Prefect start and flow are inside), the reference forwards run (TRL's
 compute_ref_log_probs calls, counted); then sweep / separate (goal <= 0.8) as commands and inside.
 """
 
@@ -151,7 +151,7 @@ def main() -> int:
     print(f"  (stored reference files: {f['stored_files']}; variants that read it on the last run: {f['read']} of 4)")
     ratio, inside = sw["wall"] / total(sep, "wall"), sw["in_command"] / total(sep, "in_command")
     print(f"sweep / separate: {ratio:.2f} as commands (goal <= 0.8), {inside:.2f} inside the commands "
-          f"(process start, imports and Prefect left out); the unchanged rerun computed "
+          f"(process start and imports left out; Prefect's start is inside); the unchanged rerun computed "
           f"{f['rerun']['forwards']} log-probs (goal 0)")
     return 0 if ratio <= 0.8 and f["rerun"]["forwards"] == 0 else 1
 

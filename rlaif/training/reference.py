@@ -26,8 +26,9 @@ sweep share one file. A changed input changes the key and is computed afresh.
 
 Under `accelerate launch` every process computes the same key (the first process's is broadcast,
 as TRL does for its own cache) and makes the same choice: all read the file, or all take part in
-TRL's distributed precompute, after which the first process writes the file (to a temporary name,
-then renamed) and the others wait for it.
+the reference pass (TRL's loop, each process its share of the rows, gathered), after which the
+first process writes the file (to a temporary name, then renamed), the others wait for it, and all
+read it.
 """
 
 from __future__ import annotations
@@ -82,14 +83,13 @@ class ReferenceStore:
         self.read.append(key)
         return found
 
-    def save(self, key: str, columns: Any, meta: dict[str, Any]) -> Path:
-        """Write the two columns (a Dataset) for `key`; atomic, so a reader never sees half a file."""
+    def save(self, key: str, columns: dict[str, Any], meta: dict[str, Any]) -> Path:
+        """Write the two columns (CPU tensors) for `key`; atomic, so a reader never sees half a file."""
         import pyarrow as pa
 
         self.root.mkdir(parents=True, exist_ok=True)
         path = self.path(key)
-        found = columns.with_format("arrow")[:]
-        table = pa.table({c: found.column(c).combine_chunks() for c in COLUMNS})
+        table = pa.table({c: pa.array(columns[c].numpy()) for c in COLUMNS})
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
             writer.write_table(table)
@@ -151,10 +151,38 @@ class StoredReferenceDPO(DPOTrainer):
             return concatenate_datasets([dataset, found], axis=1)
         log.info("computing the reference log-probs of the %s split (%d rows); kept in %s", name, len(dataset),
                  store.path(key))
-        out = super()._precompute_ref_logps(dataset, name, batch_size)
+        columns = self._reference_pass(dataset, batch_size)
         if self.accelerator.is_main_process:
-            store.save(key, out.select_columns(list(COLUMNS)), parts)
+            store.save(key, columns, parts)
         else:
             store.computed.append(key)
-        self.accelerator.wait_for_everyone()
-        return out
+        self.accelerator.wait_for_everyone()  # then every process reads the one file the first wrote
+        found = store.load(key, len(dataset))
+        if found is None:
+            raise RuntimeError(f"{store.path(key)}: the reference log-probs just written cannot be read")
+        store.read.pop()  # computed here, not read
+        return concatenate_datasets([dataset, found], axis=1)
+
+    def _reference_pass(self, dataset: Any, batch_size: int) -> dict[str, Any]:
+        """TRL's reference pass (DPOTrainer._precompute_ref_logps's loop), its results gathered from
+        every process in the rows' order; TRL's own version would also write them to its cache
+        file, which lies in each process's own temporary datasets cache, where the others cannot read it."""
+        import torch
+        from torch.utils.data import DataLoader
+        from trl.models import prepare_deepspeed
+
+        loader = self.accelerator.prepare(DataLoader(
+            dataset, batch_size=batch_size, collate_fn=self.data_collator, shuffle=False,
+            num_workers=self.args.dataloader_num_workers, pin_memory=self.args.dataloader_pin_memory))
+        if self.ref_model is None and self.is_deepspeed_enabled:  # as TRL: parameters placed and gathered
+            if self._precompute_engine is None:
+                self._precompute_engine = prepare_deepspeed(self.model, self.accelerator)
+            model = self._precompute_engine
+        else:
+            model = self.ref_model or self.model
+        chosen, rejected = [], []
+        for batch in loader:
+            c, r = self.accelerator.gather_for_metrics(self.compute_ref_log_probs(model, batch))
+            chosen.append(c.float().cpu())
+            rejected.append(r.float().cpu())
+        return {"ref_chosen_logps": torch.cat(chosen), "ref_rejected_logps": torch.cat(rejected)}
