@@ -299,7 +299,7 @@ def ours_run(args) -> dict:
     from rlaif.core.records import Completion
     from rlaif.core.store import RunStore
     from rlaif.generation.ensemble import STAGE
-    from rlaif.generation.prompt_sets import load_prompts, write_prompt_chunks
+    from rlaif.prompts.prompt_sets import load_prompts, write_prompt_chunks
     from rlaif.generation.stage import GenerateStage
     from rlaif.runners.ray import RayExecutor
 
@@ -338,7 +338,7 @@ def ray_data_run(args) -> dict:
     from rlaif.engines.models import resolve_model
     from rlaif.engines.vllm_offline import llm_kwargs
     from rlaif.generation.ensemble import request
-    from rlaif.generation.prompt_sets import load_prompts
+    from rlaif.prompts.prompt_sets import load_prompts
 
     member = smol_member(args.max_tokens)
     model = resolve_model(SMOL)

@@ -8,7 +8,7 @@
     rlaif binarize RECIPE [--force] [--push-to-hub REPO]       a new dataset version from a run's judgements
     rlaif agreement RUN --judges A B [--human FILE]            how far two judges (and humans) agree
     rlaif train sft|dpo RECIPE [--out DIR] [--set ...]         one training stage of a recipe
-    rlaif evaluate RUN [--no-win-rate]                         dDPO against its dSFT start
+    rlaif evaluate RUN [--no-win-rate] [--variant NAME]        dDPO (or a sweep's variants) against its dSFT start
     rlaif evaluate RUN --mt-bench [--limit N] [--judge NAME]   MT-Bench of base, dSFT, dDPO (or --model PATH)
     rlaif rehearse RECIPE [RECIPE ...] [--prompts N]          the whole chain on tiny stand-ins, on a CPU
     rlaif deploy RECIPE --cron "0 3 * * *" [--name N]          a scheduled refresh on the Prefect server
@@ -225,10 +225,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     """One training stage into <run>/sft or <run>/dpo (a flow of one task)."""
     from rlaif.core.store import write_atomic
     from rlaif.flows.launch import run_flow
-    from rlaif.runners.context import using
-    from rlaif.flows.pipeline import train_flow
     from rlaif.cli.summary import print_summary
-    from rlaif.flows.steps import train, train_inputs
+    from rlaif.flows.pipeline import train_flow
+    from rlaif.flows.steps import train, train_inputs, variants
+    from rlaif.runners.context import using
     from rlaif.training.launch import is_main
 
     recipe, out = _recipe(args), _out(args)
@@ -239,7 +239,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         write_atomic(out / "recipe.json", recipe.model_dump_json(indent=2))
     if not is_main():  # another process of `accelerate launch`: trains its share; rank 0 records the run
         with using(recipe=recipe, out=str(out)) as ctx:
-            train(ctx, args.stage, train_inputs(args.stage, recipe, str(out)))
+            for v in variants(args.stage, recipe):
+                train(ctx, args.stage, train_inputs(args.stage, recipe, str(out), v), v)
         return 0
     reports = run_flow(train_flow, recipe, str(out), args.stage, preflight=lambda: _preflight(recipe, out, {args.stage}),
                        rerun=rerun)
@@ -264,25 +265,53 @@ def _rehearsal_dir(args: argparse.Namespace) -> Path:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import json
 
-    from rlaif.runners.context import flow_run
-    from rlaif.recipe.spec import Recipe
+    from rlaif.evaluation.sweep_report import trained_variants
     from rlaif.evaluation.win_rate import evaluate_run
+    from rlaif.recipe.spec import Recipe
+    from rlaif.runners.context import flow_run
+    from rlaif.training.dpo import VARIANT_NAME
 
     run = Path(args.run)
     if not (run / "recipe.json").exists():
         raise RlaifError(f"{run}: no recipe.json; evaluate a run written by `rlaif run` or `rlaif train`")
     recipe = Recipe.model_validate_json((run / "recipe.json").read_text())
+    if args.variant and (not VARIANT_NAME.fullmatch(args.variant)
+                         or not (run / "dpo" / args.variant / "config.json").exists()):
+        raise RlaifError(f"{run / 'dpo' / args.variant}: no trained variant {args.variant!r} (trained: "
+                         f"{trained_variants(run) or 'none'})")
     if args.mt_bench:
         return mt_bench(args, run, recipe)
     tokens = args.max_tokens or max((g.sampling.max_tokens for g in recipe.generators), default=256)
     judge = recipe.judge_spec(args.judge) if recipe.judges or args.judge else None
     if judge is None and not args.no_win_rate:
         echo("note: the recipe has no judge, so no judged win rate (a training-only recipe)")
+    if not args.variant and not (run / "dpo" / "config.json").exists() and trained_variants(run):
+        return variants_report(args, run, recipe, judge, tokens)
     with flow_run(recipe, str(run)) as s:  # the engines of this command (or of a test's or bench's shared pool)
         # beta: the one dDPO trained with (its stage state), not recipe.json's, which may predate it
-        metrics = evaluate_run(run, judge, s, max_tokens=tokens, win_rate=not args.no_win_rate)
+        metrics = evaluate_run(run, judge, s, max_tokens=tokens, win_rate=not args.no_win_rate, variant=args.variant)
     echo(json.dumps({k: v for k, v in metrics.items() if k != "plots"}, indent=2))
-    echo(f"written to {run / 'eval'}")
+    echo(f"written to {run / 'eval' / 'variants' / args.variant if args.variant else run / 'eval'}")
+    return 0
+
+
+def variants_report(args: argparse.Namespace, run: Path, recipe, judge, tokens: int) -> int:
+    """A sweep's variants side by side: a table here and in <run>/eval/variants.md, and plots."""
+    from rich.table import Table
+
+    from rlaif.cli.console import console
+    from rlaif.evaluation.sweep_report import COLUMNS, cells, report_variants
+    from rlaif.runners.context import flow_run
+
+    with flow_run(recipe, str(run)) as s:
+        report = report_variants(run, judge, s, tokens, not args.no_win_rate)
+    table = Table(title=f"dDPO variants of {run} (test_prefs, against dSFT)", title_justify="left")
+    for col in COLUMNS:
+        table.add_column(col)
+    for r in cells(report["rows"]):
+        table.add_row(*r)
+    console().print(table)
+    echo(f"written to {report['table']}, {', '.join(report['plots'])}")
     return 0
 
 
@@ -299,7 +328,7 @@ def mt_bench(args: argparse.Namespace, run: Path, recipe) -> int:
 
         if note := contamination_note(recipe.training_data(run)):
             echo(note)
-    models = parse_models(args.model) if args.model else run_models(run, recipe)
+    models = parse_models(args.model) if args.model else run_models(run, recipe, args.variant)
     with flow_run(recipe, str(run)) as s:
         result = run_mt_bench(run / "eval" / "mt_bench", models, recipe.judge_spec(args.judge), s, args.limit,
                               args.max_tokens or MAX_TOKENS)
@@ -485,6 +514,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--max-tokens", type=int, help="answer length (default: the run's generators' for the win "
                                                   "rate, 1024 for MT-Bench)")
     e.add_argument("--judge", metavar="NAME", help="which of the recipe's judges (default: binarize.judge, else the first)")
+    e.add_argument("--variant", metavar="NAME", help="one variant of a dDPO sweep (<run>/dpo/NAME; writes "
+                                                     "<run>/eval/variants/NAME). Without it a sweep's run gets the "
+                                                     "variants' report: <run>/eval/variants.md and plots")
     e.add_argument("--mt-bench", action="store_true",
                    help="MT-Bench instead: both turns of the 80 questions, graded 1-10 with FastChat's prompts; "
                         "writes <run>/eval/mt_bench/")

@@ -87,9 +87,10 @@ class Answerer(GeneratorSpec):
 
 
 # ----------------------------------------------------------------------------- which models, which questions
-def run_models(run_dir: str | Path, recipe: Any) -> list[ModelUnderTest]:
+def run_models(run_dir: str | Path, recipe: Any, variant: str | None = None) -> list[ModelUnderTest]:
     """base (what dSFT started from: train.sft.model, else as <run>/sft records it, else train.dpo.model),
-    dsft (<run>/sft), ddpo (<run>/dpo): those there are."""
+    dsft (<run>/sft), ddpo (<run>/dpo): those there are. A sweep's variants (<run>/dpo/<name>) are
+    `ddpo-<name>`: `variant` alone, else every trained one."""
     from rlaif.training.common import stage_state
 
     run = Path(run_dir)
@@ -97,7 +98,8 @@ def run_models(run_dir: str | Path, recipe: Any) -> list[ModelUnderTest]:
     base = (train.sft.model if train.sft is not None else (stage_state(run / "sft") or {}).get("start_model")
             or (train.dpo.model if train.dpo is not None else None))
     models = [ModelUnderTest("base", base)] if base else []
-    for label, stage in (("dsft", "sft"), ("ddpo", "dpo")):
+    sweep = [p.parent.name for p in sorted((run / "dpo").glob("*/config.json"))] if variant is None else [variant]
+    for label, stage in (("dsft", "sft"), ("ddpo", "dpo"), *((f"ddpo-{v}", f"dpo/{v}") for v in sweep)):
         if (run / stage / "config.json").exists():
             models.append(ModelUnderTest(label, str(run / stage)))
         elif (run / stage / "adapter").is_dir():

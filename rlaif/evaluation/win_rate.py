@@ -34,6 +34,14 @@ normally `<run>/sft`: the dSFT model). Metrics, on the pairs of `test_prefs` (ne
   order flips is a tie), a pointwise judge by scoring both answers. dDPO's win rate = (wins +
   ties / 2) / judged pairs; pairs the judge could not parse are counted apart (`unjudged`).
 
+- drift from the reference (`drift`): the mean change of log pi(y|x) from dSFT to dDPO on the chosen
+  and on the rejected answers (how far the policy moved, what DPO's KL term holds back).
+- answer length (`win_rate.ddpo_answer_tokens`, `dsft_answer_tokens`): the mean tokens of the answers
+  the win rate judged.
+
+A variant of a sweep (`rlaif evaluate RUN --variant NAME`): the same for `<run>/dpo/<NAME>`, written to
+`<run>/eval/variants/<NAME>/`; evaluation/sweep_report.py puts the variants side by side.
+
 Plots: the dDPO training curves (loss, rewards/chosen, rewards/rejected, rewards/margins,
 rewards/accuracies) and the dSFT loss, from the trainers' `trainer_state.json` log history.
 Assumes: a run directory written by `rlaif run` or `rlaif train` (recipe.json, dataset/, sft/, dpo/).
@@ -48,6 +56,7 @@ from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
+KEPT = ("mt_bench", "variants", "variants.md", "variants.json")  # in <run>/eval: what a plain evaluate leaves
 CURVES = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies")
 
 
@@ -107,11 +116,14 @@ def preference_metrics(dpo: Scores, sft: Scores, beta: float) -> dict[str, Any]:
         "preference_per_token": per_tok,
         "gain": {k: prefs["ddpo"][k] - prefs["dsft"][k] for k in ("accuracy", "margin")},
         "gain_per_token": {k: per_tok["ddpo"][k] - per_tok["dsft"][k] for k in ("accuracy", "margin")},
+        "drift": {"chosen": _mean([a - b for a, b in zip(dpo[0], sft[0])]),
+                  "rejected": _mean([a - b for a, b in zip(dpo[1], sft[1])])},
     }
 
 
-def plot_curves(run: Path, out: Path) -> list[str]:
-    """One PNG per training curve found in the stages' trainer_state.json; returns the files."""
+def plot_curves(run: Path, out: Path, dpo: str = "dpo") -> list[str]:
+    """One PNG per training curve found in the stages' trainer_state.json; returns the files.
+    `dpo`: the dDPO folder in the run (a variant's: dpo/<name>)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -119,8 +131,8 @@ def plot_curves(run: Path, out: Path) -> list[str]:
 
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    for stage, keys in (("dpo", CURVES), ("sft", ("loss",))):
-        state = run / stage / "trainer_state.json"
+    for stage, folder, keys in (("dpo", dpo, CURVES), ("sft", "sft", ("loss",))):
+        state = run / folder / "trainer_state.json"
         if not state.exists():
             continue
         history = json.loads(state.read_text())["log_history"]
@@ -154,52 +166,56 @@ def trained_beta(dpo_dir: Path) -> float:
     return float(beta)
 
 
-def evaluate_run(run_dir: str | Path, judge: Any = None, ctx: Any = None, beta: float | None = None,
-                 max_tokens: int = 256, win_rate: bool = True) -> dict[str, Any]:
+def evaluate_run(run_dir: str | Path, judge: Any = None, ctx: Any = None, max_tokens: int = 256,
+                 win_rate: bool = True, variant: str | None = None, sft_scores: Scores | None = None) -> dict[str, Any]:
     """Compute, write and return the run's evaluation (see the module docstring). `judge` (a
     JudgeSpec) decides the win rate, on the engines of `ctx` (a RunContext: its pool, the recipe's
-    engine settings and seed; default: a pool of its own); `beta` the implicit reward's (default:
-    the one dDPO trained with); `max_tokens` the answers' length."""
-    from rlaif.runners.context import RunContext
-
-    ctx = ctx or RunContext()
+    engine settings and seed; default: a pool of its own); the implicit reward uses the beta dDPO
+    trained with; `max_tokens` the answers' length; `variant` a sweep's variant instead of
+    <run>/dpo; `sft_scores` the dSFT model's `answer_logps` on test_prefs, when already computed."""
     from rlaif.core.errors import ConfigError
+    from rlaif.runners.context import RunContext
     from rlaif.training.common import load_splits, stage_state
 
+    ctx = ctx or RunContext()
     run = Path(run_dir)
-    dpo_dir = run / "dpo"
+    dpo_dir = run / "dpo" / variant if variant else run / "dpo"
     if not (dpo_dir / "config.json").exists():
-        raise ConfigError(f"{dpo_dir}: no dDPO model; run `rlaif train dpo` first")
+        hint = (f"; this run's dDPO is a sweep: `rlaif evaluate {run} --variant NAME` (NAME one of "
+                f"{sorted(p.parent.name for p in (run / 'dpo').glob('*/config.json'))})") if not variant and any(
+            (run / "dpo").glob("*/config.json")) else ""
+        raise ConfigError(f"{dpo_dir}: no dDPO model; run `rlaif train dpo` first{hint}")
     sft_dir = (stage_state(dpo_dir) or {}).get("start_model") or str(run / "sft")
-    beta = trained_beta(dpo_dir) if beta is None else beta
+    beta = trained_beta(dpo_dir)
     test = load_splits(run / "dataset")["test_prefs"]
     if len(test) == 0:
         raise ConfigError(f"{run / 'dataset'}: test_prefs is empty; nothing to evaluate on")
     rows = test.select_columns(["prompt_id", "prompt", "chosen", "rejected"]).to_list()
 
-    out = run / "eval"
-    for old in out.iterdir() if out.exists() else ():  # the models may have been retrained in place:
-        if old.name != "mt_bench":  # nothing old is reused (MT-Bench keys its shards on the models' files)
+    out = run / "eval" / "variants" / variant if variant else run / "eval"
+    for old in out.iterdir() if out.exists() else ():  # the models may have been retrained in place: nothing
+        if old.name not in KEPT:  # old is reused (MT-Bench keys its shards on the models' files; variants apart)
             shutil.rmtree(old) if old.is_dir() else old.unlink()
     metrics: dict[str, Any] = {"dpo_model": str(dpo_dir), "sft_model": sft_dir}
-    metrics.update(preference_metrics(answer_logps(str(dpo_dir), rows), answer_logps(sft_dir, rows), beta))
+    sft_scores = sft_scores or answer_logps(sft_dir, rows)
+    metrics.update(preference_metrics(answer_logps(str(dpo_dir), rows), sft_scores, beta))
     if win_rate and judge is not None:
         from rlaif.engines.pool import free_accelerator
 
         free_accelerator()  # the HF models' memory back before vLLM measures what it may take
-        metrics["win_rate"] = judged_win_rate(run, judge, rows, (str(dpo_dir), sft_dir), max_tokens, ctx)
-    metrics["plots"] = plot_curves(run, out / "plots")
+        metrics["win_rate"] = judged_win_rate(run, judge, rows, (str(dpo_dir), sft_dir), max_tokens, ctx, out)
+    metrics["plots"] = plot_curves(run, out / "plots", str(dpo_dir.relative_to(run)))
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
 
 
-def judged_win_rate(run: Path, judge: Any, rows: list[dict], models: tuple[str, str], max_tokens: int,
-                    ctx: Any) -> dict[str, Any]:
+def judged_win_rate(run: Path, judge: Any, rows: list[dict], models: tuple[str, str], max_tokens: int, ctx: Any,
+                    out: Path | None = None) -> dict[str, Any]:
     """Both models (dDPO's and dSFT's folders) answer the test prompts; the judge compares each pair
     (dDPO = a, dSFT = b), on the engines of `ctx`.
 
-    Answers and verdicts are kept under `<run>/eval/` (completions/, comparisons/<judge>/).
+    Answers and verdicts are kept under `out` (default `<run>/eval/`: completions/, comparisons/<judge>/).
     """
     from rlaif.core.records import Completion, Message, Prompt
     from rlaif.core.store import RunStore
@@ -207,12 +223,12 @@ def judged_win_rate(run: Path, judge: Any, rows: list[dict], models: tuple[str, 
     from rlaif.engines.pool import EnginePool
     from rlaif.generation.ensemble import GeneratorSpec
     from rlaif.generation.stage import generate
-    from rlaif.prompts.prompt_sets import write_prompt_chunks
     from rlaif.judges.stage import compare_pairs
+    from rlaif.prompts.prompt_sets import write_prompt_chunks
 
     dpo_dir, sft_dir = models
     engine, seed = ctx.engine, ctx.seed
-    store = RunStore(run / "eval")
+    store = RunStore(out or run / "eval")
     prompts = list({r["prompt_id"]: Prompt(prompt_id=r["prompt_id"], source="test_prefs",
                                            messages=[Message(**m) for m in r["prompt"]]) for r in rows}.values())
     greedy = Sampling(temperature=0.0, max_tokens=max_tokens, seed=seed)
@@ -235,4 +251,6 @@ def judged_win_rate(run: Path, judge: Any, rows: list[dict], models: tuple[str, 
             "judged": len(parsed), "unjudged": len(verdicts) - len(parsed),
             "ddpo_wins": wins, "dsft_wins": losses, "ties": ties,
             "order_changed_verdict": sum(v.order_changed_verdict for v in parsed),
-            "ddpo_win_rate": (wins + ties / 2) / len(parsed) if parsed else None}
+            "ddpo_win_rate": (wins + ties / 2) / len(parsed) if parsed else None,
+            "ddpo_answer_tokens": _mean([a.output_tokens for a, _ in pairs]),
+            "dsft_answer_tokens": _mean([b.output_tokens for _, b in pairs])}

@@ -33,7 +33,7 @@ from rlaif.runners.context import RunContext, flow_run, run_context
 from rlaif.flows.failures import no_usable_rows
 from rlaif.flows.report import StageReport
 from rlaif.flows.steps import (JudgeStep, PromptsStep, PublishStep, Step, TrainStep, generate_step,
-                               train_inputs)
+                               train_inputs, variants)
 from rlaif.prompts.hygiene import HygieneReport
 from rlaif.preferences.versions import VersionInputs
 
@@ -188,13 +188,15 @@ def train_stages(ctx: RunContext) -> list[StageReport]:
     reports = []
     for stage in ("sft", "dpo"):
         if getattr(ctx.recipe.train, stage) is not None:
-            reports.append(train_stage(ctx, stage))
+            reports += train_stage(ctx, stage)
     return reports
 
 
-def train_stage(ctx: RunContext, stage: str) -> StageReport:
+def train_stage(ctx: RunContext, stage: str) -> list[StageReport]:
+    """A training stage, or each of its dDPO variants in turn (the first computes the reference pass)."""
     ctx.reporter.stage(f"train-{stage}")
-    return run_step(TrainStep(stage=stage, inputs=train_inputs(stage, ctx.recipe, ctx.out)), ctx)[1]
+    return [run_step(TrainStep(stage=stage, inputs=train_inputs(stage, ctx.recipe, ctx.out, v), variant=v), ctx)[1]
+            for v in variants(stage, ctx.recipe)]
 
 
 # ----------------------------------------------------------------------------- flows
@@ -224,7 +226,7 @@ def binarize_flow(recipe, out: str, judge_name: str | None = None, force: bool =
 def train_flow(recipe, out: str, stage: str) -> list[StageReport]:
     """One training stage on the run's dataset (`rlaif train sft|dpo`)."""
     with flow_run(recipe, out) as ctx:
-        return [train_stage(ctx, stage)]
+        return train_stage(ctx, stage)
 
 
 @flow(name="rlaif-pipeline", log_prints=False)

@@ -272,14 +272,30 @@ class PublishStep(Step):
 
 
 # ----------------------------------------------------------------------------- training
-def train_inputs(stage: str, recipe: Any, out: str) -> str:
-    """What a training stage is trained from: its block, the data it reads (the run's version by
-    inputs hash, a local dataset by its files, hf:<id> by its Hub commit; and the split) and, for
-    dDPO from this run's dSFT, what dSFT was trained from."""
+def variants(stage: str, recipe: Any) -> list[str | None]:
+    """What a training stage trains: itself ([None]), or each dDPO variant by name."""
+    spec = getattr(recipe.train, stage)
+    return [name for name, _ in spec.variant_specs()] if stage == "dpo" and spec.variants else [None]
+
+
+def stage_spec(stage: str, recipe: Any, variant: str | None = None) -> Any:
+    spec = getattr(recipe.train, stage)
+    return spec if variant is None else dict(spec.variant_specs())[variant]
+
+
+def stage_dir(stage: str, out: str | Path, variant: str | None = None) -> Path:
+    return Path(out) / stage / variant if variant else Path(out) / stage
+
+
+def train_inputs(stage: str, recipe: Any, out: str, variant: str | None = None) -> str:
+    """What a training stage is trained from: its block (a variant's: the block with its overrides,
+    so adding a variant retrains no other), the data it reads (the run's version by inputs hash, a
+    local dataset by its files, hf:<id> by its Hub commit; and the split) and, for dDPO from this
+    run's dSFT, what dSFT was trained from."""
     from rlaif.training.common import stage_state
     from rlaif.training.datasets import source_key
 
-    spec = getattr(recipe.train, stage)
+    spec = stage_spec(stage, recipe, variant)
     split, eval_split = spec.splits()
     run_dataset = Path(out) / "dataset"
     data = [source_key(spec.dataset, s, run_dataset) for s in (split, eval_split) if s]
@@ -289,10 +305,11 @@ def train_inputs(stage: str, recipe: Any, out: str) -> str:
 
 @dataclass(eq=False)
 class TrainStep(Step):
-    """dSFT ("sft") or dDPO ("dpo"), unless its output was trained from the same inputs."""
+    """dSFT ("sft") or dDPO ("dpo"; one `variant` of a sweep), unless its output was trained from the same inputs."""
 
     stage: str = "sft"
     inputs: str = ""  # train_inputs(...)
+    variant: str | None = None  # a dDPO variant: into dpo/<variant>/
     name = "train"
 
     @property
@@ -300,12 +317,14 @@ class TrainStep(Step):
         return None
 
     def path(self, ctx: RunContext) -> Path:
-        return Path(ctx.out) / self.stage
+        return stage_dir(self.stage, ctx.out, self.variant)
 
     def done_key(self, ctx: RunContext) -> str | None:
         from rlaif.training.common import is_trained
 
-        return key("train", self.stage, self.inputs) if is_trained(self.path(ctx), self.inputs) else None
+        if not is_trained(self.path(ctx), self.inputs):
+            return None
+        return key("train", self.stage, self.variant or "", self.inputs)
 
     def output(self, ctx: RunContext) -> dict:
         from rlaif.training.common import stage_state
@@ -313,34 +332,42 @@ class TrainStep(Step):
         return stage_state(self.path(ctx))
 
     def run(self, ctx: RunContext) -> dict:
-        return train(ctx, self.stage, self.inputs)
+        return train(ctx, self.stage, self.inputs, self.variant)
 
     def report(self, ctx: RunContext, state: dict, seconds: float, cached: bool) -> StageReport:
         metrics = state.get("metrics", {})
         notes = {k: round(metrics[k], 4) for k in ("train_loss", "train_samples_per_second") if k in metrics}
-        return StageReport(stage=f"train-{self.stage}", count_in=int(metrics.get("rows", 0)),
-                           count_out=int(metrics.get("steps", 0)), seconds=seconds, cached=cached,
-                           path=str(self.path(ctx)), notes={**notes, "inputs": self.inputs})
+        if not cached and "reference_computed" in metrics:
+            notes["reference"] = "computed" if metrics["reference_computed"] else "read"
+        return StageReport(stage=f"train-{self.stage}" + (f"/{self.variant}" if self.variant else ""),
+                           count_in=int(metrics.get("rows", 0)), count_out=int(metrics.get("steps", 0)),
+                           seconds=seconds, cached=cached, path=str(self.path(ctx)),
+                           notes={**notes, "inputs": self.inputs})
 
 
-def train(ctx: RunContext, stage: str, inputs: str) -> dict:
-    """Train one stage unless its own state says it was trained from `inputs` (whatever Prefect's
-    cache holds). Every process of an `accelerate launch` calls this; only rank 0 has a flow."""
+def train(ctx: RunContext, stage: str, inputs: str, variant: str | None = None) -> dict:
+    """Train one stage (or one dDPO variant) unless its own state says it was trained from `inputs`
+    (whatever Prefect's cache holds). Every process of an `accelerate launch` calls this; only rank
+    0 has a flow."""
     from rlaif.core.errors import stage_errors
     from rlaif.engines.pool import free_accelerator
     from rlaif.training.common import is_trained, mark_trained, stage_state
 
-    spec = getattr(ctx.recipe.train, stage)
-    path = Path(ctx.out) / stage
+    spec = stage_spec(stage, ctx.recipe, variant)
+    path = stage_dir(stage, ctx.out, variant)
     if is_trained(path, inputs):
         return stage_state(path)
-    with stage_errors(f"train-{stage}", spec.model):
+    with stage_errors(f"train-{stage}" + (f"-{variant}" if variant else ""), spec.model):
         free_accelerator(ctx.pool)  # the GPU to the trainer alone
+        dataset = Path(ctx.out) / "dataset"
         if stage == "sft":
-            from rlaif.training.sft import train_sft as trainer
+            from rlaif.training.sft import train_sft
+
+            metrics = train_sft(dataset, spec, path, inputs=inputs, reporter=ctx.reporter)
         else:
-            from rlaif.training.dpo import train_dpo as trainer
-        metrics = trainer(Path(ctx.out) / "dataset", spec, path, inputs=inputs, reporter=ctx.reporter)
+            from rlaif.training.dpo import train_dpo
+
+            metrics = train_dpo(dataset, spec, path, inputs=inputs, reporter=ctx.reporter, run=ctx.out)
         mark_trained(path, inputs, metrics, start_model=metrics.get("start_model"),
                      resumed_from=metrics.get("resumed_from"))
     return stage_state(path)

@@ -204,3 +204,8 @@ def training_config(stage: str, spec, out: Path) -> None:
         from rlaif.training.dpo import dpo_config
 
         dpo_config(spec, out / stage)
+        for name, variant in spec.variant_specs():  # each variant's values too, before any trains
+            try:
+                dpo_config(variant, out / stage / name)
+            except ConfigError as e:
+                raise ConfigError(f"train.dpo.variants ({name!r}): {e}") from None

@@ -25,8 +25,8 @@ from rlaif.judges.spec import JudgeSpec
 from rlaif.preferences.binarize import BinarizeSpec
 from rlaif.prompts import plain_name
 from rlaif.prompts.hygiene import HygieneSpec
-from rlaif.training.common import unknown_fields
-from rlaif.training.dpo import DPOSpec
+from rlaif.training.common import trl_fields, unknown_fields
+from rlaif.training.dpo import DPOSpec, variant_problems
 from rlaif.training.sft import SFTSpec
 
 
@@ -232,6 +232,9 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     bad = [f"{path}: field 'train.{stage}.{k}': unknown field (neither ours nor in TRL's {spec.TRL_CLASS})"
            for stage in ("sft", "dpo") if (spec := getattr(recipe.train, stage)) is not None
            for k in unknown_fields(spec)]
+    if recipe.train.dpo is not None and recipe.train.dpo.variants:
+        bad += [f"{path}: field 'train.dpo.variants' (variant {name!r}): '{k}': {problem}"
+                for name, k, problem in variant_problems(recipe.train.dpo, trl_fields("DPOConfig"))]
     if bad:
         raise RecipeError("\n".join(bad))
     return recipe

@@ -48,8 +48,9 @@ log = logging.getLogger(__name__)
 STATE = "rlaif-stage.json"
 STARTED = "rlaif-started.json"  # written before training: what the checkpoints in the folder are of
 # settings a stage returns beside its metrics that the model's users need (evaluate: the implicit
-# reward is dDPO's beta times its log-ratio), recorded in the state beside the metrics, not among them
-TRAINED_WITH = ("beta",)
+# reward is dDPO's beta times its log-ratio; a sweep's report names the loss), recorded in the state
+# beside the metrics, not among them
+TRAINED_WITH = ("beta", "loss_type")
 
 
 class WeightsUnchanged(RlaifError):

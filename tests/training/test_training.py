@@ -209,15 +209,17 @@ def test_the_loss_type_is_the_one_trl_computes(tmp_path, tiny_model_dir, loss_ty
 
 
 def test_precomputed_reference_and_gradient_checkpointing(tmp_path, tiny_model_dir, monkeypatch):
-    """precompute_ref_log_probs: TRL computes the reference log-probs of train_prefs once, before
+    """precompute_ref_log_probs: the reference log-probs of train_prefs are computed once, before
     training; gradient_checkpointing: the model recomputes activations (non-reentrant by our default)."""
     from transformers import PreTrainedModel
-    from trl import DPOTrainer
+
+    from rlaif.training.reference import StoredReferenceDPO  # TRL's DPOTrainer, its reference pass kept
 
     precomputed, checkpointed = [], []
-    real_precompute, real_checkpointing = DPOTrainer._precompute_ref_logps, PreTrainedModel.gradient_checkpointing_enable
+    real_precompute = StoredReferenceDPO._precompute_ref_logps
+    real_checkpointing = PreTrainedModel.gradient_checkpointing_enable
 
-    def precompute(self, dataset, name, batch_size):  # spies: they record and call TRL's own
+    def precompute(self, dataset, name, batch_size):  # spies: they record and call the real ones
         precomputed.append((name, len(dataset)))
         return real_precompute(self, dataset, name, batch_size)
 
@@ -225,12 +227,12 @@ def test_precomputed_reference_and_gradient_checkpointing(tmp_path, tiny_model_d
         checkpointed.append(kwargs.get("gradient_checkpointing_kwargs"))
         return real_checkpointing(self, *args, **kwargs)
 
-    monkeypatch.setattr(DPOTrainer, "_precompute_ref_logps", precompute)
+    monkeypatch.setattr(StoredReferenceDPO, "_precompute_ref_logps", precompute)
     monkeypatch.setattr(PreTrainedModel, "gradient_checkpointing_enable", checkpointing)
     data = write_dataset(tmp_path)
     spec = DPOSpec(model=tiny_model_dir, max_steps=2, precompute_ref_log_probs=True, gradient_checkpointing=True, **FAST)
     result = train_dpo(data, spec, tmp_path / "dpo")
-    assert result["steps"] == 2 and precomputed == [("train", 6)]
+    assert result["steps"] == 2 and precomputed == [("train", 6)] and result["reference_computed"] == 1
     assert checkpointed == [{"use_reentrant": False}]
     assert first_loss(tmp_path / "dpo") == pytest.approx(math.log(2), abs=2e-3)  # the reference: the start
 

@@ -40,3 +40,31 @@ def test_two_processes_train_dpo_together_over_gloo(tmp_path, tiny_model_dir, pr
     logs = list((tmp_path / "logs").glob("*-train.log"))
     assert len(logs) == 2  # one per process; both trained
     assert all("Traceback" not in log.read_text() for log in logs)
+
+
+def test_two_processes_train_two_variants_from_one_stored_reference(tmp_path, tiny_model_dir, prefect_home):
+    """A sweep under `accelerate launch`: both processes compute the first variant's reference pass
+    together, the first writes the one file, and both read it for the second variant."""
+    write_dataset(tmp_path, n_train=8)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({"name": "ddp-sweep", "train": {"dpo": {
+        "model": tiny_model_dir, "num_train_epochs": 1, **FAST,
+        "variants": [{"name": "sigmoid", "beta": 0.1}, {"name": "ipo", "loss_type": "ipo", "beta": 0.5}]}}}))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+           "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "--main_process_ip", "127.0.0.1", "--main_process_port", str(free_port()),
+           "-m", "rlaif", "train", "dpo", str(recipe), "--out", str(tmp_path)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+
+    states = [json.loads((tmp_path / "dpo" / v / "rlaif-stage.json").read_text()) for v in ("sigmoid", "ipo")]
+    assert [s["processes"] for s in states] == [2, 2] and [s["metrics"]["steps"] for s in states] == [2, 2]
+    assert [s["metrics"]["reference_computed"] for s in states] == [1, 0]
+    assert [s["metrics"]["reference_read"] for s in states] == [0, 1]
+    stored = list((tmp_path / "ref_logps").glob("*.arrow"))
+    assert len(stored) == 1 and json.loads(stored[0].with_suffix(".json").read_text())["count"] == 8
+    logs = [log.read_text() for log in (tmp_path / "logs").glob("*-train.log")]
+    assert len(logs) == 2 and all("Traceback" not in text for text in logs)
+    assert all("read from" in text for text in logs)  # each process read the file for the second variant
