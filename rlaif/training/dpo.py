@@ -29,7 +29,8 @@ them and never runs the reference model.
 Variants (a sweep): `variants: [{name: ipo-0.1, loss_type: ipo, beta: 0.1}, ...]` trains each
 variant, the block with its overrides (TRL fields only), from the same start model into
 `dpo/<name>/`, each its own stage (resumed and cached alone), all reading one reference pass.
-Assumes: the reference model is the starting policy unless `ref_model` is given in memory.
+Assumes: the reference model is the starting policy (its log-probs computed once and kept, or the
+policy with adapters off under LoRA).
 """
 
 from __future__ import annotations
@@ -147,8 +148,7 @@ def dpo_config(spec: DPOSpec, out_dir: Path) -> tuple[DPOSpec, Any]:
 
 
 def train_dpo(dataset_dir: str | Path, spec: DPOSpec, out_dir: str | Path, model: Any = None,
-              ref_model: Any = None, inputs: str | None = None, reporter: Reporter = NULL,
-              run: str | Path | None = None) -> dict[str, Any]:
+              inputs: str | None = None, reporter: Reporter = NULL, run: str | Path | None = None) -> dict[str, Any]:
     """Train and save to `out_dir`; returns the final training metrics, the model it started from and
     the beta it trained with. `inputs` and `reporter` as for `train_sft`. `run`: the run directory
     (default: `out_dir`'s parent; a variant's `out_dir` is `<run>/dpo/<name>`), where the dSFT model
@@ -187,7 +187,7 @@ def train_dpo(dataset_dir: str | Path, spec: DPOSpec, out_dir: str | Path, model
     ##########
     store = ReferenceStore(run / "ref_logps", {"start_model": path, "dataset": spec.dataset or str(dataset_dir),
                                                "splits": [split, eval_split]}) if args.precompute_ref_log_probs else None
-    trainer = StoredReferenceDPO(model=model, ref_model=ref_model, args=args, train_dataset=train,
+    trainer = StoredReferenceDPO(model=model, ref_model=None, args=args, train_dataset=train,
                                  eval_dataset=evaluation, processing_class=tokenizer,
                                  peft_config=common.peft_config(spec), callbacks=[StepProgress(reporter)], store=store)
     metrics = common.train_and_save(trainer, spec, out_dir, tokenizer, path, inputs)
