@@ -1,11 +1,11 @@
-"""What the pipeline survives, as a table: each fault of tests/faults/cases.py caused for real.
+"""What the pipeline survives, as a table: each fault of rlaif/rehearsal/fault_cases.py caused for real.
 
     python bench/faults.py                 every case
     python bench/faults.py -k batch,sig    the cases whose name holds "batch" or "sig"
 
 For each case: the exit code (and the documented one), seconds from the fault to the exit, rows
 lost and rows paid twice (requests the local server answered usefully more than once, those in
-flight at a kill aside). A case is a function in tests/faults/cases.py under `@case(name, expect=...)`;
+flight at a kill aside). A case is a function in rlaif/rehearsal/fault_cases.py under `@case(name, expect=...)`;
 adding one there adds a row here. Runs `rlaif` children against the strict local OpenAI server and
 Prefect's test server (started here); no model is loaded. Exits 1 when a row is not what it should be.
 """
@@ -13,6 +13,7 @@ Prefect's test server (started here); no model is loaded. Exits 1 when a row is 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -20,10 +21,9 @@ import traceback
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "faults")]
+os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="rlaif-bench-faults-prefect-")  # the user's ~/.prefect untouched
 
-import conftest  # noqa: E402,F401 - the tests' isolated home (no user's ~/.prefect or ~/.cache touched)
-import cases  # noqa: E402
+from rlaif.rehearsal import fault_cases as cases  # noqa: E402 - each case's children get homes of their own
 
 
 def row(name: str, expect: int, fn) -> tuple[list[str], bool]:

@@ -3,7 +3,7 @@ rerun sends a new batch once the cause is fixed), and its errors never show the 
 
 from __future__ import annotations
 
-from tests.faults import cases
+from rlaif.rehearsal import fault_cases as cases
 
 
 def test_a_batch_that_failed_as_a_whole_is_sent_again_by_the_rerun(tmp_path, prefect_harness):

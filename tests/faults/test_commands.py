@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 
-from tests.faults import cases
+from rlaif.rehearsal import fault_cases as cases
 from rlaif.cli.main import main
 
 

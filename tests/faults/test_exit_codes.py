@@ -4,7 +4,7 @@ fills up mid-judging is exit 3 (a stage stopped) with one line, and the rerun re
 
 from __future__ import annotations
 
-from tests.faults import cases
+from rlaif.rehearsal import fault_cases as cases
 
 
 def test_a_read_only_finished_run_is_one_line_and_exit_2_for_every_command(tmp_path, prefect_harness):

@@ -10,7 +10,7 @@ from collections import Counter
 
 import pytest
 
-from tests.faults import cases
+from rlaif.rehearsal import fault_cases as cases
 from rlaif.engines.base import Request, Sampling
 from rlaif.engines.openai_endpoint import Endpoint, EndpointEngine, retry_after
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.faults import cases
+from rlaif.rehearsal import fault_cases as cases
 
 
 @pytest.mark.parametrize("fault", [cases.ctrl_c, cases.sigterm], ids=["sigint", "sigterm"])

@@ -1,5 +1,5 @@
 """What the pipeline survives: each fault as one small function that causes it for real and measures
-the outcome. The tests in this folder assert on them; `bench/faults.py` prints them as a table.
+the outcome. The tests in tests/faults/ assert on them; `bench/faults.py` prints them as a table.
 
     @case("name", expect=EXIT)                 one fault; returns an Outcome
     def name(tmp: Path) -> Outcome: ...
@@ -32,7 +32,7 @@ import yaml
 
 from rlaif.rehearsal.openai_server import OpenAIServer
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[2]  # the source tree: where the children run `python -m rlaif`
 KEY = "sk-fault-key-0123456789abcdef"
 GENERATORS = ("gpt-4o-mini", "gpt-4.1-mini")  # the first is rated 5, the second 3: one pair per prompt
 JUDGE = "gpt-4o"
