@@ -39,6 +39,11 @@ class GenerateStage:
     name: str = "generate"
     follows: str | None = None
 
+    def __post_init__(self) -> None:
+        # a member's settings hash covers the engine settings it runs with, the recipe-wide ones
+        # included: members given here without a recipe take `default_engine` as the recipe's
+        self.generators = [with_engine_default(g, self.default_engine) for g in self.generators]
+
     def plan(self, store: RunStore) -> list[Job]:
         """Every chunk's jobs, one per engine its members run on, in the members' order."""
         jobs = []
@@ -100,6 +105,15 @@ class GenerateStage:
             member_shards = [s for j in jobs if j.group == chunk.key for s in j.shards]
             shards += [s.info for s in sorted(member_shards, key=lambda s: order[s.name]) if s.info is not None]
         return Manifest(stage=STAGE, shards=shards)
+
+
+def with_engine_default(spec, default: EngineSettings | None):
+    """`spec` (a member or a judge) knowing the recipe-wide engine block, if it does not yet."""
+    if default is None or spec._engine_default is not None:
+        return spec
+    spec = spec.model_copy()
+    spec._engine_default = default
+    return spec
 
 
 def generate(prompts: Manifest, generators: list[GeneratorSpec], store: RunStore, engines: EnginePool | None = None,

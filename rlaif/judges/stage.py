@@ -174,6 +174,11 @@ class JudgeStage:
     name: str = "judge"
     follows: str | None = "generate"
 
+    def __post_init__(self) -> None:
+        from rlaif.generation.stage import with_engine_default
+
+        self.spec = with_engine_default(self.spec, self.default_engine)  # its settings hash covers the engine
+
     @property
     def stage(self) -> str:
         return self.folder or judge_dir(self.spec.name)
