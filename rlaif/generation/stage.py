@@ -86,15 +86,15 @@ class GenerateStage:
     def compute(self, engine, batch: list[tuple[Job, tuple]], task: Task | None = None) -> list[list[list[Completion]]]:
         """Every member's shard of every job in the batch, all requests in one engine call. A member
         whose shard is done already (it shares the job with one that is not) sends nothing (None)."""
-        sends = []  # (job index, spec, prompts to send, old shard)
+        sends = []  # (job index, member, prompts to send, old shard)
         for i, (job, (prompts, olds)) in enumerate(batch):
             assigned = assign(prompts, self.generators, self.models_per_prompt, self.seed)
-            for shard, spec, old in zip(job.shards, job.detail, olds):
-                sends.append((i, spec, to_send(assigned[spec.name], old) if shard.todo else None, old))
-        results = iter(engine.generate([request(spec, p) for _, spec, to_ask, _ in sends for p in to_ask or ()], task))
+            for shard, member, old in zip(job.shards, job.detail, olds):  # not `spec`: errors name the request's
+                sends.append((i, member, to_send(assigned[member.name], old) if shard.todo else None, old))
+        results = iter(engine.generate([request(m, p) for _, m, to_ask, _ in sends for p in to_ask or ()], task))
         out: list[list] = [[] for _ in batch]
-        for i, spec, to_ask, old in sends:
-            out[i].append(None if to_ask is None else merged(spec, to_ask, old, results))
+        for i, member, to_ask, old in sends:
+            out[i].append(None if to_ask is None else merged(member, to_ask, old, results))
         return out
 
     def manifest(self, jobs: list[Job]) -> Manifest:
@@ -108,11 +108,11 @@ class GenerateStage:
 
 
 def with_engine_default(spec, default: EngineSettings | None):
-    """`spec` (a member or a judge) knowing the recipe-wide engine block, if it does not yet."""
-    if default is None or spec._engine_default is not None:
-        return spec
-    spec = spec.model_copy()
-    spec._engine_default = default
+    """`spec` (a member or a judge) knowing the recipe-wide engine block. A recipe's specs know it
+    already; one given without a recipe (a library call) takes the stage's as its recipe's, so its
+    settings hash, its shards' keys and its records' hashes are those the recipe would give."""
+    if default is not None and spec._engine_default is None:
+        spec._engine_default = default
     return spec
 
 
