@@ -25,11 +25,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from rlaif.rehearsal.fault_cases import recipe_file  # noqa: E402
 from rlaif.rehearsal.openai_server import OpenAIServer  # noqa: E402
 
 KEY_ENV = "BENCH_FAULTS_KEY"
@@ -60,14 +60,7 @@ def recipe(tmp: Path, srv: OpenAIServer, **fields) -> Path:
             "judge": {"name": "uf", "model": "gpt-4o", "aspects": ["helpfulness"], "endpoint": endpoint},
             "binarize": {"test_fraction": 0},
             "flow": {"retries": 0, "retry_delay_seconds": 0, "retry_jitter_factor": 0}}
-    for dotted, value in fields.items():
-        node, *path, last = [data, *dotted.split("__")]
-        for k in path:
-            node = node.setdefault(k, {})
-        node[last] = value
-    out = tmp / "recipe.yaml"
-    out.write_text(yaml.safe_dump(data))
-    return out
+    return recipe_file(tmp, data, fields)
 
 
 def row(case: str, code: int, expected: int, seconds: float, lost: int = 0, twice: int = 0, check: bool = True) -> dict:

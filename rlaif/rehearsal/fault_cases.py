@@ -90,7 +90,12 @@ def write_recipe(tmp: Path, srv: OpenAIServer, batch: bool = False, retries: int
                       "endpoint": {**endpoint, **({"batch": True, "batch_poll_s": 0.1} if batch else {})}},
             "binarize": {"test_fraction": 0},
             "flow": {"retries": 0, "retry_delay_seconds": 0, "retry_jitter_factor": 0}}
-    for dotted, value in extra.items():
+    return recipe_file(tmp, data, extra)
+
+
+def recipe_file(tmp: Path, data: dict, fields: dict) -> Path:
+    """`data` with each `a__b=value` of `fields` set (`a: {b: value}`), written as `tmp/recipe.yaml`."""
+    for dotted, value in fields.items():
         node = data
         *path, last = dotted.split("__")
         for k in path:

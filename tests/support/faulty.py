@@ -27,8 +27,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-import yaml
 
+from rlaif.rehearsal.fault_cases import recipe_file
 from rlaif.rehearsal.openai_server import ApiError
 from tests.support.endpoints import asked, judging, said, serving, verdict
 from tests.support.helpers import ROOT
@@ -114,15 +114,7 @@ def recipe(tmp: Path, url: str, prompts: list[str] = PROMPTS, **extra) -> Path:
             "judge": {"name": "uf", "model": "judge", "aspects": ["helpfulness"], "endpoint": endpoint},
             "binarize": {"test_fraction": 0},
             "flow": {"retries": 0, "retry_delay_seconds": 0, "retry_jitter_factor": 0}}
-    for dotted, value in extra.items():
-        node = data
-        *path, last = dotted.split("__")
-        for k in path:
-            node = node.setdefault(k, {})
-        node[last] = value
-    out = tmp / "recipe.yaml"
-    out.write_text(yaml.safe_dump(data))
-    return out
+    return recipe_file(tmp, data, extra)
 
 
 def prefect_env(tmp: Path) -> dict:
