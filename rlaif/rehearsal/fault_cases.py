@@ -199,22 +199,38 @@ def log_text(tmp: Path, out: Path) -> str:
 
 
 # ----------------------------------------------------------------------------- 1. signals
-def _interrupt(tmp: Path, sig: int, name: str) -> Outcome:
-    """`rlaif run` on Prefect's temporary server, held on a request; `sig` to its whole process group
-    (as Ctrl-C in a terminal); then the rerun."""
-    release, held = threading.Event(), []
+def holding() -> tuple[threading.Event, Callable]:
+    """A server fault that holds the request for the third prompt until the event is set (the run is
+    then mid-stage); `hold.held` says whether one came."""
+    release = threading.Event()
 
     def hold(path, body):
         if body and "messages" in body and PROMPTS[2] in body["messages"][-1]["content"] and not release.is_set():
-            held.append(True)
+            hold.held = True
             release.wait(60)
         return None
 
+    hold.held = False
+    return release, hold
+
+
+def kill_all(pids: list[int]) -> None:
+    for p in pids:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _interrupt(tmp: Path, sig: int, name: str) -> Outcome:
+    """`rlaif run` on Prefect's temporary server, held on a request; `sig` to its whole process group
+    (as Ctrl-C in a terminal); then the rerun."""
+    release, hold = holding()
     with server(fault=hold) as srv:
         recipe, out = write_recipe(tmp, srv), tmp / "run"
         proc = rlaif(run_args(recipe, out), env(tmp, temporary_server=True), wait=False)
         try:
-            wait_until(lambda: held, proc, timeout=300)
+            wait_until(lambda: hold.held, proc, timeout=300)
             below = descendants(proc.pid)
             start = time.time()
             os.killpg(proc.pid, sig)
@@ -231,11 +247,7 @@ def _interrupt(tmp: Path, sig: int, name: str) -> Outcome:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
         code = proc.returncode
-        for p in left:  # not ours to leave running, even when the case fails
-            try:
-                os.kill(p, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        kill_all(left)  # not ours to leave running, even when the case fails
         rerun = rlaif(run_args(recipe, out), env(tmp))
         return Outcome(name, 0, code, seconds, lost(out), twice(answered(srv), in_flight=1),
                        err, {"left": left, "below": sorted(below), "rerun": rerun.returncode,
@@ -254,19 +266,12 @@ def sigterm(tmp: Path) -> Outcome:
 
 @case("kill -9 of `rlaif run`: its temporary Prefect server goes too", expect=-9)
 def kill_9_orphan(tmp: Path) -> Outcome:
-    release, held = threading.Event(), []
-
-    def hold(path, body):
-        if body and "messages" in body and PROMPTS[2] in body["messages"][-1]["content"] and not release.is_set():
-            held.append(True)
-            release.wait(60)
-        return None
-
+    release, hold = holding()
     with server(fault=hold) as srv:
         recipe, out = write_recipe(tmp, srv), tmp / "run"
         proc = rlaif(run_args(recipe, out), env(tmp, temporary_server=True), wait=False)
         try:
-            wait_until(lambda: held, proc, timeout=300)
+            wait_until(lambda: hold.held, proc, timeout=300)
             below = descendants(proc.pid)
             start = time.time()
             os.kill(proc.pid, signal.SIGKILL)  # the command alone, as `kill -9 PID` does
@@ -278,11 +283,7 @@ def kill_9_orphan(tmp: Path) -> Outcome:
             left = sorted(p for p in below if alive(p))
         finally:
             release.set()
-        for p in left:
-            try:
-                os.kill(p, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        kill_all(left)
         return Outcome(kill_9_orphan.case, -9, proc.returncode, seconds, notes={"left": left, "below": sorted(below)})
 
 
