@@ -6,7 +6,8 @@
     rlaif generate RECIPE [--out DIR] [--set ...]              the generation stage alone
     rlaif judge RECIPE --judge NAME [--out DIR]                judge a run's completions with another judge
     rlaif binarize RECIPE [--force] [--push-to-hub REPO]       a new dataset version from a run's judgements
-    rlaif agreement RUN --judges A B [--human FILE]            how far two judges (and humans) agree
+    rlaif agreement RUN --judges A B [--human FILE|DIR]        how far two judges (and humans) agree
+    rlaif label RUN [--judge NAME] [--n 100] [--items HOW]     label pairs in the browser: a human gold set
     rlaif train sft|dpo RECIPE [--out DIR] [--set ...]         one training stage of a recipe
     rlaif evaluate RUN [--no-win-rate] [--variant NAME]        dDPO (or a sweep's variants) against its dSFT start
     rlaif evaluate RUN --mt-bench [--limit N] [--judge NAME]   MT-Bench of base, dSFT, dDPO (or --model PATH)
@@ -218,6 +219,38 @@ def cmd_agreement(args: argparse.Namespace) -> int:
         biases.add_row(measure, rows[0].get(measure, ""), rows[1].get(measure, ""))
     console().print(biases)
     echo(f"written to {path}")
+    return 0
+
+
+def cmd_label(args: argparse.Namespace) -> int:
+    """Serve the labeling page on 127.0.0.1 until every pair is labelled or Ctrl-C; labels are kept as made."""
+    from rlaif.core.store import RunStore
+    from rlaif.judges.label_page import serve
+    from rlaif.judges.labeling import Choice, LabelFile, Session, check_labeler, choose_items, default_judge
+
+    store = RunStore(args.run)
+    labeler = check_labeler(args.labeler or os.environ.get("USER") or "labeler")
+    file = LabelFile(store.root, labeler)
+    with file.hold():
+        judge = args.judge or (default_judge(store) if args.items == "sample" else None)
+        choice = Choice(args.items, args.n, judge, tuple(args.judges) if args.judges else None, args.seed, args.score)
+        items = choose_items(store, choice)
+        if not items:
+            raise RlaifError(f"{store.root}: no pairs to label (--items {args.items}: no prompt has two usable "
+                             f"completions)")
+        session = Session(items, file, args.items, args.seed)
+        server = serve(session, args.port, f"rlaif label: {store.root.name}")
+        echo(f"{len(items)} pairs of {store.root} ({args.items}{', judge ' + judge if judge else ''}{', judges ' + ' and '.join(args.judges) if args.judges else ''}); "
+             f"{len(session.labeled)} labeled by {labeler} already; labels go to {file.path} as they are made")
+        echo(f"labeling page: {server.url}  (keys a / b / t / s; Ctrl-C stops, a rerun resumes)")
+        try:
+            if not session.complete:
+                server.serve_forever(poll_interval=0.2)
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the normal way to stop a page; nothing is lost
+            pass
+        finally:
+            server.server_close()
+    echo(f"{len(session.labeled)} of {len(items)} pairs labeled by {labeler} -> {file.path}")
     return 0
 
 
@@ -439,6 +472,13 @@ def recipe_args(p: argparse.ArgumentParser) -> None:
                    help="override a recipe field, e.g. --set prompts.limit=4 (repeatable)")
 
 
+def _label_run(args: argparse.Namespace) -> Path:
+    run = Path(args.run)
+    if not run.is_dir():
+        raise RlaifError(f"{run}: no such run directory")
+    return run
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rlaif", description="RLAIF / distilled-DPO preference data pipeline.")
     p.add_argument("-v", "--verbose", action="store_true", help="show the libraries' output too (it is always in the log)")
@@ -484,8 +524,27 @@ def build_parser() -> argparse.ArgumentParser:
                         "self-preference, score spread); written to RUN/agreement/A__B.json.")
     a.add_argument("run", help="run directory, e.g. runs/quickstart")
     a.add_argument("--judges", nargs=2, required=True, metavar=("A", "B"))
-    a.add_argument("--human", help="JSONL of human labels: prompt_id, completion_a, completion_b, winner (a|b|tie)")
+    a.add_argument("--human", help="JSONL of human labels (prompt_id, completion_a, completion_b, winner a|b|tie), "
+                                   "or a folder of them, e.g. RUN/labels (what `rlaif label` writes)")
     a.add_argument("--score", default="auto", choices=["auto", "expected", "sampled"])
+    lb = add("label", Command(cmd_label, run_dir=_label_run),
+             help="label pairs of a run's completions in the browser: a human gold set",
+             description="Serve a page on 127.0.0.1: a prompt and two of its completions side by side (order "
+                         "drawn per pair and recorded), keys a / b / t (tie) / s (skip). Each label is appended "
+                         "to RUN/labels/LABELER.jsonl as it is made, in the format `rlaif agreement --human` "
+                         "reads; a rerun shows only the pairs not labelled yet.")
+    lb.add_argument("run", help="run directory, e.g. runs/quickstart")
+    lb.add_argument("--judge", metavar="NAME", help="the judge whose score margins stratify the sample (default: "
+                                                    "the run's only judge, else the recipe's binarize.judge)")
+    lb.add_argument("--n", type=int, default=100, help="pairs to label (default 100)")
+    lb.add_argument("--items", default="sample", choices=["sample", "disagree", "sentinels"],
+                    help="sample: stratified by the judge's score margin; disagree: where --judges A B disagree "
+                         "most; sentinels: the run's sentinel set (default sample)")
+    lb.add_argument("--judges", nargs=2, metavar=("A", "B"), help="--items disagree: the two judges")
+    lb.add_argument("--labeler", help="your name: labels go to RUN/labels/NAME.jsonl (default: $USER)")
+    lb.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: a free one, printed)")
+    lb.add_argument("--seed", type=int, default=0, help="which pairs and which side each answer is shown on")
+    lb.add_argument("--score", default="auto", choices=["auto", "expected", "sampled"])
     t = add("train", Command(cmd_train, **in_recipe_run), help="run one training stage (dSFT or dDPO) of a recipe",
             description="Train one stage of a recipe on the run's dataset: sft writes <run>/sft; dpo writes "
                         "<run>/dpo, from <run>/sft unless train.dpo.model is set. A run cut short continues from its last "

@@ -12,6 +12,11 @@
 - for pairwise judges: the share of pairs where swapping the order changed the verdict.
 - with human labels (JSONL rows: prompt_id, completion_a, completion_b, winner a|b|tie): each judge's
   share of labelled pairs where it prefers what the humans did.
+- between two labelers (`labeler_agreement`): on the pairs both labelled, the share with the same
+  winner and Cohen's kappa.
+
+Label files are what `rlaif label` writes (`labels/<labeler>.jsonl`, judges/labeling.py) or any
+hand-made JSONL with the four fields; the page's extra fields are optional, so both read.
 """
 
 from __future__ import annotations
@@ -38,6 +43,29 @@ class HumanLabel(BaseModel):
     completion_a: str
     completion_b: str
     winner: Literal["a", "b", "tie"]
+    # written by `rlaif label`; optional so that a hand-made file of the four fields above still reads
+    labeler: str | None = None
+    shown_first: Literal["a", "b"] | None = None  # which completion the page showed on the left
+    items: str | None = None  # how the pair was chosen: sample, disagree, sentinels
+    time: str | None = None  # when it was labelled (UTC, ISO 8601)
+
+    @property
+    def pair(self) -> tuple[str, frozenset[str]]:
+        """The labelled pair whichever way round it was written."""
+        return self.prompt_id, frozenset((self.completion_a, self.completion_b))
+
+    def winner_id(self) -> str | None:
+        """The completion id that won, None for a tie."""
+        return {"a": self.completion_a, "b": self.completion_b}.get(self.winner)
+
+
+class LabelerAgreement(BaseModel):
+    """Two labelers on the pairs both labelled."""
+
+    labelers: tuple[str, str]
+    pairs: int
+    same_winner: float | None
+    cohen_kappa: float | None
 
 
 class AgreementReport(BaseModel):
@@ -131,13 +159,8 @@ def agreement(a: Records, b: Records, names: tuple[str, str], source: ScoreSourc
 
     human_n, human_rate = {}, {}
     for name, recs, scores in ((names[0], a, sa), (names[1], b, sb)):
-        hits = []
-        for h in human or []:
-            pref = _preference(recs, scores, h.completion_a, h.completion_b)
-            if pref is not None:
-                hits.append(pref == h.winner)
         if human:
-            human_n[name], human_rate[name] = len(hits), _rate(hits)
+            human_n[name], human_rate[name] = human_agreement(recs, scores, human)
 
     return AgreementReport(judges=names, completions_scored_by_both=len(both), spearman=rho, kendall=tau,
                            prompts_compared=len(same), prompts_with_tied_best=tied, chosen_agreement=_rate(same),
@@ -145,9 +168,44 @@ def agreement(a: Records, b: Records, names: tuple[str, str], source: ScoreSourc
                            human_pairs=human_n, human_agreement=human_rate)
 
 
+def human_agreement(records: Records, scores: dict[str, float], human: list[HumanLabel]) -> tuple[int, float | None]:
+    """(labels the judge has a preference on, the share of them where it prefers what the human did)."""
+    hits = []
+    for h in human:
+        pref = _preference(records, scores, h.completion_a, h.completion_b)
+        if pref is not None:
+            hits.append(pref == h.winner)
+    return len(hits), _rate(hits)
+
+
+def _canonical(h: HumanLabel) -> str:
+    """The label as if the pair were written with its smaller completion id first: a, b or tie."""
+    if h.winner == "tie":
+        return "tie"
+    return "a" if h.winner_id() == min(h.completion_a, h.completion_b) else "b"
+
+
+def labeler_agreement(x: list[HumanLabel], y: list[HumanLabel], names: tuple[str, str]) -> LabelerAgreement:
+    """Two labelers on the pairs both labelled (either way round): same winner, and Cohen's kappa."""
+    from sklearn.metrics import cohen_kappa_score
+
+    mine, theirs = {h.pair: _canonical(h) for h in x}, {h.pair: _canonical(h) for h in y}
+    both = [p for p in mine if p in theirs]
+    cx, cy = [mine[p] for p in both], [theirs[p] for p in both]
+    kappa = _finite(cohen_kappa_score(cx, cy)) if len(set(cx) | set(cy)) > 1 else None
+    return LabelerAgreement(labelers=names, pairs=len(both), same_winner=_rate([i == j for i, j in zip(cx, cy)]),
+                            cohen_kappa=kappa)
+
+
 def load_human_labels(path: str | Path) -> list[HumanLabel]:
-    """Read a JSONL file of human preferences; a bad row is an error naming the file, line and field."""
+    """Read a JSONL file of human preferences, or every `*.jsonl` in a folder (`<run>/labels/`, one file
+    per labeler); a bad row is an error naming the file, line and field."""
     path = Path(path)
+    if path.is_dir():
+        files = sorted(path.glob("*.jsonl"))
+        if not files:
+            raise ConfigError(f"{path}: no *.jsonl label files in this folder")
+        return [h for f in files for h in load_human_labels(f)]
     if not path.is_file():
         raise ConfigError(f"{path}: human label file not found")
     out = []
