@@ -99,6 +99,7 @@ def card_text(m: dict, plots: dict[str, str]) -> str:
     out += ["The ids of every prompt left out, and what each duplicate or contaminated prompt matched, "
             "are in `manifest.json` (`dropped`).", ""]
     out += _bias_section(m.get("judge_bias"))
+    out += _humans_section(m.get("humans"))
     out += ["## Plots", ""]
     out += [f"![{title}]({path})\n" for title, path in plots.items()]
     out += ["## Loading", "", "```python", "from datasets import load_dataset, load_from_disk",
@@ -126,6 +127,27 @@ def _bias_section(report: dict | None) -> list[str]:
            "chosen answers mostly longer, or a positive own-minus-others score is a bias the pairs inherit "
            "(`binarize.length_penalty` controls for length). Spearman rho is None with too little data.", ""]
     out += _table(["measure", "value"], [list(row) for row in bias_rows(r)])
+    return out
+
+
+def _humans_section(h: dict | None) -> list[str]:
+    """Each judge against each labeler's labels in the run (`rlaif label`), and labelers against each other."""
+    if not h:
+        return []
+    names = sorted(h["labels"])
+    fmt = lambda x: "n/a" if x is None else f"{x:.2f}"  # noqa: E731
+    out = ["## Human labels", "",
+           f"{sum(h['labels'].values())} pairs labelled by {len(names)} labeler(s) in `labels/` (`rlaif label`). "
+           "Agreement: the share of a labeler's pairs where the judge prefers the same answer (a tie counts only "
+           "as a tie); n: the pairs the judge scored both answers of.", ""]
+    if names:
+        out += _table(["judge", *names], [[f"`{j}`", *(f"{fmt(row[n]['agreement'])} (n={row[n]['pairs']})" for n in names)]
+                                          for j, row in h["judges"].items()])
+    if h["between_labelers"]:
+        out += _table(["labelers", "pairs both labelled", "same winner", "Cohen's kappa"],
+                      [[" / ".join(b["labelers"]), b["pairs"], fmt(b["same_winner"]), fmt(b["cohen_kappa"])]
+                       for b in h["between_labelers"]])
+    out += [f"Not read: `{f}`: {why}" for f, why in h.get("unreadable", {}).items()] + ([""] if h.get("unreadable") else [])
     return out
 
 

@@ -8,7 +8,8 @@
         plots/*.png               score distribution per model, margins, how often each model won,
                                   the judge's length bias and self-preference
         manifest.json             inputs' hashes, recipe, specs, counts, the judge's biases
-                                  (`judge_bias`), every dropped id and why
+                                  (`judge_bias`), each judge's agreement with the run's human
+                                  labels (`humans`, where it has some), every dropped id and why
     runs/<name>/dataset -> versions/0003   (a relative symlink to the latest)
 
 `publish` binarizes one prompt chunk at a time (a chunk's prompts, every completion of them, and
@@ -38,6 +39,7 @@ from rlaif.core.records import Completion, Judgement, PairJudgement, PreferenceP
 from rlaif.core.store import Manifest, RunStore, write_json
 from rlaif.prompts.prompt_sets import PROMPTS
 from rlaif.preferences.bias import BiasData, members_of, write_bias_plots
+from rlaif.judges.labeling import humans_report
 from rlaif.judges.scores import completion_scores
 from rlaif.preferences import card
 from rlaif.preferences.binarize import BinarizeReport, BinarizeSpec, binarize, select_judgements, test_ids
@@ -164,6 +166,8 @@ def publish(store: RunStore, recipe_info: dict, made: VersionInputs, force: bool
         manifest = _manifest(recipe_info, made, binarized, judge_info, counts)
         members = members_of(recipe_info)
         manifest["judge_bias"] = bias.report(members).model_dump()
+        if (humans := humans_report(store, spec.score)) is not None:  # labels/*.jsonl: `rlaif label`
+            manifest["humans"] = humans
         manifest = _redact(manifest, _secrets())
         plots = write_plots(tmp / "plots", plot_data, f"{spec.aspect or 'mean of aspects'}, {spec.score}")
         plots.update(write_bias_plots(tmp / "plots", bias, members))
