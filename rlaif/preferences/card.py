@@ -137,7 +137,7 @@ def _humans_section(h: dict | None) -> list[str]:
     names = sorted(h["labels"])
     fmt = lambda x: "n/a" if x is None else f"{x:.2f}"  # noqa: E731
     out = ["## Human labels", "",
-           f"{sum(h['labels'].values())} pairs labelled by {len(names)} labeler(s) in `labels/` (`rlaif label`). "
+           f"{sum(h['labels'].values())} labels by {len(names)} labeler(s) in `labels/` (`rlaif label`). "
            "Agreement: the share of a labeler's pairs where the judge prefers the same answer (a tie counts only "
            "as a tie); n: the pairs the judge scored both answers of.", ""]
     if names:

@@ -190,6 +190,6 @@ def test_a_published_version_reports_each_judge_against_each_labeler(built, tmp_
     card = (version / "README.md").read_text()
     section = card[card.index("## Human labels"):card.index("## Plots")]
     ann_uf = humans["judges"]["uf"]["ann"]["agreement"]
-    assert "13 pairs labelled by 2 labeler(s)" in section and "| judge | ann | bob |" in section
+    assert "13 labels by 2 labeler(s)" in section and "| judge | ann | bob |" in section
     assert f"| `uf` | {ann_uf:.2f} (n=8) |" in section and "| ann / bob | 5 | 0.80 |" in section
     assert "Not read: `broken.jsonl`" in section
