@@ -115,7 +115,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         fmt = lambda v: "n/a" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)  # noqa: E731
         echo(f"agreement with {report['previous']}: spearman={fmt(report['spearman'])} kendall={fmt(report['kendall'])} "
               f"chosen_agreement={fmt(report['chosen_agreement'])} kappa={fmt(report['cohen_kappa'])} "
+              f"flipped={report['flipped_pairs']}/{report['preference_pairs']} shift={fmt(report['score_shift'])} "
               f"over {report['prompts']} prompts -> {Path(out) / 'judge-swap' / report['judge'] / 'agreement.json'}")
+        if (sent := report.get("sentinels")) is not None:
+            echo(f"on the sentinels: flipped={sent['flipped']}/{sent['pairs']} shift={fmt(sent['score_shift'])} "
+                 f"spearman={fmt(sent['spearman'])} kappa={fmt(sent['kappa'])}")
+        for name, served in report["served"].items():
+            echo(f"{name} answered as: " + "; ".join(f"{who} ({n})" for who, n in served.items()))
         _check_rows(reports, recipe)
         return 0
     stages = {"generate"} if args.command == "generate" else {
@@ -208,7 +214,10 @@ def cmd_agreement(args: argparse.Namespace) -> int:
     table.add_column("measure")
     table.add_column("value")
     for k, v in report.model_dump().items():
-        if k != "judges":
+        if k == "served":  # what answered each judge's requests, as the answers named it
+            for name, who in v.items():
+                table.add_row(f"{name} answered as", "; ".join(f"{w} ({n})" for w, n in who.items()))
+        elif k != "judges":
             table.add_row(k, f"{v:.3f}" if isinstance(v, float) else str(v))
     console().print(table)
     biases = Table(title="each judge's biases")
@@ -240,8 +249,9 @@ def cmd_label(args: argparse.Namespace) -> int:
                              f"completions)")
         session = Session(items, file, args.items, args.seed)
         server = serve(session, args.port, f"rlaif label: {store.root.name}")
-        echo(f"{len(items)} pairs of {store.root} ({args.items}{', judge ' + judge if judge else ''}{', judges ' + ' and '.join(args.judges) if args.judges else ''}); "
-             f"{len(session.labeled)} labeled by {labeler} already; labels go to {file.path} as they are made")
+        by = f", judge {judge}" if judge else f", judges {' and '.join(args.judges)}" if args.judges else ""
+        echo(f"{len(items)} pairs of {store.root} ({args.items}{by}); {len(session.labeled)} labeled by {labeler} "
+             f"already; labels go to {file.path} as they are made")
         echo(f"labeling page: {server.url}  (keys a / b / t / s; Ctrl-C stops, a rerun resumes)")
         try:
             if not session.complete:

@@ -50,7 +50,7 @@ def print_estimate(estimates: list[Estimate], recipe_name: str) -> None:
         table.add_row(e.stage, e.name, e.model, e.where, f"{e.requests:,}", f"{e.input_tokens:,}",
                       f"{e.output_tokens:,}", "-" if e.cost is None else f"{e.cost:,.2f}")
     costs = [e.cost for e in estimates if e.cost is not None]
-    run = [e for e in estimates if e.stage != "judge (rlaif judge)"]
+    run = [e for e in estimates if not e.stage.endswith("(rlaif judge)")]
     table.add_row("total (rlaif run)", "", "", "", f"{sum(e.requests for e in run):,}",
                   f"{sum(e.input_tokens for e in run):,}", f"{sum(e.output_tokens for e in run):,}",
                   f"{sum(e.cost for e in run if e.cost is not None):,.2f}" if costs else "-")

@@ -13,6 +13,8 @@ Exit codes (docs/operations.md, "When things go wrong", lists them for users):
     3   a stage stopped: a server refused a request, the disk filled up, an empty dataset, ...
     4   rows failed: more than `flow.max_failed_rows` (completions or judgements), or a stage
         ended with no usable row; everything that succeeded is kept and a rerun sends the rest
+    5   the judge drifted: more of its sentinel preferences flipped since its first check than
+        its `max_drift` allows; the run's verdicts are kept, no dataset version is published
     130 interrupted (Ctrl-C); finished shards are kept
     143 terminated (SIGTERM: a scheduler stopping the job, `kill PID`); finished shards are kept
 """
@@ -26,6 +28,7 @@ from pydantic import BaseModel
 
 
 EXIT_BUG, EXIT_CONFIG, EXIT_STAGE, EXIT_FAILED_ROWS, EXIT_INTERRUPTED, EXIT_TERMINATED = 1, 2, 3, 4, 130, 143
+EXIT_DRIFT = 5
 
 
 class RlaifError(Exception):
@@ -36,6 +39,12 @@ class RlaifError(Exception):
 
 class ConfigError(RlaifError):
     """A recipe, prompt file, model, endpoint or key that is wrong, found before compute is spent."""
+
+
+class JudgeDrifted(RlaifError):
+    """A judge's sentinel verdicts moved past its `max_drift`: nothing is published (exit 5)."""
+
+    exit_code = EXIT_DRIFT
 
 
 class StageError(RlaifError):

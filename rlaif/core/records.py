@@ -124,6 +124,9 @@ class Judged(Record):
     # what its score is read from: the verdict token's probabilities, or the sampled verdict (a judge
     # without log-probs: a reasoning model, `logprobs: false`, a server that gives none)
     score_source: Literal["expected", "sampled"] | None = None
+    # what answered, as it said: the served model (a hosted alias's dated snapshot), the provider's
+    # system_fingerprint, or the local engine and its version (judges.identity reads it)
+    served: dict[str, str] | None = None
 
     @property
     def ok(self) -> bool:

@@ -162,6 +162,9 @@ class Result:
     error: str | None = None
     retryable: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    # what answered, as the server or engine says: the model it names (a hosted alias answers as its
+    # dated snapshot), the provider's system_fingerprint, or the local engine and its version
+    served: dict[str, str] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:

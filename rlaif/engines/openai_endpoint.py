@@ -133,10 +133,12 @@ def result_of(data) -> Result:
     if not text and reason == "length":
         log.warning("%s: no text within the token limit (a reasoning model may need more reasoning_tokens)",
                     data.get("model"))
+    served = {k: str(data[f]) for k, f in (("model", "model"), ("fingerprint", "system_fingerprint")) if data.get(f)}
     if text is None:  # a content filter, a refusal, or no room left after reasoning: the next run asks again
         why = message.get("refusal") if isinstance(message, dict) and message.get("refusal") else f"finish_reason {reason}"
-        return Result(error=f"the reply has no text ({why})", finish_reason=reason, retryable=True, **usage)
-    return Result(text=text, finish_reason=reason, tokens=tokens, **usage)
+        return Result(error=f"the reply has no text ({why})", finish_reason=reason, retryable=True, served=served,
+                      **usage)
+    return Result(text=text, finish_reason=reason, tokens=tokens, served=served, **usage)
 
 
 def parse_reply(raw: bytes) -> Result:

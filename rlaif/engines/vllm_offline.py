@@ -18,6 +18,7 @@ import io
 import logging
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from rlaif.engines.base import EngineSettings, Progress, Request, Result, TokenLogprobs
@@ -164,6 +165,20 @@ def progress_bar(progress: Progress | None):
     return Forward
 
 
+def served_identity(model_path: str) -> dict[str, str]:
+    """What a local model's verdicts record as having answered: the engine and its version, the
+    model's folder and, for a model from the Hugging Face cache, the snapshot (revision) it is."""
+    import vllm
+
+    parts = Path(model_path).resolve().parts
+    out = {"engine": f"vllm {vllm.__version__}", "model": os.path.basename(model_path.rstrip("/"))}
+    if "snapshots" in parts[:-1]:
+        i = parts.index("snapshots")
+        out["model"] = parts[i - 1].removeprefix("models--").replace("--", "/", 1)
+        out["revision"] = parts[i + 1][:12]
+    return out
+
+
 class VLLMEngine:
     """One loaded model. Use as a context manager so its memory is released before the next."""
 
@@ -179,6 +194,7 @@ class VLLMEngine:
         self.llm = LLM(**llm_kwargs(model_path, settings, seed, cpu))
         self.tokenizer = self.llm.get_tokenizer()
         self.max_model_len: int = self.llm.llm_engine.model_config.max_model_len
+        self.served = served_identity(model_path)
 
     # ---- prompts as token ids
     def chat_text(self, messages: list[dict]) -> str:
@@ -219,7 +235,7 @@ class VLLMEngine:
             for (i, n_prompt), out in zip(where, outputs):
                 o = out.outputs[0]
                 results[i] = Result(text=o.text, finish_reason=o.finish_reason, prompt_tokens=n_prompt,
-                                    output_tokens=len(o.token_ids), tokens=token_logprobs(o))
+                                    output_tokens=len(o.token_ids), tokens=token_logprobs(o), served=self.served)
         return results  # type: ignore[return-value]
 
     def close(self) -> None:

@@ -27,12 +27,12 @@ from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
 from prefect.tasks import exponential_backoff
 
-from rlaif.core.errors import RlaifError, StageError, stage_errors
+from rlaif.core.errors import JudgeDrifted, RlaifError, StageError, stage_errors
 from rlaif.core.store import Manifest
 from rlaif.runners.context import RunContext, flow_run, run_context
 from rlaif.flows.failures import no_usable_rows
 from rlaif.flows.report import StageReport
-from rlaif.flows.steps import (JudgeStep, PromptsStep, PublishStep, Step, TrainStep, generate_step,
+from rlaif.flows.steps import (JudgeStep, PromptsStep, PublishStep, SentinelStep, Step, TrainStep, generate_step,
                                train_inputs, variants)
 from rlaif.prompts.hygiene import HygieneReport
 from rlaif.preferences.versions import VersionInputs
@@ -163,15 +163,60 @@ def run_stages(ctx: RunContext, until: str = "train", judge_name: str | None = N
         raise no_usable_rows("judge", n["total"], r.failures, f"unparsed {n['unparsed']}, failed {n['failed']}")
     if until == "judge":
         return made
+    check = sentinel_check(ctx, made, spec) if spec.sentinels else None
 
     rep.stage("binarize")
     inputs = VersionInputs(made.prompts, made.hygiene, made.completions, made.judgements,
-                           recipe.binarize_spec(spec.name), recipe.hygiene, spec.pairwise)
+                           recipe.binarize_spec(spec.name), recipe.hygiene, spec.pairwise,
+                           sentinel_check=check["key"] if check else None)
     _, r = run_step(PublishStep(inputs=inputs, force=force, push=push), ctx)
     made.reports.append(r)
     if until != "binarize":
         made.reports += train_stages(ctx)
     return made
+
+
+def sentinel_check(ctx: RunContext, made: Made, spec) -> dict:
+    """Judge the sentinels again (once per new set of judgements) and stop before publishing when
+    more of their preferences flipped since the judge's first check than its `max_drift` allows."""
+    from rich.markup import escape
+
+    from rlaif.judges import sentinels
+
+    ctx.reporter.stage(f"sentinels ({spec.name})")
+    check, r = run_step(SentinelStep(prompts=made.prompts, completions=made.completions, judgements=made.judgements,
+                                     spec=spec), ctx)
+    made.reports.append(r)
+    c = sentinels.Check.model_validate(check)
+    line = sentinels.describe(c, sentinels.baseline(ctx.out, spec))
+    if not r.cached:
+        drift_artifact(ctx, spec, line)
+    if sentinels.too_far(c, spec):
+        raise JudgeDrifted(f"judge {spec.name}: {line}, past its max_drift of {spec.max_drift:.0%}; nothing "
+                           f"published (verdicts kept; sentinels/{spec.name}/history.json). Pin the model snapshot "
+                           f"you trust in the judge's `model:` (a new baseline), or raise its max_drift")
+    ctx.reporter.note(escape(line))
+    return check
+
+
+def drift_artifact(ctx: RunContext, spec, line: str) -> None:
+    """The judge's sentinel checks as a table artifact of the flow run, where the Prefect UI of a
+    scheduled refresh shows it (`sentinels-<judge>`, one row per check)."""
+    import re
+
+    from prefect.artifacts import create_table_artifact
+    from prefect.context import FlowRunContext
+
+    from rlaif.judges import sentinels
+
+    if ctx.attempt or FlowRunContext.get() is None:
+        return
+    rows = [{"check": c.number, "version": c.version, "created": c.created, "served": "; ".join(c.served),
+             **{k: (c.drift.model_dump()[k] if c.drift else None) for k in ("flipped", "pairs", "flip_rate",
+                                                                             "score_shift", "spearman", "kappa")}}
+            for c in sentinels.history(ctx.out, spec.name)]
+    create_table_artifact(table=rows, key="sentinels-" + re.sub(r"[^a-z0-9-]+", "-", spec.name.lower()),
+                          description=f"judge {spec.name}: {line} (max_drift {spec.max_drift:.0%})")
 
 
 def judge(ctx: RunContext, completions: Manifest, spec, read_only: bool = False) -> tuple[Manifest, StageReport]:

@@ -199,8 +199,12 @@ class JudgeStep(ShardedStep):
         return self.spec.name, self.spec.settings_hash(), self.completions.hash
 
     def run(self, ctx: RunContext) -> Manifest:
+        from rich.markup import escape
+
         manifest = super().run(ctx)
-        self.stage(ctx).write_report(ctx.store, manifest)
+        for name in self.stage(ctx).write_report(ctx.store, manifest):
+            ctx.reporter.note(f"[yellow]judge {escape(self.spec.name)}: answered as {escape(name)}[/], which earlier runs of "
+                              f"this judge never did (judgements/{self.spec.name}/report.json lists every identity)")
         return manifest
 
     def output(self, ctx: RunContext) -> Manifest:
@@ -217,6 +221,69 @@ class JudgeStep(ShardedStep):
                            seconds=seconds, cached=cached,
                            notes={"judge": self.spec.name, "kind": self.spec.kind, **counts, **executor_notes(ctx)},
                            path=str(Path(ctx.out) / m.stage), failures=failures)
+
+
+@dataclass(eq=False)
+class SentinelStep(Step):
+    """The judge's sentinel check (judges/sentinels.py) for the judgements a run is about to publish:
+    found done when this very check exists, else the sentinels are judged now."""
+
+    prompts: Manifest = None  # type: ignore[assignment]
+    completions: Manifest = None  # type: ignore[assignment]
+    judgements: Manifest = None  # type: ignore[assignment]
+    spec: JudgeSpec = None  # type: ignore[assignment]
+    name = "sentinels"
+
+    @property
+    def remote(self) -> bool:  # type: ignore[override]
+        return self.spec is not None and self.spec.endpoint is not None
+
+    @property
+    def error_model(self) -> str | None:  # type: ignore[override]
+        return self.spec.name
+
+    def check_key(self, ctx: RunContext) -> str | None:
+        from rlaif.judges import sentinels
+
+        have = sentinels.read_set(ctx.out)
+        if have is None or len(have.prompts) < self.spec.sentinels:
+            return None  # to draw first
+        return sentinels.check_key(self.spec, self.judgements, have.take(self.spec.sentinels))
+
+    def done_key(self, ctx: RunContext) -> str | None:
+        from rlaif.judges import sentinels
+
+        k = self.check_key(ctx)
+        return key("sentinels", k) if k is not None and sentinels.find(ctx.out, self.spec.name, k) else None
+
+    def output(self, ctx: RunContext) -> dict:
+        from rlaif.judges import sentinels
+
+        return sentinels.find(ctx.out, self.spec.name, self.check_key(ctx)).model_dump(mode="json")
+
+    def run(self, ctx: RunContext) -> dict:
+        from rlaif.judges import sentinels
+
+        r = ctx.recipe
+        chosen = sentinels.draw(ctx.store, self.prompts, self.completions, self.spec.sentinels, r.seed)
+        k = sentinels.check_key(self.spec, self.judgements, chosen)
+        if (done := sentinels.find(ctx.out, self.spec.name, k)) is not None:
+            return done.model_dump(mode="json")
+        engine_spec = self.spec.engine_spec(r.engine)
+        engine = ctx.pool.get(engine_spec, ctx.store.root) if engine_spec is not None else None
+        return sentinels.run_check(ctx.store, self.spec, engine, chosen, k, r.seed,
+                                   r.binarize_spec(self.spec.name).score).model_dump(mode="json")
+
+    def report(self, ctx: RunContext, check: dict, seconds: float, cached: bool) -> StageReport:
+        from rlaif.judges.sentinels import FOLDER
+
+        d = check.get("drift") or {}
+        notes = {"judge": self.spec.name, "check": check["number"], "served": check["served"],
+                 **{k: d.get(k) for k in ("against", "flipped", "pairs", "flip_rate", "score_shift", "spearman",
+                                          "kappa")}, "max_drift": self.spec.max_drift}
+        return StageReport(stage="sentinels", count_in=check["completions"], count_out=check["parsed"],
+                           seconds=seconds, cached=cached, notes=notes,
+                           path=str(Path(ctx.out) / FOLDER / self.spec.name))
 
 
 def executor_notes(ctx: RunContext) -> dict[str, Any]:

@@ -73,9 +73,26 @@ def judge_swap_flow(recipe: Recipe, out: str, judge_name: str, previous: str) ->
     records_new = list(store.read_manifest(made.judgements, kind(recipe.judge_spec(judge_name))))
     full = agreement(records_old, records_new, (previous, judge_name), recipe.binarize.score).model_dump()
     report = {"judge": judge_name, "previous": previous, **full, "completions": full["completions_scored_by_both"],
-              "prompts": full["prompts_compared"]}
+              "prompts": full["prompts_compared"], "sentinels": on_sentinels(out, records_old, recipe, judge_name)}
     write_json(Path(out) / "judge-swap" / judge_name / "agreement.json", report)
     return reports, report
+
+
+def on_sentinels(out: str, records_old: list, recipe: Recipe, judge_name: str) -> dict | None:
+    """The new judge's sentinel check against the recipe's judge on the same completions (its verdicts
+    from the run): flips, score shift, Spearman and kappa; None when the new judge has no sentinels."""
+    from rlaif.judges import sentinels
+    from rlaif.judges.stage import record_type
+
+    spec = recipe.judge_spec(judge_name)
+    mine = [c for c in sentinels.history(out, judge_name) if c.settings_hash == spec.settings_hash()]
+    if not spec.sentinels or not mine:
+        return None
+    now = sentinels.check_records(RunStore(out), mine[-1], record_type(spec))
+    kept = {c.completion_id for c in sentinels.read_set(out).take(spec.sentinels).completions}
+    ids = lambda r: [r.completion_a, r.completion_b] if isinstance(r, PairJudgement) else [r.completion_id]  # noqa: E731
+    old = [r for r in records_old if set(ids(r)) <= kept]
+    return sentinels.drift(old, now, 0, recipe.binarize.score).model_dump() | {"check": mine[-1].number}
 
 
 def swap(recipe: Recipe, judge_file: str | Path, out: str | Path) -> tuple[list[StageReport], dict]:

@@ -9,7 +9,11 @@
   where either judge's best is tied are left out and counted).
 - Cohen's kappa (scikit-learn) on the binarized preference: for every pair of a prompt's completions,
   which one each judge prefers (a, b, or tie).
+- flips: the share of those pairs whose preference differs between the two judges (a, b or tie),
+  and the score shift, the mean of (b's score - a's score) over the completions both scored: with
+  one judge at two times (its sentinel verdicts, judges/sentinels.py), how far it drifted.
 - for pairwise judges: the share of pairs where swapping the order changed the verdict.
+- the identities that answered each judge's requests (judges/identity.py).
 - with human labels (JSONL rows: prompt_id, completion_a, completion_b, winner a|b|tie): each judge's
   share of labelled pairs where it prefers what the humans did.
 - between two labelers (`labeler_agreement`): on the pairs both labelled, the share with the same
@@ -31,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from rlaif.core.errors import ConfigError, validation_message
 from rlaif.core.records import Judgement, PairJudgement, ScoreSource
+from rlaif.judges.identity import judged_by
 from rlaif.judges.scores import completion_scores
 
 Records = list[Judgement] | list[PairJudgement]
@@ -79,6 +84,10 @@ class AgreementReport(BaseModel):
     preference_pairs: int
     cohen_kappa: float | None
     order_changed_verdict: dict[str, float | None]  # pairwise judges only
+    flipped_pairs: int = 0  # preference pairs the two judges decide differently
+    flip_rate: float | None = None
+    score_shift: float | None = None  # mean of judges[1]'s score minus judges[0]'s
+    served: dict[str, dict[str, int]] = {}  # per judge: verdicts per identity that answered
     human_pairs: dict[str, int] = {}
     human_agreement: dict[str, float | None] = {}
 
@@ -123,6 +132,7 @@ def agreement(a: Records, b: Records, names: tuple[str, str], source: ScoreSourc
     sa, sb = completion_scores(a, source), completion_scores(b, source)
     both = sorted(set(sa) & set(sb))
     rho = tau = None
+    shift = sum(sb[c] - sa[c] for c in both) / len(both) if both else None
     if len(both) >= 3:
         rho = _finite(spearmanr([sa[c] for c in both], [sb[c] for c in both]).statistic)
         tau = _finite(kendalltau([sa[c] for c in both], [sb[c] for c in both]).statistic)
@@ -147,6 +157,7 @@ def agreement(a: Records, b: Records, names: tuple[str, str], source: ScoreSourc
         for x, y in combinations(cs, 2):
             labels_a.append(_preference(a, sa, x, y))
             labels_b.append(_preference(b, sb, x, y))
+    flipped = sum(x != y for x, y in zip(labels_a, labels_b))
     kappa = None
     if labels_a and len(set(labels_a) | set(labels_b)) > 1:
         kappa = _finite(cohen_kappa_score(labels_a, labels_b))
@@ -165,6 +176,8 @@ def agreement(a: Records, b: Records, names: tuple[str, str], source: ScoreSourc
     return AgreementReport(judges=names, completions_scored_by_both=len(both), spearman=rho, kendall=tau,
                            prompts_compared=len(same), prompts_with_tied_best=tied, chosen_agreement=_rate(same),
                            preference_pairs=len(labels_a), cohen_kappa=kappa, order_changed_verdict=swaps,
+                           flipped_pairs=flipped, flip_rate=flipped / len(labels_a) if labels_a else None,
+                           score_shift=shift, served={names[0]: judged_by(a), names[1]: judged_by(b)},
                            human_pairs=human_n, human_agreement=human_rate)
 
 

@@ -95,6 +95,7 @@ class Answer:
     retries: int = 0
     error: str | None = None
     retryable: bool = False
+    served: dict[str, str] | None = None  # what answered (engines.base.Result.served)
 
 
 def provenance(spec: JudgeBlock, settings: str) -> dict[str, Any]:

@@ -9,9 +9,10 @@ Items are pairs of one prompt's completions, chosen three ways: `sample`, strati
 score margin (quartiles of it) so close calls and clear ones both get labelled, and spread over
 prompts; `disagree`, the pairs two judges of the run disagree on most (their score differences, each
 judge's scores standardized, furthest apart); `sentinels`, pairs of the run's sentinel set
-(`sentinels/set.json`). Each item is shown with its two completions in an order drawn per labeler and
-item from the seed; the label records which one was on the left (`shown_first`) and names its
-winner as `completion_a` / `completion_b` of the pair, as `rlaif agreement --human` reads it.
+(`sentinels/set.json`, judges/sentinels.py). Each item is shown with its two completions in an
+order drawn per labeler and item from the seed; the label records which one was on the left
+(`shown_first`) and names its winner as `completion_a` / `completion_b` of the pair, as
+`rlaif agreement --human` reads it.
 """
 
 from __future__ import annotations
@@ -40,11 +41,11 @@ from rlaif.generation.ensemble import STAGE as COMPLETIONS
 from rlaif.judges.agreement import HumanLabel, human_agreement, labeler_agreement, load_human_labels
 from rlaif.judges.registry import get_kind
 from rlaif.judges.scores import completion_scores
+from rlaif.judges.sentinels import SentinelSet, set_path
 from rlaif.judges.stage import STAGE as JUDGEMENTS, stored_manifest
 from rlaif.prompts.prompt_sets import PROMPTS
 
 LABELS = "labels"
-SENTINELS = "sentinels/set.json"
 HOW = ("sample", "disagree", "sentinels")
 BINS = 4  # `sample`: margin quartiles
 LABELER = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -187,17 +188,15 @@ def disagreeing(store: RunStore, judges: tuple[str, str], n: int, choice: Choice
 
 
 def sentinel_set(store: RunStore) -> tuple[list[Prompt], list[Completion]]:
-    path = store.root / SENTINELS
+    """The run's sentinel set (judges/sentinels.py keeps it), or a one-line error."""
+    path = set_path(store.root)
     if not path.is_file():
-        raise RlaifError(f"{path}: no sentinel set in this run (written when a run judges its sentinels)")
+        raise RlaifError(f"{path}: no sentinel set in this run (a judge block's `sentinels: N` keeps one)")
     try:
-        data = json.loads(path.read_text())
-        return ([Prompt.model_validate(p) for p in data["prompts"]],
-                [Completion.model_validate(c) for c in data["completions"]])
-    except (ValueError, KeyError, TypeError) as e:
-        if isinstance(e, ValidationError):
-            raise ConfigError(validation_message(str(path), e).splitlines()[0]) from None
-        raise ConfigError(f"{path}: not a sentinel set ({{\"prompts\": [...], \"completions\": [...]}}): {e}") from None
+        kept = SentinelSet.model_validate_json(path.read_text())
+    except ValidationError as e:
+        raise ConfigError(validation_message(str(path), e).splitlines()[0]) from None
+    return kept.prompts, kept.completions
 
 
 def choose_items(store: RunStore, choice: Choice) -> list[Item]:
@@ -240,8 +239,8 @@ def _read_texts(store: RunStore, pairs: list[Pair]) -> tuple[dict[str, Prompt], 
     want_p, want_c = {p.prompt_id for p in pairs}, {c for p in pairs for c in (p.a, p.b)}
     prompts = {p.prompt_id: p for key in store.keys(PROMPTS) for p in store.iter(PROMPTS, key, Prompt)
                if p.prompt_id in want_p}
-    completions = {c.completion_id: c for key in store.keys(COMPLETIONS) for c in store.iter(COMPLETIONS, key, Completion)
-                   if c.completion_id in want_c and c.text}
+    completions = {c.completion_id: c for key in store.keys(COMPLETIONS)
+                   for c in store.iter(COMPLETIONS, key, Completion) if c.completion_id in want_c and c.text}
     return prompts, completions
 
 

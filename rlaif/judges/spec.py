@@ -68,6 +68,11 @@ class JudgeSpec(BaseModel):
     structured: bool = True  # constrain output (guided JSON / regex / response_format); False: parse free text
     retries: int = Field(2, ge=0)  # re-asks for an output that did not parse
     retry_temperature: float = Field(0.7, ge=0)  # a re-ask at temperature 0 would write the same text
+    # drift (judges/sentinels.py): N prompts kept with their completions and judged again by every
+    # run that judges something new; past `max_drift` (the share of their preferences that flipped
+    # since the first check) the run publishes nothing and exits 5. Neither shapes a verdict: not hashed.
+    sentinels: int = Field(0, ge=0)
+    max_drift: float = Field(0.1, ge=0, le=1)
 
     # set from the recipe, not written in a judge block: its templates_dir and its `engine:` block
     _templates_dir: str | None = PrivateAttr(None)

@@ -31,6 +31,7 @@ from rlaif.engines.pool import EnginePool
 from rlaif.generation.ensemble import STAGE as COMPLETIONS
 from rlaif.prompts.prompt_sets import PROMPTS
 from rlaif.judges.base import Answer, Ask, pair_judgement, record_unit
+from rlaif.judges.identity import changed, judged_by
 from rlaif.judges.parsing import parse_output
 from rlaif.judges.registry import get_kind
 from rlaif.judges.spec import JudgeSpec
@@ -66,10 +67,10 @@ def ask(spec: JudgeSpec, engine: Engine, asks: list[Ask], seed: int, task: Task 
         again = []
         for a, r in zip(pending, engine.generate(requests, task if attempt == 0 else None)):
             if not r.ok:  # the request failed: not a parse problem
-                answers[a.key] = Answer(None, attempt, r.error or "no text returned", r.retryable)
+                answers[a.key] = Answer(None, attempt, r.error or "no text returned", r.retryable, r.served or None)
                 continue
             parsed = parse_output(a.fmt, r.text, r.tokens)
-            answers[a.key] = Answer(parsed, attempt)
+            answers[a.key] = Answer(parsed, attempt, served=r.served or None)
             if not parsed.complete:
                 again.append(a)
         pending = again
@@ -109,15 +110,21 @@ class ChunkJob:
         by_prompt: dict[str, list[Completion]] = {}
         for c in self.completions:
             by_prompt.setdefault(c.prompt_id, []).append(c)
+        served: dict[str, dict[str, str] | None] = {}
         for pid, asks in self.asks.items():
             prompt_answers = {a.key: answers[a.key] for a in asks}
             out += [r for r in kind.records(spec, settings, self.prompts[pid], by_prompt[pid], prompt_answers)
                     if record_unit(r) not in self.skip]
-        return self.stamped(out)
+            for a in asks:  # the last answer that came back for a unit says what served it
+                for u in a.units:
+                    served[u] = answers[a.key].served or served.get(u)
+        return self.stamped(out, served)
 
-    def stamped(self, records: list[Judged]) -> list[Judged]:
-        by_id = {c.completion_id: c for c in self.completions}
-        return [r.model_copy(update={"judged_hash": judged_hash(r, by_id)}) for r in records]
+    def stamped(self, records: list[Judged], served: dict[str, dict[str, str] | None] | None = None) -> list[Judged]:
+        """The records with what they judged (`judged_hash`) and what answered (`served`)."""
+        by_id, served = {c.completion_id: c for c in self.completions}, served or {}
+        return [r.model_copy(update={"judged_hash": judged_hash(r, by_id), "served": served.get(record_unit(r), r.served)})
+                for r in records]
 
 
 def judge_jobs(spec: JudgeSpec, engine: Engine | None, jobs: list[ChunkJob], seed: int,
@@ -125,8 +132,11 @@ def judge_jobs(spec: JudgeSpec, engine: Engine | None, jobs: list[ChunkJob], see
     """Several chunks' records, their asks sent to the engine in one call."""
     kind = spec.impl
     if not kind.text:
-        return [j.stamped(kind.judge_group(spec, j.prompts, [c for c in j.completions if c.completion_id not in j.skip],
-                                           seed)) for j in jobs]
+        import transformers
+
+        engine_id = {"engine": f"transformers {transformers.__version__}", "model": spec.model}
+        return [j.stamped([r.model_copy(update={"served": engine_id}) for r in kind.judge_group(
+            spec, j.prompts, [c for c in j.completions if c.completion_id not in j.skip], seed)]) for j in jobs]
     flat = [a for j in jobs for a in j.plan(spec)]
     answers = ask(spec, engine, flat, seed, task) if flat else {}
     return [j.records(spec, answers) for j in jobs]
@@ -236,13 +246,19 @@ class JudgeStage:
     def manifest(self, jobs: list[Job]) -> Manifest:
         return Manifest(stage=self.stage, shards=[s.info for j in jobs for s in j.shards if s.info is not None])
 
-    def write_report(self, store: RunStore, manifest: Manifest) -> None:
-        """`judgements/<name>/report.json`: the judge, its counts and its manifest (what `stored_manifest` reads)."""
-        spec = self.spec
+    def write_report(self, store: RunStore, manifest: Manifest) -> list[str]:
+        """`judgements/<name>/report.json`: the judge, its counts, what answered (`served`: verdicts
+        per identity) and its manifest (what `stored_manifest` reads). Returns the identities that
+        answered this time and never before (a changed snapshot behind the same model name)."""
+        spec, path = self.spec, store.root / self.stage / "report.json"
+        before = json.loads(path.read_text()).get("served") if path.exists() else None
+        served = judged_by(store.read_manifest(manifest, record_type(spec)))
         store.write_json(f"{self.stage}/report.json", {"judge": spec.name, "kind": spec.kind,
                                                        "settings_hash": spec.settings_hash(),
                                                        "spec": spec.model_dump(mode="json", exclude={"endpoint"}),
-                                                       **manifest_counts(manifest), "manifest": manifest.model_dump()})
+                                                       **manifest_counts(manifest), "served": served,
+                                                       "manifest": manifest.model_dump()})
+        return changed(before, served)
 
 
 def unchanged(r: Judged, current: dict[str, Completion], shard: Shard) -> bool:
@@ -319,8 +335,11 @@ def compare_pairs(prompts: list[Prompt], pairs: list[tuple[Completion, Completio
                 asks = [a for x, y in pairs for a in spec.impl.pair_asks(spec, by_id[x.prompt_id], x, y)]
                 task.grow(len(asks))
                 answers = ask(spec, engine, asks, seed, task)
-                records = [pair_judgement(spec, settings, x, y, {o: answers[f"{content_hash(x.completion_id, y.completion_id)}|{o}"]
-                                                                 for o in ("ab", "ba")}) for x, y in pairs]
+                records = []
+                for x, y in pairs:
+                    got = {o: answers[f"{content_hash(x.completion_id, y.completion_id)}|{o}"] for o in ("ab", "ba")}
+                    served = got["ba"].served or got["ab"].served
+                    records.append(pair_judgement(spec, settings, x, y, got).model_copy(update={"served": served}))
             else:
                 records = judge_records(spec, engine, by_id, unique, seed, task)
             store.write(stage, key, records)

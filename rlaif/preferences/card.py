@@ -85,6 +85,7 @@ def card_text(m: dict, plots: dict[str, str]) -> str:
             f"`{judge.get('model', '?')}`, template `{judge.get('template', '?')}` version "
             f"`{judge.get('template_version', '?')}`. Score: {b['aspect'] or 'mean of aspects'}, "
             f"source `{b['score']}`.", "",
+            *_served_lines(judge.get("served")),
             f"**Binarization**: strategy `{b['strategy']}`, min_margin {b['min_margin']}, ties "
             f"`{b['ties']}`, test_fraction {b['test_fraction']}, seed {b['seed']}.", "",
             "## Counts at every stage", ""]
@@ -99,6 +100,7 @@ def card_text(m: dict, plots: dict[str, str]) -> str:
     out += ["The ids of every prompt left out, and what each duplicate or contaminated prompt matched, "
             "are in `manifest.json` (`dropped`).", ""]
     out += _bias_section(m.get("judge_bias"))
+    out += _drift_section(m.get("sentinels"), judge.get("name", "?"))
     out += _humans_section(m.get("humans"))
     out += ["## Plots", ""]
     out += [f"![{title}]({path})\n" for title, path in plots.items()]
@@ -141,13 +143,14 @@ def _humans_section(h: dict | None) -> list[str]:
            "Agreement: the share of a labeler's pairs where the judge prefers the same answer (a tie counts only "
            "as a tie); n: the pairs the judge scored both answers of.", ""]
     if names:
-        out += _table(["judge", *names], [[f"`{j}`", *(f"{fmt(row[n]['agreement'])} (n={row[n]['pairs']})" for n in names)]
-                                          for j, row in h["judges"].items()])
+        cell = lambda r: f"{fmt(r['agreement'])} (n={r['pairs']})"  # noqa: E731
+        out += _table(["judge", *names], [[f"`{j}`", *(cell(row[n]) for n in names)] for j, row in h["judges"].items()])
     if h["between_labelers"]:
         out += _table(["labelers", "pairs both labelled", "same winner", "Cohen's kappa"],
                       [[" / ".join(b["labelers"]), b["pairs"], fmt(b["same_winner"]), fmt(b["cohen_kappa"])]
                        for b in h["between_labelers"]])
-    out += [f"Not read: `{f}`: {why}" for f, why in h.get("unreadable", {}).items()] + ([""] if h.get("unreadable") else [])
+    unread = h.get("unreadable", {})
+    out += [f"Not read: `{f}`: {why}" for f, why in unread.items()] + ([""] if unread else [])
     return out
 
 
@@ -156,3 +159,30 @@ def write_card(version_dir: Path, manifest: dict, plots: dict[str, str], secrets
     for s in secrets:
         text = text.replace(s, "***")
     return write_atomic(Path(version_dir) / "README.md", text)
+
+
+def _served_lines(served: dict | None) -> list[str]:
+    """What answered the judge's requests, as the answers said (judges/identity.py)."""
+    if not served:
+        return []
+    return ["**Judged by** (what answered, as the responses name it; verdicts each): "
+            + "; ".join(f"`{who}` ({n})" for who, n in served.items()) + ".", ""]
+
+
+def _drift_section(checks: list[dict] | None, judge: str) -> list[str]:
+    """The judge's sentinel checks up to this version (judges/sentinels.py)."""
+    if not checks:
+        return []
+    out = ["## Judge drift", "",
+           f"Every run that judged something new judged the same {checks[-1]['prompts']} sentinel prompts "
+           f"({checks[-1]['completions']} completions) again with `{judge}`; each check is compared with the first "
+           "of the judge's settings: the share of sentinel preferences that flipped, the mean score shift, "
+           "Spearman of the scores and Cohen's kappa of the preferences. The drift plot is under Plots.", ""]
+    fmt = lambda x, f: "" if x is None else format(x, f)  # noqa: E731
+    rows = []
+    for c in checks:
+        d = c.get("drift") or {}
+        rows.append([c["number"], f"{c['version']:04d}" if c.get("version") else "", c["created"],
+                     "; ".join(c["served"]), fmt(d.get("flip_rate"), ".1%"), fmt(d.get("score_shift"), "+.3f"),
+                     fmt(d.get("spearman"), ".3f"), fmt(d.get("kappa"), ".3f")])
+    return out + _table(["check", "version", "when", "served as", "flipped", "score shift", "spearman", "kappa"], rows)

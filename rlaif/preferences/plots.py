@@ -89,3 +89,24 @@ def write_plots(out: Path, data: PlotData, score_label: str) -> dict[str, str]:
     _save(plt, fig, ax, out / "chosen_rate.png", not models)
     made["How often each model was chosen"] = "plots/chosen_rate.png"
     return made
+
+
+def write_drift_plot(out: Path, checks: list[dict]) -> dict[str, str]:
+    """drift.png: the judge's sentinel checks (judges/sentinels.py) over dataset versions: the share of
+    sentinel preferences flipped since the first check, and the mean score shift."""
+    out.mkdir(parents=True, exist_ok=True)
+    plt, fig, ax = _figure()
+    names = [f"v{c['version']:04d}" if c.get("version") else f"check {c['number']}" for c in checks]
+    flips = [((c.get("drift") or {}).get("flip_rate") or 0.0) for c in checks]
+    shifts = [((c.get("drift") or {}).get("score_shift") or 0.0) for c in checks]
+    ax.plot(names, flips, marker="o", color="tab:red", label="preferences flipped")
+    ax.set_ylim(0, max(1.0, *flips) if flips else 1.0)
+    ax.set(title="Judge drift on the sentinels (since the first check)", ylabel="share flipped")
+    twin = ax.twinx()
+    twin.plot(names, shifts, marker="s", color="tab:blue", linestyle="--", label="score shift")
+    twin.set_ylabel("mean score shift")
+    lines = ax.get_legend_handles_labels()
+    more = twin.get_legend_handles_labels()
+    ax.legend(lines[0] + more[0], lines[1] + more[1], fontsize=8, loc="upper left")
+    _save(plt, fig, ax, out / "drift.png", not checks)
+    return {"Judge drift on the sentinels": "plots/drift.png"}

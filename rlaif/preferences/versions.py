@@ -39,13 +39,15 @@ from rlaif.core.records import Completion, Judgement, PairJudgement, PreferenceP
 from rlaif.core.store import Manifest, RunStore, write_json
 from rlaif.prompts.prompt_sets import PROMPTS
 from rlaif.preferences.bias import BiasData, members_of, write_bias_plots
+from rlaif.judges.identity import judged_by
 from rlaif.judges.labeling import humans_report
 from rlaif.judges.scores import completion_scores
+from rlaif.judges.sentinels import history, mark_published
 from rlaif.preferences import card
 from rlaif.preferences.binarize import BinarizeReport, BinarizeSpec, binarize, select_judgements, test_ids
 from rlaif.preferences.hub import push_to_hub
 from rlaif.prompts.hygiene import HygieneReport, HygieneSpec
-from rlaif.preferences.plots import PlotData, write_plots
+from rlaif.preferences.plots import PlotData, write_drift_plot, write_plots
 from rlaif.preferences.rows import SPLITS, best_per_prompt, build_dataset, preference_row, sft_row, write_dataset
 
 VERSIONS = "versions"
@@ -91,6 +93,7 @@ class VersionInputs:
     spec: BinarizeSpec  # `spec.judge` names the judge whose records `judgements` holds
     hygiene: HygieneSpec
     pairwise: bool  # the judge is a pairwise kind
+    sentinel_check: str | None = None  # the judge's sentinel check that vouched for these judgements (not hashed)
 
     def parts(self) -> dict:
         return {"prompts": self.prompts.hash, "completions": self.completions.hash,
@@ -141,6 +144,8 @@ def publish(store: RunStore, recipe_info: dict, made: VersionInputs, force: bool
                         f"({'the latest complete one is ' + latest.name if latest else 'publishing a new one'})")
     if latest and not force and version_manifest(latest).get("inputs_hash") == h:
         point_latest(run_dir, latest)
+        if made.sentinel_check:
+            mark_published(run_dir, spec.judge, made.sentinel_check, int(latest.name))
         if spec.push_to_hub and push:
             push_to_hub(latest, spec.push_to_hub)
         return latest
@@ -172,8 +177,15 @@ def publish(store: RunStore, recipe_info: dict, made: VersionInputs, force: bool
         plots = write_plots(tmp / "plots", plot_data, f"{spec.aspect or 'mean of aspects'}, {spec.score}")
         plots.update(write_bias_plots(tmp / "plots", bias, members))
 
+        checks = sentinel_checks(run_dir, spec.judge, made.sentinel_check)
+
         def finish(n: int) -> None:
             manifest["version"] = n
+            if checks:  # the judge's drift over versions, this one's check named by its number
+                for c in checks:
+                    c["version"] = n if c["key"] == made.sentinel_check else c["version"]
+                manifest["sentinels"] = checks
+                plots.update(write_drift_plot(tmp / "plots", checks))
             write_json(tmp / "manifest.json", manifest)
             card.write_card(tmp, manifest, plots, secrets=_secrets())
 
@@ -182,9 +194,23 @@ def publish(store: RunStore, recipe_info: dict, made: VersionInputs, force: bool
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     point_latest(run_dir, version)
+    if made.sentinel_check:
+        mark_published(run_dir, spec.judge, made.sentinel_check, int(version.name))
     if spec.push_to_hub and push:
         push_to_hub(version, spec.push_to_hub)
     return version
+
+
+def sentinel_checks(run_dir: Path, judge: str, current: str | None) -> list[dict]:
+    """The judge's sentinel checks up to the current one (for the card), or none without sentinels."""
+    if current is None:
+        return []
+    out = []
+    for c in history(run_dir, judge):
+        out.append(c.model_dump(mode="json"))
+        if c.key == current:
+            break
+    return out
 
 
 def _binarize_chunks(store: RunStore, made: VersionInputs, out: Path, report: Reporter
@@ -206,7 +232,9 @@ def _binarize_chunks(store: RunStore, made: VersionInputs, out: Path, report: Re
             j = next((j for j in js if j.status == "parsed"), js[0] if js else None)
             if j is not None and not judge_info:
                 judge_info = {"name": j.judge, "kind": j.kind, "model": j.judge_model, "template": j.template,
-                              "template_version": j.template_version, "template_hash": j.template_hash}
+                              "template_version": j.template_version, "template_hash": j.template_hash, "served": {}}
+            for who, n in judged_by(js).items():  # what answered, in verdicts per identity
+                judge_info["served"][who] = judge_info["served"].get(who, 0) + n
             for p in pairs:
                 f.write(p.model_dump_json() + "\n")
             task(1)

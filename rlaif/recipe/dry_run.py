@@ -6,7 +6,8 @@ request's max_tokens: an upper bound), and their cost where the endpoint gives p
 tokens (times `batch_discount` with `batch: true`). The prompts are read from their source before
 hygiene (which can only remove some); the judges' requests are built by their kinds exactly as the
 run would build them, from stand-in completions as long as each member's max_tokens (again an upper
-bound). Re-asks of unparsed verdicts, Prefect retries and a reasoning model's hidden reasoning
+bound). A judge's `sentinels` are a row of their own: what each run that judges something new
+sends again. Re-asks of unparsed verdicts, Prefect retries and a reasoning model's hidden reasoning
 tokens are not counted.
 """
 
@@ -19,6 +20,7 @@ from rlaif.engines.backend import EngineSpec
 from rlaif.recipe.spec import Recipe
 from rlaif.generation.ensemble import assign, request
 from rlaif.prompts.prompt_sets import load_prompts
+from rlaif.judges.sentinels import order
 from rlaif.judges.spec import JudgeSpec
 
 CHARS_PER_TOKEN = 4
@@ -79,6 +81,10 @@ def estimate(recipe: Recipe) -> list[Estimate]:
         stage = "judge" if spec.name == run_judge else "judge (rlaif judge)"
         engine = spec.engine_spec(recipe.engine)
         out.append(_judge(spec, stage, prompts, stand_ins, engine).price(engine))
+        if spec.sentinels:  # judged again by every run that judges something new (judges/sentinels.py)
+            drawn = sorted(prompts, key=lambda p: order(recipe.seed, p.prompt_id))[:spec.sentinels]
+            where = "sentinels (each run)" if spec.name == run_judge else "sentinels (rlaif judge)"
+            out.append(_judge(spec, where, drawn, stand_ins, engine).price(engine))
     return out
 
 

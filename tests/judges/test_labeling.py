@@ -57,8 +57,13 @@ def test_sentinel_items_come_from_the_sentinel_set(built, tmp_path):
     with pytest.raises(RlaifError, match=r"sentinels/set\.json: no sentinel set in this run"):
         choose_items(store, Choice("sentinels", 5))
     (store.root / "sentinels").mkdir()
+    (store.root / "sentinels" / "set.json").write_text(json.dumps({"seed": 0, "prompts": [{"prompt_id": "x"}],
+                                                                   "completions": []}))
+    with pytest.raises(RlaifError, match=r"set\.json.*prompts.*messages") as e:
+        choose_items(store, Choice("sentinels", 5))
+    assert len(str(e.value).splitlines()) == 1
     (store.root / "sentinels" / "set.json").write_text(json.dumps({
-        "prompts": [p.model_dump(mode="json") for p in prompts[:2]],
+        "seed": 0, "prompts": [p.model_dump(mode="json") for p in prompts[:2]],
         "completions": [c.model_dump(mode="json") for c in completions if c.prompt_id in ("q0", "q1")]}))
     try:
         items = choose_items(store, Choice("sentinels", 100, "uf"))

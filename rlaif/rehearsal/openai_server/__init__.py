@@ -65,7 +65,8 @@ the log: method, path, query, headers without the key, body, status, time), `srv
 `srv.processed` (Counter of custom_ids answered in batches), `srv.add_faults(...)`,
 `srv.pause_batches()` / `srv.resume_batches()`, `srv.keys` (each request's Authorization header, in
 memory only), and the settable attributes `responder`, `fault`, `certain`, `delay`, `retry_after`,
-`batch_seconds`, `batch_expire`, `batch_fail`.
+`batch_seconds`, `batch_expire`, `batch_fail`, `snapshots` ({alias: snapshot}: the model a response
+names, as the API answers an alias with its dated snapshot) and `fingerprint` (`system_fingerprint`).
 
 Two ways to use it: in-process `with OpenAIServer(...) as srv: srv.base_url`, or as a subprocess,
 `python -m rlaif.rehearsal.openai_server --port 0 --state-dir DIR`, which writes DIR/server.json (base_url, pid)

@@ -198,7 +198,8 @@ class Chat:
         prompt = sum(len(tokenize(json.dumps(m.get("content")))) + 4 for m in body["messages"])
         completion = used + hidden * len(choices)
         return {"id": "chatcmpl-" + secrets.token_hex(12), "object": "chat.completion", "created": int(time.time()),
-                "model": model, "choices": choices, "service_tier": "default", "system_fingerprint": "fp_test",
+                "model": self.snapshots.get(model, model), "choices": choices, "service_tier": "default",
+                "system_fingerprint": self.fingerprint,
                 "usage": {"prompt_tokens": prompt, "completion_tokens": completion,
                           "total_tokens": prompt + completion,
                           "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
@@ -272,5 +273,5 @@ class Chat:
             choices.append({"index": i, "text": text, "logprobs": lp, "finish_reason": finish})
         prompt = len(tokenize(json.dumps(body["prompt"])))
         return {"id": "cmpl-" + secrets.token_hex(12), "object": "text_completion", "created": int(time.time()),
-                "model": model, "choices": choices, "system_fingerprint": "fp_test",
+                "model": self.snapshots.get(model, model), "choices": choices, "system_fingerprint": self.fingerprint,
                 "usage": {"prompt_tokens": prompt, "completion_tokens": used, "total_tokens": prompt + used}}

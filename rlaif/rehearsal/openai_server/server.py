@@ -42,6 +42,10 @@ class Settings:
     state_dir: Any = None
     port: int = 0
     vllm_model: str | None = None
+    # what a response names as having answered: a model asked for by its alias answers as its snapshot
+    # (the API's `gpt-4o` answers as `gpt-4o-2024-08-06`), with the provider's system_fingerprint
+    snapshots: Any = None  # {alias: snapshot}
+    fingerprint: str = "fp_test"
 
 
 class OpenAIServer(Http, Chat, Faults, Batches):
@@ -65,6 +69,7 @@ class OpenAIServer(Http, Chat, Faults, Batches):
         self.models, self.api_key = list(models), api_key
         self.reasoning_models, self.completion_models = set(reasoning_models), set(completion_models)
         self.responder = responder or default_responder
+        self.snapshots, self.fingerprint = dict(s.snapshots or {}), s.fingerprint
         self.certain, self.delay = certain, delay
         self.keys: list[str] = []  # the Authorization header of each request, in memory only
         self.faults, self.fault = [list(f) for f in faults], fault
