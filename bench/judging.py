@@ -21,6 +21,15 @@ judge model both ways: requests sent per prompt (counted at the engine: first tr
 re-asks of outputs that did not parse), parsed
 share, and how far the two agree (`rlaif agreement`'s measures: Spearman and Kendall of the scores,
 chosen agreement, Cohen's kappa on the pairwise preferences), scored by `--score` (default auto).
+
+    python bench/judging.py --sentinels 200 [--recipe recipes/zephyr-7b-beta/dpo.yaml] [--full 61135]
+
+The sentinel overhead (judges/sentinels.py; no engine loads, nothing is sent): a recipe's judge with
+`sentinels: N` over a prompt set of `--full` prompts (UltraFeedback's 61,135 by default: MT-Bench's
+and the starter set's prompts, numbered, stand in for them offline). Printed from the dry-run's
+estimate (recipe/dry_run.py, the requests the stages would build): the judge's requests and
+input + output tokens for the run, those of one sentinel check, and the check's share of the run's
+judging (goal: under 1%). A run that judges new prompts pays one check; a run with nothing new, none.
 """
 
 from __future__ import annotations
@@ -130,6 +139,39 @@ def compare_modes(judge_model: str, prompts: int, per_prompt: int, score: str, t
     return {"modes": out, "agreement": report}
 
 
+def sentinel_overhead(recipe_path: str, n: int, full: int, tmp: Path) -> None:
+    """The judge's requests and tokens for the whole run, for one sentinel check, and the share."""
+    import json
+
+    from rlaif.prompts.prompt_sets import load_prompts
+    from rlaif.recipe.dry_run import estimate
+    from rlaif.recipe.spec import load_recipe
+
+    pool = [p.text for src in ("mt_bench", "starter") for p in load_prompts(src)]
+    source = tmp / "prompts.jsonl"
+    with source.open("w") as f:
+        for i in range(full):
+            f.write(json.dumps({"prompt_id": f"p{i}", "prompt": f"{pool[i % len(pool)]} (request {i})"}) + "\n")
+    base = load_recipe(recipe_path)
+    judge = base.judge_spec().name
+    index = [j.name for j in base.judges].index(judge)
+    recipe = load_recipe(recipe_path, [f"prompts.source={source}", "prompts.limit=null",
+                                       f"judges.{index}.sentinels={n}"])
+    t = time.perf_counter()
+    rows = {e.stage: e for e in estimate(recipe) if e.name == judge}
+    run, check = rows["judge"], rows["sentinels (each run)"]
+    print(f"{recipe_path}: judge {judge} ({run.model}, kind {recipe.judge_spec().kind}, "
+          f"{recipe.judge_spec().mode}), {full:,} prompts x {len(recipe.generators)} members, sentinels: {n} "
+          f"(estimated in {time.perf_counter() - t:.0f} s)")
+    print(f"{'':28s} {'requests':>10s} {'input tok':>13s} {'output tok':>13s}")
+    for label, e in (("the run's judging", run), ("one sentinel check", check)):
+        print(f"{label:28s} {e.requests:10,d} {e.input_tokens:13,d} {e.output_tokens:13,d}")
+    share = lambda a, b: a / b if b else 0.0  # noqa: E731
+    print(f"{'check / run':28s} {share(check.requests, run.requests):10.2%} "
+          f"{share(check.input_tokens, run.input_tokens):13.2%} {share(check.output_tokens, run.output_tokens):13.2%}"
+          f"   (goal: under 1%)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--prompts", type=int, default=16)
@@ -138,7 +180,13 @@ def main() -> None:
     ap.add_argument("--modes-prompts", type=int, default=16, help="joint vs per-completion: prompts (0: skip)")
     ap.add_argument("--modes-completions", type=int, default=4, help="joint vs per-completion: answers per prompt")
     ap.add_argument("--score", default="auto", choices=["auto", "expected", "sampled"])
+    ap.add_argument("--sentinels", type=int, help="print the overhead of N sentinels for --recipe and exit")
+    ap.add_argument("--recipe", default="recipes/zephyr-7b-beta/dpo.yaml")
+    ap.add_argument("--full", type=int, default=61_135, help="prompts in the run (UltraFeedback: 61,135)")
     args = ap.parse_args()
+    if args.sentinels:
+        sentinel_overhead(args.recipe, args.sentinels, args.full, Path(tempfile.mkdtemp(prefix="bench-sentinels-")))
+        return
 
     from rlaif.core.records import Completion
     from rlaif.core.store import RunStore

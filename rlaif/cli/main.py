@@ -14,6 +14,7 @@
     rlaif rehearse RECIPE [RECIPE ...] [--prompts N]          the whole chain on tiny stand-ins, on a CPU
     rlaif deploy RECIPE --cron "0 3 * * *" [--name N]          a scheduled refresh on the Prefect server
     rlaif serve [NAME ...]                                     run the refresh deployments' scheduled runs
+    rlaif refresh RECIPE                                       one refresh now, as a deployment's run does it
     rlaif serve-model MODEL [--port 8000]                      vLLM's OpenAI-compatible server on 127.0.0.1
     rlaif prepare-models [NAME ...]                            convert bundled GGUF models once
     rlaif server start|stop|status [--port N]                  a local Prefect server commands reuse
@@ -461,6 +462,28 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_refresh(args: argparse.Namespace) -> int:
+    """One refresh now, as a deployment's scheduled run does it (for cron or a first try)."""
+    from rlaif.cli.summary import print_summary
+    from rlaif.flows.refresh import refresh_flow
+    from rlaif.flows.report import StageReport
+    from rlaif.runners.prefect_server import long_lived_server, prefect_server_in_background
+
+    out = _out(args)
+    _recipe(args)  # a bad recipe or --set: one line, before anything starts
+    with long_lived_server():
+        with prefect_server_in_background():
+            pass
+        result = refresh_flow(str(Path(args.recipe).resolve()), str(out), args.set)
+    import json
+
+    reports = [StageReport.model_validate(r) for r in json.loads((out / "refresh_summary.json").read_text())]
+    print_summary(reports, str(out))
+    echo(f"{result['new_prompts']} new prompts; version {Path(result['version']).name}"
+         + (" written" if result["written"] else " unchanged"))
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from rlaif.flows.deploy import serve
 
@@ -599,6 +622,11 @@ def build_parser() -> argparse.ArgumentParser:
     recipe_args(d)
     d.add_argument("--cron", required=True, help='when to refresh, e.g. "0 3 * * *" (03:00 every day)')
     d.add_argument("--name", help="deployment name (default: the recipe's name)")
+    r = add("refresh", Command(cmd_refresh, run_dir=_out), help="one refresh now, as a deployment's run does it",
+            description="Read the prompt source again, generate and judge only the prompts not seen before, check "
+                        "the judge's sentinels, and write the next dataset version: what each scheduled run of "
+                        "`rlaif deploy` does, here and now (for cron, or to try a deployment's recipe).")
+    recipe_args(r)
     s = add("serve", Command(cmd_serve, quiet=False), help="serve the refresh deployments: run their flow runs as they come due",
             description="Serve this project's refresh deployments from the server in PREFECT_API_URL until "
                         "interrupted (Prefect's Runner; no work pool).")

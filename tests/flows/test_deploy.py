@@ -132,3 +132,57 @@ def test_deploy_serve_and_three_scheduled_refreshes(server, tmp_path, vllm_serve
     assert {k: after[k] for k in shards} == shards and len(after) == 4  # only the new prompt generated
     new_batch = [json.loads(line)["prompt_id"] for line in (out / "refresh" / "shard-0002.jsonl").read_text().splitlines()]
     assert new_batch == ["p2"]
+
+
+def test_a_judge_change_before_the_third_scheduled_refresh_blocks_its_version(server, tmp_path):
+    """Three scheduled refreshes through the server, members and judge on the strict OpenAI server:
+    runs 1-2 publish, and a judge whose snapshot changed before run 3 (it now prefers the other
+    member) is caught on the sentinels: run 3 fails with its drift, publishes nothing, and leaves
+    the drift table as an artifact of the flow run; `rlaif refresh` then exits 5."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from rlaif.rehearsal import fault_cases as cases
+    from tests.judges.test_drift import SNAPSHOT, biased, prompts_file
+
+    env = {**server, "FAULT_KEY": cases.KEY}
+    with cases.server() as srv:
+        recipe = cases.write_recipe(tmp_path, srv, judge__sentinels=2, name="drift-refresh")
+        out = tmp_path / "run"
+        prompts_file(tmp_path, 4)
+        done = rlaif(env, "deploy", str(recipe), "--cron", CRON, "--out", str(out))
+        assert done.returncode == 0, done.stderr[-3000:]
+        log = (tmp_path / "serve.log").open("w")
+        serve = subprocess.Popen([sys.executable, "-m", "rlaif", "serve", "drift-refresh"], cwd=ROOT, env=env,
+                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            runs = []
+            for n in (4, 5, 6):
+                prompts_file(tmp_path, n)
+                if n == 6:  # the judge's endpoint now serves another snapshot under the same name
+                    srv.snapshots, srv.fingerprint, srv.responder = {cases.JUDGE: SNAPSHOT}, "fp_new", biased
+                runs.append(trigger(server, "rlaif-refresh/drift-refresh"))
+        finally:
+            stop_group(serve)
+        again = rlaif(env, "refresh", str(recipe), "--out", str(out))
+
+    assert runs[0].state.is_completed() and runs[1].state.is_completed(), (tmp_path / "serve.log").read_text()[-5000:]
+    assert runs[2].state.is_failed(), (tmp_path / "serve.log").read_text()[-5000:]
+    assert "JudgeDrifted" in runs[2].state.message and "2 of 2 sentinel preferences flipped" in runs[2].state.message
+    assert sorted(p.name for p in (out / "versions").iterdir()) == ["0001", "0002"]
+    assert (out / "dataset").resolve() == out / "versions" / "0002"
+    history = json.loads((out / "sentinels" / "uf" / "history.json").read_text())
+    assert [(c["number"], c["version"]) for c in history] == [(1, 1), (2, 2), (3, None)]
+    assert history[1]["drift"]["flipped"] == 0 and history[2]["drift"]["flip_rate"] == 1.0
+
+    with temporary_settings({PREFECT_API_URL: server["PREFECT_API_URL"]}), get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["sentinels-uf"])))
+    tables = {a.flow_run_id: json.loads(a.data) if isinstance(a.data, str) else a.data for a in found}
+    assert set(tables) == {r.id for r in runs}  # one table per run that judged its sentinels
+    last = tables[runs[2].id]
+    assert [row["check"] for row in last] == [1, 2, 3] and last[2]["flip_rate"] == 1.0
+
+    assert again.returncode == 5, again.stderr[-3000:]  # the same refresh by hand: the documented exit code
+    assert sum(x.startswith("error:") for x in again.stderr.splitlines()) == 1
+    assert sorted(p.name for p in (out / "versions").iterdir()) == ["0001", "0002"]

@@ -81,6 +81,15 @@ def test_first_run_computes_every_stage(run_copy):
     assert not any(r.cached for r in stages.values())
     assert stages["generate"].count_out == 4 and stages["binarize"].count_out >= 1
     assert (out / "dataset").resolve() == out / "versions" / "0001"
+    # every verdict says what answered: the local engine, its version and the model's folder
+    import vllm
+
+    from rlaif.engines.models import prepare_bundled
+
+    served = json.loads((out / "judgements" / "uf" / "report.json").read_text())["served"]
+    assert list(served) == [f"{Path(prepare_bundled(SMOL)).name} on vllm {vllm.__version__}"]
+    assert sum(served.values()) == 4
+    assert f"`{next(iter(served))}` (4)" in (out / "versions" / "0001" / "README.md").read_text()
 
 
 @pytest.mark.engine
