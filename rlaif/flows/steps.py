@@ -178,11 +178,11 @@ def generate_step(ctx: RunContext, prompts: Manifest, judge: JudgeSpec | None = 
     return GenerateStep(prompts=prompts, judge=judge, remote=any(g.endpoint is not None for g in ctx.recipe.generators))
 
 
-@dataclass(eq=False)
-class JudgeStep(ShardedStep):
-    completions: Manifest = None  # type: ignore[assignment]
-    spec: JudgeSpec = None  # type: ignore[assignment]
-    name = "judge"
+class OnJudge:
+    """A step about one judge (`spec`): Prefect retries it when the judge calls an endpoint, and its
+    errors name the judge."""
+
+    spec: JudgeSpec
 
     @property
     def remote(self) -> bool:  # type: ignore[override]
@@ -191,6 +191,13 @@ class JudgeStep(ShardedStep):
     @property
     def error_model(self) -> str | None:  # type: ignore[override]
         return self.spec.name
+
+
+@dataclass(eq=False)
+class JudgeStep(OnJudge, ShardedStep):
+    completions: Manifest = None  # type: ignore[assignment]
+    spec: JudgeSpec = None  # type: ignore[assignment]
+    name = "judge"
 
     def stage(self, ctx: RunContext) -> JudgeStage:
         return JudgeStage(self.completions, self.spec, ctx.recipe.engine, ctx.recipe.seed)
@@ -224,7 +231,7 @@ class JudgeStep(ShardedStep):
 
 
 @dataclass(eq=False)
-class SentinelStep(Step):
+class SentinelStep(OnJudge, Step):
     """The judge's sentinel check (judges/sentinels.py) for the judgements a run is about to publish:
     found done when this very check exists, else the sentinels are judged now."""
 
@@ -233,14 +240,6 @@ class SentinelStep(Step):
     judgements: Manifest = None  # type: ignore[assignment]
     spec: JudgeSpec = None  # type: ignore[assignment]
     name = "sentinels"
-
-    @property
-    def remote(self) -> bool:  # type: ignore[override]
-        return self.spec is not None and self.spec.endpoint is not None
-
-    @property
-    def error_model(self) -> str | None:  # type: ignore[override]
-        return self.spec.name
 
     def check_key(self, ctx: RunContext) -> str | None:
         from rlaif.judges import sentinels
