@@ -166,7 +166,8 @@ def written_prompts(prompts: list[Prompt], ctx: RunContext, what: dict[str, Any]
     manifest = write_prompt_chunks(prompts, ctx.store, ctx.recipe.shard_size)
     report = StageReport(stage="prompts", count_in=draw.source, count_out=len(prompts), seconds=0,
                          notes={"source": ctx.recipe.prompts.source, **what}, path=str(Path(ctx.out) / "prompts"))
-    return manifest, draw.hygiene, report
+    # drawn from the source's prompts that hygiene kept: this round's are its prompts in, and all kept
+    return manifest, HygieneReport(prompts_in=len(prompts), kept=len(prompts)), report
 
 
 # ----------------------------------------------------------------------------- measuring
@@ -188,6 +189,7 @@ def held_out_answers(ctx: RunContext, draw: Draw, held: HeldOut, name: str, mode
     if not draw.held_out:
         return []
     recipe = held_out_recipe(ctx.recipe, name, model)
+    ctx.reporter.stage(f"held-out: {name} answers")
     with using(out=str(Path(ctx.out) / ROUNDS / HELD_OUT), recipe=recipe) as c:
         prompts, _, _ = written_prompts(draw.held_out, c, {}, draw)
         held.completions[name], r = run_step(generate_step(c, prompts), c)
@@ -202,6 +204,7 @@ def held_out_verdicts(ctx: RunContext, held: HeldOut, name: str) -> list[StageRe
     if name not in held.completions or spec.pairwise:
         return []
     recipe = held_out_recipe(ctx.recipe, name, held.models[name])
+    ctx.reporter.stage(f"held-out: judge {name}")
     with using(out=str(Path(ctx.out) / ROUNDS / HELD_OUT), recipe=recipe) as c:
         held.judgements[name], r = run_step(JudgeStep(completions=held.completions[name], spec=recipe.judges[0]), c)
     return [r.model_copy(update={"stage": f"held-out: judge {name}"})]
@@ -358,6 +361,7 @@ def run_rounds(ctx: RunContext) -> list[StageReport]:
         text = sub.model_dump_json(indent=2)
         if not (folder / "recipe.json").exists() or (folder / "recipe.json").read_text() != text:
             write_atomic(folder / "recipe.json", text)
+        ctx.reporter.note(f"round {k} of {recipe.rounds.count}: {folder}")
         with using(out=str(folder), recipe=sub) as c:
             prompts = written_prompts(draw.prompts(k), c, {"round": k, "draw": recipe.rounds.prompts}, draw)
             judged = run_stages(c, "judge", prompts=prompts).reports
@@ -377,6 +381,7 @@ def measured(ctx: RunContext, held: HeldOut, k: int) -> list[StageReport]:
     reports = []
     for name in ([DSFT] if k == 1 else []) + [model_name(k)]:
         reports += held_out_verdicts(ctx, held, name)
+    ctx.reporter.stage(f"round {k}: measure")
     return reports + [run_step(MeasureStep(k=k, held=held), ctx)[1]]
 
 
