@@ -89,7 +89,9 @@ def rounds_problems(recipe: Any) -> list[str]:
     elif dpo.lora is not None and r.reference == "sft":
         found.append("rounds.reference: sft needs a reference other than the start model, which LoRA's "
                      "(adapters off) cannot be; use reference: previous, or train without lora")
-    clash = sorted({g.name for g in recipe.generators} & set(r.member_names())) if r.ensemble else []
+    # (a round's own recipe has the policy's members among its generators, and names them in binarize.policy)
+    clash = sorted({g.name for g in recipe.generators} & set(r.member_names())) \
+        if r.ensemble and not recipe.binarize.policy else []
     if clash:
         found.append(f"rounds: generator {clash[0]!r} has a name the policy's answers take in a round; rename it")
     fixed = [j.name for j in recipe.judges if j.model != POLICY]

@@ -152,3 +152,24 @@ def test_the_draw_keeps_held_out_prompts_out_of_every_round(tmp_path):
     assert [p.prompt_id for p in same.prompts(3)] == first
     with pytest.raises(ConfigError, match="rounds: 'starter' has 40 prompts after hygiene; round 1 takes 24"):
         draw_prompts(load_recipe(QUICKSTART, ["rounds.count=3", "hygiene.near_dup_threshold=null"]), str(tmp_path), NULL)
+
+
+def test_a_rounds_recipe_self_rewarding_beside_the_ensemble(tmp_path):
+    from rlaif.flows.rounds import round_recipe
+
+    recipe = load_recipe(QUICKSTART, ["rounds.count=3", "rounds.ensemble=true", "rounds.strategy=policy_vs_ensemble",
+                                      "rounds.reference=previous", "rounds.samples=3", "judges.1.model=policy",
+                                      "binarize.judge=pairwise-smollm2"])
+    first = round_recipe(recipe, tmp_path, 1)
+    assert first.judges[1].model == "smollm2-135m-instruct"  # round 1's policy: the student
+    second = round_recipe(recipe, tmp_path, 2)
+    policy = str(tmp_path / "dpo")
+    assert [(g.name, g.model, g.sampling.seed) for g in second.generators] == [
+        ("policy-1", policy, 0), ("policy-2", policy, 1), ("policy-3", policy, 2),
+        ("smollm2-135m", "smollm2-135m-instruct", 0), ("gemma3-270m", "gemma3-270m", 0)]
+    assert second.judges[0].model == "smollm2-135m-instruct" and second.judges[1].model == policy
+    assert second.binarize.strategy == "policy_vs_ensemble" and second.binarize.policy == ["policy-1", "policy-2", "policy-3"]
+    assert second.train.sft is None and second.train.dpo.model == policy and second.train.dpo.ref_model is None
+    third = round_recipe(load_recipe(QUICKSTART, ["rounds.count=3"]), tmp_path, 3)
+    assert third.train.dpo.model == str(tmp_path / "rounds" / "2" / "dpo")
+    assert third.train.dpo.ref_model == str(tmp_path / "sft") and third.name == "quickstart-round3"
