@@ -129,14 +129,26 @@ def cmd_run(args: argparse.Namespace) -> int:
         *(("generate", "judge", "binarize") if recipe.makes_data else ()),  # a recipe may only train
         *(s for s in ("sft", "dpo") if getattr(recipe.train, s) is not None)}
     rerun = _same_recipe(recipe, out)
+    rounds = recipe.rounds.on and args.command == "run"
+    checked = recipe
+    if rounds:  # round 1's recipe is checked (a `policy` judge is the student); later rounds' models are made by the run
+        from rlaif.flows.rounds import round_recipe
+
+        checked = round_recipe(recipe, out, 1)
     if not rerun:  # a new run: its mistakes are found before its recipe.json marks it as having run
-        _preflight(recipe, out, stages)
+        _preflight(checked, out, stages)
     write_atomic(Path(out) / "recipe.json", recipe.model_dump_json(indent=2))
     flow = pipeline.generate_flow if args.command == "generate" else pipeline.pipeline_flow
-    reports = run_flow(flow, recipe, out, preflight=(lambda: _preflight(recipe, out, stages)) if rerun else None,
+    if rounds:
+        from rlaif.flows.rounds import rounds_flow as flow
+    reports = run_flow(flow, recipe, out, preflight=(lambda: _preflight(checked, out, stages)) if rerun else None,
                        rerun=rerun)
     write_summary(reports, out)
     print_summary(reports, out)
+    if rounds:
+        from rlaif.cli.summary import print_rounds
+
+        print_rounds(out)
     _check_rows(reports, recipe)
     return 0
 

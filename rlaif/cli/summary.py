@@ -39,6 +39,29 @@ def print_summary(reports: list[StageReport], out: str) -> None:
     con.print(summary_table(reports, out))
 
 
+def print_rounds(out: str) -> None:
+    """The on-policy rounds' table (evaluation/rounds_report.py), from `<out>/rounds/summary.json`."""
+    import json
+
+    from rich.table import Table
+
+    from rlaif.evaluation.rounds_report import COLUMNS, cell
+
+    path = Path(out) / "rounds" / "summary.json"
+    summary = json.loads(path.read_text())
+    dsft = summary.get("dsft") or {}
+    table = Table(title=f"on-policy rounds (held-out prompts: {dsft.get('prompts', '-')}; dSFT: judge score "
+                        f"{cell(dsft.get('judge_score'))}, answer tokens {cell(dsft.get('answer_tokens'))})",
+                  title_justify="left")
+    columns = [c for c in COLUMNS if c != "policy"]
+    for col in columns:
+        table.add_column(col, justify="left" if col == "round" else "right")
+    for row in summary["rows"]:
+        table.add_row(*(cell(row[c]) for c in columns))
+    console().print(table)
+    echo(f"written to {path}, {path.parent / 'rounds.md'}, {path.parent / 'rounds.png'}")
+
+
 def print_estimate(estimates: list[Estimate], recipe_name: str) -> None:
     from rich.table import Table
 

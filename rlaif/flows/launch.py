@@ -114,5 +114,6 @@ def first_engine(pending: Pending, recipe, out: str, *_: Any):
 
     if ray_address():
         return None  # the cluster's workers load their own
-    with using(recipe=recipe, out=out) as ctx:
+    where = dict(recipe=pending.ctx.recipe, out=pending.ctx.out) if pending.ctx is not None else dict(recipe=recipe, out=out)
+    with using(**where) as ctx:
         return pending.step.first_engine(ctx)

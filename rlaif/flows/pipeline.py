@@ -49,9 +49,10 @@ def result_storage(out: str | Path) -> Path:
 class Pending(Exception):
     """A stage with work, met while the flow's body ran outside Prefect (flows/launch.py): the flow must run."""
 
-    def __init__(self, step: Step):
+    def __init__(self, step: Step, ctx: RunContext | None = None):
         super().__init__(step.name)
         self.step = step
+        self.ctx = ctx  # the context it was met in (a round's own run dir and recipe): where its engine is planned
 
 
 class TransientRows(StageError):
@@ -91,7 +92,7 @@ def run_step(step: Step, ctx: RunContext | None = None) -> tuple[Any, StageRepor
         if step.always_runs:
             out = step.run(ctx)
         elif key is None:
-            raise Pending(step)
+            raise Pending(step, ctx)
         else:
             out = step.output(ctx)
         return out, step.report(ctx, out, time.perf_counter() - start, key is not None)

@@ -435,7 +435,8 @@ def train(ctx: RunContext, stage: str, inputs: str, variant: str | None = None) 
 
             metrics = train_dpo(dataset, spec, path, inputs=inputs, reporter=ctx.reporter, run=ctx.out)
         mark_trained(path, inputs, metrics, start_model=metrics.get("start_model"),
-                     resumed_from=metrics.get("resumed_from"))
+                     resumed_from=metrics.get("resumed_from"),
+                     **({"ref_model": metrics["ref_model"]} if metrics.get("ref_model") else {}))
     return stage_state(path)
 
 

@@ -22,9 +22,10 @@ earlier run are sent again; every other row is kept.
 from __future__ import annotations
 
 import random
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator, model_serializer,
+                      model_validator)
 
 from rlaif.core.records import Completion, Prompt, content_hash, derive_seed
 from rlaif.core.store import ShardInfo
@@ -51,6 +52,9 @@ class GeneratorSpec(BaseModel):
     urial_version: str = "v1"
     sampling: Sampling = Field(default_factory=Sampling)
     engine: EngineSettings | None = None  # this member's engine settings; default: the recipe's `engine:`
+    # which weights `model` holds, where a folder is trained again in place (a round's policy: the hash of
+    # what it was trained from), so a retrained model's answers are made again; hashed only when set
+    revision: str | None = None
     # set from the recipe, not written in a member's block: its templates_dir and its `engine:` block
     _templates_dir: str | None = PrivateAttr(None)
     _engine_default: EngineSettings | None = PrivateAttr(None)
@@ -72,6 +76,13 @@ class GeneratorSpec(BaseModel):
 
     _known_backend = field_validator("engine")(known_backend)
 
+    @model_serializer(mode="wrap")
+    def _without_unset_revision(self, handler: Any) -> dict[str, Any]:
+        data = handler(self)
+        if isinstance(data, dict) and data.get("revision") is None:
+            data.pop("revision", None)
+        return data
+
     def settings_hash(self) -> str:
         template = self.urial_template().hash if self.format == "urial" else None
         where = self.endpoint.base_url if self.endpoint else None  # the key is never part of a hash
@@ -79,7 +90,7 @@ class GeneratorSpec(BaseModel):
         # when none is set, so the hashes of recipes that set none stand
         outputs = output_settings(self.engine_spec(self._engine_default).settings) if self.endpoint is None else {}
         return content_hash(self.name, self.model, where, self.format, self.system_prompt, template, self.sampling,
-                            *((outputs,) if outputs else ()))
+                            *((outputs,) if outputs else ()), *((("revision", self.revision),) if self.revision else ()))
 
     def engine_spec(self, default: EngineSettings | None = None) -> EngineSpec:
         return EngineSpec(self.model, self.endpoint, (self.engine or EngineSettings()).over(default))

@@ -349,6 +349,14 @@ def compare_pairs(prompts: list[Prompt], pairs: list[tuple[Completion, Completio
     records = store.read(stage, key, kind)
     if spec.pairwise:
         return records  # type: ignore[return-value]
+    return pointwise_verdicts(spec, pairs, records)
+
+
+def pointwise_verdicts(spec: JudgeSpec, pairs: list[tuple[Completion, Completion]],
+                       records: list[Judgement]) -> list[PairJudgement]:
+    """Given pairs decided by a pointwise judge's records of their completions: the higher score wins
+    (p_a: 1, 0.5 or 0); a pair with a completion the judge could not score is unparsed or failed."""
+    settings = spec.settings_hash()
     scores = {j.completion_id: j for j in records}
     out = []
     for a, b in pairs:

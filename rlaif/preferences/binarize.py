@@ -9,6 +9,11 @@ Strategies (the recipe's `binarize.strategy`):
                     seeded per prompt (HuggingFaceH4/ultrafeedback_binarized's recipe)
     best_vs_worst   chosen = a best-scored completion, rejected = a worst-scored one
     all_pairs       every two completions of a prompt whose scores differ by at least min_margin
+    best_vs_worst_samples   best_vs_worst among the policy's own answers only (`policy`: its members),
+                    whatever else answered the prompt: on-policy pairs, as RLHFlow's iterative DPO
+    policy_vs_ensemble      the policy's best answer against the ensemble's best (the other members');
+                    the higher is chosen
+The last two are an on-policy round's (flows/rounds.py), which sets `policy`.
 
 Margins and ties, precisely:
     A pair is made only when score_chosen - score_rejected > 0 and >= `min_margin`: two equal scores
@@ -38,15 +43,16 @@ from __future__ import annotations
 import random
 from collections import Counter, defaultdict
 from itertools import combinations
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
 
 from rlaif.core.records import (Completion, Judgement, Message, PairJudgement, PreferencePair, Prompt,
                                 ScoreSource, content_hash)
 from rlaif.judges.scores import completion_scores
 
-Strategy = Literal["best_vs_random", "best_vs_worst", "all_pairs"]
+Strategy = Literal["best_vs_random", "best_vs_worst", "all_pairs", "best_vs_worst_samples", "policy_vs_ensemble"]
+ON_POLICY = ("best_vs_worst_samples", "policy_vs_ensemble")  # strategies that need `policy`
 
 # why a prompt makes no pair, in the order the checks run
 NO_COMPLETIONS = "no completions"
@@ -56,6 +62,8 @@ ALL_TIE = "all completions tie"
 TIE_BEST = "tie for best"
 TIE_WORST = "tie for worst"
 BELOW_MARGIN = "no pair meets min_margin"
+NO_POLICY = "no scored answer from the policy"
+NO_ENSEMBLE = "no scored answer from the ensemble"
 LENGTH_PENALIZED = "no pair meets min_margin after the length penalty"
 
 
@@ -74,6 +82,22 @@ class BinarizeSpec(BaseModel):
     test_fraction: float = Field(0.2, ge=0, lt=1)
     seed: int = 0
     push_to_hub: str | None = None  # a Hub repo id: each new version is pushed there (token: HF_TOKEN)
+    policy: list[str] | None = None  # the on-policy strategies: the policy's member names (a round sets them)
+
+    @model_serializer(mode="wrap")
+    def _without_unset_policy(self, handler: Any) -> dict[str, Any]:
+        """No `policy` key outside a round: a block dumps (and hashes) as it did before rounds existed."""
+        data = handler(self)
+        if isinstance(data, dict) and data.get("policy") is None:
+            data.pop("policy", None)
+        return data
+
+    @model_validator(mode="after")
+    def _policy_named(self) -> BinarizeSpec:
+        if self.strategy in ON_POLICY and not self.policy:
+            raise ValueError(f"binarize.strategy {self.strategy!r} pairs the policy's answers, which only a round "
+                             f"after the first has: set it as rounds.strategy (recipe/rounds.py)")
+        return self
 
 
 class BinarizeReport(BaseModel):
@@ -185,6 +209,10 @@ Scored = tuple[float, Completion]
 
 def _pairs_for_prompt(p: Prompt, comps: list[Completion], scores: dict[str, float],
                       spec: BinarizeSpec) -> tuple[list[tuple[Scored, Scored]], str | None]:
+    if spec.strategy == "policy_vs_ensemble":
+        return _policy_vs_ensemble(p, comps, scores, spec)
+    if spec.strategy == "best_vs_worst_samples":
+        comps = [c for c in comps if c.model in (spec.policy or ())]
     if not comps:
         return [], NO_COMPLETIONS
     if len(comps) == 1:
@@ -214,7 +242,7 @@ def _pairs_for_prompt(p: Prompt, comps: list[Completion], scores: dict[str, floa
     if len(top) > 1 and spec.ties == "skip":
         return [], TIE_BEST
     chosen = rng.choice(top)
-    if spec.strategy == "best_vs_worst":
+    if spec.strategy in ("best_vs_worst", "best_vs_worst_samples"):
         bottom = [x for x in cands if x[0] == worst]
         if len(bottom) > 1 and spec.ties == "skip":
             return [], TIE_WORST
@@ -227,6 +255,29 @@ def _pairs_for_prompt(p: Prompt, comps: list[Completion], scores: dict[str, floa
     if not kept:
         return [], LENGTH_PENALIZED
     return [(chosen, rng.choice(kept))], None
+
+
+def _policy_vs_ensemble(p: Prompt, comps: list[Completion], scores: dict[str, float],
+                        spec: BinarizeSpec) -> tuple[list[tuple[Scored, Scored]], str | None]:
+    """The policy's best scored answer against the ensemble's best; the higher one is chosen."""
+    rng = random.Random(content_hash(spec.seed, p.prompt_id))
+    best = []
+    for side, reason in ((True, NO_POLICY), (False, NO_ENSEMBLE)):
+        cands = sorted(((scores[c.completion_id], c) for c in comps
+                        if c.completion_id in scores and (c.model in (spec.policy or ())) == side),
+                       key=lambda x: (-x[0], x[1].completion_id))
+        if not cands:
+            return [], reason
+        top = [x for x in cands if x[0] == cands[0][0]]
+        if len(top) > 1 and spec.ties == "skip":
+            return [], TIE_BEST
+        best.append(rng.choice(top))
+    hi, lo = sorted(best, key=lambda x: -x[0])
+    if not (hi[0] - lo[0] > 0 and hi[0] - lo[0] >= spec.min_margin):
+        return [], BELOW_MARGIN
+    if spec.length_penalty and not length_adjusted_margin(hi, lo, spec.length_penalty) >= max(spec.min_margin, 1e-12):
+        return [], LENGTH_PENALIZED
+    return [(hi, lo)], None
 
 
 def length_adjusted_margin(chosen: Scored, rejected: Scored, penalty: float) -> float:

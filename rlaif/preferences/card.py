@@ -52,6 +52,20 @@ def _decontamination(h: dict, c: dict) -> str:
             f"matched, are in `manifest.json` (`dropped.hygiene[\"{EVAL}\"]`, `dropped.hygiene_matched`).")
 
 
+def _policy(gens: list[dict], policy: list[str] | None) -> list[str]:
+    """An on-policy round's data: which policy made it (flows/rounds.py)."""
+    members = [g for g in gens if g.get("name") in (policy or ())]
+    if not members:
+        return []
+    models = sorted({(g.get("model"), g.get("revision")) for g in members}, key=str)
+    said = ", ".join(f"`{m}`" + (f" (trained from inputs `{r}`)" if r else "") for m, r in models)
+    others = [g.get("name") for g in gens if g.get("name") not in policy]
+    names = ", ".join(f"`{g.get('name')}`" for g in members)
+    return [f"**Policy**: an on-policy round. Members {names} "
+            f"are the policy {said}, the last round's dDPO model, one answer each per prompt with its own seed"
+            + (f"; beside it: {', '.join(f'`{n}`' for n in others)}" if others else "") + ".", ""]
+
+
 def card_text(m: dict, plots: dict[str, str]) -> str:
     r, c, b, h = m["recipe"], m["counts"], m["binarize"], m["hygiene"]
     gens = r.get("generators", [])
@@ -81,6 +95,7 @@ def card_text(m: dict, plots: dict[str, str]) -> str:
     out += _table(["name", "model", "format", "temperature", "top_p", "max_tokens", "seed"],
                   [[g.get("name"), g.get("model"), g.get("format"), *(g.get("sampling", {}).get(k) for k in
                     ("temperature", "top_p", "max_tokens", "seed"))] for g in gens])
+    out += _policy(gens, b.get("policy"))
     out += [f"**Judge**: `{judge.get('name', '?')}`, kind `{judge.get('kind', '?')}`, model "
             f"`{judge.get('model', '?')}`, template `{judge.get('template', '?')}` version "
             f"`{judge.get('template_version', '?')}`. Score: {b['aspect'] or 'mean of aspects'}, "

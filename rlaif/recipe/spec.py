@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer, model_validator
 
 from rlaif.core.errors import ConfigError, validation_message
 from rlaif.core.store import RUNS
@@ -25,6 +25,7 @@ from rlaif.judges.spec import JudgeSpec
 from rlaif.preferences.binarize import BinarizeSpec
 from rlaif.prompts import plain_name
 from rlaif.prompts.hygiene import HygieneSpec
+from rlaif.recipe.rounds import RoundsSpec, rounds_problems
 from rlaif.training.common import trl_fields, unknown_fields
 from rlaif.training.dpo import DPOSpec, variant_problems
 from rlaif.training.sft import SFTSpec
@@ -75,6 +76,15 @@ class Recipe(BaseModel):
     train: TrainSpec = Field(default_factory=TrainSpec)
     engine: EngineSettings = Field(default_factory=EngineSettings)  # default for every member and judge
     flow: FlowSpec = Field(default_factory=FlowSpec)
+    rounds: RoundsSpec = Field(default_factory=RoundsSpec)  # on-policy rounds of dDPO (recipe/rounds.py); 1: a plain run
+
+    @model_serializer(mode="wrap")
+    def _without_one_round(self, handler: Any) -> dict[str, Any]:
+        """No `rounds` key for a plain run: its recipe.json reads as it did before rounds existed."""
+        data = handler(self)
+        if isinstance(data, dict) and not self.rounds.on and self.rounds == RoundsSpec():
+            data.pop("rounds", None)
+        return data
 
     @model_validator(mode="before")
     @classmethod
@@ -132,6 +142,13 @@ class Recipe(BaseModel):
             raise ValueError(f"judge names must be unique, got {names}")
         if self.binarize.judge is not None and self.binarize.judge not in names:
             raise ValueError(f"binarize.judge {self.binarize.judge!r} is not one of the judges {names}")
+        return self
+
+    @model_validator(mode="after")
+    def _rounds(self) -> Recipe:
+        problems = rounds_problems(self)
+        if problems:
+            raise ValueError(problems[0])
         return self
 
     @field_validator("generators")

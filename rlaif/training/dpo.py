@@ -59,6 +59,9 @@ class DPOSpec(StageSpec):
 
     # named overrides of this block, each trained into dpo/<name>/ from one reference pass
     variants: list[dict[str, Any]] | None = None
+    # the reference model, when it is not the start model (an on-policy round from the last round's model,
+    # held to the dSFT model: flows/rounds.py); unset: the start model, as TRL does
+    ref_model: str | None = None
 
     @field_validator("variants")
     @classmethod
@@ -85,8 +88,9 @@ class DPOSpec(StageSpec):
         """No `variants` key when there are none: a block dumps (and hashes, so a trained stage
         stays trained) as it did before variants existed."""
         data = handler(self)
-        if isinstance(data, dict) and data.get("variants") is None:
-            data.pop("variants", None)
+        for key in ("variants", "ref_model"):
+            if isinstance(data, dict) and data.get(key) is None:
+                data.pop(key, None)
         return data
 
     def variant_specs(self) -> list[tuple[str, DPOSpec]]:
@@ -100,7 +104,7 @@ class DPOSpec(StageSpec):
 
 VARIANT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 RESERVED = ("adapter", "runs")  # folders the trainer writes inside dpo/
-SHARED = ("model", "dataset", "dataset_split", "lora", "attn_implementation", "resume")  # ours: one for all variants
+SHARED = ("model", "dataset", "dataset_split", "lora", "attn_implementation", "resume", "ref_model")  # ours: one for all variants
 NOT_IN_A_SWEEP = {"precompute_ref_log_probs": False, "sync_ref_model": True}  # would not share the reference pass
 
 
@@ -172,6 +176,14 @@ def train_dpo(dataset_dir: str | Path, spec: DPOSpec, out_dir: str | Path, model
     tokenizer = common.load_tokenizer(path)
     if model is None:
         model = common.load_model(path, spec)
+    ref_model = None
+    if spec.ref_model is not None:
+        from rlaif.engines.models import resolve_model
+
+        if spec.lora is not None:
+            raise ConfigError("train.dpo.ref_model: with lora the reference is the start model (adapters off); "
+                              "drop one of them")
+        ref_model = common.load_model(resolve_model(spec.ref_model), spec)
 
     #########
     # Dataset
@@ -186,8 +198,10 @@ def train_dpo(dataset_dir: str | Path, spec: DPOSpec, out_dir: str | Path, model
     # Training
     ##########
     store = ReferenceStore(run / "ref_logps", {"start_model": path, "dataset": spec.dataset or str(dataset_dir),
-                                               "splits": [split, eval_split]}) if args.precompute_ref_log_probs else None
-    trainer = StoredReferenceDPO(model=model, ref_model=None, args=args, train_dataset=train,
+                                               "splits": [split, eval_split],
+                                               **({"ref_model": spec.ref_model} if spec.ref_model else {})}
+                           ) if args.precompute_ref_log_probs else None
+    trainer = StoredReferenceDPO(model=model, ref_model=ref_model, args=args, train_dataset=train,
                                  eval_dataset=evaluation, processing_class=tokenizer,
                                  peft_config=common.peft_config(spec), callbacks=[StepProgress(reporter)], store=store)
     metrics = common.train_and_save(trainer, spec, out_dir, tokenizer, path, inputs)
@@ -195,5 +209,5 @@ def train_dpo(dataset_dir: str | Path, spec: DPOSpec, out_dir: str | Path, model
     # rows: the pairs the closing table counts in; beta: recorded with the model (evaluate reads it)
     # reference_*: the reference passes this stage computed and read (training/reference.py)
     reference = {"reference_computed": len(store.computed), "reference_read": len(store.read)} if store else {}
-    return {**metrics, "start_model": path, "rows": len(train), "beta": args.beta, "loss_type": list(args.loss_type),
+    return {**metrics, "start_model": path, **({"ref_model": spec.ref_model} if spec.ref_model else {}), "rows": len(train), "beta": args.beta, "loss_type": list(args.loss_type),
             **reference}

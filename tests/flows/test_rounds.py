@@ -1,0 +1,175 @@
+"""On-policy rounds (flows/rounds.py): the quickstart's models through 3 rounds on a few prompts,
+one training step each, killed for real between rounds 2 and 3; the rerun finishes round 3 with
+nothing of rounds 1 and 2 made again, and a rerun of the finished series computes nothing.
+
+The recipe's checks and the prompt draw are light tests below it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import pytest
+
+from rlaif.cli.main import main
+from rlaif.core.errors import ConfigError
+from rlaif.core.progress import NULL
+from rlaif.recipe.spec import RecipeError, load_recipe
+from rlaif.runners.context import using
+from tests.support.faulty import prefect_env, rlaif, stamps, wait_for
+from tests.support.helpers import ROOT, SMOL, SMOL_SETTINGS
+
+QUICKSTART = ROOT / "recipes" / "quickstart.yaml"
+# the quickstart, small: 3 prompts a round, 2 held out, 2 policy samples, short answers, one judged
+# aspect, one training step per stage; both members on SmolLM2 (one load for generating and judging),
+# the engine settings of the session's SmolLM2 engine (which the in-process rerun borrows)
+SMALL = ["prompts.limit=3", "generators.0.sampling.max_tokens=24", "generators.1.model=smollm2-135m-instruct",
+         "generators.1.format=chat", "generators.1.sampling.max_tokens=24", "generators.1.sampling.seed=1", "judges.0.aspects=[helpfulness]",
+         "binarize.test_fraction=0.34", "train.sft.max_steps=1", "train.sft.max_length=96",
+         "train.dpo.max_steps=1", "train.dpo.max_length=96", "train.dpo.learning_rate=1.0e-3",
+         "rounds.count=3", "rounds.held_out=2", "rounds.samples=2",
+         f"engine={json.dumps(SMOL_SETTINGS.model_dump(exclude_defaults=True))}"]
+
+
+def settings() -> list[str]:
+    return [a for s in SMALL for a in ("--set", s)]
+
+
+def made(out) -> dict:
+    """Every file a stage made (shards, versions, models, measurements), by inode and mtime."""
+    found = {}
+    for pattern in ("**/shard-*", "**/versions/*/**/*", "**/sft/*", "**/dpo/*", "rounds/eval/*", "**/ref_logps/*"):
+        found |= stamps(out, pattern)
+    return found
+
+
+def engine_key(model) -> str:
+    from rlaif.engines.base import EngineSettings
+    from rlaif.engines.pool import EngineSpec
+
+    return EngineSpec(str(model), None, EngineSettings().over(SMOL_SETTINGS)).key
+
+
+def test_three_rounds_killed_between_rounds_resume_with_nothing_redone(tmp_path, pool, prefect_harness):
+    out = tmp_path / "run"
+    cmd = ["run", str(QUICKSTART), "--out", str(out), *settings()]
+
+    # rounds 1 and 2 in a process of their own, killed (SIGKILL, its whole group) once round 2's model is marked trained
+    proc = rlaif(*cmd, env=prefect_env(tmp_path), wait=False)
+    wait_for(lambda: (out / "rounds" / "2" / "dpo" / "rlaif-stage.json").exists(), proc, timeout=1200, step=0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (out / "rounds" / "3" / "dpo").exists()
+    before = made(out)
+    assert (out / "rounds" / "eval" / "round-1.json").exists()  # round 1 was measured while round 2 ran
+
+    # the rerun (here, borrowing the session's SmolLM2 for the judge) goes on at round 2's held-out answers
+    with using(pool=pool):
+        assert main(cmd) == 0
+    after = made(out)
+    assert {k: after[k] for k in before} == before  # nothing of rounds 1 and 2 made again
+    # round 2's model answered the held-out prompts and round 3's on one load, round 3's the held-out ones;
+    # the judge (the session's SmolLM2, borrowed until round 2's measurement handed the machine to the HF
+    # models) once more for round 3's held-out answers; no model of rounds 1 and 2 again
+    assert pool.loads == {engine_key(out / "rounds" / "2" / "dpo"): 1, engine_key(out / "rounds" / "3" / "dpo"): 1,
+                          engine_key(SMOL): 1}
+
+    # each round a dataset version and a model; round k's policy is round k-1's model, its reference dSFT's
+    for k, folder in ((1, out), (2, out / "rounds" / "2"), (3, out / "rounds" / "3")):
+        assert (folder / "dataset").resolve().name == "0001" and (folder / "dpo" / "model.safetensors").exists()
+        if k > 1:
+            state = json.loads((folder / "dpo" / "rlaif-stage.json").read_text())
+            previous = out / "dpo" if k == 2 else out / "rounds" / str(k - 1) / "dpo"
+            assert state["start_model"] == str(previous) and state["ref_model"] == str(out / "sft")
+            recipe = json.loads((folder / "recipe.json").read_text())
+            trained = json.loads((previous / "rlaif-stage.json").read_text())["inputs"]
+            assert [(g["name"], g["model"], g["revision"]) for g in recipe["generators"]] == [
+                ("policy-1", str(previous), trained), ("policy-2", str(previous), trained)]
+            rows = json.loads((folder / "dataset" / "manifest.json").read_text())
+            assert rows["binarize"]["strategy"] == "best_vs_worst_samples"
+            assert "**Policy**: an on-policy round" in (folder / "dataset" / "README.md").read_text()
+            pairs = (folder / "dataset" / "train_prefs")
+            assert pairs.exists()
+
+    # the table: one row per round, and the plot
+    summary = json.loads((out / "rounds" / "summary.json").read_text())
+    rows = summary["rows"]
+    assert [r["round"] for r in rows] == [1, 2, 3]
+    assert rows[0]["win vs round 1"] is None and rows[1]["win vs round 1"] == rows[1]["win vs previous"]
+    for r in rows:
+        assert 0 <= r["win vs dSFT"] <= 1 and 0 <= r["win vs previous"] <= 1
+        assert r["answer tokens"] > 0 and r["judge score"] is not None and r["steps"] == 1
+        assert r["reward acc"] is None or 0 <= r["reward acc"] <= 1
+    assert summary["dsft"]["prompts"] == 2 and (out / "rounds" / "rounds.png").stat().st_size > 0
+    assert "| round | win vs previous |" in (out / "rounds" / "rounds.md").read_text()
+
+    # an unchanged rerun of the finished series: nothing computed, no engine loaded
+    loads = dict(pool.loads)
+    with using(pool=pool):
+        assert main(cmd) == 0
+    assert pool.loads == loads and made(out) == after
+    stages = json.loads((out / "summary.json").read_text())
+    assert all(s["cached"] for s in stages if not s["stage"].endswith("prompts") and s["stage"] != "rounds")
+
+
+# ----------------------------------------------------------------------------- light: the recipe and the draw
+@pytest.mark.parametrize("sets, says", [
+    (["rounds.count=3", "train.dpo=null"], "give a train.dpo block"),
+    (["rounds.count=2", "rounds.strategy=policy_vs_ensemble"], "set ensemble: true"),
+    (["rounds.count=2", "rounds.samples=1"], "samples must be at least 2"),
+    (["rounds.count=2", "judges.0.model=policy", "judges.1.model=policy"], "add a fixed judge"),
+    (["judges.0.model=policy"], "it needs rounds:"),
+    (["rounds.count=2", "rounds.judge=nope"], "rounds.judge 'nope' is not one of the judges"),
+    (["rounds.count=2", "rounds.ensemble=true", "generators.0.name=policy-1"], "rename it"),
+    (["binarize.strategy=best_vs_worst_samples"], "set it as rounds.strategy"),
+])
+def test_a_recipe_with_rounds_that_cannot_work_is_one_line_before_compute(sets, says):
+    with pytest.raises(RecipeError, match="quickstart.yaml") as e:
+        load_recipe(QUICKSTART, sets)
+    assert says in str(e.value) and len(str(e.value).splitlines()) == 1
+
+
+def test_rounds_one_is_a_plain_run_and_a_count_alone_is_the_block():
+    plain, three = load_recipe(QUICKSTART), load_recipe(QUICKSTART, ["rounds=3"])
+    assert "rounds" not in json.loads(plain.model_dump_json())  # a plain run's recipe.json as before
+    assert three.rounds.count == 3 and three.rounds.on and not plain.rounds.on
+
+
+def test_the_draw_keeps_held_out_prompts_out_of_every_round(tmp_path):
+    from rlaif.flows.rounds import draw_prompts
+
+    recipe = load_recipe(QUICKSTART, ["prompts.limit=4", "rounds.count=3", "rounds.held_out=4", "hygiene.near_dup_threshold=null"])
+    draw = draw_prompts(recipe, str(tmp_path), NULL)
+    first, held = [p.prompt_id for p in draw.first], [p.prompt_id for p in draw.held_out]
+    later = [p.prompt_id for k in (2, 3) for p in draw.prompts(k)]
+    assert first == ["starter-1", "starter-2", "starter-3", "starter-4"] and len(held) == 4 and len(later) == 8
+    assert len(set(first + held + later)) == 16  # disjoint
+    assert [p.prompt_id for p in draw_prompts(recipe, str(tmp_path), NULL).held_out] == held  # the same each run
+    same = draw_prompts(load_recipe(QUICKSTART, ["prompts.limit=4", "rounds.count=3", "rounds.prompts=same",
+                                                 "hygiene.near_dup_threshold=null"]), str(tmp_path), NULL)
+    assert [p.prompt_id for p in same.prompts(3)] == first
+    with pytest.raises(ConfigError, match="rounds: 'starter' has 40 prompts after hygiene; round 1 takes 24"):
+        draw_prompts(load_recipe(QUICKSTART, ["rounds.count=3", "hygiene.near_dup_threshold=null"]), str(tmp_path), NULL)
+
+
+def test_a_rounds_recipe_self_rewarding_beside_the_ensemble(tmp_path):
+    from rlaif.flows.rounds import round_recipe
+
+    recipe = load_recipe(QUICKSTART, ["rounds.count=3", "rounds.ensemble=true", "rounds.strategy=policy_vs_ensemble",
+                                      "rounds.reference=previous", "rounds.samples=3", "judges.1.model=policy",
+                                      "binarize.judge=pairwise-smollm2"])
+    first = round_recipe(recipe, tmp_path, 1)
+    assert first.judges[1].model == "smollm2-135m-instruct"  # round 1's policy: the student
+    second = round_recipe(recipe, tmp_path, 2)
+    policy = str(tmp_path / "dpo")
+    assert [(g.name, g.model, g.sampling.seed) for g in second.generators] == [
+        ("policy-1", policy, 0), ("policy-2", policy, 1), ("policy-3", policy, 2),
+        ("smollm2-135m", "smollm2-135m-instruct", 0), ("gemma3-270m", "gemma3-270m", 0)]
+    assert second.judges[0].model == "smollm2-135m-instruct" and second.judges[1].model == policy
+    assert second.binarize.strategy == "policy_vs_ensemble" and second.binarize.policy == ["policy-1", "policy-2", "policy-3"]
+    assert second.train.sft is None and second.train.dpo.model == policy and second.train.dpo.ref_model is None
+    third = round_recipe(load_recipe(QUICKSTART, ["rounds.count=3"]), tmp_path, 3)
+    assert third.train.dpo.model == str(tmp_path / "rounds" / "2" / "dpo")
+    assert third.train.dpo.ref_model == str(tmp_path / "sft") and third.name == "quickstart-round3"
