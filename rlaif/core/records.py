@@ -33,6 +33,16 @@ def content_hash(*parts: Any) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def without_unset(data: Any, *keys: str) -> Any:
+    """A settings block's dump without those of `keys` that are None: a field added later leaves the
+    dumps (and so the hashes) of blocks that do not set it as they were before it existed."""
+    if isinstance(data, dict):
+        for k in keys:
+            if data.get(k) is None:
+                data.pop(k, None)
+    return data
+
+
 def derive_seed(*parts: Any) -> int:
     """A sampling seed from a recipe seed and what a request is about, stable across runs and shards."""
     return int(content_hash(*parts), 16) % (2**31)

@@ -27,7 +27,7 @@ from typing import Any, Literal
 from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator, model_serializer,
                       model_validator)
 
-from rlaif.core.records import Completion, Prompt, content_hash, derive_seed
+from rlaif.core.records import Completion, Prompt, content_hash, derive_seed, without_unset
 from rlaif.core.store import ShardInfo
 from rlaif.engines.backend import known_backend
 from rlaif.engines.base import EngineSettings, Request, Result, Sampling, output_settings
@@ -78,10 +78,7 @@ class GeneratorSpec(BaseModel):
 
     @model_serializer(mode="wrap")
     def _without_unset_revision(self, handler: Any) -> dict[str, Any]:
-        data = handler(self)
-        if isinstance(data, dict) and data.get("revision") is None:
-            data.pop("revision", None)
-        return data
+        return without_unset(handler(self), "revision")
 
     def settings_hash(self) -> str:
         template = self.urial_template().hash if self.format == "urial" else None

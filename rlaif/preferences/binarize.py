@@ -48,7 +48,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
 
 from rlaif.core.records import (Completion, Judgement, Message, PairJudgement, PreferencePair, Prompt,
-                                ScoreSource, content_hash)
+                                ScoreSource, content_hash, without_unset)
 from rlaif.judges.scores import completion_scores
 
 Strategy = Literal["best_vs_random", "best_vs_worst", "all_pairs", "best_vs_worst_samples", "policy_vs_ensemble"]
@@ -87,10 +87,7 @@ class BinarizeSpec(BaseModel):
     @model_serializer(mode="wrap")
     def _without_unset_policy(self, handler: Any) -> dict[str, Any]:
         """No `policy` key outside a round: a block dumps (and hashes) as it did before rounds existed."""
-        data = handler(self)
-        if isinstance(data, dict) and data.get("policy") is None:
-            data.pop("policy", None)
-        return data
+        return without_unset(handler(self), "policy")
 
     @model_validator(mode="after")
     def _policy_named(self) -> BinarizeSpec:

@@ -44,6 +44,7 @@ from pydantic import field_validator, model_serializer
 
 from rlaif.core.errors import ConfigError
 from rlaif.core.progress import NULL, Reporter
+from rlaif.core.records import without_unset
 from rlaif.training.common import StageSpec
 
 log = logging.getLogger(__name__)
@@ -87,11 +88,7 @@ class DPOSpec(StageSpec):
     def _without_unset_variants(self, handler: Any) -> dict[str, Any]:
         """No `variants` key when there are none: a block dumps (and hashes, so a trained stage
         stays trained) as it did before variants existed."""
-        data = handler(self)
-        for key in ("variants", "ref_model"):
-            if isinstance(data, dict) and data.get(key) is None:
-                data.pop(key, None)
-        return data
+        return without_unset(handler(self), "variants", "ref_model")
 
     def variant_specs(self) -> list[tuple[str, DPOSpec]]:
         """(name, the block with the variant's overrides) for each variant; every one computes its
