@@ -366,7 +366,8 @@ def train_inputs(stage: str, recipe: Any, out: str, variant: str | None = None) 
     run_dataset = Path(out) / "dataset"
     data = [source_key(spec.dataset, s, run_dataset) for s in (split, eval_split) if s]
     upstream = (stage_state(Path(out) / "sft") or {}).get("inputs", "") if stage == "dpo" and spec.model is None else ""
-    return content_hash(stage, spec, data, upstream)
+    # keep_checkpoints says what to keep after training, not what is trained
+    return content_hash(stage, spec.model_copy(update={"keep_checkpoints": None}), data, upstream)
 
 
 @dataclass(eq=False)
@@ -417,11 +418,12 @@ def train(ctx: RunContext, stage: str, inputs: str, variant: str | None = None) 
     0 has a flow."""
     from rlaif.core.errors import stage_errors
     from rlaif.engines.pool import free_accelerator
-    from rlaif.training.common import is_trained, mark_trained, stage_state
+    from rlaif.training.common import drop_finished_checkpoints, is_trained, mark_trained, stage_state
 
     spec = stage_spec(stage, ctx.recipe, variant)
     path = stage_dir(stage, ctx.out, variant)
     if is_trained(path, inputs):
+        drop_finished_checkpoints(path, spec)  # left by a try stopped between marking and removing them
         return stage_state(path)
     with stage_errors(f"train-{stage}" + (f"-{variant}" if variant else ""), spec.model):
         free_accelerator(ctx.pool)  # the GPU to the trainer alone
@@ -437,6 +439,7 @@ def train(ctx: RunContext, stage: str, inputs: str, variant: str | None = None) 
         mark_trained(path, inputs, metrics, start_model=metrics.get("start_model"),
                      resumed_from=metrics.get("resumed_from"),
                      **({"ref_model": metrics["ref_model"]} if metrics.get("ref_model") else {}))
+        drop_finished_checkpoints(path, spec)
     return stage_state(path)
 
 

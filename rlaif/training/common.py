@@ -15,6 +15,9 @@ few of ours that are not training arguments:
     resume              (library calls) continue from the last checkpoint in the output dir; a stage
                         that rlaif runs resumes a cut-short try of the same inputs by itself and
                         never a checkpoint of other inputs, whatever this says
+    keep_checkpoints    keep the trainer's checkpoints once a stage that rlaif runs is trained (by
+                        default they are removed then: each holds the optimizer's state, twice the
+                        weights again, and a finished stage never resumes from them); not hashed
 
 A key that is neither ours nor a field of TRL's config is an error naming the file and the field.
 The names are checked against a table of TRL's fields cached per TRL version under
@@ -39,9 +42,10 @@ import logging
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_serializer
 
 from rlaif.core.errors import EXIT_STAGE, ConfigError, RlaifError
+from rlaif.core.records import without_unset
 from rlaif.core.store import write_json
 
 log = logging.getLogger(__name__)
@@ -92,6 +96,15 @@ class StageSpec(BaseModel):
     lora: LoraSpec | None = None
     attn_implementation: str | None = None
     resume: bool = False
+    keep_checkpoints: bool | None = None  # None: removed once the stage is trained (not hashed: see the serializer)
+
+    UNSET: ClassVar[tuple[str, ...]] = ("keep_checkpoints",)  # dumped only when set (core.records.without_unset)
+
+    @model_serializer(mode="wrap")
+    def _without_unset(self, handler: Any) -> dict[str, Any]:
+        """Fields added after stages were trained are left out of the dump (and so of the hash that
+        says a stage is trained) when a block does not set them."""
+        return without_unset(handler(self), *self.UNSET)
 
     def trl(self) -> dict[str, Any]:
         """The TRL config fields this block sets, over our defaults."""
@@ -228,6 +241,23 @@ def last_checkpoint(out_dir: Path) -> str | None:
         log.warning("removing %s: a checkpoint cut short", path)
         shutil.rmtree(path, ignore_errors=True)
     return None
+
+
+def drop_finished_checkpoints(out_dir: str | Path, spec: StageSpec) -> None:
+    """Once a stage is marked trained, its checkpoints (weights plus the optimizer's state, about three
+    times the model) serve nothing: a rerun finds the stage trained. Removed unless the block says
+    `keep_checkpoints: true`; by the first process of a launch."""
+    import shutil
+
+    from rlaif.training.launch import is_main
+
+    out_dir = Path(out_dir)
+    if spec.keep_checkpoints or not is_main() or not out_dir.is_dir():
+        return
+    for path in sorted(out_dir.glob("checkpoint-*")):
+        if path.is_dir():
+            log.info("removing %s: the stage is trained (keep_checkpoints: true keeps them)", path)
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def drop_checkpoints(out_dir: Path) -> None:

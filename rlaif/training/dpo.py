@@ -40,11 +40,10 @@ from pathlib import Path
 import re
 from typing import Any, ClassVar
 
-from pydantic import field_validator, model_serializer
+from pydantic import field_validator
 
 from rlaif.core.errors import ConfigError
 from rlaif.core.progress import NULL, Reporter
-from rlaif.core.records import without_unset
 from rlaif.training.common import StageSpec
 
 log = logging.getLogger(__name__)
@@ -84,11 +83,9 @@ class DPOSpec(StageSpec):
             seen.add(name)
         return variants
 
-    @model_serializer(mode="wrap")
-    def _without_unset_variants(self, handler: Any) -> dict[str, Any]:
-        """No `variants` key when there are none: a block dumps (and hashes, so a trained stage
-        stays trained) as it did before variants existed."""
-        return without_unset(handler(self), "variants", "ref_model")
+    # no `variants` / `ref_model` key when unset: a block dumps (and hashes, so a trained stage stays
+    # trained) as it did before they existed
+    UNSET: ClassVar[tuple[str, ...]] = (*StageSpec.UNSET, "variants", "ref_model")
 
     def variant_specs(self) -> list[tuple[str, DPOSpec]]:
         """(name, the block with the variant's overrides) for each variant; every one computes its

@@ -29,6 +29,7 @@ def test_a_recipe_that_only_trains_runs_its_training_stage_and_counts_its_pairs(
     assert stage["stage"] == "train-dpo" and stage["count_in"] == 8 and stage["count_out"] == 1
     assert not (out / "prompts").exists() and not (out / "completions").exists()
     assert (out / "dpo" / "config.json").exists()
+    assert not list((out / "dpo").glob("checkpoint-*"))  # the trainer's final checkpoint, removed once trained
     row = next(line for line in (done.stdout + done.stderr).splitlines() if "train-dpo" in line and "│" in line)
     assert [cell.strip() for cell in row.split("│")][1:4] == ["train-dpo", "8", "1"]  # the closing table
 

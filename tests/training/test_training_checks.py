@@ -34,14 +34,15 @@ def equal(a: dict, b: dict) -> bool:
 
 # ----------------------------------------------------------------------------- item 2: resume
 def test_changed_inputs_train_from_scratch_even_with_resume_true(tmp_path, tiny_model_dir, prefect_harness):
-    """A finished stage's checkpoints stay in its folder; after the data changes, a rerun with
+    """A finished stage's checkpoints stay in its folder (keep_checkpoints); after the data changes, a rerun with
     `resume: true` trains every step again on the new data (it would otherwise resume the old
     finished checkpoint, train nothing, and mark the new inputs trained)."""
     from rlaif.flows.pipeline import train_flow
     from rlaif.recipe.spec import load_recipe
 
     old, new = write_dataset(tmp_path / "old", n_train=4), write_dataset(tmp_path / "new", n_train=6)
-    block = {"model": tiny_model_dir, "max_steps": 2, "save_steps": 1, "save_total_limit": None, "resume": True, **FAST}
+    block = {"model": tiny_model_dir, "max_steps": 2, "save_steps": 1, "save_total_limit": None, "resume": True,
+             "keep_checkpoints": True, **FAST}
     run = tmp_path / "run"
     (first,) = train_flow(load_recipe(write_recipe(tmp_path / "a.yaml", {"sft": {**block, "dataset": str(old)}})),
                           str(run), "sft")
