@@ -39,8 +39,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rlaif.cli.console import echo
-from rlaif.core.errors import (EXIT_BUG, EXIT_INTERRUPTED, EXIT_STAGE, EXIT_TERMINATED, RlaifError, Terminated,
-                               os_error_message)
+from rlaif.core.errors import (EXIT_BUG, EXIT_INTERRUPTED, EXIT_STAGE, EXIT_TERMINATED, ConfigError, RlaifError,
+                               Terminated, os_error_message)
 
 log = logging.getLogger("rlaif")
 
@@ -132,7 +132,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     rounds = recipe.rounds.on and args.command == "run"
     checked = recipe
     if rounds:  # round 1's recipe is checked (a `policy` judge is the student); later rounds' models are made by the run
-        from rlaif.flows.rounds import round_recipe
+        from rlaif.flows.rounds import NOT_A_REFRESH, round_recipe
+
+        if recipe.rounds.scheduled:
+            raise ConfigError(f"{args.recipe}: {NOT_A_REFRESH}")
 
         checked = round_recipe(recipe, out, 1)
     if not rerun:  # a new run: its mistakes are found before its recipe.json marks it as having run
@@ -482,7 +485,11 @@ def cmd_refresh(args: argparse.Namespace) -> int:
     from rlaif.runners.prefect_server import long_lived_server, prefect_server_in_background
 
     out = _out(args)
-    _recipe(args)  # a bad recipe or --set: one line, before anything starts
+    recipe = _recipe(args)  # a bad recipe or --set: one line, before anything starts
+    if recipe.rounds.on and not recipe.rounds.scheduled:
+        from rlaif.flows.rounds import SCHEDULED_ONLY
+
+        raise ConfigError(f"{args.recipe}: {SCHEDULED_ONLY}")
     with long_lived_server():
         with prefect_server_in_background():
             pass
@@ -491,6 +498,13 @@ def cmd_refresh(args: argparse.Namespace) -> int:
 
     reports = [StageReport.model_validate(r) for r in json.loads((out / "refresh_summary.json").read_text())]
     print_summary(reports, str(out))
+    if "round" in result:  # a scheduled series of rounds: this refresh ran (or found done) its latest round
+        from rlaif.cli.summary import print_rounds
+
+        print_rounds(out)
+        echo(f"{result['new_prompts']} new prompts; round {result['round']} of {result['rounds']}: version "
+             f"{Path(result['version']).name}" + (" written" if result["written"] else " unchanged"))
+        return 0
     echo(f"{result['new_prompts']} new prompts; version {Path(result['version']).name}"
          + (" written" if result["written"] else " unchanged"))
     return 0

@@ -35,6 +35,10 @@ def deploy(recipe_path: str | Path, cron: str, name: str | None = None, out: str
     recipe = load_recipe(recipe_path, overrides)  # a bad recipe fails here, not at 3 a.m.
     if not recipe.makes_data:
         raise RecipeError(f"{recipe_path}: no generators: a refresh makes data, and this recipe only trains")
+    if recipe.rounds.on and not recipe.rounds.scheduled:
+        from rlaif.flows.rounds import SCHEDULED_ONLY
+
+        raise RecipeError(f"{recipe_path}: {SCHEDULED_ONLY}")
     params = {"recipe_path": str(Path(recipe_path).resolve()),
               "out": str(Path(out or default_run_dir(recipe.name)).resolve()), "overrides": list(overrides or [])}
     deployment = refresh_flow.to_deployment(

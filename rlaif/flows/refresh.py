@@ -26,9 +26,9 @@ from rlaif.flows.pipeline import run_stages
 from rlaif.flows.report import StageReport, write_summary
 from rlaif.flows.steps import generate_step
 from rlaif.recipe.preflight import preflight
-from rlaif.recipe.spec import Recipe, load_recipe
+from rlaif.recipe.spec import Recipe, RecipeError, load_recipe
 from rlaif.prompts.prompt_sets import PROMPTS, write_prompt_chunks
-from rlaif.prompts.hygiene import clean_source
+from rlaif.prompts.hygiene import HygieneReport, clean_source
 from rlaif.preferences.versions import latest_version
 
 BATCHES = "refresh"
@@ -46,19 +46,26 @@ def prompt_batches(store: RunStore, prompts: list[Prompt]) -> tuple[list[list[Pr
     return batches, new
 
 
-def batched_prompts(recipe: Recipe, out: str) -> tuple[Manifest, object, StageReport, int]:
+def current_batches(recipe: Recipe, out: str) -> tuple[list[list[Prompt]], list[Prompt], HygieneReport]:
+    """The batches so far, each without the prompts edited or dropped from the source since (a new
+    batch saved first); the new prompts; hygiene's report of the source."""
     store = RunStore(out)
     p = recipe.prompts
     kept, hygiene_report = clean_source(p.source, p.split, p.limit, recipe.hygiene, store, run_context().reporter)
     batches, new = prompt_batches(store, kept)
-    current_ids = {(q.prompt_id, q.hash) for q in kept}  # a prompt edited or dropped since is left out
+    current_ids = {(q.prompt_id, q.hash) for q in kept}
+    return [[q for q in b if (q.prompt_id, q.hash) in current_ids] for b in batches], new, hygiene_report
+
+
+def batched_prompts(recipe: Recipe, out: str) -> tuple[Manifest, object, StageReport, int]:
+    store = RunStore(out)
+    batches, new, hygiene_report = current_batches(recipe, out)
     shards = []
     for b in batches:
-        shards += write_prompt_chunks([q for q in b if (q.prompt_id, q.hash) in current_ids], store,
-                                      recipe.shard_size).shards
+        shards += write_prompt_chunks(b, store, recipe.shard_size).shards
     manifest = Manifest(stage=PROMPTS, shards=shards)
     report = StageReport(stage="prompts", count_in=hygiene_report.prompts_in, count_out=hygiene_report.kept, seconds=0,
-                         notes={"source": p.source, "new": len(new), "batches": len(batches)},
+                         notes={"source": recipe.prompts.source, "new": len(new), "batches": len(batches)},
                          path=str(Path(out) / BATCHES))
     return manifest, hygiene_report, report, len(new)
 
@@ -68,6 +75,8 @@ def refresh_flow(recipe_path: str, out: str | None = None, overrides: list[str] 
     """Generate and judge the prompts not seen before, then write the next dataset version."""
     recipe = load_recipe(recipe_path, overrides)
     out = str(Path(out or default_run_dir(recipe.name)).resolve())
+    if recipe.rounds.on:
+        return refresh_rounds(recipe, out, recipe_path)
     with run_lock(out):  # as every command: one run at a time, and what a killed one left is removed
         clean_leftovers(out)
         preflight(recipe, out, {"generate", "judge", "binarize"})  # a deployment's run: before any compute
@@ -84,3 +93,32 @@ def refresh_flow(recipe_path: str, out: str | None = None, overrides: list[str] 
     check_failed_rows([r.failures for r in reports if r.failures], recipe.flow.max_failed_rows)  # the flow run fails
     return {"version": published.path, "written": written, "new_prompts": new, "pairs": published.count_out,
             "shards_generated": todo}
+
+
+def refresh_rounds(recipe: Recipe, out: str, recipe_path: str) -> dict:
+    """A scheduled series of rounds (`rounds.prompts: new`, flows/rounds.py): this refresh's new
+    prompts are the next round's, which runs with every earlier round found done; once the series
+    has its `count` rounds, new prompts are kept (as a batch) for a larger `count`."""
+    from rlaif.flows.rounds import SCHEDULED_ONLY, batch_draw, round_dir, round_recipe, run_rounds
+
+    if not recipe.rounds.scheduled:
+        raise RecipeError(f"{recipe_path}: {SCHEDULED_ONLY}")
+    with run_lock(out):
+        clean_leftovers(out)
+        preflight(round_recipe(recipe, out, 1), out, {"generate", "judge", "binarize", "sft", "dpo"})
+        with flow_run(recipe, out) as ctx:
+            batches, new, hygiene = current_batches(recipe, out)
+            draw = batch_draw(recipe, batches, hygiene, hygiene.kept)
+            last = 1 + len(draw.rounds)
+            before = latest_version(round_dir(out, last))
+            if len(batches) > recipe.rounds.count:
+                ctx.reporter.note(f"the series has its {recipe.rounds.count} rounds; {len(batches) - recipe.rounds.count} "
+                                  f"batch(es) of new prompts wait for a larger rounds.count")
+            reports = run_rounds(ctx, draw)
+        write_summary(reports, out, "refresh_summary.json")
+    check_failed_rows([r.failures for r in reports if r.failures], recipe.flow.max_failed_rows)
+    version = latest_version(round_dir(out, last))
+    return {"version": str(version), "written": before is None or version != before, "new_prompts": len(new),
+            "round": last, "rounds": recipe.rounds.count,
+            "pairs": next((r.count_out for r in reversed(reports) if r.stage.endswith(": binarize")), 0),
+            "completions_generated": sum(r.count_out for r in reports if r.stage.endswith(": generate") and not r.cached)}

@@ -20,7 +20,10 @@ made again); an unchanged rerun of a finished series computes nothing.
 Prompts: round 1 takes the recipe's (`prompts.limit` of the source); `held_out` prompts are drawn
 (seeded) from the rest of the source and never given to a round; `prompts: fresh` gives round k
 the next `per_round` prompts of a seeded order of what is left (`same`: round 1's prompts again).
-The draw is checked before any compute.
+The draw is checked before any compute. `prompts: new` is a series that scheduled refreshes
+advance (flows/refresh.py): round k is the k-th batch of prompts new to the source, the first
+batch giving up its `held_out` prompts (`batch_draw`), so each refresh with new prompts runs the
+next round, every earlier one found done.
 
 Order, so that each model loads once per round: after round k-1 trains, its model answers the
 held-out prompts and then, still loaded, round k's prompts; the judge then judges round k's
@@ -53,6 +56,10 @@ from rlaif.runners.context import RunContext, flow_run, using
 ROUNDS = "rounds"
 HELD_OUT = "held-out"
 DSFT = "dsft"
+SCHEDULED_ONLY = ("a scheduled refresh of a series of rounds runs one round per batch of new prompts: set "
+                  "rounds.prompts: new (fresh and same draw every round's prompts at once, for `rlaif run`)")
+NOT_A_REFRESH = ("rounds.prompts: new takes each round's prompts from a scheduled refresh (the prompts new to "
+                 "the source since the last one): run it with `rlaif refresh` or `rlaif deploy`, or use prompts: fresh")
 
 
 def round_dir(out: str | Path, k: int) -> Path:
@@ -126,6 +133,7 @@ class Draw:
     rounds: dict[int, list[Prompt]]
     hygiene: HygieneReport
     source: int = 0  # prompts in the source after hygiene
+    batched: bool = False  # round 1's prompts are `first` (a refresh's batch), not the recipe's own read
 
     def prompts(self, k: int) -> list[Prompt]:
         return self.rounds[k]
@@ -136,6 +144,8 @@ def draw_prompts(recipe: Recipe, out: str, reporter: Any) -> Draw:
     from rlaif.prompts.hygiene import clean_source
 
     p, r = recipe.prompts, recipe.rounds
+    if r.scheduled:
+        raise ConfigError(NOT_A_REFRESH)
     store = RunStore(out)
     everything, hygiene = clean_source(p.source, p.split, None, recipe.hygiene, store, reporter)
     first = everything[:p.limit] if p.limit else everything
@@ -156,6 +166,22 @@ def draw_prompts(recipe: Recipe, out: str, reporter: Any) -> Draw:
     rounds = {k: (rest[(k - 2) * per:(k - 1) * per] if r.prompts == "fresh" else list(first))
               for k in range(2, r.count + 1)}
     return Draw(first, held, rounds, hygiene, len(everything))
+
+
+def batch_draw(recipe: Recipe, batches: list[list[Prompt]], hygiene: HygieneReport, source: int) -> Draw:
+    """The rounds of a scheduled series (`prompts: new`): round k is refresh batch k, as many rounds as
+    there are batches, up to `count`; the held-out prompts are a seeded draw from the first batch, kept
+    out of every later one (a held-out prompt edited since comes back in a batch of its own)."""
+    r, first = recipe.rounds, batches[0]
+    order = sorted(first, key=lambda q: content_hash(recipe.seed, ROUNDS, q.prompt_id))
+    held = order[:r.held_out]
+    if len(first) <= r.held_out:
+        raise ConfigError(f"rounds: the first refresh found {len(first)} prompts in {recipe.prompts.source!r} "
+                          f"and held_out takes {r.held_out}, leaving none for round 1: add prompts to the source "
+                          f"or lower rounds.held_out")
+    kept = {q.prompt_id for q in held}
+    rounds = {k: [q for q in batches[k - 1] if q.prompt_id not in kept] for k in range(2, min(len(batches), r.count) + 1)}
+    return Draw([q for q in first if q.prompt_id not in kept], held, rounds, hygiene, source, batched=True)
 
 
 def written_prompts(prompts: list[Prompt], ctx: RunContext, what: dict[str, Any], draw: Draw
@@ -347,15 +373,18 @@ def tagged(k: int, reports: list[StageReport]) -> list[StageReport]:
     return [r.model_copy(update={"stage": f"round {k}: {r.stage}"}) for r in reports]
 
 
-def run_rounds(ctx: RunContext) -> list[StageReport]:
-    """Every round in order (module doc), each stage through `run_step`; the reports of all."""
+def run_rounds(ctx: RunContext, draw: Draw | None = None) -> list[StageReport]:
+    """Every round in order (module doc), each stage through `run_step`; the reports of all. `draw`:
+    the prompts of the rounds to run (a scheduled series': `batch_draw`), else the recipe's."""
     recipe, out = ctx.recipe, ctx.out
-    draw = draw_prompts(recipe, out, ctx.reporter)
+    draw = draw or draw_prompts(recipe, out, ctx.reporter)
     held = HeldOut()
     with using(recipe=round_recipe(recipe, out, 1)) as c:
-        reports = tagged(1, run_stages(c, "train").reports)
+        first = written_prompts(draw.first, c, {"round": 1, "draw": recipe.rounds.prompts}, draw) if draw.batched else None
+        reports = tagged(1, run_stages(c, "train", prompts=first).reports)
     reports += held_out_answers(ctx, draw, held, DSFT, dsft_model(recipe, out))
-    for k in range(2, recipe.rounds.count + 1):
+    last = 1 + len(draw.rounds)
+    for k in range(2, last + 1):
         reports += held_out_answers(ctx, draw, held, model_name(k - 1), str(model_dir(out, k - 1)))
         sub = round_recipe(recipe, out, k)
         folder = round_dir(out, k)
@@ -371,7 +400,6 @@ def run_rounds(ctx: RunContext) -> list[StageReport]:
         reports += measured(ctx, held, k - 1)
         with using(out=str(folder), recipe=sub) as c:
             reports += tagged(k, run_stages(c, "train", prompts=prompts).reports[len(judged):])
-    last = recipe.rounds.count
     reports += held_out_answers(ctx, draw, held, model_name(last), str(model_dir(out, last)))
     reports += measured(ctx, held, last)
     reports.append(run_step(TableStep(count=last), ctx)[1])

@@ -3,7 +3,8 @@
     rounds: 3                      # shorthand for {count: 3}; 1 (the default) is a plain run
     rounds:
       count: 3                     # round 1 is the plain run; rounds 2.. are on-policy
-      prompts: fresh               # fresh: a new draw from the prompt set each round; same: round 1's prompts
+      prompts: fresh               # fresh: a new draw from the prompt set each round; same: round 1's prompts;
+                                   # new: a scheduled refresh's new prompts (`rlaif refresh`, `rlaif deploy`)
       per_round: 24                # fresh: prompts per round (default: as many as round 1 had)
       samples: 4                   # answers per prompt from the policy (round k-1's dDPO model)
       sampling: {temperature: 0.8, max_tokens: 128}   # default: the first generator's sampling
@@ -36,7 +37,7 @@ class RoundsSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     count: int = Field(1, ge=1)
-    prompts: Literal["fresh", "same"] = "fresh"
+    prompts: Literal["fresh", "same", "new"] = "fresh"
     per_round: int | None = Field(None, ge=1)
     samples: int = Field(2, ge=1)
     sampling: Sampling | None = None
@@ -56,10 +57,18 @@ class RoundsSpec(BaseModel):
         if self.strategy == "policy_vs_ensemble" and not self.ensemble:
             raise ValueError("strategy policy_vs_ensemble pairs the policy's answer with the ensemble's: "
                              "set ensemble: true (the recipe's generators answer beside the policy)")
+        if self.prompts == "new" and self.per_round is not None:
+            raise ValueError("per_round: with prompts: new each round takes the prompts new since the last "
+                             "refresh, however many; drop per_round")
         if self.strategy == "best_vs_worst_samples" and self.samples < 2:
             raise ValueError("strategy best_vs_worst_samples pairs the best and worst of the policy's answers: "
                              "samples must be at least 2")
         return self
+
+    @property
+    def scheduled(self) -> bool:
+        """A series of rounds that scheduled refreshes advance, one round per batch of new prompts."""
+        return self.on and self.prompts == "new"
 
     @property
     def on(self) -> bool:

@@ -16,6 +16,7 @@ import pytest
 from rlaif.cli.main import main
 from rlaif.core.errors import ConfigError
 from rlaif.core.progress import NULL
+from rlaif.core.records import Message, Prompt
 from rlaif.recipe.spec import RecipeError, load_recipe
 from rlaif.runners.context import using
 from tests.support.faulty import prefect_env, rlaif, stamps, wait_for
@@ -173,3 +174,96 @@ def test_a_rounds_recipe_self_rewarding_beside_the_ensemble(tmp_path):
     third = round_recipe(load_recipe(QUICKSTART, ["rounds.count=3"]), tmp_path, 3)
     assert third.train.dpo.model == str(tmp_path / "rounds" / "2" / "dpo")
     assert third.train.dpo.ref_model == str(tmp_path / "sft") and third.name == "quickstart-round3"
+
+
+# ----------------------------------------------------------------------------- scheduled refreshes as rounds
+TEXTS = ["Name a fruit that is red.", "What is 2 + 2?", "Give a synonym for quick.", "Name a large ocean.",
+         "Say hello in French.", "What colour is the sky?", "Name a farm animal.", "What is the opposite of hot?"]
+
+
+def test_scheduled_refreshes_run_one_round_per_batch_of_new_prompts(tmp_path, pool, prefect_harness, capsys):
+    """`rlaif refresh` of a series with `rounds.prompts: new` (what a deployment's scheduled run
+    calls): the first refresh is round 1 on the prompts there are (less the held-out one), the next
+    one with new prompts is round 2 on exactly those, with round 1 found done; one without new
+    prompts computes nothing, and one past `count` keeps its prompts for a larger count."""
+    from tests.support.helpers import write_prompts
+
+    source, out = tmp_path / "prompts.jsonl", tmp_path / "run"
+    write_prompts(source, TEXTS[:4])
+    sets = [a for s in SMALL if not s.startswith(("prompts.limit", "rounds."))
+            for a in ("--set", s)] + ["--set", f"prompts.source={source}", "--set", "rounds.count=2",
+                                      "--set", "rounds.prompts=new", "--set", "rounds.held_out=1",
+                                      "--set", "rounds.samples=2"]
+    cmd = ["refresh", str(QUICKSTART), "--out", str(out), *sets]
+
+    with using(pool=pool):
+        assert main(cmd) == 0  # round 1: 3 prompts, 1 held out
+    said = lambda: "".join(capsys.readouterr())  # noqa: E731 (the closing lines go to stderr, TRL's logs to stdout)
+    assert "round 1 of 2: version 0001 written" in said()
+    assert not (out / "rounds" / "2").exists() and (out / "dpo" / "rlaif-stage.json").exists()
+    held = json.loads((out / "rounds" / "eval" / "round-1.json").read_text())["prompts"]
+    assert held == 1
+    round1 = made(out)
+
+    write_prompts(source, TEXTS[:7])  # 3 new prompts: round 2's
+    with using(pool=pool):
+        assert main(cmd) == 0
+    assert "3 new prompts; round 2 of 2: version 0001 written" in said()
+    after = made(out)
+    assert {k: after[k] for k in round1} == round1  # round 1 found done
+    recipe = json.loads((out / "rounds" / "2" / "recipe.json").read_text())
+    assert recipe["generators"][0]["model"] == str(out / "dpo")
+    asked = {json.loads(line)["prompt"] for p in (out / "rounds" / "2" / "prompts").glob("shard-*.jsonl")
+             for line in p.read_text().splitlines()}
+    assert asked == set(TEXTS[4:7])
+    assert (out / "rounds" / "2" / "dpo" / "model.safetensors").exists()
+    rows = json.loads((out / "rounds" / "summary.json").read_text())["rows"]
+    assert [r["round"] for r in rows] == [1, 2]
+
+    loads = dict(pool.loads)
+    with using(pool=pool):
+        assert main(cmd) == 0  # nothing new: nothing computed, no model loaded
+    assert "0 new prompts; round 2 of 2: version 0001 unchanged" in said()
+    assert made(out) == after and pool.loads == loads
+
+    write_prompts(source, TEXTS)  # past the series' 2 rounds: kept as a batch, nothing computed
+    with using(pool=pool):
+        assert main(cmd) == 0
+    assert "the series has its 2 rounds; 1 batch(es) of new prompts wait" in said()
+    assert {k: v for k, v in made(out).items() if k != "refresh/shard-0003.jsonl"} == after
+    assert (out / "refresh" / "shard-0003.jsonl").exists()
+
+
+def test_a_scheduled_series_of_rounds_is_only_refreshed_and_a_refreshed_one_takes_new_prompts(tmp_path, capsys):
+    new = ["--set", "rounds.count=2", "--set", "rounds.prompts=new"]
+    assert main(["run", str(QUICKSTART), "--out", str(tmp_path / "a"), *new]) == 2
+    assert f"error: {QUICKSTART}: rounds.prompts: new takes each round's prompts from a scheduled refresh" \
+           in capsys.readouterr().err
+    assert main(["refresh", str(QUICKSTART), "--out", str(tmp_path / "b"), "--set", "rounds.count=2"]) == 2
+    assert f"error: {QUICKSTART}: a scheduled refresh of a series of rounds runs one round per batch" \
+           in capsys.readouterr().err
+    with pytest.raises(RecipeError, match="drop per_round"):
+        load_recipe(QUICKSTART, ["rounds.count=2", "rounds.prompts=new", "rounds.per_round=4"])
+    from rlaif.flows.deploy import deploy
+
+    with pytest.raises(RecipeError, match="set rounds.prompts: new"):
+        deploy(QUICKSTART, "0 3 * * *", overrides=["rounds.count=2"])
+    assert not (tmp_path / "a" / "completions").exists() and not (tmp_path / "b" / "completions").exists()
+
+
+def test_a_scheduled_series_draws_its_held_out_prompts_from_the_first_batch():
+    from rlaif.flows.rounds import batch_draw
+    from rlaif.prompts.hygiene import HygieneReport
+
+    recipe = load_recipe(QUICKSTART, ["rounds.count=3", "rounds.prompts=new", "rounds.held_out=2"])
+    batch = lambda *ids: [Prompt(prompt_id=i, messages=[Message(role="user", content=f"prompt {i}")])  # noqa: E731
+                          for i in ids]
+    batches = [batch("a", "b", "c", "d"), batch("e", "f"), batch("g"), batch("h")]
+    draw = batch_draw(recipe, batches, HygieneReport(), 8)
+    held = [p.prompt_id for p in draw.held_out]
+    assert len(held) == 2 and sorted(held + [p.prompt_id for p in draw.first]) == ["a", "b", "c", "d"]
+    assert {k: [p.prompt_id for p in ps] for k, ps in draw.rounds.items()} == {2: ["e", "f"], 3: ["g"]}  # up to count
+    assert [p.prompt_id for p in batch_draw(recipe, batches[:1], HygieneReport(), 4).held_out] == held  # the same draw
+    assert batch_draw(recipe, batches[:1], HygieneReport(), 4).rounds == {}
+    with pytest.raises(ConfigError, match="found 2 prompts in 'starter' and held_out takes 2, leaving none for round 1"):
+        batch_draw(recipe, [batch("a", "b")], HygieneReport(), 2)
