@@ -124,6 +124,9 @@ def test_three_rounds_killed_between_rounds_resume_with_nothing_redone(tmp_path,
     (["rounds.count=2", "rounds.judge=nope"], "rounds.judge 'nope' is not one of the judges"),
     (["rounds.count=2", "rounds.ensemble=true", "generators.0.name=policy-1"], "rename it"),
     (["binarize.strategy=best_vs_worst_samples"], "set it as rounds.strategy"),
+    (["rounds.mt_bench=8"], "it needs rounds.count above 1"),
+    (["rounds.count=2", "rounds.mt_bench.judge=nope"], "rounds.mt_bench.judge 'nope' is not one of the judges"),
+    (["rounds.count=2", "rounds.mt_bench.questions=81"], "less than or equal to 80"),
 ])
 def test_a_recipe_with_rounds_that_cannot_work_is_one_line_before_compute(sets, says):
     with pytest.raises(RecipeError, match="quickstart.yaml") as e:
@@ -135,6 +138,50 @@ def test_rounds_one_is_a_plain_run_and_a_count_alone_is_the_block():
     plain, three = load_recipe(QUICKSTART), load_recipe(QUICKSTART, ["rounds=3"])
     assert "rounds" not in json.loads(plain.model_dump_json())  # a plain run's recipe.json as before
     assert three.rounds.count == 3 and three.rounds.on and not plain.rounds.on
+
+
+def test_mt_bench_of_the_rounds_is_a_count_true_or_a_block_and_unset_dumps_as_before():
+    three = load_recipe(QUICKSTART, ["rounds.count=3"])
+    assert "mt_bench" not in json.loads(three.model_dump_json())["rounds"]  # recipe.json and its hash as before
+    for off in ("0", "false"):
+        assert load_recipe(QUICKSTART, ["rounds.count=3", f"rounds.mt_bench={off}"]) == three
+    one = load_recipe(QUICKSTART, ["rounds.count=3", "rounds.mt_bench=1"]).rounds.mt_bench
+    assert (one.questions, one.judge, one.max_tokens) == (1, None, 1024)
+    assert load_recipe(QUICKSTART, ["rounds.count=3", "rounds.mt_bench=true"]).rounds.mt_bench.questions == 80
+    block = load_recipe(QUICKSTART, ["rounds.count=3", "rounds.mt_bench={questions: 8, judge: pairwise-smollm2}"])
+    from rlaif.recipe.rounds import mt_bench_judge
+
+    assert mt_bench_judge(block).name == "pairwise-smollm2" and mt_bench_judge(
+        load_recipe(QUICKSTART, ["rounds.count=3", "rounds.mt_bench=1"])).name == "uf-smollm2"
+    again = load_recipe(QUICKSTART, ["rounds.count=3", f"rounds.mt_bench={json.dumps(block.rounds.mt_bench.model_dump())}"])
+    assert again == block  # what recipe.json holds reads back as the same block
+
+
+def test_the_rounds_table_has_mt_bench_only_when_measured(tmp_path):
+    from rlaif.evaluation.rounds_report import write_report
+
+    def measured(k, *mt):  # mt: its MT-Bench score (None: none graded), or nothing: not asked
+        m = {"round": k, "model": f"r{k}", "wins": {"dsft": {"rate": 0.5}}, "judge_score": 3.0, "answer_tokens": 20.0,
+             "reward": {"accuracy": 1.0, "pairs": 1}, "pairs": 2, "steps": 1}
+        return {**m, "mt_bench": {"score": mt[0], "questions": 1, "judge": "uf-smollm2"}} if mt else m
+
+    dsft = {"prompts": 2, "judge_score": 2.5, "answer_tokens": 18.0}
+    plain = write_report(tmp_path / "plain", [measured(1), measured(2)], dsft)
+    assert all("mt-bench" not in r for r in plain["rows"])
+    assert "mt-bench" not in (tmp_path / "plain" / "rounds.md").read_text()
+    mt = write_report(tmp_path / "mt", [measured(1, 4.5), measured(2, None)],
+                      {**dsft, "mt_bench": {"score": 3.0, "questions": 1, "judge": "uf-smollm2"}})
+    assert [r["mt-bench"] for r in mt["rows"]] == [4.5, None]
+    table = (tmp_path / "mt" / "rounds.md").read_text()
+    assert "| steps | mt-bench |" in table and "| 1 | 4.5 |" in table and "| 1 | - |" in table
+    assert "MT-Bench 3 (1 questions, judge uf-smollm2)" in table
+    assert (tmp_path / "mt" / "rounds.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    from rlaif.cli.summary import print_rounds
+
+    (tmp_path / "mt" / "rounds").mkdir()
+    (tmp_path / "mt" / "rounds" / "summary.json").write_text((tmp_path / "mt" / "summary.json").read_text())
+    print_rounds(str(tmp_path / "mt"))  # the CLI's table reads the same rows
 
 
 def test_the_draw_keeps_held_out_prompts_out_of_every_round(tmp_path):
