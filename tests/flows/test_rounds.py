@@ -1,6 +1,7 @@
 """On-policy rounds (flows/rounds.py): the quickstart's models through 3 rounds on a few prompts,
-one training step each, killed for real between rounds 2 and 3; the rerun finishes round 3 with
-nothing of rounds 1 and 2 made again, and a rerun of the finished series computes nothing.
+one training step each, MT-Bench (one question, short answers) in each round's measurement, killed
+for real between rounds 2 and 3; the rerun finishes round 3 with nothing of rounds 1 and 2 made
+again, and a rerun of the finished series computes nothing.
 
 The recipe's checks and the prompt draw are light tests below it.
 """
@@ -29,7 +30,7 @@ SMALL = ["prompts.limit=3", "generators.0.sampling.max_tokens=24", "generators.1
          "generators.1.format=chat", "generators.1.sampling.max_tokens=24", "generators.1.sampling.seed=1", "judges.0.aspects=[helpfulness]",
          "binarize.test_fraction=0.34", "train.sft.max_steps=1", "train.sft.max_length=96",
          "train.dpo.max_steps=1", "train.dpo.max_length=96", "train.dpo.learning_rate=1.0e-3",
-         "rounds.count=3", "rounds.held_out=2", "rounds.samples=2",
+         "rounds.count=3", "rounds.held_out=2", "rounds.samples=2", "rounds.mt_bench={questions: 1, max_tokens: 24}",
          f"engine={json.dumps(SMOL_SETTINGS.model_dump(exclude_defaults=True))}"]
 
 
@@ -70,9 +71,10 @@ def test_three_rounds_killed_between_rounds_resume_with_nothing_redone(tmp_path,
         assert main(cmd) == 0
     after = made(out)
     assert {k: after[k] for k in before} == before  # nothing of rounds 1 and 2 made again
-    # round 2's model answered the held-out prompts and round 3's on one load, round 3's the held-out ones;
-    # the judge (the session's SmolLM2, borrowed until round 2's measurement handed the machine to the HF
-    # models) once more for round 3's held-out answers; no model of rounds 1 and 2 again
+    # round 2's model answered the held-out prompts, MT-Bench and round 3's on one load, round 3's the
+    # held-out ones and MT-Bench; the judge (the session's SmolLM2, borrowed until round 2's measurement
+    # handed the machine to the HF models) once more for round 3's held-out answers and MT-Bench; no model
+    # of rounds 1 and 2 again
     assert pool.loads == {engine_key(out / "rounds" / "2" / "dpo"): 1, engine_key(out / "rounds" / "3" / "dpo"): 1,
                           engine_key(SMOL): 1}
 
@@ -104,6 +106,15 @@ def test_three_rounds_killed_between_rounds_resume_with_nothing_redone(tmp_path,
         assert r["reward acc"] is None or 0 <= r["reward acc"] <= 1
     assert summary["dsft"]["prompts"] == 2 and (out / "rounds" / "rounds.png").stat().st_size > 0
     assert "| round | win vs previous |" in (out / "rounds" / "rounds.md").read_text()
+
+    # MT-Bench in every round's measurement, the dSFT model's beside round 1's, graded by the measurements' judge
+    for r, m in zip(rows, summary["rounds"]):
+        assert m["mt_bench"]["judge"] == "uf-smollm2" and m["mt_bench"]["questions"] == 1
+        assert m["mt_bench"]["turns"] == 2 and 1 <= r["mt-bench"] <= 10 and r["mt-bench"] == m["mt_bench"]["score"]
+    assert 1 <= summary["dsft"]["mt_bench"]["score"] <= 10 and "| steps | mt-bench |" in (out / "rounds" / "rounds.md").read_text()
+    scores = json.loads((out / "rounds" / "mt_bench" / "scores.uf-smollm2.json").read_text())
+    assert list(scores["models"]) == ["dsft", "round-1", "round-2", "round-3"]
+    assert scores["models"]["round-3"]["model"] == str(out / "rounds" / "3" / "dpo")
 
     # an unchanged rerun of the finished series: nothing computed, no engine loaded
     loads = dict(pool.loads)
