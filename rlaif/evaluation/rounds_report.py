@@ -143,7 +143,7 @@ def plot(path: Path, rows: list[dict[str, Any]], dsft: dict[str, Any] | None) ->
         base = (dsft or {}).get("mt_bench", {}).get("score") if col == MT_BENCH else (dsft or {}).get(key)
         if base is not None:
             ax.axhline(base, color="grey", lw=0.8, ls="--", label="dSFT")
-        ax.set(title=col + (" (1-10)" if col == MT_BENCH else " (held-out)"), xlabel="round")
+        ax.set(title="MT-Bench (1-10)" if col == MT_BENCH else col + " (held-out)", xlabel="round")
         ax.legend(fontsize=7)
     for ax in axes:
         ax.set_xticks(x)
