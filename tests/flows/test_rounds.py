@@ -139,6 +139,8 @@ def test_three_rounds_killed_between_rounds_resume_with_nothing_redone(tmp_path,
     (["rounds.mt_bench=8"], "it needs rounds.count above 1"),
     (["rounds.count=2", "rounds.mt_bench.judge=nope"], "rounds.mt_bench.judge 'nope' is not one of the judges"),
     (["rounds.count=2", "rounds.mt_bench.questions=81"], "less than or equal to 80"),
+    (["rounds.count=2", "rounds.mt_bench=1", "judges.0={name: rm, kind: reward_model, model: smollm2-135m-instruct}"],
+     "judge 'rm' is a reward_model; MT-Bench needs a judge that writes text"),
 ])
 def test_a_recipe_with_rounds_that_cannot_work_is_one_line_before_compute(sets, says):
     with pytest.raises(RecipeError, match="quickstart.yaml") as e:
