@@ -45,19 +45,16 @@ def print_rounds(out: str) -> None:
 
     from rich.table import Table
 
-    from rlaif.evaluation.rounds_report import COLUMNS, cell
+    from rlaif.evaluation.rounds_report import cell, columns, title
 
     path = Path(out) / "rounds" / "summary.json"
     summary = json.loads(path.read_text())
-    dsft = summary.get("dsft") or {}
-    table = Table(title=f"on-policy rounds (held-out prompts: {dsft.get('prompts', '-')}; dSFT: judge score "
-                        f"{cell(dsft.get('judge_score'))}, answer tokens {cell(dsft.get('answer_tokens'))})",
-                  title_justify="left")
-    columns = [c for c in COLUMNS if c != "policy"]
-    for col in columns:
+    table = Table(title=f"on-policy rounds ({title(summary.get('dsft'))})", title_justify="left")
+    shown = [c for c in columns(summary["rows"]) if c != "policy"]
+    for col in shown:
         table.add_column(col, justify="left" if col == "round" else "right")
     for row in summary["rows"]:
-        table.add_row(*(cell(row[c]) for c in columns))
+        table.add_row(*(cell(row.get(c)) for c in shown))
     console().print(table)
     echo(f"written to {path}, {path.parent / 'rounds.md'}, {path.parent / 'rounds.png'}")
 

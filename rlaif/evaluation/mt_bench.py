@@ -27,7 +27,9 @@ What happens, as FastChat's gen_model_answer.py, gen_judgment.py and show_result
 - `limit`: N questions taken round-robin over the 8 categories (8: one of each), for quick runs.
 
 Models of a run (`run_models`): `base` (what dSFT started from, train.sft.model), `dsft` (<run>/sft)
-and `ddpo` (<run>/dpo), those that exist; or any models given by path or name.
+and `ddpo` (<run>/dpo), and on-policy rounds' later models `round-<k>` (<run>/rounds/<k>/dpo), those
+that exist; or any models given by path or name. A recipe's `rounds.mt_bench` runs it in each
+round's measurement instead (flows/rounds.py), its shards under <run>/rounds/mt_bench/.
 
 Everything is kept as shards under `out_dir` (a run's eval/mt_bench/), one per model and turn, so
 a rerun computes only what is missing or failed transiently, whatever `limit` was before:
@@ -90,7 +92,8 @@ class Answerer(GeneratorSpec):
 def run_models(run_dir: str | Path, recipe: Any, variant: str | None = None) -> list[ModelUnderTest]:
     """base (what dSFT started from: train.sft.model, else as <run>/sft records it, else train.dpo.model),
     dsft (<run>/sft), ddpo (<run>/dpo): those there are. A sweep's variants (<run>/dpo/<name>) are
-    `ddpo-<name>`: `variant` alone, else every trained one."""
+    `ddpo-<name>`: `variant` alone, else every trained one. A series of on-policy rounds' later models
+    (<run>/rounds/<k>/dpo, flows/rounds.py) are `round-<k>` (round 1's is `ddpo`)."""
     from rlaif.training.common import stage_state
 
     run = Path(run_dir)
@@ -99,7 +102,9 @@ def run_models(run_dir: str | Path, recipe: Any, variant: str | None = None) -> 
             or (train.dpo.model if train.dpo is not None else None))
     models = [ModelUnderTest("base", base)] if base else []
     sweep = [p.parent.name for p in sorted((run / "dpo").glob("*/config.json"))] if variant is None else [variant]
-    for label, stage in (("dsft", "sft"), ("ddpo", "dpo"), *((f"ddpo-{v}", f"dpo/{v}") for v in sweep)):
+    rounds = sorted(int(p.name) for p in (run / "rounds").glob("*") if p.name.isdigit()) if variant is None else []
+    for label, stage in (("dsft", "sft"), ("ddpo", "dpo"), *((f"ddpo-{v}", f"dpo/{v}") for v in sweep),
+                         *((f"round-{k}", f"rounds/{k}/dpo") for k in rounds)):
         if (run / stage / "config.json").exists():
             models.append(ModelUnderTest(label, str(run / stage)))
         elif (run / stage / "adapter").is_dir():
@@ -172,12 +177,13 @@ def _prompt(q: MTBenchQuestion, turn: int, first_answer: str = "") -> Prompt:
 
 
 def answer_questions(store: RunStore, m: ModelUnderTest, questions: list[MTBenchQuestion], ctx: RunContext,
-                     max_tokens: int) -> dict[int, list[Completion]]:
+                     max_tokens: int, ask: bool = True) -> dict[int, list[Completion]] | None:
     """question id -> [turn-1 answer, turn-2 answer] (turn 2 only after a usable turn 1), on the
     context's engines (`ctx.pool`, the recipe's engine settings `ctx.engine`, `ctx.seed`).
 
     One shard per model and turn, its answers kept by completion id (the prompt, the model's files
-    and its sampling), so only what is missing or failed transiently is asked, all in one batch."""
+    and its sampling), so only what is missing or failed transiently is asked, all in one batch.
+    `ask=False` asks nothing and loads nothing: the answers when all are there, else None."""
     pool, engine, seed, report = ctx.pool, ctx.engine, ctx.seed, ctx.reporter
     weights = model_key(m.model)
     fmt = "chat" if has_chat_template(m.model) else "urial"
@@ -185,7 +191,7 @@ def answer_questions(store: RunStore, m: ModelUnderTest, questions: list[MTBench
                            sampling=Sampling(temperature=t, top_p=1.0, max_tokens=max_tokens, seed=seed))
                for t in set(TEMPERATURE.values())}
 
-    def answer(turn: int, prompts: dict[int, Prompt]) -> dict[int, Completion]:
+    def answer(turn: int, prompts: dict[int, Prompt]) -> dict[int, Completion] | None:
         key = content_hash("answers", m.label, weights, turn)
         info = store.info(ANSWERS, key, Completion)
         old = {c.completion_id: c for c in store.read(ANSWERS, key, Completion)} if info is not None else {}
@@ -194,6 +200,8 @@ def answer_questions(store: RunStore, m: ModelUnderTest, questions: list[MTBench
             spec = members[TEMPERATURE[by_id[qid].category]]
             wanted[qid] = (spec, p, content_hash(p.prompt_id, p.hash, spec.settings_hash()))
         todo = [(spec, p) for spec, p, cid in wanted.values() if cid not in old or old[cid].retryable]
+        if todo and not ask:
+            return None
         if todo:
             first = next(iter(members.values()))
             task = report.task(f"{m.label} turn {turn}", len(todo))
@@ -205,7 +213,11 @@ def answer_questions(store: RunStore, m: ModelUnderTest, questions: list[MTBench
 
     by_id = {q.question_id: q for q in questions}
     first = answer(1, {q.question_id: _prompt(q, 1) for q in questions})
+    if first is None:
+        return None
     second = answer(2, {qid: _prompt(by_id[qid], 2, c.text) for qid, c in first.items() if c.ok})
+    if second is None:
+        return None
     return {qid: [c] + ([second[qid]] if qid in second else []) for qid, c in first.items()}
 
 

@@ -15,6 +15,7 @@ made again); an unchanged rerun of a finished series computes nothing.
     <run>/rounds/<k>/            round k: recipe.json, prompts/, completions/, judgements/, versions/, dataset, dpo/
     <run>/rounds/held-out/       the held-out prompts, every model's greedy answers, the judge's verdicts
     <run>/rounds/eval/round-<k>.json   round k's measurements (evaluation/rounds_report.py)
+    <run>/rounds/mt_bench/       with `mt_bench:`, every model's MT-Bench answers and gradings (evaluation/mt_bench.py)
     <run>/rounds/summary.json, rounds.md, rounds.png
 
 Prompts: round 1 takes the recipe's (`prompts.limit` of the source); `held_out` prompts are drawn
@@ -28,7 +29,10 @@ next round, every earlier one found done.
 Order, so that each model loads once per round: after round k-1 trains, its model answers the
 held-out prompts and then, still loaded, round k's prompts; the judge then judges round k's
 answers and, still loaded, the held-out ones, and round k-1 is measured; then round k binarizes
-and trains. After the last round its model answers and is measured alone.
+and trains. After the last round its model answers and is measured alone. With `mt_bench:` each
+model answers MT-Bench's questions right after the held-out prompts (the dSFT model's first), on
+the same load, and the measurement grades them while the judge is loaded (round k's row carries
+round k's score, the dSFT model's with it).
 """
 
 from __future__ import annotations
@@ -49,13 +53,14 @@ from rlaif.flows.report import StageReport
 from rlaif.flows.steps import JudgeStep, Step, generate_step, key
 from rlaif.generation.ensemble import STAGE as COMPLETIONS
 from rlaif.prompts.hygiene import HygieneReport
-from rlaif.recipe.rounds import POLICY, measuring_judge, student
+from rlaif.recipe.rounds import POLICY, measuring_judge, mt_bench_judge, student
 from rlaif.recipe.spec import Recipe
 from rlaif.runners.context import RunContext, flow_run, using
 
 ROUNDS = "rounds"
 HELD_OUT = "held-out"
 DSFT = "dsft"
+MT_BENCH = "mt_bench"
 SCHEDULED_ONLY = ("a scheduled refresh of a series of rounds runs one round per batch of new prompts: set "
                   "rounds.prompts: new (fresh and same draw every round's prompts at once, for `rlaif run`)")
 NOT_A_REFRESH = ("rounds.prompts: new takes each round's prompts from a scheduled refresh (the prompts new to "
@@ -236,6 +241,75 @@ def held_out_verdicts(ctx: RunContext, held: HeldOut, name: str) -> list[StageRe
     return [r.model_copy(update={"stage": f"held-out: judge {name}"})]
 
 
+# ----------------------------------------------------------------------------- MT-Bench (rounds.mt_bench)
+@dataclass(eq=False)
+class MTBenchAnswers(Step):
+    """One model's answers to the rounds' MT-Bench questions, into <run>/rounds/mt_bench/ (its shards
+    are the cache: done when every answer is there for the model's files as they are now)."""
+
+    label: str = DSFT
+    model: str = ""
+    name = "mt-bench answers"
+
+    def under_test(self) -> Any:
+        from rlaif.evaluation.mt_bench import ModelUnderTest
+
+        return ModelUnderTest(self.label, self.model)
+
+    def answers(self, ctx: RunContext, ask: bool) -> dict[str, int] | None:
+        """How many questions and usable answers (None: some are missing and `ask` is False)."""
+        from rlaif.evaluation.mt_bench import answer_questions, select_questions
+
+        m = ctx.recipe.rounds.mt_bench
+        store = RunStore(Path(ctx.out) / ROUNDS / MT_BENCH)
+        found = answer_questions(store, self.under_test(), select_questions(m.questions), ctx, m.max_tokens, ask)
+        if found is None:
+            return None
+        return {"questions": len(found), "answers": sum(c.ok for turns in found.values() for c in turns)}
+
+    def done_key(self, ctx: RunContext) -> str | None:
+        if self.answers(ctx, ask=False) is None:
+            return None
+        from rlaif.evaluation.mt_bench import model_key
+
+        m = ctx.recipe.rounds.mt_bench
+        return key("mt-bench-answers", self.label, model_key(self.model), m.questions, m.max_tokens, ctx.seed)
+
+    def run(self, ctx: RunContext) -> dict[str, int]:
+        return self.answers(ctx, ask=True)
+
+    def output(self, ctx: RunContext) -> dict[str, int]:
+        return self.answers(ctx, ask=False) or {}
+
+    def report(self, ctx: RunContext, out: dict, seconds: float, cached: bool) -> StageReport:
+        return StageReport(stage=f"MT-Bench: {self.label} answers", count_in=2 * out.get("questions", 0),
+                           count_out=out.get("answers", 0),
+                           seconds=seconds, cached=cached, path=str(Path(ctx.out) / ROUNDS / MT_BENCH))
+
+
+def mt_bench_answers(ctx: RunContext, name: str, model: str) -> list[StageReport]:
+    """`model` answers the rounds' MT-Bench questions (with `rounds.mt_bench`), on the load of its held-out answers."""
+    if ctx.recipe.rounds.mt_bench is None:
+        return []
+    ctx.reporter.stage(f"MT-Bench: {name} answers")
+    return [run_step(MTBenchAnswers(label=name, model=model), ctx)[1]]
+
+
+def mt_bench_scores(ctx: RunContext, k: int) -> dict[str, Any]:
+    """The dSFT model's and rounds 1..k's MT-Bench, graded by the judge that `rounds.mt_bench` names
+    (answers already made, gradings done before kept): per label its scores."""
+    from rlaif.evaluation.mt_bench import ModelUnderTest, run_mt_bench
+
+    m = ctx.recipe.rounds.mt_bench
+    models = [ModelUnderTest(DSFT, dsft_model(ctx.recipe, ctx.out))] + [
+        ModelUnderTest(model_name(j), str(model_dir(ctx.out, j))) for j in range(1, k + 1)]
+    result = run_mt_bench(Path(ctx.out) / ROUNDS / MT_BENCH, models, mt_bench_judge(ctx.recipe), ctx, m.questions,
+                          m.max_tokens)
+    keep = ("score", "turn_1", "turn_2", "expected", "graded", "turns")
+    return {label: {"judge": result["judge"], "questions": len(result["questions"]), **{c: s[c] for c in keep}}
+            for label, s in result["models"].items()}
+
+
 @dataclass(eq=False)
 class MeasureStep(Step):
     """Round k measured (evaluation/rounds_report.py): win rates on the held-out prompts, the judge's
@@ -253,11 +327,14 @@ class MeasureStep(Step):
 
         version = latest_version(round_dir(ctx.out, self.k))
         data = version_manifest(version).get("inputs_hash") if version is not None else None
-        h = self.held
+        h, mt = self.held, ctx.recipe.rounds.mt_bench
+        # MT-Bench's part only when it is asked: a series measured without it keeps its keys
+        mt_part = [] if mt is None else [[mt.questions, mt.max_tokens, mt_bench_judge(ctx.recipe).settings_hash(),
+                                          revision(dsft_model(ctx.recipe, ctx.out))]]
         return key("measure", self.k, measuring_judge(ctx.recipe).settings_hash(), data,
                    revision(model_dir(ctx.out, self.k)),
                    {n: [m.hash for m in (h.completions.get(n), h.judgements.get(n)) if m is not None]
-                    for n in sorted(h.completions)})
+                    for n in sorted(h.completions)}, *mt_part)
 
     def done_key(self, ctx: RunContext) -> str | None:
         try:
@@ -321,6 +398,7 @@ def measure(ctx: RunContext, k: int, held: HeldOut) -> dict[str, Any]:
         return None if spec.pairwise else mean([spec.impl.score(j) for j in verdicts.get(name, [])
                                                 if j.status == "parsed"])
 
+    mt = mt_bench_scores(ctx, k) if ctx.recipe.rounds.mt_bench is not None else None  # the judge still loaded
     free_accelerator(ctx.pool)  # the HF models next, for the reward
     folder = model_dir(ctx.out, k)
     state = stage_state(folder) or {}
@@ -332,12 +410,16 @@ def measure(ctx: RunContext, k: int, held: HeldOut) -> dict[str, Any]:
     reference = state.get("ref_model") or state.get("start_model")
     reward = reward_accuracy(str(folder), reference, rows, trained_beta(folder)) if reference else {}
     tokens = lambda n: mean([c.output_tokens for c in answers.get(n, [])])  # noqa: E731
-    return {"round": k, "model": str(folder), "revision": state.get("inputs"), "reference": reference,
-            "prompts": len(answers.get(me, [])), "wins": wins, "judge": spec.name,
-            "judge_score": score(me), "answer_tokens": tokens(me), "reward": reward,
-            "pairs": int(state.get("metrics", {}).get("rows", 0)), "steps": state.get("metrics", {}).get("steps"),
-            "dsft": {"model": held.models.get(DSFT), "judge_score": score(DSFT), "answer_tokens": tokens(DSFT),
-                     "prompts": len(answers.get(DSFT, []))}}
+    row = {"round": k, "model": str(folder), "revision": state.get("inputs"), "reference": reference,
+           "prompts": len(answers.get(me, [])), "wins": wins, "judge": spec.name,
+           "judge_score": score(me), "answer_tokens": tokens(me), "reward": reward,
+           "pairs": int(state.get("metrics", {}).get("rows", 0)), "steps": state.get("metrics", {}).get("steps"),
+           "dsft": {"model": held.models.get(DSFT), "judge_score": score(DSFT), "answer_tokens": tokens(DSFT),
+                    "prompts": len(answers.get(DSFT, []))}}
+    if mt is not None:
+        row["mt_bench"] = mt[me]
+        row["dsft"]["mt_bench"] = mt[DSFT]
+    return row
 
 
 def held_prompts(store: RunStore) -> list[Prompt]:
@@ -382,10 +464,10 @@ def run_rounds(ctx: RunContext, draw: Draw | None = None) -> list[StageReport]:
     with using(recipe=round_recipe(recipe, out, 1)) as c:
         first = written_prompts(draw.first, c, {"round": 1, "draw": recipe.rounds.prompts}, draw) if draw.batched else None
         reports = tagged(1, run_stages(c, "train", prompts=first).reports)
-    reports += held_out_answers(ctx, draw, held, DSFT, dsft_model(recipe, out))
+    reports += answered(ctx, draw, held, DSFT, dsft_model(recipe, out))
     last = 1 + len(draw.rounds)
     for k in range(2, last + 1):
-        reports += held_out_answers(ctx, draw, held, model_name(k - 1), str(model_dir(out, k - 1)))
+        reports += answered(ctx, draw, held, model_name(k - 1), str(model_dir(out, k - 1)))
         sub = round_recipe(recipe, out, k)
         folder = round_dir(out, k)
         folder.mkdir(parents=True, exist_ok=True)
@@ -400,10 +482,15 @@ def run_rounds(ctx: RunContext, draw: Draw | None = None) -> list[StageReport]:
         reports += measured(ctx, held, k - 1)
         with using(out=str(folder), recipe=sub) as c:
             reports += tagged(k, run_stages(c, "train", prompts=prompts).reports[len(judged):])
-    reports += held_out_answers(ctx, draw, held, model_name(last), str(model_dir(out, last)))
+    reports += answered(ctx, draw, held, model_name(last), str(model_dir(out, last)))
     reports += measured(ctx, held, last)
     reports.append(run_step(TableStep(count=last), ctx)[1])
     return reports
+
+
+def answered(ctx: RunContext, draw: Draw, held: HeldOut, name: str, model: str) -> list[StageReport]:
+    """A model's held-out answers, then, on the same load, its MT-Bench answers (with `rounds.mt_bench`)."""
+    return held_out_answers(ctx, draw, held, name, model) + mt_bench_answers(ctx, name, model)
 
 
 def measured(ctx: RunContext, held: HeldOut, k: int) -> list[StageReport]:

@@ -13,6 +13,10 @@
       reference: sft               # dDPO's reference: the dSFT model (sft) or round k-1's model (previous)
       held_out: 8                  # prompts kept out of every round, for the per-round win rates
       judge: uf                    # the judge of the measurements (default: the first fixed judge)
+      mt_bench: 8                  # MT-Bench of every round's model (and the dSFT model) in its measurement:
+                                   # N questions round-robin over the categories (true: all 80; 0 or unset: none)
+      mt_bench: {questions: 8, judge: uf, max_tokens: 1024}   # the same, with its judge (default: the
+                                   # measurements') and the answers' length (default: FastChat's 1024)
 
 Only the block's shape is checked here; what it asks of the rest of the recipe (a dDPO block, a
 fixed judge, ...) is checked by the recipe (recipe/spec.py), and a round's recipe is written by
@@ -24,11 +28,25 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
 
+from rlaif.core.records import without_unset
 from rlaif.engines.base import Sampling
 
 POLICY = "policy"  # a judge's `model:` that means "this round's policy"; also the policy members' name
+
+
+MT_BENCH_QUESTIONS = 80
+
+
+class RoundsMTBench(BaseModel):
+    """`rounds.mt_bench`: MT-Bench in each round's measurement (evaluation/mt_bench.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    questions: int = Field(MT_BENCH_QUESTIONS, ge=1, le=MT_BENCH_QUESTIONS)  # round-robin over the categories
+    judge: str | None = None  # default: the measurements' judge
+    max_tokens: int = Field(1024, ge=1)  # per answer (FastChat's 1024)
 
 
 class RoundsSpec(BaseModel):
@@ -46,11 +64,26 @@ class RoundsSpec(BaseModel):
     reference: Literal["sft", "previous"] = "sft"
     held_out: int = Field(8, ge=0)
     judge: str | None = None
+    mt_bench: RoundsMTBench | None = None  # None: no MT-Bench (dumped only when set: core.records.without_unset)
 
     @model_validator(mode="before")
     @classmethod
     def _count_alone(cls, data: Any) -> Any:
         return {"count": data} if isinstance(data, int) and not isinstance(data, bool) else data
+
+    @field_validator("mt_bench", mode="before")
+    @classmethod
+    def _questions_alone(cls, value: Any) -> Any:
+        """`mt_bench: N` is {questions: N}, `true` all the questions; 0 and `false` are none (unset)."""
+        if value is True:
+            return {}
+        if value is False or value == 0:
+            return None
+        return {"questions": value} if isinstance(value, int) else value
+
+    @model_serializer(mode="wrap")
+    def _without_unset(self, handler: Any) -> dict[str, Any]:
+        return without_unset(handler(self), "mt_bench")
 
     @model_validator(mode="after")
     def _consistent(self) -> RoundsSpec:
@@ -85,8 +118,11 @@ def rounds_problems(recipe: Any) -> list[str]:
     r = recipe.rounds
     if not r.on:
         policy = [j.name for j in recipe.judges if j.model == POLICY]
-        return [f"judge {policy[0]!r}: model {POLICY!r} judges each round with its policy; it needs rounds: "
-                f"(a count above 1)"] if policy else []
+        if policy:
+            return [f"judge {policy[0]!r}: model {POLICY!r} judges each round with its policy; it needs rounds: "
+                    f"(a count above 1)"]
+        return ["rounds.mt_bench measures each round; it needs rounds.count above 1 (a plain run's models: "
+                "rlaif evaluate RUN --mt-bench)"] if r.mt_bench is not None else []
     found = []
     if not recipe.generators:
         found.append("rounds: a series of rounds makes data each round; give generators and judges")
@@ -110,10 +146,34 @@ def rounds_problems(recipe: Any) -> list[str]:
         found.append(f"rounds.judge {r.judge!r} judges with the policy; the measurements need a fixed judge")
     elif recipe.judges and not fixed:
         found.append("rounds: every judge is `model: policy`; add a fixed judge for the per-round measurements")
+    found += mt_bench_problems(recipe, fixed)
     if any(j.model == POLICY for j in recipe.judges) and student(recipe) is None:
         found.append("rounds: a `model: policy` judge judges round 1 with the student; give train.sft.model "
                      "or train.dpo.model")
     return found
+
+
+def mt_bench_problems(recipe: Any, fixed: list[str]) -> list[str]:
+    """What `rounds.mt_bench` needs: a fixed judge that writes text (MT-Bench's grader)."""
+    m = recipe.rounds.mt_bench
+    if m is None or not fixed:
+        return []
+    name = m.judge or recipe.rounds.judge or fixed[0]
+    if name not in [j.name for j in recipe.judges]:
+        return [f"rounds.mt_bench.judge {name!r} is not one of the judges {[j.name for j in recipe.judges]}"]
+    if name not in fixed:
+        return [f"rounds.mt_bench.judge {name!r} judges with the policy; MT-Bench needs a fixed judge"]
+    spec = recipe.judge_spec(name)
+    if not spec.impl.text:
+        return [f"rounds.mt_bench: judge {name!r} is a {spec.kind}; MT-Bench needs a judge that writes text "
+                f"(name one with rounds.mt_bench.judge)"]
+    return []
+
+
+def mt_bench_judge(recipe: Any) -> Any:
+    """The judge that grades the rounds' MT-Bench: rounds.mt_bench.judge, else the measurements' judge."""
+    m = recipe.rounds.mt_bench
+    return recipe.judge_spec(m.judge) if m is not None and m.judge else measuring_judge(recipe)
 
 
 def student(recipe: Any) -> str | None:

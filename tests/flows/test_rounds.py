@@ -1,6 +1,7 @@
 """On-policy rounds (flows/rounds.py): the quickstart's models through 3 rounds on a few prompts,
-one training step each, killed for real between rounds 2 and 3; the rerun finishes round 3 with
-nothing of rounds 1 and 2 made again, and a rerun of the finished series computes nothing.
+one training step each, MT-Bench (one question, short answers) in each round's measurement, killed
+for real between rounds 2 and 3; the rerun finishes round 3 with nothing of rounds 1 and 2 made
+again, and a rerun of the finished series computes nothing.
 
 The recipe's checks and the prompt draw are light tests below it.
 """
@@ -30,7 +31,7 @@ SMALL = ["prompts.limit=3", "generators.0.sampling.max_tokens=24", "generators.1
          "generators.1.format=chat", "generators.1.sampling.max_tokens=24", "generators.1.sampling.seed=1", "judges.0.aspects=[helpfulness]",
          "binarize.test_fraction=0.34", "train.sft.max_steps=1", "train.sft.max_length=96",
          "train.dpo.max_steps=1", "train.dpo.max_length=96", "train.dpo.learning_rate=1.0e-3",
-         "rounds.count=3", "rounds.held_out=2", "rounds.samples=2",
+         "rounds.count=3", "rounds.held_out=2", "rounds.samples=2", "rounds.mt_bench={questions: 1, max_tokens: 24}",
          f"engine={json.dumps(SMOL_SETTINGS.model_dump(exclude_defaults=True))}"]
 
 
@@ -71,9 +72,10 @@ def test_three_rounds_killed_between_rounds_resume_with_nothing_redone(tmp_path,
         assert main(cmd) == 0
     after = made(out)
     assert {k: after[k] for k in before} == before  # nothing of rounds 1 and 2 made again
-    # round 2's model answered the held-out prompts and round 3's on one load, round 3's the held-out ones;
-    # the judge (the session's SmolLM2, borrowed until round 2's measurement handed the machine to the HF
-    # models) once more for round 3's held-out answers; no model of rounds 1 and 2 again
+    # round 2's model answered the held-out prompts, MT-Bench and round 3's on one load, round 3's the
+    # held-out ones and MT-Bench; the judge (the session's SmolLM2, borrowed until round 2's measurement
+    # handed the machine to the HF models) once more for round 3's held-out answers and MT-Bench; no model
+    # of rounds 1 and 2 again
     assert pool.loads == {engine_key(out / "rounds" / "2" / "dpo"): 1, engine_key(out / "rounds" / "3" / "dpo"): 1,
                           engine_key(SMOL): 1}
 
@@ -106,6 +108,16 @@ def test_three_rounds_killed_between_rounds_resume_with_nothing_redone(tmp_path,
     assert summary["dsft"]["prompts"] == 2 and (out / "rounds" / "rounds.png").stat().st_size > 0
     assert "| round | win vs previous |" in (out / "rounds" / "rounds.md").read_text()
 
+    # MT-Bench in every round's measurement, the dSFT model's beside round 1's, graded by the measurements' judge
+    for r, m in zip(rows, summary["rounds"]):
+        assert m["mt_bench"]["judge"] == "uf-smollm2" and m["mt_bench"]["questions"] == 1
+        assert m["mt_bench"]["turns"] == 2 and 1 <= r["mt-bench"] <= 10 and r["mt-bench"] == m["mt_bench"]["score"]
+    assert 1 <= summary["dsft"]["mt_bench"]["score"] <= 10
+    assert "| steps | mt-bench |" in (out / "rounds" / "rounds.md").read_text()
+    scores = json.loads((out / "rounds" / "mt_bench" / "scores.uf-smollm2.json").read_text())
+    assert list(scores["models"]) == ["dsft", "round-1", "round-2", "round-3"]
+    assert scores["models"]["round-3"]["model"] == str(out / "rounds" / "3" / "dpo")
+
     # an unchanged rerun of the finished series: nothing computed, no engine loaded
     loads = dict(pool.loads)
     with using(pool=pool):
@@ -125,6 +137,11 @@ def test_three_rounds_killed_between_rounds_resume_with_nothing_redone(tmp_path,
     (["rounds.count=2", "rounds.judge=nope"], "rounds.judge 'nope' is not one of the judges"),
     (["rounds.count=2", "rounds.ensemble=true", "generators.0.name=policy-1"], "rename it"),
     (["binarize.strategy=best_vs_worst_samples"], "set it as rounds.strategy"),
+    (["rounds.mt_bench=8"], "it needs rounds.count above 1"),
+    (["rounds.count=2", "rounds.mt_bench.judge=nope"], "rounds.mt_bench.judge 'nope' is not one of the judges"),
+    (["rounds.count=2", "rounds.mt_bench.questions=81"], "less than or equal to 80"),
+    (["rounds.count=2", "rounds.mt_bench=1", "judges.0={name: rm, kind: reward_model, model: smollm2-135m-instruct}"],
+     "judge 'rm' is a reward_model; MT-Bench needs a judge that writes text"),
 ])
 def test_a_recipe_with_rounds_that_cannot_work_is_one_line_before_compute(sets, says):
     with pytest.raises(RecipeError, match="quickstart.yaml") as e:
@@ -136,6 +153,51 @@ def test_rounds_one_is_a_plain_run_and_a_count_alone_is_the_block():
     plain, three = load_recipe(QUICKSTART), load_recipe(QUICKSTART, ["rounds=3"])
     assert "rounds" not in json.loads(plain.model_dump_json())  # a plain run's recipe.json as before
     assert three.rounds.count == 3 and three.rounds.on and not plain.rounds.on
+
+
+def test_mt_bench_of_the_rounds_is_a_count_true_or_a_block_and_unset_dumps_as_before():
+    three = load_recipe(QUICKSTART, ["rounds.count=3"])
+    assert "mt_bench" not in json.loads(three.model_dump_json())["rounds"]  # recipe.json and its hash as before
+    for off in ("0", "false"):
+        assert load_recipe(QUICKSTART, ["rounds.count=3", f"rounds.mt_bench={off}"]) == three
+    one = load_recipe(QUICKSTART, ["rounds.count=3", "rounds.mt_bench=1"]).rounds.mt_bench
+    assert (one.questions, one.judge, one.max_tokens) == (1, None, 1024)
+    assert load_recipe(QUICKSTART, ["rounds.count=3", "rounds.mt_bench=true"]).rounds.mt_bench.questions == 80
+    block = load_recipe(QUICKSTART, ["rounds.count=3", "rounds.mt_bench={questions: 8, judge: pairwise-smollm2}"])
+    from rlaif.recipe.rounds import mt_bench_judge
+
+    assert mt_bench_judge(block).name == "pairwise-smollm2" and mt_bench_judge(
+        load_recipe(QUICKSTART, ["rounds.count=3", "rounds.mt_bench=1"])).name == "uf-smollm2"
+    dumped = json.dumps(block.rounds.mt_bench.model_dump())
+    again = load_recipe(QUICKSTART, ["rounds.count=3", f"rounds.mt_bench={dumped}"])
+    assert again == block  # what recipe.json holds reads back as the same block
+
+
+def test_the_rounds_table_has_mt_bench_only_when_measured(tmp_path):
+    from rlaif.evaluation.rounds_report import write_report
+
+    def measured(k, *mt):  # mt: its MT-Bench score (None: none graded), or nothing: not asked
+        m = {"round": k, "model": f"r{k}", "wins": {"dsft": {"rate": 0.5}}, "judge_score": 3.0, "answer_tokens": 20.0,
+             "reward": {"accuracy": 1.0, "pairs": 1}, "pairs": 2, "steps": 1}
+        return {**m, "mt_bench": {"score": mt[0], "questions": 1, "judge": "uf-smollm2"}} if mt else m
+
+    dsft = {"prompts": 2, "judge_score": 2.5, "answer_tokens": 18.0}
+    plain = write_report(tmp_path / "plain", [measured(1), measured(2)], dsft)
+    assert all("mt-bench" not in r for r in plain["rows"])
+    assert "mt-bench" not in (tmp_path / "plain" / "rounds.md").read_text()
+    mt = write_report(tmp_path / "mt", [measured(1, 4.5), measured(2, None)],
+                      {**dsft, "mt_bench": {"score": 3.0, "questions": 1, "judge": "uf-smollm2"}})
+    assert [r["mt-bench"] for r in mt["rows"]] == [4.5, None]
+    table = (tmp_path / "mt" / "rounds.md").read_text()
+    assert "| steps | mt-bench |" in table and "| 1 | 4.5 |" in table and "| 1 | - |" in table
+    assert "MT-Bench 3 (1 questions, judge uf-smollm2)" in table
+    assert (tmp_path / "mt" / "rounds.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    from rlaif.cli.summary import print_rounds
+
+    (tmp_path / "mt" / "rounds").mkdir()
+    (tmp_path / "mt" / "rounds" / "summary.json").write_text((tmp_path / "mt" / "summary.json").read_text())
+    print_rounds(str(tmp_path / "mt"))  # the CLI's table reads the same rows
 
 
 def test_the_draw_keeps_held_out_prompts_out_of_every_round(tmp_path):

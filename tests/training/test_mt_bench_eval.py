@@ -30,6 +30,13 @@ def test_models_of_a_run_and_given_models(tmp_path):
     (tmp_path / "sft").mkdir()
     (tmp_path / "sft" / "config.json").write_text("{}")
     assert run_models(tmp_path, recipe) == [ModelUnderTest("base", SMOL), ModelUnderTest("dsft", str(tmp_path / "sft"))]
+    for stage in ("dpo", "rounds/2/dpo", "rounds/10/dpo"):  # on-policy rounds: every round's model
+        (tmp_path / stage).mkdir(parents=True)
+        (tmp_path / stage / "config.json").write_text("{}")
+    (tmp_path / "rounds" / "3" / "dpo").mkdir(parents=True)  # round 3 not trained yet
+    assert [(m.label, m.model) for m in run_models(tmp_path, recipe)][2:] == [
+        ("ddpo", str(tmp_path / "dpo")), ("round-2", str(tmp_path / "rounds/2/dpo")),
+        ("round-10", str(tmp_path / "rounds/10/dpo"))]
     assert parse_models(["a=/x/model", "/y/other/"]) == [ModelUnderTest("a", "/x/model"), ModelUnderTest("other", "/y/other/")]
     with pytest.raises(ConfigError, match="two models named alike"):
         parse_models(["/x/m", "/y/m"])
