@@ -15,6 +15,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+ROUND_SAMPLES = 2  # the policy's answers per prompt in a rehearsal's round: a best and a worst
+HELD_OUT = 2  # held-out prompts of a rehearsal's rounds: every round's model answers and is measured on them
 GEN_TOKENS = 24  # answer length of a rehearsal's members: enough to exercise parsing and training
 JUDGE_TOKENS = 256  # a judge's structured verdict needs its room
 TRAIN_LENGTH = 256
@@ -62,6 +64,10 @@ def cpu_overrides(recipe: Any, prompts: int, base_url: str | None, stages: set[s
         if recipe.binarize.push_to_hub:
             sets.append(_set("binarize.push_to_hub", None))
             said.append(f"binarize.push_to_hub {recipe.binarize.push_to_hub}: not pushed")
+    if "data" in stages and recipe.rounds.on:
+        found, lines = rounds_overrides(recipe, prompts)
+        sets += found
+        said += lines
     for i, j in enumerate(recipe.judges if "data" in stages or "eval" in stages else []):
         if j.sampling is not None and j.sampling.max_tokens > JUDGE_TOKENS and j.endpoint is None:
             sets.append(_set(f"judges.{i}.sampling.max_tokens", JUDGE_TOKENS))
@@ -87,3 +93,35 @@ def cpu_overrides(recipe: Any, prompts: int, base_url: str | None, stages: set[s
             said.append(f"train.{stage}: QLoRA's 4-bit base needs CUDA; plain LoRA instead")
         said.append(f"train.{stage}: one step of 2 rows, {TRAIN_LENGTH} tokens, float32 on CPU")
     return sets, said
+
+
+def rounds_prompts(recipe: Any, prompts: int) -> int:
+    """The prompts a rehearsal's rounds draw from the source: round 1's, the held-out ones and
+    each later round's fresh ones (flows/rounds.py draw_prompts)."""
+    r = recipe.rounds
+    if not r.on:
+        return prompts
+    fresh = prompts * (r.count - 1) if r.prompts == "fresh" else 0
+    return prompts + min(r.held_out, HELD_OUT) + fresh
+
+
+def rounds_overrides(recipe: Any, prompts: int) -> tuple[list[str], list[str]]:
+    """A series of rounds at a CPU's size: `prompts` a round, a couple held out, two answers per
+    prompt from the policy at the members' answer length, its engine on the CPU. One `--set` of the
+    whole block, which a recipe may have written as `rounds: 3`."""
+    r = recipe.rounds
+    block = {**r.model_dump(mode="json", exclude_unset=True), "count": r.count, "held_out": min(r.held_out, HELD_OUT)}
+    if r.prompts == "fresh":
+        block["per_round"] = prompts
+    if r.samples > ROUND_SAMPLES:
+        block["samples"] = ROUND_SAMPLES
+    if r.sampling is not None and r.sampling.max_tokens > GEN_TOKENS:
+        block["sampling"] = {**block["sampling"], "max_tokens": GEN_TOKENS}
+    if r.engine is not None:
+        engine = {k: v for k, v in ENGINE.items() if k in r.engine.model_fields_set}
+        if "max_model_len" in r.engine.model_fields_set and not 0 < (r.engine.max_model_len or 0) <= CONTEXT:
+            engine["max_model_len"] = CONTEXT
+        block["engine"] = {**block["engine"], **engine}
+    said = [f"rounds: {r.count} of {prompts} prompts each, {block['held_out']} held out, "
+            f"{min(r.samples, ROUND_SAMPLES)} answers per prompt from the policy"]
+    return [_set("rounds", block)], said
