@@ -359,7 +359,8 @@ def run_rounds(ctx: RunContext) -> list[StageReport]:
     held = HeldOut()
     with using(recipe=round_recipe(recipe, out, 1)) as c:
         reports = tagged(1, run_stages(c, "train").reports)
-    reports += held_out_answers(ctx, draw, held, DSFT, dsft_model(recipe, out))
+    # as the recipe names it: a hub id is resolved where it is loaded (a Ray worker, in its own cache)
+    reports += held_out_answers(ctx, draw, held, DSFT, recipe.train.dpo.model or dsft_model(recipe, out))
     for k in range(2, recipe.rounds.count + 1):
         reports += held_out_answers(ctx, draw, held, model_name(k - 1), str(model_dir(out, k - 1)))
         sub = round_recipe(recipe, out, k)
