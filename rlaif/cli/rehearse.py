@@ -2,7 +2,9 @@
 
 A Zephyr-size job that fails at hour six on a config mistake is the failure this prevents. The
 rehearsal runs the same commands a user runs (`rlaif run`, then `rlaif evaluate --no-win-rate` where
-the recipes train dDPO (with `rounds:`, of the last round, and the rounds' table printed at the end), `rlaif evaluate --mt-bench` where they have an MT-Bench judge), as subprocesses through the same code paths, with three things swapped:
+the recipes train dDPO (with `rounds:`, of the last round's model, and the rounds' table printed at
+the end), `rlaif evaluate --mt-bench` where they have an MT-Bench judge), as subprocesses through
+the same code paths, with three things swapped:
 
     models     every hub model id (generators, judges, training) by a tiny stand-in of its kind,
                chat or base (rehearsal/standins.py), under the same id in a Hugging Face cache of
@@ -12,8 +14,9 @@ the recipes train dDPO (with `rounds:`, of the last round, and the rounds' table
     endpoints  every hosted endpoint by the local strict OpenAI server (rehearsal/openai_server/),
                which refuses what the API refuses; the user's keys are checked to be set, never sent
 
-and the CPU's needs as `--set` overrides (rehearsal/overrides.py): N prompts, one training step per
-stage, float32, one device, short lengths. Before any of that it checks what only the real world can
+and the CPU's needs as `--set` overrides (rehearsal/overrides.py): N prompts (with rounds: N a
+round, 2 held out, 2 samples from the policy; datasets cut to what the rounds draw), one training step
+per stage, float32, one device, short lengths. Before any of that it checks what only the real world can
 say: that each model id exists (local cache or hub), each dataset has its split, and each key
 variable is set. Several recipes rehearse as one chain in one run directory (`sft.yaml dpo.yaml`:
 data and dSFT, then dDPO from that dSFT), as the Zephyr README runs them.

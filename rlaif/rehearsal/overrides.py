@@ -35,13 +35,18 @@ def _set(key: str, value: Any) -> str:
 
 def engine_overrides(prefix: str, engine: Any) -> list[str]:
     """CPU settings for one engine block (the recipe's, or a member's or judge's own)."""
-    out = [_set(f"{prefix}.{k}", v) for k, v in ENGINE.items()
-           if prefix == "engine" or k in engine.model_fields_set]
-    if (prefix == "engine" or "max_model_len" in engine.model_fields_set) and not 0 < (engine.max_model_len or 0) <= CONTEXT:
-        out.append(_set(f"{prefix}.max_model_len", CONTEXT))
+    return [_set(f"{prefix}.{k}", v) for k, v in cpu_engine(engine, everything=prefix == "engine").items()]
+
+
+def cpu_engine(engine: Any, everything: bool) -> dict[str, Any]:
+    """The fields of an engine block a CPU changes: all of them for the recipe's (`everything`), only
+    those the block sets for a member's, a judge's or the policy's own (the rest come from the recipe's)."""
+    out = {k: v for k, v in ENGINE.items() if everything or k in engine.model_fields_set}
+    if (everything or "max_model_len" in engine.model_fields_set) and not 0 < (engine.max_model_len or 0) <= CONTEXT:
+        out["max_model_len"] = CONTEXT
     parallel = {k for k in engine.extra if k in ("tensor_parallel_size", "pipeline_parallel_size", "data_parallel_size")}
     if parallel:
-        out.append(_set(f"{prefix}.extra", {k: v for k, v in engine.extra.items() if k not in parallel}))
+        out["extra"] = {k: v for k, v in engine.extra.items() if k not in parallel}
     return out
 
 
@@ -118,10 +123,7 @@ def rounds_overrides(recipe: Any, prompts: int) -> tuple[list[str], list[str]]:
     if r.sampling is not None and r.sampling.max_tokens > GEN_TOKENS:
         block["sampling"] = {**block["sampling"], "max_tokens": GEN_TOKENS}
     if r.engine is not None:
-        engine = {k: v for k, v in ENGINE.items() if k in r.engine.model_fields_set}
-        if "max_model_len" in r.engine.model_fields_set and not 0 < (r.engine.max_model_len or 0) <= CONTEXT:
-            engine["max_model_len"] = CONTEXT
-        block["engine"] = {**block["engine"], **engine}
+        block["engine"] = {**block["engine"], **cpu_engine(r.engine, everything=False)}
     said = [f"rounds: {r.count} of {prompts} prompts each, {block['held_out']} held out, "
             f"{min(r.samples, ROUND_SAMPLES)} answers per prompt from the policy"]
     return [_set("rounds", block)], said
