@@ -2,7 +2,9 @@
 
 A Zephyr-size job that fails at hour six on a config mistake is the failure this prevents. The
 rehearsal runs the same commands a user runs (`rlaif run`, then `rlaif evaluate --no-win-rate` where
-the recipes train dDPO, `rlaif evaluate --mt-bench` where they have an MT-Bench judge), as subprocesses through the same code paths, with three things swapped:
+the recipes train dDPO (with `rounds:`, of the last round's model, and the rounds' table printed at
+the end), `rlaif evaluate --mt-bench` where they have an MT-Bench judge), as subprocesses through
+the same code paths, with three things swapped:
 
     models     every hub model id (generators, judges, training) by a tiny stand-in of its kind,
                chat or base (rehearsal/standins.py), under the same id in a Hugging Face cache of
@@ -12,8 +14,9 @@ the recipes train dDPO, `rlaif evaluate --mt-bench` where they have an MT-Bench 
     endpoints  every hosted endpoint by the local strict OpenAI server (rehearsal/openai_server/),
                which refuses what the API refuses; the user's keys are checked to be set, never sent
 
-and the CPU's needs as `--set` overrides (rehearsal/overrides.py): N prompts, one training step per
-stage, float32, one device, short lengths. Before any of that it checks what only the real world can
+and the CPU's needs as `--set` overrides (rehearsal/overrides.py): N prompts (with rounds: N a
+round, 2 held out, 2 samples from the policy; datasets cut to what the rounds draw), one training step
+per stage, float32, one device, short lengths. Before any of that it checks what only the real world can
 say: that each model id exists (local cache or hub), each dataset has its split, and each key
 variable is set. Several recipes rehearse as one chain in one run directory (`sft.yaml dpo.yaml`:
 data and dSFT, then dDPO from that dSFT), as the Zephyr README runs them.
@@ -57,6 +60,7 @@ class Plan:
 def rehearse(paths: list[str], overrides: list[str], prompts: int, out: Path) -> int:
     """Rehearse the chain of `paths` (recipes) into `out`; 0, or the failing command's exit code."""
     from rlaif.recipe.spec import load_recipe
+    from rlaif.rehearsal.overrides import rounds_prompts
 
     recipes = [load_recipe(p, overrides) for p in paths]
     plan = plan_for(recipes)
@@ -64,11 +68,14 @@ def rehearse(paths: list[str], overrides: list[str], prompts: int, out: Path) ->
     for line in plan.checked:
         echo(f"checked  {line}")
     with tempfile.TemporaryDirectory(prefix="rlaif-rehearsal-") as home:
-        env = build_home(Path(home), plan, prompts)
+        env = build_home(Path(home), plan, max(rounds_prompts(r, prompts) for r in recipes))
         server = start_server(plan)
         try:
             steps = chain(paths, recipes, overrides, prompts, out, server.base_url if server else None)
-            return run_steps(steps, env, out)
+            code = run_steps(steps, env, out)
+            if code == 0 and recipes[-1].rounds.on:
+                show_rounds(out)
+            return code
         finally:
             if server is not None:
                 server.stop()
@@ -77,6 +84,7 @@ def rehearse(paths: list[str], overrides: list[str], prompts: int, out: Path) ->
 # ----------------------------------------------------------------------------- what to swap
 def plan_for(recipes: list[Any]) -> Plan:
     from rlaif.engines.providers import REASONING_MODEL
+    from rlaif.recipe.rounds import POLICY
 
     plan = Plan()
     for recipe in recipes:
@@ -87,7 +95,7 @@ def plan_for(recipes: list[Any]) -> Plan:
                 plan.served[m.model] = bool(REASONING_MODEL.match(m.model)) if reasoning is None else reasoning
                 if m.endpoint.api_key_env:
                     plan.keys.add(m.endpoint.api_key_env)
-            else:
+            elif m.model != POLICY:  # `policy`: each round's own model (round 1: the student, below)
                 _add_model(plan, m.model, hint)
         for stage in ("sft", "dpo"):
             spec = getattr(recipe.train, stage)
@@ -230,7 +238,10 @@ def chain(paths: list[str], recipes: list[Any], overrides: list[str], prompts: i
         sets, lines = cpu_overrides(recipe, prompts, base_url, stages)
         said += lines
         steps.append(rlaif + ["run", path, "--out", str(out)] + [a for s in overrides + sets for a in ("--set", s)])
-    if any(r.train.dpo is not None for r in recipes):  # the win rate's answers: MT-Bench's step serves them too
+    last = recipes[-1].rounds
+    if last.on:  # the rounds measured every model already; the last round's model against its start
+        steps.append(rlaif + ["evaluate", str(Path(out) / "rounds" / str(last.count)), "--no-win-rate"])
+    elif any(r.train.dpo is not None for r in recipes):  # the win rate's answers: MT-Bench's step serves them too
         steps.append(rlaif + ["evaluate", str(out), "--no-win-rate"])
     mt_bench = [j.name for j in recipes[-1].judges if j.kind == "mt_bench_single"]
     if mt_bench and any(r.train.dpo is not None or r.train.sft is not None for r in recipes):
@@ -238,6 +249,14 @@ def chain(paths: list[str], recipes: list[Any], overrides: list[str], prompts: i
     for line in dict.fromkeys(said):
         echo(f"swapped  {line}")
     return steps
+
+
+def show_rounds(out: Path) -> None:
+    """The rounds' table the run wrote, as `rlaif run` shows it."""
+    from rlaif.cli.summary import print_rounds
+
+    if (Path(out) / "rounds" / "summary.json").exists():
+        print_rounds(str(out))
 
 
 def run_steps(steps: list[list[str]], env: dict[str, str], out: Path) -> int:

@@ -55,7 +55,7 @@ from rlaif.generation.ensemble import STAGE as COMPLETIONS
 from rlaif.prompts.hygiene import HygieneReport
 from rlaif.recipe.rounds import POLICY, measuring_judge, mt_bench_judge, student
 from rlaif.recipe.spec import Recipe
-from rlaif.runners.context import RunContext, flow_run, using
+from rlaif.runners.context import RunContext, flow_run, free_engines, using
 
 ROUNDS = "rounds"
 HELD_OUT = "held-out"
@@ -103,7 +103,7 @@ def round_recipe(recipe: Recipe, out: str | Path, k: int) -> Recipe:
         rev = revision(policy)
         sampling = (r.sampling or (recipe.generators[0].sampling if recipe.generators else None))
         base = sampling.model_dump(mode="json") if sampling is not None else {}
-        members = [{"name": name, "model": policy, "revision": rev, "format": "chat",
+        members = [{"name": name, "model": policy, "revision": rev, "format": "chat", **policy_engine(recipe),
                     "sampling": {**base, "seed": base.get("seed", 0) + i}} for i, name in enumerate(r.member_names())]
         dpo = {**data["train"]["dpo"], "model": policy}
         if r.reference == "sft":
@@ -115,12 +115,18 @@ def round_recipe(recipe: Recipe, out: str | Path, k: int) -> Recipe:
     return Recipe.model_validate(data, context={"templates_dir": recipe.templates_dir})
 
 
+def policy_engine(recipe: Recipe) -> dict[str, Any]:
+    """The policy's `engine:` block (rounds.engine, only the fields it sets), for its members' specs."""
+    engine = recipe.rounds.engine
+    return {"engine": engine.model_dump(mode="json", exclude_unset=True)} if engine is not None else {}
+
+
 def held_out_recipe(recipe: Recipe, name: str, model: str) -> Recipe:
     """One model answering the held-out prompts greedily, and the rounds' judge."""
     data = recipe.model_dump(mode="json")
     sampling = recipe.rounds.sampling or (recipe.generators[0].sampling if recipe.generators else None)
     tokens = sampling.max_tokens if sampling is not None else 256
-    member = {"name": name, "model": model, "revision": revision(model), "format": "chat",
+    member = {"name": name, "model": model, "revision": revision(model), "format": "chat", **policy_engine(recipe),
               "sampling": {"temperature": 0.0, "max_tokens": tokens, "seed": recipe.seed}}
     judge = measuring_judge(recipe).model_dump(mode="json")
     data.update(name=f"{recipe.name}-{HELD_OUT}", generators=[member], judges=[judge], models_per_prompt=None,
@@ -367,7 +373,6 @@ class MeasureStep(Step):
 
 def measure(ctx: RunContext, k: int, held: HeldOut) -> dict[str, Any]:
     """Round k's row (evaluation/rounds_report.py has the definitions)."""
-    from rlaif.engines.pool import free_accelerator
     from rlaif.evaluation.rounds_report import mean, reward_accuracy, win_rate
     from rlaif.evaluation.win_rate import trained_beta
     from rlaif.judges.stage import compare_pairs, pointwise_verdicts
@@ -399,7 +404,7 @@ def measure(ctx: RunContext, k: int, held: HeldOut) -> dict[str, Any]:
                                                 if j.status == "parsed"])
 
     mt = mt_bench_scores(ctx, k) if ctx.recipe.rounds.mt_bench is not None else None  # the judge still loaded
-    free_accelerator(ctx.pool)  # the HF models next, for the reward
+    free_engines(ctx)  # the HF models next, for the reward
     folder = model_dir(ctx.out, k)
     state = stage_state(folder) or {}
     rows = []
@@ -464,7 +469,8 @@ def run_rounds(ctx: RunContext, draw: Draw | None = None) -> list[StageReport]:
     with using(recipe=round_recipe(recipe, out, 1)) as c:
         first = written_prompts(draw.first, c, {"round": 1, "draw": recipe.rounds.prompts}, draw) if draw.batched else None
         reports = tagged(1, run_stages(c, "train", prompts=first).reports)
-    reports += answered(ctx, draw, held, DSFT, dsft_model(recipe, out))
+    # as the recipe names it: a hub id is resolved where it is loaded (a Ray worker, in its own cache)
+    reports += answered(ctx, draw, held, DSFT, recipe.train.dpo.model or dsft_model(recipe, out))
     last = 1 + len(draw.rounds)
     for k in range(2, last + 1):
         reports += answered(ctx, draw, held, model_name(k - 1), str(model_dir(out, k - 1)))

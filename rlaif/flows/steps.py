@@ -417,7 +417,7 @@ def train(ctx: RunContext, stage: str, inputs: str, variant: str | None = None) 
     (whatever Prefect's cache holds). Every process of an `accelerate launch` calls this; only rank
     0 has a flow."""
     from rlaif.core.errors import stage_errors
-    from rlaif.engines.pool import free_accelerator
+    from rlaif.runners.context import free_engines
     from rlaif.training.common import drop_finished_checkpoints, is_trained, mark_trained, stage_state
 
     spec = stage_spec(stage, ctx.recipe, variant)
@@ -426,7 +426,7 @@ def train(ctx: RunContext, stage: str, inputs: str, variant: str | None = None) 
         drop_finished_checkpoints(path, spec)  # left by a try stopped between marking and removing them
         return stage_state(path)
     with stage_errors(f"train-{stage}" + (f"-{variant}" if variant else ""), spec.model):
-        free_accelerator(ctx.pool)  # the GPU to the trainer alone
+        free_engines(ctx)  # the GPU to the trainer alone (a cluster's kept workers too)
         dataset = Path(ctx.out) / "dataset"
         if stage == "sft":
             from rlaif.training.sft import train_sft

@@ -8,6 +8,7 @@
       per_round: 24                # fresh: prompts per round (default: as many as round 1 had)
       samples: 4                   # answers per prompt from the policy (round k-1's dDPO model)
       sampling: {temperature: 0.8, max_tokens: 128}   # default: the first generator's sampling
+      engine: {replicas: auto}     # the policy's engine block (default: the recipe's `engine:`)
       ensemble: false              # true: the recipe's generators answer beside the policy
       strategy: best_vs_worst_samples   # or policy_vs_ensemble (needs ensemble: true)
       reference: sft               # dDPO's reference: the dSFT model (sft) or round k-1's model (previous)
@@ -31,7 +32,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
 
 from rlaif.core.records import without_unset
-from rlaif.engines.base import Sampling
+from rlaif.engines.base import EngineSettings, Sampling
 
 POLICY = "policy"  # a judge's `model:` that means "this round's policy"; also the policy members' name
 
@@ -59,6 +60,7 @@ class RoundsSpec(BaseModel):
     per_round: int | None = Field(None, ge=1)
     samples: int = Field(2, ge=1)
     sampling: Sampling | None = None
+    engine: EngineSettings | None = None  # the policy's own engine block, over the recipe's (replicas on Ray)
     ensemble: bool = False
     strategy: Literal["best_vs_worst_samples", "policy_vs_ensemble"] = "best_vs_worst_samples"
     reference: Literal["sft", "previous"] = "sft"

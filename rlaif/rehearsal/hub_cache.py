@@ -16,6 +16,8 @@ CHAT_MODELS = [
     # recipes/zephyr-7b-beta: the four members and the judge
     "mistralai/Mistral-7B-Instruct-v0.2", "meta-llama/Llama-3.1-8B-Instruct", "Qwen/Qwen2.5-7B-Instruct",
     "google/gemma-2-9b-it", "Qwen/Qwen2.5-72B-Instruct",
+    # recipes/zephyr-7b-beta/rounds.yaml: the handbook's dSFT model, round 1's policy
+    "alignment-handbook/zephyr-7b-sft-full",
     # recipes/ultrafeedback-gpt4o: the members
     "allenai/OLMo-2-1124-7B-Instruct", "microsoft/Phi-3.5-mini-instruct", "HuggingFaceTB/SmolLM2-1.7B-Instruct",
 ]

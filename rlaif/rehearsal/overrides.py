@@ -15,6 +15,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+ROUND_SAMPLES = 2  # the policy's answers per prompt in a rehearsal's round: a best and a worst
+HELD_OUT = 2  # held-out prompts of a rehearsal's rounds: every round's model answers and is measured on them
 GEN_TOKENS = 24  # answer length of a rehearsal's members: enough to exercise parsing and training
 JUDGE_TOKENS = 256  # a judge's structured verdict needs its room
 TRAIN_LENGTH = 256
@@ -33,13 +35,18 @@ def _set(key: str, value: Any) -> str:
 
 def engine_overrides(prefix: str, engine: Any) -> list[str]:
     """CPU settings for one engine block (the recipe's, or a member's or judge's own)."""
-    out = [_set(f"{prefix}.{k}", v) for k, v in ENGINE.items()
-           if prefix == "engine" or k in engine.model_fields_set]
-    if (prefix == "engine" or "max_model_len" in engine.model_fields_set) and not 0 < (engine.max_model_len or 0) <= CONTEXT:
-        out.append(_set(f"{prefix}.max_model_len", CONTEXT))
+    return [_set(f"{prefix}.{k}", v) for k, v in cpu_engine(engine, everything=prefix == "engine").items()]
+
+
+def cpu_engine(engine: Any, everything: bool) -> dict[str, Any]:
+    """The fields of an engine block a CPU changes: all of them for the recipe's (`everything`), only
+    those the block sets for a member's, a judge's or the policy's own (the rest come from the recipe's)."""
+    out = {k: v for k, v in ENGINE.items() if everything or k in engine.model_fields_set}
+    if (everything or "max_model_len" in engine.model_fields_set) and not 0 < (engine.max_model_len or 0) <= CONTEXT:
+        out["max_model_len"] = CONTEXT
     parallel = {k for k in engine.extra if k in ("tensor_parallel_size", "pipeline_parallel_size", "data_parallel_size")}
     if parallel:
-        out.append(_set(f"{prefix}.extra", {k: v for k, v in engine.extra.items() if k not in parallel}))
+        out["extra"] = {k: v for k, v in engine.extra.items() if k not in parallel}
     return out
 
 
@@ -62,6 +69,10 @@ def cpu_overrides(recipe: Any, prompts: int, base_url: str | None, stages: set[s
         if recipe.binarize.push_to_hub:
             sets.append(_set("binarize.push_to_hub", None))
             said.append(f"binarize.push_to_hub {recipe.binarize.push_to_hub}: not pushed")
+    if "data" in stages and recipe.rounds.on:
+        found, lines = rounds_overrides(recipe, prompts)
+        sets += found
+        said += lines
     for i, j in enumerate(recipe.judges if "data" in stages or "eval" in stages else []):
         if j.sampling is not None and j.sampling.max_tokens > JUDGE_TOKENS and j.endpoint is None:
             sets.append(_set(f"judges.{i}.sampling.max_tokens", JUDGE_TOKENS))
@@ -87,3 +98,32 @@ def cpu_overrides(recipe: Any, prompts: int, base_url: str | None, stages: set[s
             said.append(f"train.{stage}: QLoRA's 4-bit base needs CUDA; plain LoRA instead")
         said.append(f"train.{stage}: one step of 2 rows, {TRAIN_LENGTH} tokens, float32 on CPU")
     return sets, said
+
+
+def rounds_prompts(recipe: Any, prompts: int) -> int:
+    """The prompts a rehearsal's rounds draw from the source: round 1's, the held-out ones and
+    each later round's fresh ones (flows/rounds.py draw_prompts)."""
+    r = recipe.rounds
+    if not r.on:
+        return prompts
+    fresh = prompts * (r.count - 1) if r.prompts == "fresh" else 0
+    return prompts + min(r.held_out, HELD_OUT) + fresh
+
+
+def rounds_overrides(recipe: Any, prompts: int) -> tuple[list[str], list[str]]:
+    """A series of rounds at a CPU's size: `prompts` a round, a couple held out, two answers per
+    prompt from the policy at the members' answer length, its engine on the CPU. One `--set` of the
+    whole block, which a recipe may have written as `rounds: 3`."""
+    r = recipe.rounds
+    block = {**r.model_dump(mode="json", exclude_unset=True), "count": r.count, "held_out": min(r.held_out, HELD_OUT)}
+    if r.prompts == "fresh":
+        block["per_round"] = prompts
+    if r.samples > ROUND_SAMPLES:
+        block["samples"] = ROUND_SAMPLES
+    if r.sampling is not None and r.sampling.max_tokens > GEN_TOKENS:
+        block["sampling"] = {**block["sampling"], "max_tokens": GEN_TOKENS}
+    if r.engine is not None:
+        block["engine"] = {**block["engine"], **cpu_engine(r.engine, everything=False)}
+    said = [f"rounds: {r.count} of {prompts} prompts each, {block['held_out']} held out, "
+            f"{min(r.samples, ROUND_SAMPLES)} answers per prompt from the policy"]
+    return [_set("rounds", block)], said

@@ -70,6 +70,17 @@ def ray_address(ctx: RunContext | None = None) -> str | None:
     return ctx.ray_address or os.environ.get(ADDRESS_ENV) or None
 
 
+def free_engines(ctx: RunContext) -> None:
+    """Before this process takes the accelerator (training, HF models): the engines loaded here are
+    released, and so are the loaded workers a Ray executor kept for the run's next stage."""
+    from rlaif.engines.pool import free_accelerator
+
+    release = getattr(ctx.executor, "release_kept", None)
+    if release is not None:
+        release()
+    free_accelerator(ctx.pool)
+
+
 @contextmanager
 def flow_run(recipe: Any, out: str) -> Iterator[RunContext]:
     """A flow run's context: its run directory and recipe, an engine pool (the one set by `using`,

@@ -27,6 +27,13 @@ one task per stage (its cache and retries unchanged) and that task drives the cl
                and writes what comes back (atomically, as every shard), with the node and process
                that made it in the shard's metadata (`ShardInfo.worker`). Nodes need no shared disk.
 
+A pool of local engines whose work is done keeps its workers, loaded, until the stage run ends,
+unless another pool's worker waits for their room; at the end they stay with the executor, and the
+run's next stage on the same engine (the held-out prompts, then a round's prompts, on a round's
+policy; a round's judge, then the held-out answers) takes them as they are: one load per model for
+consecutive stages. Any other stage run stops them first, and so does this process before it needs
+the accelerator itself (training, measuring with HF models: `release_kept`), and the run's end.
+
 A worker that dies (its process, its node) loses only its shards in flight: they go back to the
 queue and another worker (or a new one) makes them; a finished shard is on disk and never made
 again, and a rerun finds it there as always. A shard lost with its worker three times stops the
@@ -254,6 +261,13 @@ class RayExecutor:
     def __init__(self, addr: str):
         self.address = addr
         self.stats = Stats()
+        self.kept: dict[str, Pool] = {}  # local-engine pools whose loaded workers outlived their stage run
+
+    def release_kept(self) -> None:
+        """The kept workers stop (their engines closed): this process needs the accelerator, or the run ends."""
+        kept, self.kept = list(self.kept.values()), {}
+        for pool in kept:
+            stop_workers(pool, self.stats)
 
     def run(self, stage: ShardedStage, store: RunStore, reporter: Reporter = NULL, jobs: list[Job] | None = None,
             follower: ShardedStage | None = None) -> Manifest:
@@ -277,6 +291,7 @@ class RayExecutor:
 
         ray = sys.modules.get("ray")
         if ray is not None and ray.is_initialized():
+            self.release_kept()
             ray.shutdown()
 
 
@@ -315,12 +330,15 @@ class Run:
         for sent in following:
             self.add_following(sent)
         self.plan_replicas()
+        self.adopt()
         for pool in self.pools.values():
             pool.task = self.report.task(f"{pool.label} (ray, {pool.replicas} workers)", sum(j.rows for j in pool.queue))
         try:
             self.loop()
-        finally:
+        except BaseException:
             self.shutdown()
+            raise
+        self.shutdown(keep=True)
         s = self.executor.stats
         if self.first_sent is not None:
             s.busy_s += self.last_written - self.first_sent
@@ -329,6 +347,19 @@ class Run:
         nodes = ", ".join(f"{n[:8]}: {c}" for n, c in s.by_node.items())
         self.report.note(f"ray: {s.shards} shards on {len(s.by_node)} nodes ({nodes})"
                          + (f"; {s.requeued} sent again after a lost worker" if s.requeued else ""))
+
+    def adopt(self) -> None:
+        """Workers the last stage run kept, loaded, go on in this run's pool of the same engine;
+        the others stop, giving their room to this run's pools."""
+        kept, self.executor.kept = self.executor.kept, {}
+        for key, old in kept.items():
+            pool = self.pools.get(key)
+            if pool is None or pool.workers:
+                stop_workers(old, self.executor.stats)
+                continue
+            pool.workers = old.workers
+            for w in pool.workers:
+                w.busy = 0
 
     def follow(self, group: str) -> Sent | None:
         """The follower's job for a chunk whose shards are all written; None if it is done already."""
@@ -531,27 +562,40 @@ class Run:
         for pool in self.pools.values():
             if pool.queue or pool.busy or not pool.workers:
                 continue
-            if not (pool.follower and chunks_open) or starved:
-                self.stop(pool)
+            if starved or not ((pool.follower and chunks_open) or keeps(pool)):
+                stop_workers(pool, self.executor.stats)
 
-    def stop(self, pool: Pool) -> None:
-        import ray
-
-        placed = [w for w in pool.workers if w.where is not None]
-        try:
-            for cpu in ray.get([w.handle.cpu_seconds.remote() for w in placed], timeout=30):
-                self.executor.stats.worker_cpu_s += cpu
-            ray.get([w.handle.close.remote() for w in placed], timeout=60)
-        except ray.exceptions.RayError as e:
-            log.warning("%s: stopping its workers: %s", pool.label, e)
-        for w in pool.workers:
-            ray.kill(w.handle, no_restart=True)
-        pool.workers = []
-
-    def shutdown(self) -> None:
+    def shutdown(self, keep: bool = False) -> None:
+        """The run's workers stop; with `keep` (the run ended well), idle loaded ones stay with the executor."""
         import ray
 
         for pool in self.pools.values():
+            if keep and keeps(pool) and pool.workers and all(w.where is not None and not w.busy for w in pool.workers):
+                pool.task, pool.queue = None, deque()
+                self.executor.kept[pool.key] = pool
+                continue
             for w in pool.workers:
                 ray.kill(w.handle, no_restart=True)
             pool.workers = []
+
+
+def keeps(pool: Pool) -> bool:
+    """A pool worth keeping loaded for the run's next stage: a local engine (a model loaded in its
+    workers), not an endpoint (nothing to load)."""
+    return pool.spec is not None and pool.spec.local
+
+
+def stop_workers(pool: Pool, stats: Stats) -> None:
+    """A pool's workers close their engines and stop; their CPU time goes into the stats."""
+    import ray
+
+    placed = [w for w in pool.workers if w.where is not None]
+    try:
+        for cpu in ray.get([w.handle.cpu_seconds.remote() for w in placed], timeout=30):
+            stats.worker_cpu_s += cpu
+        ray.get([w.handle.close.remote() for w in placed], timeout=60)
+    except ray.exceptions.RayError as e:
+        log.warning("%s: stopping its workers: %s", pool.label, e)
+    for w in pool.workers:
+        ray.kill(w.handle, no_restart=True)
+    pool.workers = []

@@ -272,8 +272,24 @@ def test_zephyr_recipes_place_members_and_judge_on_one_8_gpu_node():
     """4 members of 1 GPU each and a 72B judge over 4: all five at once on 8 GPUs."""
     from rlaif.recipe.spec import load_recipe
 
-    for name in ("sft", "dpo"):
+    for name in ("sft", "dpo", "rounds"):
         recipe = load_recipe(ROOT / "recipes" / "zephyr-7b-beta" / f"{name}.yaml")
         gpus = [g.engine_spec(recipe.engine).settings.gpus for g in recipe.generators]
         judge = recipe.judge_spec().engine_spec(recipe.engine).settings
         assert gpus == [1, 1, 1, 1] and judge.gpus == 4 and sum(gpus) + judge.gpus == 8
+
+
+def test_zephyr_rounds_policy_is_one_engine_of_auto_replicas(tmp_path):
+    """A later round's policy: its 4 samples one engine (one pool of actors on Ray, as many copies of
+    1 GPU as the 4-GPU judge leaves), the same engine its held-out answers use."""
+    from rlaif.flows.rounds import held_out_recipe, round_recipe
+    from rlaif.recipe.spec import load_recipe
+
+    recipe = load_recipe(ROOT / "recipes" / "zephyr-7b-beta" / "rounds.yaml")
+    second = round_recipe(recipe, tmp_path, 2)
+    specs = [g.engine_spec(second.engine) for g in second.generators]
+    assert len(specs) == 4 and len({s.key for s in specs}) == 1
+    spec = specs[0]
+    assert (spec.settings.gpus, spec.settings.replicas, spec.settings.dtype) == (1, "auto", "bfloat16")
+    held = held_out_recipe(recipe, "round-1", str(tmp_path / "dpo"))
+    assert held.generators[0].engine_spec(held.engine).key == spec.key

@@ -13,6 +13,7 @@ import os
 import signal
 
 import pytest
+import yaml
 
 from rlaif.cli.main import main
 from rlaif.core.errors import ConfigError
@@ -328,3 +329,39 @@ def test_a_scheduled_series_draws_its_held_out_prompts_from_the_first_batch():
     assert batch_draw(recipe, batches[:1], HygieneReport(), 4).rounds == {}
     with pytest.raises(ConfigError, match="found 2 prompts in 'starter' and held_out takes 2, leaving none for round 1"):
         batch_draw(recipe, [batch("a", "b")], HygieneReport(), 2)
+
+
+def test_the_rehearsal_sizes_the_zephyr_rounds_for_a_cpu(tmp_path):
+    """recipes/zephyr-7b-beta/rounds.yaml under `rlaif rehearse`'s overrides: a few prompts a round, two
+    held out, two samples of short answers, the policy's engine on the CPU; the rows the rehearsal cuts
+    the dataset to suffice for the draw; `model: policy` is no hub model to swap; a `rounds: 3` recipe
+    takes the same overrides."""
+    from rlaif.cli.rehearse import plan_for
+    from rlaif.flows.rounds import draw_prompts, round_recipe
+    from rlaif.rehearsal.hub_cache import PROMPTS
+    from rlaif.rehearsal.overrides import cpu_overrides, rounds_prompts
+
+    path = ROOT / "recipes" / "zephyr-7b-beta" / "rounds.yaml"
+    recipe = load_recipe(path)
+    assert recipe.rounds.count == 3 and recipe.rounds.reference == "sft" and recipe.rounds.engine.replicas == "auto"
+    sets, _ = cpu_overrides(recipe, 4, None, {"data", "dpo"})
+    small = load_recipe(path, sets)
+    r = small.rounds
+    assert (r.count, r.per_round, r.held_out, r.samples, r.sampling.max_tokens) == (3, 4, 2, 2, 24)
+    assert small.prompts.limit == 4 and small.train.dpo.max_steps == 1
+    second = round_recipe(small, tmp_path, 2)
+    engine = second.generators[0].engine.over(second.engine)  # the policy's own block over the recipe's
+    assert (engine.dtype, engine.cpu_kv_cache_gb, engine.replicas) == ("float32", 1, "auto")
+
+    rows = tmp_path / "rows.jsonl"  # the source as the rehearsal cuts it
+    rows.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS[:rounds_prompts(small, 4)]))
+    draw = draw_prompts(load_recipe(path, [*sets, f"prompts.source={rows}"]), str(tmp_path / "run"), NULL)
+    assert [len(draw.first), len(draw.held_out), *(len(draw.prompts(k)) for k in (2, 3))] == [4, 2, 4, 4]
+
+    data = yaml.safe_load(path.read_text())  # the block as `rounds: 3`, and a self-rewarding judge beside
+    data.update(rounds=3, judges=[*data["judges"], {"name": "self", "kind": "ultrafeedback", "model": "policy"}])
+    (tmp_path / "three.yaml").write_text(yaml.safe_dump(data))
+    three = load_recipe(tmp_path / "three.yaml")
+    assert load_recipe(tmp_path / "three.yaml", cpu_overrides(three, 4, None, {"data"})[0]).rounds.held_out == 2
+    plan = plan_for([three])
+    assert "policy" not in plan.models and "alignment-handbook/zephyr-7b-sft-full" in plan.models
