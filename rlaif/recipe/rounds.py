@@ -66,7 +66,7 @@ class RoundsSpec(BaseModel):
     reference: Literal["sft", "previous"] = "sft"
     held_out: int = Field(8, ge=0)
     judge: str | None = None
-    mt_bench: RoundsMTBench | None = None  # None: no MT-Bench (dumped only when set: core.records.without_unset)
+    mt_bench: RoundsMTBench | None = None  # None: no MT-Bench (it and `engine` dumped only when set: core.records.without_unset)
 
     @model_validator(mode="before")
     @classmethod
@@ -85,7 +85,7 @@ class RoundsSpec(BaseModel):
 
     @model_serializer(mode="wrap")
     def _without_unset(self, handler: Any) -> dict[str, Any]:
-        return without_unset(handler(self), "mt_bench")
+        return without_unset(handler(self), "mt_bench", "engine")
 
     @model_validator(mode="after")
     def _consistent(self) -> RoundsSpec:
