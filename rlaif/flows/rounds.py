@@ -91,6 +91,12 @@ def dsft_model(recipe: Recipe, out: str | Path) -> str:
     return resolve_model(model) if model else str(Path(out) / "sft")
 
 
+def dsft_name(recipe: Recipe, out: str | Path) -> str:
+    """The dSFT model as the recipe names it, for the engines that answer with it: a hub id is
+    resolved where it is loaded (a Ray worker, in its own cache), this run's sft/ is a folder."""
+    return recipe.train.dpo.model or dsft_model(recipe, out)
+
+
 # ----------------------------------------------------------------------------- a round's recipe
 def round_recipe(recipe: Recipe, out: str | Path, k: int) -> Recipe:
     """The recipe of round k (see the module doc); round 1's is the recipe with `policy` judges resolved."""
@@ -307,7 +313,7 @@ def mt_bench_scores(ctx: RunContext, k: int) -> dict[str, Any]:
     from rlaif.evaluation.mt_bench import ModelUnderTest, run_mt_bench
 
     m = ctx.recipe.rounds.mt_bench
-    models = [ModelUnderTest(DSFT, dsft_model(ctx.recipe, ctx.out))] + [
+    models = [ModelUnderTest(DSFT, dsft_name(ctx.recipe, ctx.out))] + [
         ModelUnderTest(model_name(j), str(model_dir(ctx.out, j))) for j in range(1, k + 1)]
     result = run_mt_bench(Path(ctx.out) / ROUNDS / MT_BENCH, models, mt_bench_judge(ctx.recipe), ctx, m.questions,
                           m.max_tokens)
@@ -469,8 +475,7 @@ def run_rounds(ctx: RunContext, draw: Draw | None = None) -> list[StageReport]:
     with using(recipe=round_recipe(recipe, out, 1)) as c:
         first = written_prompts(draw.first, c, {"round": 1, "draw": recipe.rounds.prompts}, draw) if draw.batched else None
         reports = tagged(1, run_stages(c, "train", prompts=first).reports)
-    # as the recipe names it: a hub id is resolved where it is loaded (a Ray worker, in its own cache)
-    reports += answered(ctx, draw, held, DSFT, recipe.train.dpo.model or dsft_model(recipe, out))
+    reports += answered(ctx, draw, held, DSFT, dsft_name(recipe, out))
     last = 1 + len(draw.rounds)
     for k in range(2, last + 1):
         reports += answered(ctx, draw, held, model_name(k - 1), str(model_dir(out, k - 1)))

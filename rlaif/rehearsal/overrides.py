@@ -126,4 +126,7 @@ def rounds_overrides(recipe: Any, prompts: int) -> tuple[list[str], list[str]]:
         block["engine"] = {**block["engine"], **cpu_engine(r.engine, everything=False)}
     said = [f"rounds: {r.count} of {prompts} prompts each, {block['held_out']} held out, "
             f"{min(r.samples, ROUND_SAMPLES)} answers per prompt from the policy"]
+    if r.mt_bench is not None:  # every model's MT-Bench in each measurement: one question, short answers
+        block["mt_bench"] = {**block.get("mt_bench", {}), "questions": 1, "max_tokens": GEN_TOKENS}
+        said.append(f"rounds.mt_bench: 1 of {r.mt_bench.questions} questions, {GEN_TOKENS}-token answers")
     return [_set("rounds", block)], said

@@ -363,5 +363,8 @@ def test_the_rehearsal_sizes_the_zephyr_rounds_for_a_cpu(tmp_path):
     (tmp_path / "three.yaml").write_text(yaml.safe_dump(data))
     three = load_recipe(tmp_path / "three.yaml")
     assert load_recipe(tmp_path / "three.yaml", cpu_overrides(three, 4, None, {"data"})[0]).rounds.held_out == 2
+    mt = load_recipe(path, ["rounds.mt_bench=80"])  # MT-Bench each round: one question, short answers
+    m = load_recipe(path, ["rounds.mt_bench=80", *cpu_overrides(mt, 4, None, {"data"})[0]]).rounds.mt_bench
+    assert (m.questions, m.max_tokens) == (1, 24)
     plan = plan_for([three])
     assert "policy" not in plan.models and "alignment-handbook/zephyr-7b-sft-full" in plan.models
