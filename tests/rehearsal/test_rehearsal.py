@@ -252,51 +252,23 @@ def user_cluster(user_cache, monkeypatch):
         yield cluster
 
 
-def test_zephyr_rounds_on_a_two_node_ray_cluster(tmp_path, user_cache, hosted, prefect_home, user_cluster):
-    """recipes/zephyr-7b-beta/rounds.yaml as its README runs it, `--ray` on a two-node cluster on
-    127.0.0.1, two rounds: round 1's members and judge, round 2's policy (the folder round 1 trained,
-    loaded by the workers) and judge, and every model's held-out answers and their verdicts, all made
-    in Ray actors, each model loaded once for consecutive stages; each round a dataset version and a
-    model, measured, and the rounds' table written. Round 1 has two of the four members: with all four
-    and the judge, five vLLM engines starting at once beside the suite's own, one failed to start in a
-    full-suite run on 2 cores and 24 GB (memory, most likely); placement over both nodes is also
-    tests/flows/test_cluster.py's."""
+def test_zephyr_data_step_on_a_two_node_ray_cluster(tmp_path, user_cache, hosted, prefect_home, user_cluster):
+    """Step 1 of the Zephyr README again, with `--ray` on a two-node cluster on 127.0.0.1: the four
+    members and the judge run as vLLM engines inside Ray actors, and every row is there once."""
     address, nodes, pids = user_cluster
     cwd = user_dir(tmp_path)
     env = {k: v for k, v in user_env(user_cache, prefect_home).items() if k != "RAY_ADDRESS"}
-    section = tmp_path / "section.md"
-    section.write_text((RECIPES / "zephyr-7b-beta" / "README.md").read_text().split("## Iterative dDPO")[1])
-    step = next(line for line in readme_commands(section) if line.startswith("rlaif run"))
-    assert step == "rlaif run recipes/zephyr-7b-beta/rounds.yaml --ray ADDRESS"
-    two = json.dumps(yaml.safe_load((RECIPES / "zephyr-7b-beta" / "rounds.yaml").read_text())["generators"][:2])
-    line = step.replace("ADDRESS", address) + f" --set rounds.count=2 --set models_per_prompt=2 --set 'generators={two}'"
-    proc = subprocess.run(on_cpu(line, {}, hosted.base_url), cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
-    run = cwd / "runs" / "zephyr-7b-beta-rounds"
-    made = {str(d.relative_to(run)): [json.loads(p.read_text()) for p in d.rglob("shard-*.meta.json")]
-            for d in (run / "completions", run / "judgements", run / "rounds" / "2" / "completions",
-                      run / "rounds" / "2" / "judgements", run / "rounds" / "held-out" / "completions",
-                      run / "rounds" / "held-out" / "judgements")}
-    pids.update(int(m["worker"]["pid"]) for ms in made.values() for m in ms if m.get("worker"))
+    step = readme_commands(RECIPES / "zephyr-7b-beta" / "README.md")[2]
+    assert step == "rlaif run $R/dpo.yaml --set train.dpo=null"
+    cmd = on_cpu(step, {"R": "recipes/zephyr-7b-beta"}, hosted.base_url) + ["--ray", address]
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    run = cwd / "runs" / "zephyr-7b-beta"
+    workers = [json.loads(p.read_text()).get("worker") for d in ("completions", "judgements")
+               for p in (run / d).rglob("shard-*.meta.json")]
+    pids.update(int(w["pid"]) for w in workers if w)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    assert all(made.values()) and all(m.get("worker") for ms in made.values() for m in ms), \
-        {d: [m.get("worker") for m in ms] for d, ms in made.items()}  # every shard made by a Ray worker
-    assert {m["worker"]["node"] for ms in made.values() for m in ms} <= set(nodes.values())
     stages = {r["stage"]: r for r in json.loads((run / "summary.json").read_text())}
-    first = stages["round 1: generate"]
-    assert first["count_out"] == 2 * PROMPTS and stages["round 1: judge"]["count_in"] == 2 * PROMPTS
-    assert len(first["notes"]["per_model"]) == 2 and first["notes"]["ray"]
-    held = {m["name"]: m for m in made["rounds/held-out/completions"]}
-    assert set(held) == {"dsft", "round-1", "round-2"}  # every model answered the held-out prompts
-    policy = {(m["name"], m["worker"]["pid"]) for m in made["rounds/2/completions"]}
-    assert policy == {(n, held["round-1"]["worker"]["pid"]) for n in ("policy-1", "policy-2")}  # round 1's model: one load for the held-out and round 2's prompts
-    verdicts = {m["inputs"][0]: m["worker"]["pid"] for m in made["rounds/held-out/judgements"]}
-    judge = made["rounds/2/judgements"][0]["worker"]["pid"]  # the judge: one load for round 2 and the held-out answers
-    assert verdicts[held["dsft"]["sha"]] == verdicts[held["round-1"]["sha"]] == judge
-    for k, folder in ((1, run), (2, run / "rounds" / "2")):
-        assert (folder / "versions" / "0001").is_dir() and (folder / "dataset").is_dir(), k
-        state = json.loads((folder / "dpo" / "rlaif-stage.json").read_text())
-        assert "zephyr-7b-sft-full" in state["start_model"] if k == 1 else state["start_model"] == str(run / "dpo")
-    summary = json.loads((run / "rounds" / "summary.json").read_text())
-    assert [r["round"] for r in summary["rows"]] == [1, 2]
-    assert (run / "rounds" / "rounds.md").exists()
-    assert all(json.loads((run / "rounds" / "eval" / f"round-{k}.json").read_text())["wins"] for k in (1, 2))
+    assert stages["generate"]["count_out"] == 4 * PROMPTS and stages["judge"]["count_in"] == 4 * PROMPTS
+    assert stages["generate"]["notes"]["ray"]
+    assert workers and all(workers)  # every shard was made by a Ray worker
+    assert {w["node"] for w in workers} <= set(nodes.values())
